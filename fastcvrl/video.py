@@ -1,0 +1,143 @@
+"""Small video I/O helpers on PyAV: encode frames to a file, decode a file, and frame-index-coded clips.
+
+Used by the synthetic dataset, by ``prepare --transcode`` and by the tests, which generate their own videos.
+
+Frame-index coding: every frame of an "index video" is one uniform colour whose red and green channels
+carry the frame index (4 bits each, in steps of 16) and whose blue channel carries a video id. A uniform
+frame stays uniform through any crop, flip and resize, and steps of 16 survive lossy coding and YUV 4:2:0,
+so a test can read back exactly which frames of which video a pipeline delivered.
+"""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Iterable
+
+import av
+import numpy as np
+
+# codec name -> (PyAV encoder, pixel format, default container extension)
+CODECS = {
+    "vp9": ("libvpx-vp9", "yuv420p", ".webm"),
+    "vp8": ("libvpx", "yuv420p", ".webm"),
+    "mjpeg": ("mjpeg", "yuvj420p", ".avi"),
+    "h264": ("libx264", "yuv420p", ".mp4"),
+    "mpeg4": ("mpeg4", "yuv420p", ".avi"),
+}
+
+INDEX_STEP = 16
+MAX_INDEX = 256  # frame indices 0..255 are representable
+MAX_VIDEO_ID = 16
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray | Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str = "vp9",
+    gop: int | None = 16,
+    quality: int | None = None,
+) -> str:
+    """Encode RGB uint8 frames ``(T, H, W, 3)`` into ``path`` with a keyframe every ``gop`` frames.
+
+    ``quality``: CRF for vp9/h264 (lower is better), qscale for mjpeg/mpeg4. Writes to a temporary name and
+    renames, so a killed writer never leaves a half-written file under the final name.
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    encoder, pix_fmt, _ = CODECS[codec]
+    path = os.fspath(path)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    rate = Fraction(fps).limit_denominator(1001)
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    h, w = first.shape[:2]
+    try:
+        with av.open(tmp, mode="w") as out:
+            stream = out.add_stream(encoder, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+            opts: dict[str, str] = {}
+            if gop:
+                stream.codec_context.gop_size = int(gop)
+                if codec == "h264":
+                    opts.update({"keyint_min": str(gop), "sc_threshold": "0", "bf": "0"})
+                if codec in ("vp9", "vp8"):
+                    opts.update({"kf-max-dist": str(gop), "kf-min-dist": str(gop), "auto-alt-ref": "0"})
+            if codec in ("vp9", "vp8"):
+                opts.update({"deadline": "realtime", "cpu-used": "8", "crf": str(quality or 20), "b": "0"})
+                if codec == "vp9":
+                    opts["row-mt"] = "1"
+            elif codec == "h264":
+                opts.update({"preset": "veryfast", "crf": str(quality or 18)})
+            elif codec in ("mjpeg", "mpeg4"):
+                stream.codec_context.qmin = stream.codec_context.qmax = int(quality or 3)
+            stream.options = opts
+            for frame in _chain(first, it):
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+                for packet in stream.encode(vf):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _chain(first: np.ndarray, rest: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode every frame of ``path`` to RGB uint8 ``(T, H, W, 3)`` (slow, obvious reference)."""
+    with av.open(os.fspath(path)) as f:
+        frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no decodable video frames")
+    return np.stack(frames)
+
+
+def keyframe_indices(path: str | os.PathLike) -> list[int]:
+    """Indices (in presentation order) of the keyframes of the first video stream (demux only)."""
+    with av.open(os.fspath(path)) as f:
+        stream = f.streams.video[0]
+        pts = [(p.pts if p.pts is not None else p.dts, p.is_keyframe) for p in f.demux(stream) if p.size]
+    pts.sort(key=lambda x: x[0])
+    return [i for i, (_, key) in enumerate(pts) if key]
+
+
+# ------------------------------------------------------------------------------------ index-coded frames
+def index_color(index: int, video_id: int = 0) -> tuple[int, int, int]:
+    if not 0 <= index < MAX_INDEX or not 0 <= video_id < MAX_VIDEO_ID:
+        raise ValueError(f"index {index} / video id {video_id} out of range")
+    half = INDEX_STEP // 2
+    return (
+        half + INDEX_STEP * (index % 16),
+        half + INDEX_STEP * (index // 16),
+        half + INDEX_STEP * video_id,
+    )
+
+
+def index_frames(num_frames: int, height: int = 64, width: int = 64, video_id: int = 0) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames, frame ``i`` uniformly coloured with ``index_color(i, video_id)``."""
+    out = np.empty((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        out[i] = index_color(i, video_id)
+    return out
+
+
+def decode_index(frames: np.ndarray, channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read back ``(frame_index, video_id)`` arrays from index-coded frames.
+
+    ``frames``: ``(..., H, W, 3)`` (or ``(..., 3, H, W)`` with ``channels_last=False``) in 0..255 pixel units.
+    Uses each frame's mean colour, so it works after crops, flips and resizes (not after colour jitter).
+    """
+    x = np.asarray(frames, dtype=np.float64)
+    mean = x.mean(axis=(-3, -2)) if channels_last else x.mean(axis=(-2, -1))
+    q = np.clip(np.floor(mean / INDEX_STEP), 0, 15).astype(np.int64)
+    return q[..., 0] + 16 * q[..., 1], q[..., 2]

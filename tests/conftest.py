@@ -1,0 +1,29 @@
+"""Shared test fixtures. GPU tests are marked ``@pytest.mark.gpu`` and skip cleanly without CUDA."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO.parent / "shared" / "videos"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    """The real-world clips in ../shared/videos; tests using them skip where the folder is absent."""
+    folder = Path(os.environ.get("FASTCVRL_SHARED_VIDEOS", SHARED_VIDEOS))
+    if not folder.is_dir() or not any(folder.glob("*.mp4")):
+        pytest.skip(f"real-world sample videos not found in {folder}")
+    return folder
