@@ -1,0 +1,110 @@
+"""Strict typed config: YAML -> dataclasses, dotted overrides, errors that name the key, round trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastcvrl.config import Config, ConfigError, load_config, parse_overrides, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_config_loads_and_round_trips(tmp_path):
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert files, "configs/ holds no YAML files"
+    for f in files:
+        cfg = load_config(f)
+        out = tmp_path / f.name
+        save_config(cfg, out)
+        assert load_config(out) == cfg, f.name
+
+
+def test_paper_recipe():
+    """configs/cvrl_r3d50_k400.yaml carries CVRL's recipe (Qian et al. 2021, Sec. 4.1)."""
+    cfg = load_config(CONFIGS / "cvrl_r3d50_k400.yaml")
+    assert (cfg.data.num_frames, cfg.data.stride, cfg.data.crop_size) == (16, 2, 224)
+    assert cfg.train.batch_size == 1024 and cfg.train.epochs == 800
+    assert cfg.loss.temperature == 0.1
+    o = cfg.optim
+    assert (o.name, o.momentum, o.weight_decay, o.lr, o.base_batch_size, o.warmup_epochs) == (
+        "lars", 0.9, 1e-6, 0.32, 1024, 5.0)
+    assert cfg.model.arch == "r3d50"
+    assert load_config(CONFIGS / "cvrl_r3d50_k400_200ep.yaml").train.epochs == 200
+
+
+def test_yaml_overrides_defaults_and_cli_overrides_yaml(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 0.5\ntrain:\n  epochs: 3\n")
+    cfg = load_config(p, ["--optim.lr=0.1", "--train.cuda_graph", "false", "--data.mean=[0.5,0.5,0.5]"])
+    assert cfg.optim.lr == 0.1  # command line beats the file
+    assert cfg.train.epochs == 3  # file beats the default
+    assert cfg.train.cuda_graph is False
+    assert cfg.data.mean == [0.5, 0.5, 0.5]
+    assert cfg.model == Config().model  # untouched sections keep their defaults
+
+
+def test_int_accepted_for_float_and_kept_float():
+    cfg = load_config(None, ["--optim.lr=1"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("optim:\n  lrr: 0.1\n", "optim.lrr"),
+        ("optimizer:\n  lr: 0.1\n", "optimizer"),
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", "lr"),
+        ("optim:\n  lr: fast\n", "optim.lr"),
+        ("train:\n  epochs: 1.5\n", "train.epochs"),
+        ("train:\n  cuda_graph: 1\n", "train.cuda_graph"),
+        ("data:\n  mean: 0.5\n", "data.mean"),
+        ("data:\n  mean: [0.5, x, 0.5]\n", "data.mean[1]"),
+        ("optim: 3\n", "optim"),
+    ],
+)
+def test_bad_yaml_names_the_key_and_file(tmp_path, text, key):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert key in str(e.value) and str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--optim.nope=1"], "optim.nope"),
+        (["--train.epochs=many"], "train.epochs"),
+        (["--optim.lr"], "optim.lr"),
+        (["optim.lr=0.1"], "optim.lr"),
+    ],
+)
+def test_bad_override_names_the_key(args, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, args)
+    assert key in str(e.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_override_parsing_types():
+    assert parse_overrides(["--a.b=3", "--a.c=0.5", "--d=true", "--e=text", "--f.g-h=1e-6"]) == {
+        "a": {"b": 3, "c": 0.5}, "d": True, "e": "text", "f": {"g_h": 1e-6}}
+
+
+def test_save_writes_resolved_values(tmp_path):
+    cfg = load_config(None, ["--optim.lr=0.25", "--model.arch=r3d_tiny"])
+    out = tmp_path / "resolved.yaml"
+    save_config(cfg, out)
+    text = out.read_text()
+    assert "lr: 0.25" in text and "arch: r3d_tiny" in text
+    assert load_config(out) == cfg
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves no temporary behind
