@@ -1,0 +1,314 @@
+"""The baseline CVRL loader: PyAV decoding plus torch augmentations in a torch ``DataLoader``.
+
+This is how peer codebases load video (seek to the keyframe before each clip, decode up to the clip's end,
+augment with torch ops in worker processes). ``benchmarks/loader_bench.py`` measures the DALI pipeline beside
+it, and it is a DALI-free fallback with the same output contract as ``fastcvrl.data.build_pretrain_loader``:
+``(view1, view2, label)`` with views float ``(B, 3, T, H, W)`` in ``torch.channels_last_3d``.
+
+The work per video is the same as the DALI pipeline's: two clips of T frames at stride s placed by CVRL's
+temporal sampling (Qian et al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized
+crop (area 0.3-1, aspect 0.5-2), horizontal flip (p 0.5), colour jitter (p 0.8) and grayscale (p 0.2) folded
+into ONE 3x3 colour matrix with an offset, clamp to [0, 1], normalisation. Each view is decoded on its own
+(two seeks per video), as peers do; ``frames_decoded`` counts every frame the decoder produced.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fastcvrl.config import Config, DataConfig
+from fastcvrl.manifest import VideoEntry, read_manifest
+
+# ITU-R BT.601 luma weights (the grayscale the reference's tf.image.rgb_to_grayscale uses)
+LUMA = np.array([0.299, 0.587, 0.114])
+# RGB -> YIQ; hue rotates the (I, Q) plane, saturation scales it
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+
+
+# ------------------------------------------------------------------------------------------ temporal
+def sample_view_starts(
+    rng: np.random.Generator, num_frames: int, clip_frames: int, stride: int,
+    distribution: str = "linear", power: float = 1.0,
+) -> tuple[int, int]:
+    """Start frames of the two views (CVRL's temporal sampling, Qian et al. 2021 Sec. 3.1).
+
+    With L frames and M = L - (T-1)*s start positions, the gap g between the starts has density
+    proportional to 1 - (g/M)^p on [0, M) (``linear`` is p = 1; ``uniform`` is flat); the first start is
+    uniform on [0, M - g), the second is first + g, and the order is swapped with p 0.5. Videos shorter than
+    one clip (M < 1) start both views at 0 and loop their frames (``clip_indices``).
+    """
+    span = (clip_frames - 1) * stride + 1
+    m = num_frames - span + 1
+    if m <= 1:
+        return 0, 0
+    if distribution == "uniform":
+        gap = int(rng.integers(0, m))
+    elif distribution in ("linear", "power"):
+        p = 1.0 if distribution == "linear" else float(power)
+        # rejection sampling from density 1 - (g/M)^p, exact for any p > 0
+        while True:
+            g = rng.uniform(0.0, m)
+            if rng.uniform() < 1.0 - (g / m) ** p:
+                break
+        gap = min(int(g), m - 1)
+    else:
+        raise ValueError(f"data.gap_distribution: unknown {distribution!r}; choose linear, power or uniform")
+    first = int(rng.integers(0, m - gap))
+    a, b = first, first + gap
+    return (b, a) if rng.uniform() < 0.5 else (a, b)
+
+
+def clip_indices(start: int, clip_frames: int, stride: int, num_frames: int) -> np.ndarray:
+    """Frame indices ``(T,)`` of one clip; indices past the end loop back (short videos)."""
+    return (start + stride * np.arange(clip_frames)) % num_frames
+
+
+# ------------------------------------------------------------------------------------------ decoding
+def decode_frames(path: str, indices: np.ndarray, fps: float | None = None) -> tuple[np.ndarray, int]:
+    """RGB frames ``(len(indices), H, W, 3)`` uint8 at ``indices`` and the number of frames decoded.
+
+    Seeks to the keyframe at or before the first needed frame (``backward=True, any_frame=False``) and
+    decodes up to the last needed one; only the needed frames are converted to RGB. One decoder thread.
+    """
+    wanted = {int(i) for i in np.unique(indices)}
+    first, last = min(wanted), max(wanted)
+    out: dict[int, np.ndarray] = {}
+    decoded = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        rate = float(stream.average_rate or stream.guessed_rate or fps or 25.0)
+        tb = float(stream.time_base)
+        t0 = stream.start_time or 0
+        if first > 0:
+            container.seek(t0 + int(first / rate / tb), backward=True, any_frame=False, stream=stream)
+        for frame in container.decode(stream):
+            decoded += 1
+            pts = frame.pts if frame.pts is not None else frame.dts
+            idx = int(round((pts - t0) * tb * rate))
+            if idx in wanted:
+                out[idx] = frame.to_ndarray(format="rgb24")
+            if idx >= last:
+                break
+    missing = sorted(wanted - out.keys())
+    if missing:
+        raise ValueError(f"{path}: could not decode frames {missing[:5]} (of {len(wanted)} needed)")
+    return np.stack([out[int(i)] for i in indices]), decoded
+
+
+# ------------------------------------------------------------------------------------------ spatial
+@dataclass(frozen=True)
+class ClipAug:
+    """One clip's spatial augmentation, applied identically to all its frames.
+
+    Crop box in source pixels; ``matrix``/``offset`` map an RGB pixel in [0, 1] units to
+    ``matrix @ rgb + offset`` (colour jitter and grayscale folded into one affine map).
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    matrix: np.ndarray  # (3, 3)
+    offset: np.ndarray  # (3,)
+
+
+def crop_box(
+    rng: np.random.Generator, height: int, width: int,
+    area: tuple[float, float] = (0.3, 1.0), aspect: tuple[float, float] = (0.5, 2.0),
+) -> tuple[int, int, int, int]:
+    """Random resized crop box ``(top, left, h, w)``: area fraction and log-uniform aspect (Inception-style,
+    as torchvision's ``RandomResizedCrop``), ten tries, then the central crop of the clamped aspect."""
+    total = height * width
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    for _ in range(10):
+        target = total * rng.uniform(area[0], area[1])
+        ratio = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    ratio = width / height
+    if ratio < aspect[0]:
+        w, h = width, int(round(width / aspect[0]))
+    elif ratio > aspect[1]:
+        h, w = height, int(round(height * aspect[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def colour_matrix(brightness: float, contrast: float, saturation: float, hue: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(A (3,3), b (3,))`` so that ``A @ rgb + b`` jitters an RGB pixel in [0, 1] units.
+
+    Hue rotates and saturation scales the chroma plane of YIQ (hue in turns: 0.2 = 72 degrees); contrast
+    scales about mid-grey 0.5, brightness multiplies: ``brightness * (contrast * (H rgb - 0.5) + 0.5)``.
+    """
+    theta = 2.0 * math.pi * hue
+    c, s = math.cos(theta), math.sin(theta)
+    chroma = np.array([[1.0, 0.0, 0.0], [0.0, saturation * c, -saturation * s], [0.0, saturation * s, saturation * c]])
+    a = brightness * contrast * (_YIQ2RGB @ chroma @ _RGB2YIQ)
+    b = np.full(3, brightness * (1.0 - contrast) * 0.5)
+    return a, b
+
+
+def grayscale_matrix() -> np.ndarray:
+    """``(3, 3)``: every output channel is the BT.601 luma of the input."""
+    return np.tile(LUMA, (3, 1))
+
+
+def draw_clip_aug(rng: np.random.Generator, height: int, width: int, cfg: DataConfig) -> ClipAug:
+    """Draw one clip's crop, flip, colour jitter (p ``color_jitter_prob``) and grayscale (p ``grayscale_prob``)."""
+    top, left, h, w = crop_box(rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect))
+    flip = bool(rng.uniform() < cfg.flip_prob)
+    a, b = np.eye(3), np.zeros(3)
+    if rng.uniform() < cfg.color_jitter_prob:
+        a, b = colour_matrix(
+            rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
+            rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
+            rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
+            rng.uniform(-cfg.hue, cfg.hue),
+        )
+    if rng.uniform() < cfg.grayscale_prob:
+        g = grayscale_matrix()
+        a, b = g @ a, g @ b
+    return ClipAug(top, left, h, w, flip, a, b)
+
+
+def augment_clip(
+    frames: torch.Tensor, aug: ClipAug, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """``frames`` uint8 ``(T, H, W, 3)`` -> float32 ``(T, size, size, 3)``: crop, bilinear resize, flip,
+    colour matrix, clamp to [0, 1], normalise. One set of parameters for every frame of the clip."""
+    x = frames[:, aug.top:aug.top + aug.height, aug.left:aug.left + aug.width, :]
+    x = x.permute(0, 3, 1, 2).float()  # (T, 3, h, w), channels-last in memory
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    x = x.permute(0, 2, 3, 1)  # (T, S, S, 3)
+    if aug.flip:
+        x = x.flip(2)
+    a = torch.as_tensor(aug.matrix.T / 255.0, dtype=torch.float32)  # pixel units in, [0, 1] out
+    b = torch.as_tensor(aug.offset, dtype=torch.float32)
+    x = torch.addmm(b, x.reshape(-1, 3), a).reshape(x.shape).clamp_(0.0, 1.0)  # (T, S, S, 3)
+    if any(m != 0.0 for m in mean) or any(s != 1.0 for s in std):
+        x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ loader
+class TwoViewDataset(Dataset):
+    """One item per video: ``(view1 (T,S,S,3), view2 (T,S,S,3), label, frames_decoded)``.
+
+    Randomness comes from ``(seed, epoch, index)`` only, so an item is the same whichever worker makes it.
+    A video that fails to decode is reported on stderr and replaced by the next one.
+    """
+
+    def __init__(self, entries: Sequence[VideoEntry], cfg: DataConfig, seed: int = 0):
+        if not entries:
+            raise ValueError("baseline loader: the manifest lists no videos")
+        self.entries, self.cfg, self.seed, self.epoch = list(entries), cfg, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        for attempt in range(len(self.entries)):
+            entry = self.entries[(index + attempt) % len(self.entries)]
+            try:
+                return self._item(entry, (index + attempt) % len(self.entries))
+            except (av.error.FFmpegError, ValueError, OSError) as err:
+                print(f"baseline loader: skipping {entry.path}: {err}", flush=True)
+        raise RuntimeError("baseline loader: no video in the manifest could be decoded")
+
+    def _item(self, entry: VideoEntry, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        c = self.cfg
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        starts = sample_view_starts(rng, entry.num_frames, c.num_frames, c.stride, c.gap_distribution, c.gap_power)
+        views, decoded = [], 0
+        for start in starts:
+            idx = clip_indices(start, c.num_frames, c.stride, entry.num_frames)
+            frames, n = decode_frames(entry.path, idx, entry.fps)  # (T, H, W, 3) uint8
+            decoded += n
+            aug = draw_clip_aug(rng, frames.shape[1], frames.shape[2], c)
+            views.append(augment_clip(torch.from_numpy(frames), aug, c.crop_size, c.mean, c.std))
+        return views[0], views[1], entry.label, decoded
+
+
+def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack to ``(B, T, S, S, 3)`` and view as ``(B, 3, T, S, S)``: channels_last_3d with no copy."""
+    v1 = torch.stack([it[0] for it in items]).permute(0, 4, 1, 2, 3)
+    v2 = torch.stack([it[1] for it in items]).permute(0, 4, 1, 2, 3)
+    label = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    decoded = torch.tensor([it[3] for it in items], dtype=torch.int64)
+    return v1, v2, label, decoded
+
+
+class BaselineLoader:
+    """Iterable of ``(view1, view2, label)`` batches on ``device``, one epoch per ``iter()``.
+
+    ``frames_decoded`` / ``clips`` count decoded frames and delivered videos (two views each) since creation.
+    """
+
+    def __init__(
+        self, entries: Sequence[VideoEntry], cfg: DataConfig, batch_size: int, *, device: torch.device,
+        rank: int = 0, world_size: int = 1, seed: int = 0, num_workers: int | None = None,
+    ):
+        self.dataset = TwoViewDataset(entries, cfg, seed)
+        self.batch_size, self.device, self.rank, self.world_size, self.seed = batch_size, device, rank, world_size, seed
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.epoch = 0
+        self.frames_decoded = 0
+        self.clips = 0
+        if len(self) == 0:
+            raise ValueError(f"baseline loader: {len(entries)} videos over {world_size} ranks give no batch of {batch_size}")
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.world_size // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(len(self.dataset))
+        return order[self.rank::self.world_size][: len(self) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self.dataset.epoch = self.epoch  # forked workers copy it
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self._indices(), num_workers=self.num_workers,
+            collate_fn=collate_views, pin_memory=self.device.type == "cuda", drop_last=True,
+        )
+        for v1, v2, label, decoded in loader:
+            self.frames_decoded += int(decoded.sum())
+            self.clips += len(label)
+            nb = self.device.type == "cuda"
+            yield v1.to(self.device, non_blocking=nb), v2.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb)
+
+
+def default_workers() -> int:
+    """One worker process per usable core (each decodes with one thread)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def build_baseline_loader(
+    cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1, device: torch.device,
+    seed: int = 0, num_workers: int | None = None,
+) -> BaselineLoader:
+    """Same contract as ``fastcvrl.data.build_pretrain_loader``; B = ``cfg.train.batch_size // world_size``."""
+    entries = read_manifest(manifest)
+    return BaselineLoader(
+        entries, cfg.data, cfg.train.batch_size // world_size, device=device, rank=rank,
+        world_size=world_size, seed=seed, num_workers=num_workers,
+    )
