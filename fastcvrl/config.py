@@ -32,6 +32,8 @@ class DataConfig:
     synthetic_classes: int = 8
     synthetic_videos_per_class: int = 24
     device: str = "auto"  # auto | cpu | gpu: where DALI decodes and augments
+    source: str = "video"  # video (DALI over train_manifest) | random (random tensors, no files: tests, step benchmarks)
+    random_videos: int = 256  # data.source=random: clips per epoch
     num_threads: int = 2  # DALI CPU threads per pipeline
     prefetch: int = 2  # DALI prefetch queue depth
     # temporal sampling: T frames at stride s, two clips per video, gap from a decreasing distribution
@@ -93,6 +95,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     channels_last: bool = True
     cuda_graph: bool = True  # capture the whole step as a CUDA graph (GPU only; eager otherwise)
+    cuda_graph_warmup: int = 3  # eager steps before capture (at least 11 under DDP, PyTorch's rule)
     log_every: int = 20  # steps between metric reads (the only host syncs)
     ckpt_every: int = 500  # steps between checkpoints (and always at the end)
     keep_ckpts: int = 3
