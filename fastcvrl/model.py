@@ -1,0 +1,192 @@
+"""The CVRL 3D ResNet backbone (R3D), its projection head, and a FLOP counter for MFU.
+
+The backbone follows the TF Model Garden ``video_ssl`` definition CVRL was trained with
+(``official/vision/modeling/backbones/resnet_3d.py`` with ``cvrl_pretrain_k600_200ep.yaml``):
+
+- stem: Conv3d 64, kernel (5, 7, 7), stride (2, 2, 2), BN, ReLU; max-pool (1, 3, 3) stride (1, 2, 2);
+- bottleneck stages res2..res5 of [3, 4, 6, 3] blocks (R3D-50), filters 64/128/256/512, expansion 4;
+- each block: Conv (k_t, 1, 1) -> BN -> ReLU -> Conv (1, 3, 3) stride (1, s, s) -> BN -> ReLU -> Conv 1x1x1 -> BN,
+  plus a shortcut (Conv 1x1x1 stride (1, s, s) + BN where the channel count changes), then ReLU;
+  k_t = 1 in res2/res3 and 3 in res4/res5; s = 2 in the first block of res3, res4, res5; no temporal stride;
+- BN: TF momentum 0.99 / eps 1e-3 in the backbone (torch momentum 0.01), 0.997 / 1e-5 in the head (torch 0.003);
+  gamma initialised to 1 everywhere (the reference does not zero-init the last BN of a block);
+- conv kernels: Keras ``VarianceScaling`` (fan-in, scale 1, truncated normal); head: Glorot-uniform, zero bias.
+
+Padding is symmetric here where TF's ``same`` pads one more on the far side for even strides: output shapes
+are identical, the sampling grid is shifted by half a pixel.
+
+    backbone = r3d(50)                      # (B, 3, T, H, W) -> (B, 2048); 31.7M parameters
+    model = CVRLModel(backbone, ProjectionHead(backbone.out_dim))   # -> (B, 128), not normalised
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# Stage depths of the bottleneck ResNets (He et al. 2016), as RESNET_SPECS in the TF reference.
+DEPTHS: dict[int, tuple[int, int, int, int]] = {
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+TEMPORAL_KERNELS = (1, 1, 3, 3)  # first conv of every block of res2..res5 (CVRL R3D)
+
+# TF BatchNormalization momentum m is torch momentum 1 - m.
+BACKBONE_BN = dict(momentum=0.01, eps=1e-3)  # TF NormActivation default (0.99, 1e-3)
+HEAD_BN = dict(momentum=0.003, eps=1e-5)  # video_ssl hidden_norm_activation (0.997, 1e-5)
+
+
+def _init_conv(conv: nn.Conv3d) -> None:
+    """Keras VarianceScaling(scale=1, mode='fan_in', distribution='truncated_normal')."""
+    fan_in = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of a unit normal truncated at +-2
+    nn.init.trunc_normal_(conv.weight, std=std, a=-2 * std, b=2 * std)
+
+
+def _conv_bn(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int]) -> list[nn.Module]:
+    conv = nn.Conv3d(cin, cout, tuple(kernel), tuple(stride), padding=tuple(k // 2 for k in kernel), bias=False)
+    _init_conv(conv)
+    return [conv, nn.BatchNorm3d(cout, **BACKBONE_BN)]
+
+
+class Bottleneck3D(nn.Module):
+    """TF ``BottleneckBlock3D``: temporal (k_t,1,1) conv, spatial (1,3,3) conv with stride, 1x1x1 expand x4."""
+
+    def __init__(self, cin: int, filters: int, temporal_kernel: int, spatial_stride: int) -> None:
+        super().__init__()
+        cout = 4 * filters
+        s = spatial_stride
+        self.body = nn.Sequential(
+            *_conv_bn(cin, filters, (temporal_kernel, 1, 1), (1, 1, 1)), nn.ReLU(inplace=True),
+            *_conv_bn(filters, filters, (1, 3, 3), (1, s, s)), nn.ReLU(inplace=True),
+            *_conv_bn(filters, cout, (1, 1, 1), (1, 1, 1)),
+        )
+        if cin != cout:
+            self.shortcut: nn.Module = nn.Sequential(*_conv_bn(cin, cout, (1, 1, 1), (1, s, s)))
+        elif s != 1:  # the reference's 1x1 max-pool with stride: plain subsampling
+            self.shortcut = nn.MaxPool3d(1, (1, s, s))
+        else:
+            self.shortcut = nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class R3D(nn.Module):
+    """3D ResNet backbone: (B, 3, T, H, W) -> globally average-pooled features (B, out_dim)."""
+
+    def __init__(self, blocks: Sequence[int], base_width: int = 64,
+                 temporal_kernels: Sequence[int] = TEMPORAL_KERNELS) -> None:
+        super().__init__()
+        if len(blocks) != 4 or len(temporal_kernels) != 4:
+            raise ValueError(f"R3D needs 4 stages, got blocks={list(blocks)} temporal_kernels={list(temporal_kernels)}")
+        self.stem = nn.Sequential(
+            *_conv_bn(3, base_width, (5, 7, 7), (2, 2, 2)), nn.ReLU(inplace=True),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        )
+        stages = []
+        cin = base_width
+        for i, (n, kt) in enumerate(zip(blocks, temporal_kernels)):
+            filters = base_width * 2**i
+            stage = [Bottleneck3D(cin if j == 0 else 4 * filters, filters, kt, 2 if (i > 0 and j == 0) else 1)
+                     for j in range(n)]
+            stages.append(nn.Sequential(*stage))
+            cin = 4 * filters
+        self.res2, self.res3, self.res4, self.res5 = stages
+        self.out_dim = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (B, C, T/2, H/4, W/4)
+        x = self.res5(self.res4(self.res3(self.res2(x))))  # (B, 32C, T/2, H/32, W/32)
+        return x.mean(dim=(2, 3, 4))  # (B, 32C)
+
+
+def r3d(depth: int = 50, width: int = 1) -> R3D:
+    """CVRL R3D-``depth`` with all channels times ``width`` (the paper's 2x/4x models); out_dim 2048*width."""
+    if depth not in DEPTHS:
+        raise ValueError(f"r3d depth must be one of {sorted(DEPTHS)}, got {depth}")
+    if width < 1:
+        raise ValueError(f"r3d width must be >= 1, got {width}")
+    return R3D(DEPTHS[depth], 64 * width)
+
+
+def r3d_tiny(width: int = 1) -> R3D:
+    """Same structure (stem, 4 stages, temporal kernels) with one block per stage and base width 8: CPU runs."""
+    return R3D((1, 1, 1, 1), 8 * width)
+
+
+def build_backbone(arch: str, width: int = 1) -> R3D:
+    """``arch`` in r3d_tiny | r3d50 | r3d101 | r3d152 (the ``model.arch`` config key)."""
+    if arch == "r3d_tiny":
+        return r3d_tiny(width)
+    if arch.startswith("r3d") and arch[3:].isdigit() and int(arch[3:]) in DEPTHS:
+        return r3d(int(arch[3:]), width)
+    raise ValueError(f"model.arch: unknown architecture {arch!r} (choose r3d_tiny, r3d50, r3d101 or r3d152)")
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR/CVRL MLP: ``layers`` x (Linear -> BN -> ReLU), then Linear -> out_dim (video_ssl_model.py)."""
+
+    def __init__(self, in_dim: int, hidden: int = 2048, layers: int = 3, out_dim: int = 128) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden), nn.BatchNorm1d(hidden, **HEAD_BN), nn.ReLU(inplace=True)]
+            d = hidden
+        mods.append(nn.Linear(d, out_dim))
+        for m in mods:
+            if isinstance(m, nn.Linear):  # Keras Dense defaults
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.mlp = nn.Sequential(*mods)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class CVRLModel(nn.Module):
+    """Backbone + projection head: (B, 3, T, H, W) -> un-normalised embeddings (B, out_dim)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_model(cfg) -> CVRLModel:
+    """Model from ``cfg.model`` (a ``ModelConfig``). BN becomes SyncBatchNorm when ``sync_bn`` is set and a
+    multi-process group is running (SyncBatchNorm needs one)."""
+    backbone = build_backbone(cfg.arch, cfg.width)
+    model = CVRLModel(backbone, ProjectionHead(backbone.out_dim, cfg.proj_hidden, cfg.proj_layers, cfg.proj_dim))
+    if cfg.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_clip(model: nn.Module, num_frames: int, size: int) -> float:
+    """Training FLOPs for one clip: 3 x forward FLOPs (backward ~ 2 x forward), counted by
+    ``FlopCounterMode`` on a meta-device copy (no memory, no compute). A multiply-add counts as 2 FLOPs;
+    only matmuls/convolutions are counted (BN, ReLU, pooling are not)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    meta.eval()  # no running-stat updates; FLOPs are the same
+    x = torch.empty(1, 3, num_frames, size, size, device="meta")  # (1, 3, T, H, W)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(x)
+    return 3.0 * counter.get_total_flops()
