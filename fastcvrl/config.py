@@ -123,6 +123,7 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     finetune: bool = False
+    feature_passes: int = 10  # linear probe: cached augmented passes over the train set (epoch e uses pass e mod K)
 
 
 @dataclass
