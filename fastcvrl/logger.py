@@ -1,0 +1,176 @@
+"""What a user sees: the progress line, TensorBoard scalars, and the run's environment record (env.json).
+
+Only rank 0 logs. The progress line is a tqdm bar on a terminal and one plain line per report otherwise
+(log files stay readable); both show epoch, step, loss, contrastive accuracy, lr, clips/s, the fraction of
+time spent waiting for data, and the ETA.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TextIO
+
+import torch
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Report:
+    """One logging window's numbers (means over the window)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float
+    acc: float
+    lr: float
+    clips_per_s: float
+    data_wait: float  # fraction of the window's wall time spent waiting for the next batch
+    eta_s: float
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def format_report(r: Report) -> str:
+    return (f"ep {r.epoch + 1}/{r.epochs} step {r.step}/{r.total_steps} loss {r.loss:.4f} acc {r.acc:.3f} "
+            f"lr {r.lr:.3g} {r.clips_per_s:.1f} clips/s wait {100 * r.data_wait:.0f}% eta {format_eta(r.eta_s)}")
+
+
+class Progress:
+    """A tqdm bar when ``stream`` is a terminal, else one printed line per ``update``."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.bar = None
+        if enabled and self.stream.isatty():
+            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
+                            bar_format="{bar:20} {postfix}", leave=True)
+        self.step = start_step
+
+    def update(self, r: Report) -> None:
+        if not self.enabled:
+            return
+        line = format_report(r)
+        if self.bar is not None:
+            self.bar.update(r.step - self.step)
+            self.bar.set_postfix_str(line, refresh=True)
+        else:
+            print(line, file=self.stream, flush=True)
+        self.step = r.step
+
+    def write(self, msg: str) -> None:
+        """A message that does not break the bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=self.stream)
+        else:
+            print(msg, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Board:
+    """TensorBoard scalars under ``<run>/tb``: the progress line's numbers plus GPU memory."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def log(self, r: Report, device: torch.device) -> None:
+        if self.writer is None:
+            return
+        w, s = self.writer, r.step
+        w.add_scalar("train/loss", r.loss, s)
+        w.add_scalar("train/contrastive_acc", r.acc, s)
+        w.add_scalar("train/lr", r.lr, s)
+        w.add_scalar("train/clips_per_s", r.clips_per_s, s)
+        w.add_scalar("train/data_wait_fraction", r.data_wait, s)
+        w.add_scalar("train/epoch", r.epoch, s)
+        if device.type == "cuda":
+            w.add_scalar("gpu/memory_allocated_gib", torch.cuda.memory_allocated(device) / 2**30, s)
+            w.add_scalar("gpu/max_memory_allocated_gib", torch.cuda.max_memory_allocated(device) / 2**30, s)
+            w.add_scalar("gpu/memory_reserved_gib", torch.cuda.memory_reserved(device) / 2**30, s)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _version(dist_name: str) -> str | None:
+    try:
+        return metadata.version(dist_name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(repo: Path = REPO_ROOT) -> dict:
+    """The source's git commit and whether the tree had local changes (None outside a checkout)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment(world_size: int = 1, device: torch.device | None = None) -> dict:
+    """Versions, devices and source commit: what is needed to reproduce or compare a run."""
+    cuda = torch.cuda.is_available()
+    env = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            "fastcvrl": _version("fastcvrl"),
+            "torch": torch.__version__,
+            "nvidia-dali-cuda120": _version("nvidia-dali-cuda120"),
+            "nvidia-dali-cuda130": _version("nvidia-dali-cuda130"),
+            "numpy": _version("numpy"),
+            "av": _version("av"),
+            "tensorboard": _version("tensorboard"),
+        },
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+        "device": str(device) if device is not None else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "world_size": world_size,
+        "git": git_commit(),
+    }
+    return env
+
+
+def write_env(run_dir: str | os.PathLike, world_size: int = 1, device: torch.device | None = None) -> Path:
+    path = Path(run_dir) / "env.json"
+    path.write_text(json.dumps(environment(world_size, device), indent=2) + "\n", encoding="utf-8")
+    return path
