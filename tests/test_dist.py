@@ -1,0 +1,100 @@
+"""fastcvrl.dist: single-process fallbacks, and NT-Xent gradients across two gloo processes under DDP."""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from fastcvrl import dist as fdist
+from fastcvrl.loss import nt_xent
+
+WORLD, N, D_IN = 2, 4, 10  # per-rank batch N; global batch WORLD * N
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    # BN-free: per-rank BN statistics would legitimately differ from full-batch ones
+    return nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, 8))
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(WORLD * N, D_IN, generator=g), torch.randn(WORLD * N, D_IN, generator=g)
+
+
+def _step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, gather=None) -> torch.Tensor:
+    z1, z2 = model(torch.cat([x1, x2])).chunk(2)  # one forward for both views, as the trainer does
+    loss = nt_xent(z1, z2, 0.2, gather)
+    loss.backward()
+    return loss.detach()
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    env = fdist.init_distributed()
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())  # averages gradients over ranks
+        x1, x2 = _data()
+        sl = slice(rank * N, (rank + 1) * N)
+        loss = _step(model, x1[sl], x2[sl], fdist.gather_with_grad)
+        gathered = fdist.gather_with_grad(torch.full((N, 3), float(rank)))
+        torch.save({
+            "env": (env.rank, env.world_size, env.local_rank, env.distributed, str(env.device)),
+            "grads": [p.grad.clone() for p in model.module.parameters()],
+            "loss": loss,
+            "loss_mean": fdist.all_reduce_mean(loss),
+            "gathered": gathered,
+            "is_main": fdist.is_main(),
+            "gather_rank": fdist.gather_with_grad.rank,
+        }, os.path.join(out_dir, f"rank{rank}.pt"))
+        fdist.barrier()
+    finally:
+        fdist.destroy()
+
+
+def test_two_gloo_ranks_match_single_process_gradient(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    model = _model()
+    x1, x2 = _data()
+    full_loss = _step(model, x1, x2)  # single process on the concatenated batch
+    full_grads = [p.grad for p in model.parameters()]
+
+    for r, out in enumerate(res):
+        assert out["env"] == (r, WORLD, r, True, "cpu")
+        assert out["is_main"] == (r == 0) and out["gather_rank"] == r
+        expected = torch.cat([torch.full((N, 3), float(s)) for s in range(WORLD)])
+        assert torch.equal(out["gathered"], expected)
+        torch.testing.assert_close(out["loss_mean"], full_loss)
+        for g, ref in zip(out["grads"], full_grads):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+    # the ranks' own losses differ (different local batches) yet average to the global loss
+    assert not torch.allclose(res[0]["loss"], res[1]["loss"])
+    torch.testing.assert_close((res[0]["loss"] + res[1]["loss"]) / 2, full_loss)
+
+
+def test_single_process_fallbacks(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    env = fdist.init_distributed()
+    assert (env.rank, env.world_size, env.local_rank, env.distributed) == (0, 1, 0, False)
+    assert env.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randn(3, 4, requires_grad=True)
+    assert fdist.gather_with_grad(x) is x and fdist.gather_with_grad.rank == 0
+    t = torch.tensor(2.5)
+    assert fdist.all_reduce_mean(t).item() == 2.5
+    assert fdist.is_main()
+    fdist.barrier()
+    fdist.destroy()
