@@ -255,7 +255,7 @@ def collate_views(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 class BaselineLoader:
     """Iterable of ``(view1, view2, label)`` batches on ``device``, one epoch per ``iter()``.
 
-    ``frames_decoded`` / ``clips`` count decoded frames and delivered videos (two views each) since creation.
+    ``frames_decoded`` / ``videos`` count decoded frames and delivered videos (two clips each) since creation.
     """
 
     def __init__(
@@ -267,7 +267,7 @@ class BaselineLoader:
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.epoch = 0
         self.frames_decoded = 0
-        self.clips = 0
+        self.videos = 0
         if len(self) == 0:
             raise ValueError(f"baseline loader: {len(entries)} videos over {world_size} ranks give no batch of {batch_size}")
 
@@ -289,7 +289,7 @@ class BaselineLoader:
         )
         for v1, v2, label, decoded in loader:
             self.frames_decoded += int(decoded.sum())
-            self.clips += len(label)
+            self.videos += len(label)
             nb = self.device.type == "cuda"
             yield v1.to(self.device, non_blocking=nb), v2.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb)
 

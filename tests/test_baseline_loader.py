@@ -83,9 +83,9 @@ def test_loader_clips_are_T_frames_s_apart_from_the_right_video(index_manifest):
                 assert ((np.diff(idx[b]) - S) % n == 0).all(), idx[b]  # stride s, looping short videos
         seen += label.tolist()
     assert sorted(seen) == [0, 1, 2, 3]
-    per_clip = loader.frames_decoded / loader.clips
+    per_clip = loader.frames_decoded / loader.videos
     span = (T - 1) * S + 1
-    assert loader.clips == 4 and per_clip >= 2 * T
+    assert loader.videos == 4 and per_clip >= 2 * T
     # long videos decode at most the keyframe distance more than the two spans; the 7-frame one loops over all 7
     assert loader.frames_decoded <= 3 * 2 * (span + GOP - 1) + 2 * 7
 

@@ -1,0 +1,298 @@
+"""Loader throughput: the DALI CVRL pipeline beside the PyAV + torch DataLoader baseline, and the decode ceiling.
+
+    python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
+    python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
+
+Default data: the built-in synthetic dataset (``fastcvrl.synthetic.ensure_synthetic`` defaults: 112x112,
+64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do the same
+work per video: two clips placed by CVRL's temporal sampling, each cropped, flipped, colour-jittered with one
+3x3 colour matrix, grayscaled, normalised, handed to torch as float ``(B, 3, T, S, S)`` channels_last_3d.
+
+Units. A *clip* is one view: T frames at stride s (a video gives two clips; a training clip in train_bench is
+the same unit). ``clips/s`` counts clips delivered. The decode ceiling is the frame rate of a plain decode of
+the same files (every frame of whole files, one decoder thread per process, one process per core, no colour
+conversion; ``+rgb`` adds the RGB conversion of every frame), turned into clips per second by the frames a
+clip cannot avoid decoding, its span:
+
+    ceiling clips/s = decode frames/s / ((T - 1) * s + 1)        # 31 frames for 16 x 2
+
+A loader that seeks to a keyframe decodes more than the span (up to keyframe spacing - 1 more); one that
+decodes both views of a video in one pass where they overlap can decode less, so fractions above 1 are
+possible. ``frames/clip`` reports what each loader actually decoded.
+
+Fairness: the baseline gets one DataLoader worker process per usable core (each decodes with one thread); DALI
+gets ``num_threads`` = usable cores. Each loader is built once; each repeat iterates ``--warmup`` batches
+(untimed: worker start-up, pipeline fill) then ``--iters`` timed batches, the loaders alternating order from
+repeat to repeat. Memory is the peak over the loader's iterations of RSS and PSS summed over this process and
+all its children (workers included); the main process's torch/DALI import is part of it (``idle`` column).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakMemory, environment, format_table, summarize, tree_memory_mb, usable_cores, write_json  # noqa: E402
+
+import av  # noqa: E402
+import torch  # noqa: E402
+
+from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
+from fastcvrl.config import Config  # noqa: E402
+from fastcvrl.manifest import read_manifest  # noqa: E402
+
+QUICK = dict(classes=2, videos_per_class=4, size=32, video_frames=24, crop=32, frames=4, stride=2, batch_size=2,
+             warmup=1, iters=2, repeats=2, ceiling_frames=200)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI decodes and augments")
+    p.add_argument("--manifest", default="", help="manifest.csv; default: the built-in synthetic dataset")
+    p.add_argument("--synthetic-dir", default="~/.cache/fastcvrl/synthetic", help="where the synthetic set lives")
+    p.add_argument("--loaders", default="baseline,dali", help="comma-separated subset of baseline,dali")
+    p.add_argument("--crop", type=int, default=112)
+    p.add_argument("--frames", type=int, default=16, help="T, frames per clip")
+    p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="videos per batch (two clips each)")
+    p.add_argument("--workers", type=int, default=0, help="baseline workers and DALI threads; 0 = usable cores")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches per repeat")
+    p.add_argument("--iters", type=int, default=15, help="timed batches per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ceiling-frames", type=int, default=4000, help="frames decoded per ceiling repeat")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="", help="write the result as one JSON line to this path")
+    p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
+    args = p.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            if k in ("classes", "videos_per_class", "size", "video_frames"):
+                setattr(args, k, v)
+            elif getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    args.workers = args.workers or usable_cores()
+    return args
+
+
+def dataset(args: argparse.Namespace) -> str:
+    """The manifest to read: ``--manifest``, else the synthetic train split (generated once, cached)."""
+    if args.manifest:
+        return args.manifest
+    from fastcvrl.synthetic import ensure_synthetic
+
+    kw = {}
+    if args.quick:
+        kw = dict(num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
+                  num_frames=args.video_frames, test_videos_per_class=0)
+    train, _ = ensure_synthetic(os.path.expanduser(args.synthetic_dir), **kw)
+    return train
+
+
+def bench_config(args: argparse.Namespace) -> Config:
+    cfg = Config()
+    cfg.data.device = args.device
+    cfg.data.num_threads = args.workers
+    cfg.data.num_frames, cfg.data.stride, cfg.data.crop_size = args.frames, args.stride, args.crop
+    cfg.train.batch_size = args.batch_size
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ decode ceiling
+def _decode_file(job: tuple[str, bool]) -> int:
+    path, rgb = job
+    n = 0
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for frame in c.decode(stream):
+            if rgb:
+                frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def decode_ceiling(paths: list[str], frames_per_file: list[int], procs: int, min_frames: int, rgb: bool) -> float:
+    """Frames/s of plain whole-file decoding over ``paths`` (cycled to at least ``min_frames`` frames),
+    one process per core, one decoder thread each."""
+    jobs, total, i = [], 0, 0
+    while total < min_frames or len(jobs) < procs:
+        jobs.append((paths[i % len(paths)], rgb))
+        total += frames_per_file[i % len(paths)]
+        i += 1
+    with mp.get_context("fork").Pool(procs) as pool:
+        pool.map(_decode_file, jobs[:procs])  # warm-up: page cache, codec init
+        t0 = time.perf_counter()
+        decoded = sum(pool.imap_unordered(_decode_file, jobs))
+        return decoded / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def _endless(loader, epoch0: int) -> Iterator:
+    epoch = epoch0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[], None]) -> dict[str, Any]:
+    """Warm-up then timed batches of one loader; clips/s, frames decoded per clip, peak tree memory."""
+    with PeakMemory() as mem:
+        it = _endless(loader, epoch0)
+        for _ in range(warmup):
+            next(it)
+        sync()
+        frames0 = getattr(loader, "frames_decoded", None)
+        videos0 = getattr(loader, "videos", None)
+        t0 = time.perf_counter()
+        clips = 0
+        for _ in range(iters):
+            v1, v2, label = next(it)
+            clips += v1.shape[0] + v2.shape[0]
+        sync()
+        dt = time.perf_counter() - t0
+        frames1 = getattr(loader, "frames_decoded", None)
+        videos1 = getattr(loader, "videos", None)
+        it.close()  # shuts the DataLoader workers down
+        del it
+    per_clip = None
+    if None not in (frames0, frames1, videos0, videos1) and videos1 > videos0:
+        # loaders count delivered videos (two clips each) and decoded frames
+        per_clip = (frames1 - frames0) / (2 * (videos1 - videos0))
+    return {"clips_per_s": clips / dt, "seconds": dt, "frames_per_clip": per_clip,
+            "peak_rss_mb": mem.peak_rss_mb, "peak_pss_mb": mem.peak_pss_mb,
+            "shapes": [list(v1.shape), list(v2.shape), list(label.shape)],
+            "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d))}
+
+
+def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.Namespace) -> dict[str, Any]:
+    """name -> loader, or name -> error string where it cannot be built here (e.g. DALI not installed)."""
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    out: dict[str, Any] = {}
+    for name in names:
+        try:
+            if name == "baseline":
+                out[name] = build_baseline_loader(cfg, manifest, device=device, seed=args.seed, num_workers=args.workers)
+            elif name == "dali":
+                from fastcvrl.data import build_pretrain_loader
+
+                out[name] = build_pretrain_loader(cfg, manifest, device=device, seed=args.seed)
+            else:
+                raise ValueError(f"--loaders: unknown loader {name!r}; choose baseline or dali")
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - report, run the others
+            traceback.print_exc()
+            out[name] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    manifest = dataset(args)
+    entries = read_manifest(manifest)
+    cfg = bench_config(args)
+    span = (args.frames - 1) * args.stride + 1
+    idle_rss, idle_pss = tree_memory_mb()
+    sync = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
+
+    names = [n.strip() for n in args.loaders.split(",") if n.strip()]
+    loaders = build_loaders(names, cfg, manifest, args)
+    runs: dict[str, list[dict]] = {n: [] for n in names if not isinstance(loaders[n], str)}
+    ceiling: list[float] = []
+    ceiling_rgb: list[float] = []
+    paths, nframes = [e.path for e in entries], [e.num_frames for e in entries]
+    for rep in range(args.repeats):
+        ceiling.append(decode_ceiling(paths, nframes, args.workers, args.ceiling_frames, rgb=False))
+        ceiling_rgb.append(decode_ceiling(paths, nframes, args.workers, args.ceiling_frames, rgb=True))
+        order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            runs[name].append(time_loader(loaders[name], args.warmup, args.iters, 1000 * rep, sync))
+
+    fps = summarize(ceiling)
+    fps_rgb = summarize(ceiling_rgb)
+    ceil_clips = fps["median"] / span
+    result: dict[str, Any] = {
+        "benchmark": "loader",
+        "device": args.device,
+        "manifest": manifest,
+        "videos": len(entries),
+        "settings": {"frames": args.frames, "stride": args.stride, "crop": args.crop, "batch_size": args.batch_size,
+                     "workers": args.workers, "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats},
+        "ceiling": {"frames_per_s": fps, "rgb_frames_per_s": fps_rgb, "frames_per_clip": span,
+                    "clips_per_s": ceil_clips, "formula": "decode frames/s / ((T-1)*s+1)"},
+        "idle_memory_mb": {"rss": idle_rss, "pss": idle_pss},
+        "loaders": {},
+        "env": environment(),
+    }
+    for name in names:
+        if isinstance(loaders[name], str):
+            result["loaders"][name] = {"error": loaders[name]}
+            continue
+        rs = runs[name]
+        cps = summarize([r["clips_per_s"] for r in rs])
+        fpc = [r["frames_per_clip"] for r in rs if r["frames_per_clip"] is not None]
+        result["loaders"][name] = {
+            "clips_per_s": cps,
+            "fraction_of_ceiling": cps["median"] / ceil_clips,
+            "frames_per_clip": sum(fpc) / len(fpc) if fpc else None,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "peak_pss_mb": max(r["peak_pss_mb"] for r in rs),
+            "shapes": rs[0]["shapes"],
+            "channels_last_3d": rs[0]["channels_last_3d"],
+        }
+    ok = {n: v for n, v in result["loaders"].items() if "error" not in v}
+    if "baseline" in ok and "dali" in ok:
+        result["dali_over_baseline"] = ok["dali"]["clips_per_s"]["median"] / ok["baseline"]["clips_per_s"]["median"]
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    s, env, c = result["settings"], result["env"], result["ceiling"]
+    print(f"loader benchmark: {result['videos']} videos from {result['manifest']}")
+    print(f"  {s['frames']}x{s['stride']} clips, {s['crop']}x{s['crop']} crops, batch {s['batch_size']} videos "
+          f"(2 clips each), {s['workers']} workers/threads, {s['warmup']} warm-up + {s['iters']} timed batches "
+          f"x {s['repeats']} repeats")
+    print(f"  {env['cpu']} ({env['cores']} usable cores), GPU: {env['gpu'] or 'none'}; torch {env['torch']}, "
+          f"DALI {env['dali']}, PyAV {env['av']}; load average {env['loadavg_1m']:.2f} at the end")
+    rows = [["decode ceiling (no rgb)", c["clips_per_s"], None, None, 1.0, float(c["frames_per_clip"]), None, None],
+            ["decode ceiling (+rgb)", c["rgb_frames_per_s"]["median"] / c["frames_per_clip"], None,
+             c["rgb_frames_per_s"]["spread"], c["rgb_frames_per_s"]["median"] / c["frames_per_s"]["median"],
+             float(c["frames_per_clip"]), None, None]]
+    rows[0][3] = c["frames_per_s"]["spread"]
+    for name, r in result["loaders"].items():
+        label = f"{name} ({result['device']})" if name == "dali" else f"{name} (PyAV+DataLoader)"
+        if "error" in r:
+            rows.append([label, "unavailable", None, None, None, None, None, None])
+            continue
+        cps = r["clips_per_s"]
+        rows.append([label, cps["median"], cps["median"] / 2, cps["spread"], r["fraction_of_ceiling"],
+                     r["frames_per_clip"], r["peak_pss_mb"], r["peak_rss_mb"]])
+    print(format_table(["loader", "clips/s", "videos/s", "spread", "of ceiling", "frames/clip", "peak PSS MB",
+                        "peak RSS MB"], rows))
+    print(f"  ceiling: {c['frames_per_s']['median']:.0f} decoded frames/s ({c['rgb_frames_per_s']['median']:.0f} "
+          f"with RGB conversion) / {c['frames_per_clip']} frames per clip; spread = (max-min)/median over repeats; "
+          f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS")
+    for name, r in result["loaders"].items():
+        if "error" in r:
+            print(f"  {name} unavailable: {r['error']}")
+    if "dali_over_baseline" in result:
+        print(f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result = run(args)
+    print_table(result)
+    line = write_json(result, args.json)
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()
