@@ -1,0 +1,132 @@
+"""Linear-probe math of the CVRL linear protocol (Qian et al. 2021, Sec. 4.1), free of data loading.
+
+Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum) and a cosine
+learning-rate schedule; at test time the softmax scores of N temporal x 3 spatial views are averaged per video
+(CVRL's 10 x 3, as SlowFast/X3D's dense testing).
+
+    head = train_linear(feats, labels, num_classes, epochs=100, lr=0.32)       # feats (N, D) or a list of passes
+    acc = ViewAverager(num_videos, num_classes); acc.add(probs, view_video)     # any order, any batching
+    top = topk_accuracy(acc.mean(), video_labels)
+
+``average_views`` / ``ViewAverager`` are the scatter (fast) path; ``average_views_reference`` is the loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcvrl.knn import topk_accuracy
+
+__all__ = [
+    "cosine_lr",
+    "train_linear",
+    "ViewAverager",
+    "average_views",
+    "average_views_reference",
+    "topk_accuracy",
+]
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Half-cosine decay from ``base_lr`` at step 0 to 0 at ``total_steps`` (no warm-up, as CVRL's linear eval)."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def train_linear(
+    features: torch.Tensor | Sequence[torch.Tensor],
+    labels: torch.Tensor | Sequence[torch.Tensor],
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.32,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> nn.Linear:
+    """Train one linear layer on frozen features with SGD + cosine schedule; returns it (on the features' device).
+
+    ``features`` is (N, D) with ``labels`` (N,), or lists of K such tensors: K cached augmented passes over
+    the training set (each pass in its own order, so each has its labels). Epoch e reads pass e mod K, so every
+    epoch sees a fresh augmentation draw as long as K allows. Features are L2-normalised here (CVRL's protocol).
+    """
+    passes = [features] if isinstance(features, torch.Tensor) else list(features)
+    pass_labels = [labels] if isinstance(labels, torch.Tensor) else list(labels)
+    if not passes or len(passes) != len(pass_labels):
+        raise ValueError(f"train_linear needs matching feature and label passes, got {len(passes)} and {len(pass_labels)}")
+    dim = passes[0].shape[1]
+    for p, y in zip(passes, pass_labels):
+        if p.ndim != 2 or p.shape[1] != dim or y.shape != (p.shape[0],):
+            raise ValueError(f"each pass must be features (N, {dim}) with labels (N,), got {tuple(p.shape)}, {tuple(y.shape)}")
+    device = passes[0].device
+    passes = [F.normalize(p.float(), dim=1) for p in passes]
+    pass_labels = [y.to(device).long() for y in pass_labels]
+    n = max(p.shape[0] for p in passes)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    head = nn.Linear(dim, num_classes).to(device)
+    with torch.no_grad():  # deterministic init from the seed (not from the global RNG)
+        bound = 1.0 / math.sqrt(dim)
+        head.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen))
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    step = 0
+    for epoch in range(epochs):
+        x_all, y_all = passes[epoch % len(passes)], pass_labels[epoch % len(passes)]
+        order = torch.randperm(x_all.shape[0], generator=gen).to(device)
+        for start in range(0, x_all.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(lr, step, total)
+            loss = F.cross_entropy(head(x_all[idx]), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+class ViewAverager:
+    """Accumulates per-view class scores into per-video means, whatever the view order or batching.
+
+    ``add(scores (M, C), view_video (M,))`` adds each view's scores to its video's row; ``mean()`` returns
+    (num_videos, C). Views of one video may arrive shuffled, split over batches, or mixed with other videos.
+    """
+
+    def __init__(self, num_videos: int, num_classes: int, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(num_videos, dtype=torch.float64, device=device)
+
+    def add(self, scores: torch.Tensor, view_video: torch.Tensor) -> None:
+        if scores.ndim != 2 or view_video.shape != (scores.shape[0],):
+            raise ValueError(f"expected scores (M, C) and view_video (M,), got {tuple(scores.shape)}, {tuple(view_video.shape)}")
+        idx = view_video.to(self.sums.device).long()
+        self.sums.index_add_(0, idx, scores.to(self.sums.device, torch.float64))
+        self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+
+    def mean(self) -> torch.Tensor:
+        """(num_videos, C) float32; raises if a video received no views (a loader bug, not a zero score)."""
+        missing = (self.counts == 0).nonzero().flatten()
+        if missing.numel():
+            raise ValueError(f"{missing.numel()} video(s) received no test views, e.g. video {int(missing[0])}")
+        return (self.sums / self.counts[:, None]).float()
+
+
+def average_views(scores: torch.Tensor, view_video: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Per-video mean of per-view scores (M, C) grouped by ``view_video`` (M,) -> (num_videos, C)."""
+    acc = ViewAverager(num_videos, scores.shape[1], scores.device)
+    acc.add(scores, view_video)
+    return acc.mean()
+
+
+def average_views_reference(scores: torch.Tensor, view_video: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Loop statement of ``average_views``: collect each video's views in a list, then average."""
+    rows: list[list[torch.Tensor]] = [[] for _ in range(num_videos)]
+    for s, v in zip(scores, view_video.tolist()):
+        rows[v].append(s.double())
+    return torch.stack([torch.stack(r).mean(dim=0) for r in rows]).float()

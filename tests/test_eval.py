@@ -1,0 +1,232 @@
+"""Linear probe and evaluation: the probe learns what the features hold (and nothing else), the 30-view
+averaging groups views by video, the frozen backbone stays frozen, fine-tuning trains it, checkpoints load."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcvrl.config import Config, merge, to_dict
+from fastcvrl.eval import Classifier, EvalError, finetune, linear_probe, load_backbone, predict_videos
+from fastcvrl.probe import (
+    ViewAverager,
+    average_views,
+    average_views_reference,
+    cosine_lr,
+    topk_accuracy,
+    train_linear,
+)
+
+
+def _gaussian_classes(n: int, means: torch.Tensor, g: torch.Generator, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.randint(0, means.shape[0], (n,), generator=g)
+    return means[y] + noise * torch.randn(n, means.shape[1], generator=g), y
+
+
+def test_probe_separates_classes_that_the_features_separate():
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(6, 32, generator=g)  # 6 classes, well apart in 32-D
+    x, y = _gaussian_classes(300, means, g, noise=0.5)
+    xt, yt = _gaussian_classes(600, means, g, noise=0.5)
+    head = train_linear(x, y, 6, epochs=60, batch_size=64, lr=1.0, seed=0)
+    with torch.no_grad():
+        acc = topk_accuracy(head(F.normalize(xt, dim=1)), yt, (1,))[1]
+    assert acc > 0.95
+
+
+def test_probe_is_at_chance_on_random_labels():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 32, generator=g)
+    y = torch.randint(0, 4, (400,), generator=g)
+    head = train_linear(x, y, 4, epochs=60, batch_size=64, lr=1.0, seed=0)
+    with torch.no_grad():
+        train_acc = topk_accuracy(head(F.normalize(x, dim=1)), y, (1,))[1]
+        xt, yt = torch.randn(2000, 32, generator=g), torch.randint(0, 4, (2000,), generator=g)
+        test_acc = topk_accuracy(head(F.normalize(xt, dim=1)), yt, (1,))[1]
+    assert train_acc > 0.4  # it does fit (memorise) the training labels somewhat...
+    assert abs(test_acc - 0.25) < 0.05  # ...but predicts new videos at chance (sd of the estimate ~0.01)
+
+
+def test_probe_uses_every_cached_pass():
+    # Pass 0 carries the label in dim 0, pass 1 in dim 1; a probe that only read one pass learns only one.
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 2, (200,), generator=g)
+    sign = (2 * y - 1).float()
+    p0 = torch.randn(200, 8, generator=g) * 0.1
+    p1 = p0.clone()
+    p0[:, 0] += sign
+    p1[:, 1] += sign
+    head = train_linear([p0, p1], [y, y], 2, epochs=40, batch_size=50, lr=1.0, seed=0)
+    w = head.weight[1] - head.weight[0]
+    assert w[0] > 0.5 and w[1] > 0.5
+
+
+def test_cosine_lr():
+    assert cosine_lr(0.4, 0, 100) == pytest.approx(0.4)
+    assert cosine_lr(0.4, 50, 100) == pytest.approx(0.2)
+    assert cosine_lr(0.4, 100, 100) == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------------------ view averaging
+def test_average_views_matches_reference_with_shuffled_views():
+    g = torch.Generator().manual_seed(3)
+    num_videos, views, c = 5, 30, 4
+    view_video = torch.arange(num_videos).repeat_interleave(views)
+    perm = torch.randperm(view_video.numel(), generator=g)
+    scores = torch.rand(view_video.numel(), c, generator=g)
+    fast = average_views(scores[perm], view_video[perm], num_videos)
+    torch.testing.assert_close(fast, average_views_reference(scores, view_video, num_videos))
+    # the same views fed in three uneven batches, interleaving videos
+    acc = ViewAverager(num_videos, c)
+    for chunk in perm.split(47):
+        acc.add(scores[chunk], view_video[chunk])
+    torch.testing.assert_close(acc.mean(), fast)
+    with pytest.raises(ValueError, match="no test views"):
+        ViewAverager(num_videos + 1, c).mean()
+
+
+class _LogitsInClip(nn.Module):
+    """A 'model' whose logits are written in the clip: (B, C, 1, 1, 1) -> (B, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def test_predict_videos_groups_views_by_video_across_batches():
+    # 4 videos, 2 per batch, out of order, V = 6 views each, contiguous per video as build_test_loader yields.
+    # Each video's label wins on the average although 4 of its 6 views vote for another class; mixing views
+    # of different videos (wrong grouping) would give other answers.
+    c, v = 3, 6
+    labels = torch.tensor([2, 0, 1, 2])
+
+    def views_for(video: int) -> torch.Tensor:
+        y, wrong = int(labels[video]), (int(labels[video]) + 1 + video % 2) % c
+        logits = torch.zeros(v, c)
+        logits[:2, y] = 8.0  # two confident views for the label
+        logits[2:, wrong] = 0.5  # four hesitant views for another class
+        return logits
+
+    batches = []
+    for vids in ([3, 0], [2, 1]):
+        idx = torch.tensor(vids)
+        clips = torch.cat([views_for(i) for i in vids])[:, :, None, None, None]  # (2*V, C, 1, 1, 1)
+        batches.append((clips, labels[idx], idx))
+    scores, out_labels = predict_videos(_LogitsInClip(), batches, 4, c, torch.device("cpu"))
+    assert out_labels.tolist() == labels.tolist()
+    assert scores.argmax(1).tolist() == labels.tolist()
+    expected = torch.stack([views_for(i).softmax(1).mean(0) for i in range(4)])
+    torch.testing.assert_close(scores, expected)
+    # per-view majority voting would have got every video wrong
+    majority = torch.stack([views_for(i).argmax(1).mode().values for i in range(4)])
+    assert (majority != labels).all()
+
+
+# --------------------------------------------------------------------------------- probe / fine-tune loops
+class _TinyNet(nn.Module):
+    """Conv3d -> BN -> ReLU -> global pool: (B,3,T,H,W) -> (B, 8), with BatchNorm running statistics."""
+
+    out_dim = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, 1)
+        self.bn = nn.BatchNorm3d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x))).mean(dim=(2, 3, 4))
+
+
+def _colour_clips(labels: torch.Tensor, g: torch.Generator, views: int = 1) -> torch.Tensor:
+    base = F.one_hot(labels, 3).float().repeat_interleave(views, 0)  # (B*V, 3)
+    return base[:, :, None, None, None] * 2 - 1 + 0.5 * torch.randn(base.shape[0], 3, 2, 4, 4, generator=g)
+
+
+def _loaders(g: torch.Generator):
+    train_y = torch.arange(48) % 3
+    test_y = torch.arange(12) % 3
+    train = [(_colour_clips(y, g), y) for y in train_y.split(16)]
+    test = [(_colour_clips(y, g, views=6), y, idx) for y, idx in zip(test_y.split(4), torch.arange(12).split(4))]
+    return train, test
+
+
+def _cfg(**eval_overrides) -> Config:
+    return merge(Config(), {"eval": {"epochs": 30, "batch_size": 16, "lr": 1.0, **eval_overrides}})
+
+
+def test_linear_probe_keeps_the_backbone_frozen_and_learns():
+    g = torch.Generator().manual_seed(4)
+    torch.manual_seed(0)
+    train, test = _loaders(g)
+    net = _TinyNet()
+    _ = net(torch.randn(16, 3, 2, 4, 4))  # give BN non-trivial running statistics
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = linear_probe(net, [train, train], test, num_classes=3, num_test_videos=12, cfg=_cfg(),
+                       device=torch.device("cpu"), log=lambda s: None)
+    for k, v in net.state_dict().items():  # weights and BN running stats untouched (BN in eval mode)
+        torch.testing.assert_close(v, before[k], msg=f"{k} changed during the linear probe")
+    assert out["top1"] > 0.9 and out["train_top1"] > 0.9
+
+
+def test_finetune_trains_the_backbone_too():
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(0)
+    train, test = _loaders(g)
+    net = _TinyNet()
+    w0 = net.conv.weight.detach().clone()
+    out = finetune(net, lambda epoch: train, test, num_classes=3, num_test_videos=12, cfg=_cfg(epochs=15),
+                   device=torch.device("cpu"), log=lambda s: None)
+    assert not torch.equal(net.conv.weight, w0)
+    assert out["top1"] > 0.9
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _tiny_cfg(width: int = 1) -> Config:
+    return merge(Config(), {"model": {"arch": "r3d_tiny", "width": width}})
+
+
+@pytest.mark.parametrize("layout", ["trainer", "exported", "ddp"])
+def test_load_backbone_formats(tmp_path, layout):
+    from fastcvrl.model import build_backbone
+
+    torch.manual_seed(0)
+    bb = build_backbone("r3d_tiny")
+    sd = bb.state_dict()
+    if layout == "trainer":  # a CVRLModel state dict plus the run's config; cfg given says r3d50
+        obj = {"step": 10, "model": {f"backbone.{k}": v for k, v in sd.items()} | {"head.w": torch.zeros(1)},
+               "config": to_dict(_tiny_cfg())}
+        cfg = Config()
+    elif layout == "exported":
+        obj, cfg = sd, _tiny_cfg()
+    else:
+        obj, cfg = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}, _tiny_cfg()
+    torch.save(obj, tmp_path / "ck.pt")
+    loaded, cfg_out = load_backbone(tmp_path / "ck.pt", cfg)
+    assert cfg_out.model.arch == "r3d_tiny"
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, sd[k])
+
+
+def test_load_backbone_errors_name_the_file(tmp_path):
+    from fastcvrl.model import build_backbone
+
+    with pytest.raises(EvalError, match="not found: .*nope.pt"):
+        load_backbone(tmp_path / "nope.pt", _tiny_cfg())
+    torch.save(build_backbone("r3d_tiny").state_dict(), tmp_path / "tiny.pt")
+    with pytest.raises(EvalError, match=r"tiny\.pt: weights do not fit model.arch=r3d_tiny width=2"):
+        load_backbone(tmp_path / "tiny.pt", _tiny_cfg(width=2))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EvalError, match=r"junk\.pt: cannot read"):
+        load_backbone(tmp_path / "junk.pt", _tiny_cfg())
+
+
+def test_cli_reports_a_missing_manifest(tmp_path):
+    missing = tmp_path / "absent" / "manifest.csv"
+    r = subprocess.run([sys.executable, "-m", "fastcvrl.eval", "--random-init", "--train-manifest", str(missing),
+                        "--test-manifest", str(missing), "--model.arch=r3d_tiny"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "manifest not found" in r.stderr and str(missing) in r.stderr
