@@ -1,0 +1,153 @@
+"""Check one video file with PyAV: decoded frame count, fps, size and codec, or the reason it is unusable.
+
+The frame count comes from decoding every frame (headers lie: edit lists, truncation, variable frame rate);
+frames are not converted to RGB, which is most of the cost of a full decode. A file is rejected with one of
+these reasons (the detail says more):
+
+- ``missing``: the path does not exist (a list or annotation file names a video that is not there);
+- ``empty``: zero bytes;
+- ``unreadable``: not a container FFmpeg can open, or no frame decodes;
+- ``no video stream``: e.g. an audio file;
+- ``zero frames``: a video stream without a single frame;
+- ``truncated``: the file was cut short: an MP4/MOV box or the AVI RIFF chunk runs past the end of the file,
+  decoding fails after some frames, or fewer than ``1 - TRUNCATION_TOLERANCE`` of the frames the container
+  declares (its frame count, else duration x frame rate) decode;
+- ``too short``: fewer frames than the caller's ``min_frames``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import av
+
+TRUNCATION_TOLERANCE = 0.05  # fraction of the declared frames that may be missing (edit lists, B-frame delay)
+TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
+REASONS = ("missing", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What probing found. ``reason`` is "" for a usable video, else one of ``REASONS``."""
+
+    path: str
+    num_frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    codec: str = ""
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def _reject(path: str, reason: str, detail: str = "", **found) -> Probe:
+    return Probe(path, reason=reason, detail=detail, **found)
+
+
+def _container_cut_short(path: str, size: int) -> str:
+    """A detail string when the file's own top-level structure says it continues past its end, else ""."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF" and len(head) >= 8:  # AVI, WAV: the RIFF chunk declares its length
+            declared = struct.unpack("<I", head[4:8])[0] + 8
+            return f"RIFF chunk declares {declared} bytes, the file has {size}" if declared > size else ""
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):  # MP4 / MOV boxes
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                box = f.read(16)
+                length, kind = struct.unpack(">I4s", box[:8])
+                if length == 1 and len(box) >= 16:
+                    length = struct.unpack(">Q", box[8:16])[0]
+                elif length == 0:  # the last box runs to the end of the file
+                    break
+                if length < 8:
+                    return f"invalid MP4 box size {length} at byte {pos}"
+                if pos + length > size:
+                    name = kind.decode("latin-1")
+                    return f"MP4 box '{name}' at byte {pos} declares {length} bytes, the file ends {size - pos} bytes later"
+                pos += length
+    return ""
+
+
+def _declared_frames(container, stream, rate: Fraction | None) -> int:
+    """Frames the container claims (header frame count, else duration x rate); 0 when it does not say."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    if rate:
+        if stream.duration and stream.time_base:
+            return int(round(float(stream.duration * stream.time_base * rate)))
+        if container.duration:
+            return int(round(container.duration / av.time_base * float(rate)))
+    return 0
+
+
+def probe_video(
+    path: str | os.PathLike, min_frames: int = 1, on_frame: Callable[[av.VideoFrame], None] | None = None
+) -> Probe:
+    """Decode every frame of the first video stream of ``path``; never raises for a bad file.
+
+    ``on_frame`` receives each decoded frame in presentation order (``prepare --transcode`` encodes them
+    as they come); if the file then turns out unusable, the caller discards what it made.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return _reject(path, "missing", "no such file")
+    if os.path.isdir(path):
+        return _reject(path, "unreadable", "is a folder")
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return _reject(path, "empty", "0 bytes")
+        cut = _container_cut_short(path, size)
+    except OSError as e:
+        return _reject(path, "unreadable", f"{type(e).__name__}: {e}")
+    if cut:
+        return _reject(path, "truncated", cut)
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
+        return _reject(path, "unreadable", f"cannot open: {e}")
+    with container:
+        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not streams:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            return _reject(path, "no video stream", f"streams: {kinds}")
+        stream = streams[0]
+        codec = stream.codec_context.name
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        declared = _declared_frames(container, stream, rate)
+        n, width, height, error = 0, 0, 0, ""
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:  # only decoding errors: on_frame's own errors propagate
+                error = f"{type(e).__name__}: {e}"
+                break
+            if n == 0:
+                width, height = frame.width, frame.height
+            n += 1
+            if on_frame is not None:
+                on_frame(frame)
+        found = dict(num_frames=n, width=width, height=height, codec=codec, fps=round(float(rate), 4) if rate else 0.0)
+        if error and n == 0:
+            return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
+        if error:
+            return _reject(path, "truncated", f"decoding failed after {n} frames ({error})", **found)
+        if n == 0:
+            return _reject(path, "zero frames", f"the {codec} stream has no decodable frame", **found)
+        if declared and n < declared * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK:
+            return _reject(path, "truncated", f"{n} frames decode, the container declares {declared}", **found)
+        if n < min_frames:
+            return _reject(path, "too short", f"{n} frames, fewer than the {min_frames} asked for", **found)
+        return Probe(path, **found)
