@@ -188,7 +188,7 @@ def _tiny_cfg(width: int = 1) -> Config:
     return merge(Config(), {"model": {"arch": "r3d_tiny", "width": width}})
 
 
-@pytest.mark.parametrize("layout", ["trainer", "exported", "ddp"])
+@pytest.mark.parametrize("layout", ["trainer", "exported", "bare", "ddp"])
 def test_load_backbone_formats(tmp_path, layout):
     from fastcvrl.model import build_backbone
 
@@ -199,7 +199,9 @@ def test_load_backbone_formats(tmp_path, layout):
         obj = {"step": 10, "model": {f"backbone.{k}": v for k, v in sd.items()} | {"head.w": torch.zeros(1)},
                "config": to_dict(_tiny_cfg())}
         cfg = Config()
-    elif layout == "exported":
+    elif layout == "exported":  # train.py's backbone.pt: arch/width recorded beside the weights
+        obj, cfg = {"arch": "r3d_tiny", "width": 1, "out_dim": bb.out_dim, "step": 10, "state_dict": sd}, Config()
+    elif layout == "bare":
         obj, cfg = sd, _tiny_cfg()
     else:
         obj, cfg = {"state_dict": {f"module.{k}": v for k, v in sd.items()}}, _tiny_cfg()
