@@ -1,0 +1,184 @@
+"""The training step: the eager step, and a CUDA-graph wrapper whose disabled path is exactly that step.
+
+One step = forward of both views as one batch -> NT-Xent (negatives gathered across ranks) -> backward
+(DDP all-reduces the gradients) -> optimizer step (fused LARS, lr in a device tensor) -> schedule step.
+Nothing in it reads a value back to the host, so on a GPU the CPU runs ahead and, graphed, the whole step is
+one ``graph.replay()``. Metrics are summed on the device and read every ``log_every`` steps only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from fastcvrl.loss import nt_xent_with_accuracy
+
+GatherFn = Callable[[torch.Tensor], torch.Tensor]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def nvtx_range(name: str, enabled: bool) -> contextlib.AbstractContextManager:
+    """An NVTX range for nsys timelines when ``enabled`` (CUDA runs), else nothing."""
+    return torch.cuda.nvtx.range(name) if enabled else contextlib.nullcontext()
+
+
+class TrainStep:
+    """The eager step: ``step(view1, view2) -> (loss, acc)``, both 0-dim device tensors (no host sync).
+
+    Both views go through the model as one batch of 2B clips. BatchNorm statistics therefore span both
+    views, as in the reference: SimCLR and CVRL's TF code concatenate the views along the batch axis before
+    the backbone (``tf.concat(tf.split(...), 0)``), and with SyncBatchNorm the statistics span all ranks'
+    2B clips. One pass also halves the kernel launches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule,
+        *,
+        temperature: float = 0.1,
+        precision: str = "fp32",
+        scaler: torch.amp.GradScaler | None = None,
+        gather: GatherFn | None = None,
+        channels_last: bool = True,
+        nvtx: bool = False,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"train.precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.temperature = temperature
+        self.dtype = PRECISIONS[precision]
+        self.scaler = scaler
+        self.gather = gather
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.nvtx = nvtx
+
+    def _autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        # cache_enabled=False: required under CUDA-graph capture, and free here (each weight is cast once:
+        # one forward pass per step)
+        return torch.autocast(device_type, dtype=self.dtype, cache_enabled=False)
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nvtx = self.nvtx
+        self.optimizer.zero_grad(set_to_none=True)
+        with nvtx_range("forward", nvtx):
+            # (2B, 3, T, H, W); cat of two channels_last_3d tensors stays channels_last_3d (no copy below)
+            x = torch.cat([view1, view2], 0).contiguous(memory_format=self.memory_format)
+            with self._autocast(x.device.type):
+                z = self.model(x)  # (2B, D)
+            if z.dtype in (torch.float16, torch.bfloat16):
+                z = z.float()  # the loss in fp32
+            z1, z2 = z.chunk(2)  # (B, D) each
+            loss, acc = nt_xent_with_accuracy(z1, z2, self.temperature, gather=self.gather)
+        with nvtx_range("backward", nvtx):
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        with nvtx_range("optimizer", nvtx):
+            if self.scaler is not None:
+                # note: GradScaler.step reads found_inf back to the host (a sync); fp16 is never graphed
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.schedule.step()
+        return loss.detach(), acc.detach()
+
+
+class GraphedStep:
+    """Runs ``step`` eagerly for ``warmup`` calls on a side stream, then captures it as a CUDA graph.
+
+    Each later call copies the views into static input buffers and replays the graph; the returned loss and
+    accuracy are the graph's static outputs (overwritten by the next call, so accumulate them before it).
+    On the capture call the graph is captured (which runs nothing) and then replayed once, so every call
+    trains on its own batch exactly once, as the eager step does.
+
+    Under DDP the model must be wrapped with ``static_graph=True`` on a side stream and warmed up for at
+    least 11 eager iterations before capture (PyTorch CUDA-graphs notes, "Usage with
+    DistributedDataParallel"); ``warmup`` is raised to 11 when ``ddp=True``.
+    """
+
+    def __init__(self, step: TrainStep, *, warmup: int = 3, ddp: bool = False) -> None:
+        if step.scaler is not None:
+            raise ValueError("CUDA graphs need a step without host syncs; fp16's GradScaler syncs: use bf16 "
+                             "or train.cuda_graph=false")
+        self.step = step
+        self.warmup = max(warmup, 11 if ddp else 1)
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_in: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.static_out: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.side = torch.cuda.Stream()
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        if self.calls <= self.warmup:
+            # warm-up on a side stream (cuDNN autotuning, lazy optimizer state, DDP buckets)
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                out = self.step(view1, view2)
+            torch.cuda.current_stream().wait_stream(self.side)
+            return out
+        if self.graph is None:
+            self._capture(view1, view2)
+        self.static_in[0].copy_(view1, non_blocking=True)
+        self.static_in[1].copy_(view2, non_blocking=True)
+        self.graph.replay()
+        return self.static_out
+
+    def _capture(self, view1: torch.Tensor, view2: torch.Tensor) -> None:
+        self.static_in = (_empty_like_strided(view1), _empty_like_strided(view2))
+        self.static_in[0].copy_(view1)
+        self.static_in[1].copy_(view2)
+        self.step.optimizer.zero_grad(set_to_none=True)  # grads are then allocated from the graph's pool
+        torch.cuda.synchronize()  # note: a deliberate one-time sync before capture
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.step(*self.static_in)
+
+
+def _empty_like_strided(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor with ``x``'s shape, dtype, device and strides (keeps channels_last_3d)."""
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+
+
+def build_step(step: TrainStep, *, cuda_graph: bool, device: torch.device, ddp: bool = False, warmup: int = 3):
+    """The graphed step where asked for and possible (CUDA, no GradScaler), else the eager step itself."""
+    if cuda_graph and device.type == "cuda" and step.scaler is None:
+        return GraphedStep(step, warmup=warmup, ddp=ddp)
+    return step
+
+
+class Metrics:
+    """Sums (loss, accuracy) on the device; ``read()`` is the only host sync and runs every log_every steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # (loss, acc)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        self.sums += torch.stack([loss.double(), acc.double()])
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """The window's mean as a device tensor (2,) (no sync); reduce it across ranks before ``read``."""
+        return self.sums / max(self.count, 1)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.count = 0
+
+
+def batches(loader, skip: int = 0) -> Iterator:
+    """Iterate ``loader``, dropping its first ``skip`` batches (resuming mid-epoch on deterministic data)."""
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    return it
