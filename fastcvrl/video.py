@@ -45,7 +45,6 @@ def write_video(
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
-    encoder, pix_fmt, _ = CODECS[codec]
     path = os.fspath(path)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp{os.getpid()}{ext}"
@@ -57,24 +56,7 @@ def write_video(
     h, w = first.shape[:2]
     try:
         with av.open(tmp, mode="w") as out:
-            stream = out.add_stream(encoder, rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-            opts: dict[str, str] = {}
-            if gop:
-                stream.codec_context.gop_size = int(gop)
-                if codec == "h264":
-                    opts.update({"keyint_min": str(gop), "sc_threshold": "0", "bf": "0"})
-                if codec in ("vp9", "vp8"):
-                    opts.update({"kf-max-dist": str(gop), "kf-min-dist": str(gop), "auto-alt-ref": "0"})
-            if codec in ("vp9", "vp8"):
-                opts.update({"deadline": "realtime", "cpu-used": "8", "crf": str(quality or 20), "b": "0"})
-                if codec == "vp9":
-                    opts["row-mt"] = "1"
-            elif codec == "h264":
-                opts.update({"preset": "veryfast", "crf": str(quality or 18)})
-            elif codec in ("mjpeg", "mpeg4"):
-                stream.codec_context.qmin = stream.codec_context.qmax = int(quality or 3)
-            stream.options = opts
+            stream = add_video_stream(out, codec, w, h, rate, gop, quality)
             for frame in _chain(first, it):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
                 for packet in stream.encode(vf):
@@ -86,6 +68,41 @@ def write_video(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def add_video_stream(
+    out: av.container.OutputContainer,
+    codec: str,
+    width: int,
+    height: int,
+    rate: Fraction,
+    gop: int | None = 16,
+    quality: int | None = None,
+) -> av.video.stream.VideoStream:
+    """Add an encoder stream to ``out`` with a keyframe exactly every ``gop`` frames (no scene-cut or
+    adaptive keyframes, no B-frames, no VP9 alt-ref frames), so clip starts are predictable."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+    encoder, pix_fmt, _ = CODECS[codec]
+    stream = out.add_stream(encoder, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    opts: dict[str, str] = {}
+    if gop:
+        stream.codec_context.gop_size = int(gop)
+        if codec == "h264":
+            opts.update({"keyint_min": str(gop), "sc_threshold": "0", "bf": "0"})
+        if codec in ("vp9", "vp8"):
+            opts.update({"kf-max-dist": str(gop), "kf-min-dist": str(gop), "auto-alt-ref": "0"})
+    if codec in ("vp9", "vp8"):
+        opts.update({"deadline": "realtime", "cpu-used": "8", "crf": str(quality or 20), "b": "0"})
+        if codec == "vp9":
+            opts["row-mt"] = "1"
+    elif codec == "h264":
+        opts.update({"preset": "veryfast", "crf": str(quality or 18)})
+    elif codec in ("mjpeg", "mpeg4"):
+        stream.codec_context.qmin = stream.codec_context.qmax = int(quality or 3)
+    stream.options = opts
+    return stream
 
 
 def _chain(first: np.ndarray, rest: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
