@@ -31,15 +31,15 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.config import Config, ConfigError, load_config, merge, to_dict
-from fastcvrl.knn import extract_features
 from fastcvrl.manifest import ManifestError, read_manifest
 from fastcvrl.probe import ViewAverager, cosine_lr, topk_accuracy, train_linear
 
@@ -48,6 +48,10 @@ __all__ = [
     "Classifier",
     "load_backbone",
     "predict_videos",
+    "ClipFeatures",
+    "clip_features",
+    "video_scores",
+    "probe_features",
     "linear_probe",
     "finetune",
     "evaluate",
@@ -190,6 +194,97 @@ def _result(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------- linear probe
+@dataclass
+class ClipFeatures:
+    """Features of every clip a loader yielded, for one or more backbones (the clips decoded once).
+
+    ``feats[i]`` (M, D_i) L2-normalised, float32, CPU; ``labels`` (M,) per clip; ``video`` (M,) the video each
+    clip (view) belongs to, or None for one-clip-per-video loaders.
+    """
+
+    feats: list[torch.Tensor]
+    labels: torch.Tensor
+    video: torch.Tensor | None
+
+
+@torch.no_grad()
+def clip_features(backbones: Sequence[nn.Module], loader: Iterable, device: torch.device) -> ClipFeatures:
+    """Run each (frozen, eval-mode) backbone over every clip of ``loader``; no per-video averaging here.
+
+    Batches are ``(clip (B,3,T,H,W), label (B,))`` or ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))``
+    (views of a video contiguous, as ``build_test_loader``). Modes are restored afterwards.
+    """
+    modes = [b.training for b in backbones]
+    for b in backbones:
+        b.eval()
+    feats: list[list[torch.Tensor]] = [[] for _ in backbones]
+    labels, videos = [], []
+    try:
+        for batch in loader:
+            clips, label = batch[0], batch[1].cpu().long()
+            reps = clips.shape[0] // label.shape[0]
+            if clips.shape[0] != reps * label.shape[0]:
+                raise ValueError(f"a batch of {label.shape[0]} labels came with {clips.shape[0]} clips (not a multiple)")
+            x = clips.to(device, non_blocking=True)
+            for i, b in enumerate(backbones):
+                with _autocast(device):
+                    f = b(x)  # (B*V, D)
+                feats[i].append(F.normalize(f.float(), dim=1).cpu())
+            labels.append(label.repeat_interleave(reps))
+            if len(batch) > 2:
+                videos.append(batch[2].cpu().long().repeat_interleave(reps))
+    finally:
+        for b, m in zip(backbones, modes):
+            b.train(m)
+    if not labels:
+        raise ValueError("the loader yielded no batches")
+    return ClipFeatures([torch.cat(f) for f in feats], torch.cat(labels), torch.cat(videos) if videos else None)
+
+
+def video_scores(head: nn.Linear, feats: torch.Tensor, video: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """Per-video mean of the softmax scores of all its views: (M, D) view features -> (num_videos, C)."""
+    with torch.no_grad():
+        probs = head(F.normalize(feats.to(head.weight.device), dim=1)).softmax(dim=1).cpu()  # (M, C)
+    acc = ViewAverager(num_videos, probs.shape[1])
+    acc.add(probs, video)
+    return acc.mean()
+
+
+def video_labels(labels: torch.Tensor, video: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """(num_videos,) label of each video from per-clip labels; -1 where a video has no clip."""
+    out = torch.full((num_videos,), -1, dtype=torch.long)
+    out[video] = labels
+    return out
+
+
+def probe_features(
+    train_feats: Sequence[torch.Tensor],
+    train_labels: Sequence[torch.Tensor],
+    test: ClipFeatures,
+    test_index: int,
+    *,
+    num_classes: int,
+    num_test_videos: int,
+    cfg: Config,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[dict[str, Any], nn.Linear]:
+    """Train the linear layer on cached train passes, test on cached view features ``test.feats[test_index]``."""
+    e = cfg.eval
+    feats = [f.to(device) for f in train_feats]
+    labels = [y.to(device) for y in train_labels]
+    head = train_linear(feats, labels, num_classes, epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
+                        momentum=e.momentum, weight_decay=e.weight_decay, seed=seed)
+    with torch.no_grad():
+        train_acc = topk_accuracy(head(F.normalize(feats[-1], dim=1)), labels[-1], (1,))[1]
+    if test.video is None:
+        raise ValueError("the test loader must yield (clips, label, video_index)")
+    scores = video_scores(head, test.feats[test_index], test.video, num_test_videos)
+    out: dict[str, Any] = _result(scores, video_labels(test.labels, test.video, num_test_videos))
+    out["train_top1"] = train_acc
+    return out, head
+
+
 def linear_probe(
     backbone: nn.Module,
     train_passes: Iterable[Iterable],
@@ -204,30 +299,26 @@ def linear_probe(
 ) -> dict[str, Any]:
     """CVRL linear protocol on a frozen backbone; ``train_passes`` yields one train loader per cached pass.
 
-    Each loader yields ``(clip (B,3,T,H,W), label (B,))``; features are extracted once per pass (no grad,
-    BatchNorm in eval mode). Returns top-1/top-5 over test videos and the probe's final training accuracy.
+    Each train loader yields ``(clip (B,3,T,H,W), label (B,))``; features are extracted once per pass (no grad,
+    BatchNorm in eval mode), and once per test view. Returns top-1/top-5 over test videos and the probe's
+    training accuracy on the last pass.
     """
-    backbone.to(device).eval()
+    backbone.to(device)
     for p in backbone.parameters():
         p.requires_grad_(False)
     feats, labels = [], []
     t0 = time.perf_counter()
     for i, loader in enumerate(train_passes):
-        f, y = extract_features(backbone, loader, device)  # (N, D), (N,)
-        feats.append(f.to(device))
-        labels.append(y.to(device))
-        log(f"eval: cached train features, pass {i + 1}: {tuple(f.shape)} ({time.perf_counter() - t0:.1f}s)")
+        cf = clip_features([backbone], loader, device)
+        feats.append(cf.feats[0])
+        labels.append(cf.labels)
+        log(f"eval: train features, pass {i + 1}: {tuple(cf.feats[0].shape)} ({time.perf_counter() - t0:.1f}s)")
     if not feats:
         raise ValueError("linear_probe needs at least one training pass")
-    e = cfg.eval
-    head = train_linear(feats, labels, num_classes, epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
-                        momentum=e.momentum, weight_decay=e.weight_decay, seed=seed)
-    with torch.no_grad():
-        train_acc = topk_accuracy(head(F.normalize(feats[-1], dim=1)), labels[-1], (1,))[1]
-    model = Classifier(backbone, head).to(device)
-    scores, test_labels = predict_videos(model, test_loader, num_test_videos, num_classes, device)
-    out: dict[str, Any] = _result(scores, test_labels)
-    out["train_top1"] = train_acc
+    test = clip_features([backbone], test_loader, device)
+    log(f"eval: test features {tuple(test.feats[0].shape)} ({time.perf_counter() - t0:.1f}s)")
+    out, _ = probe_features(feats, labels, test, 0, num_classes=num_classes, num_test_videos=num_test_videos,
+                            cfg=cfg, device=device, seed=seed)
     return out
 
 

@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.config import Config, merge, to_dict
-from fastcvrl.eval import Classifier, EvalError, finetune, linear_probe, load_backbone, predict_videos
+from fastcvrl.eval import (
+    Classifier,
+    EvalError,
+    clip_features,
+    finetune,
+    linear_probe,
+    load_backbone,
+    predict_videos,
+    video_scores,
+)
 from fastcvrl.probe import (
     ViewAverager,
     average_views,
@@ -169,6 +178,21 @@ def test_linear_probe_keeps_the_backbone_frozen_and_learns():
     for k, v in net.state_dict().items():  # weights and BN running stats untouched (BN in eval mode)
         torch.testing.assert_close(v, before[k], msg=f"{k} changed during the linear probe")
     assert out["top1"] > 0.9 and out["train_top1"] > 0.9
+
+
+def test_cached_view_features_give_the_same_video_scores_as_the_full_model():
+    # The probe scores test videos from cached per-view features; the obvious path runs backbone + head per batch.
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(0)
+    _, test = _loaders(g)
+    test = [test[2], test[0], test[1]]  # videos out of order
+    net, head = _TinyNet(), nn.Linear(8, 3)
+    _ = net(torch.randn(16, 3, 2, 4, 4))
+    cached = clip_features([net], test, torch.device("cpu"))
+    assert cached.video.shape == (12 * 6,) and cached.feats[0].shape == (12 * 6, 8)
+    fast = video_scores(head, cached.feats[0], cached.video, 12)
+    ref, _ = predict_videos(Classifier(net, head), test, 12, 3, torch.device("cpu"))
+    torch.testing.assert_close(fast, ref)
 
 
 def test_finetune_trains_the_backbone_too():
