@@ -39,6 +39,7 @@ class Probe:
     width: int = 0
     height: int = 0
     codec: str = ""
+    keyframes: int = 0  # decoded keyframes: num_frames / keyframes is the mean keyframe interval
     reason: str = ""
     detail: str = ""
 
@@ -124,7 +125,7 @@ def probe_video(
         codec = stream.codec_context.name
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         declared = _declared_frames(container, stream, rate)
-        n, width, height, error = 0, 0, 0, ""
+        n, keyframes, width, height, error = 0, 0, 0, 0, ""
         frames = container.decode(stream)
         while True:
             try:
@@ -137,9 +138,10 @@ def probe_video(
             if n == 0:
                 width, height = frame.width, frame.height
             n += 1
+            keyframes += bool(frame.key_frame)
             if on_frame is not None:
                 on_frame(frame)
-        found = dict(num_frames=n, width=width, height=height, codec=codec, fps=round(float(rate), 4) if rate else 0.0)
+        found = dict(num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(float(rate), 4) if rate else 0.0)
         if error and n == 0:
             return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
         if error:

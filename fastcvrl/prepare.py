@@ -1,0 +1,470 @@
+"""Check a video collection once, up front: ``python -m fastcvrl.prepare SRC --out DIR [options]``.
+
+Every listed file is decoded in parallel worker processes (``fastcvrl.videoprobe``): usable videos go to
+``DIR/manifest.csv`` (``fastcvrl.manifest`` header; the decoded frame count, not the header's claim), their
+class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason. ``--transcode``
+re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the short side scaled to
+``--short-side``, so that a clip decodes from a nearby keyframe instead of from the start of a long GOP
+(H.264 for NVDEC on the GPU; VP9 or MJPEG for DALI on the CPU, whose CPU decoder lacks H.264). Every frame is
+kept, in order; the manifest then lists the new files.
+
+Sources are never written to. Results are appended to ``DIR/.prepare-journal.jsonl`` as each file finishes,
+so an interrupted run (Ctrl-C, a crash, ``--stop-after``) is resumed by running the same command again, which
+redoes nothing already done. The manifest is written only when every file is done, atomically (temporary
+file, then rename), so it is never half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import av
+
+from fastcvrl.manifest import VideoEntry, read_classes, write_classes, write_manifest
+from fastcvrl.sources import FORMATS, Item, SourceError, read_source
+from fastcvrl.video import CODECS, add_video_stream
+from fastcvrl.videoprobe import Probe, probe_video
+
+JOURNAL = ".prepare-journal.jsonl"
+JOURNAL_VERSION = 1
+TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
+DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # DALI 2.4's CPU decoder (see shared DALI notes)
+
+
+class PrepareError(ValueError):
+    """Bad arguments or paths; the message names the value at fault."""
+
+
+@dataclass(frozen=True)
+class Transcode:
+    codec: str  # h264 | vp9 | mjpeg
+    short_side: int = 256  # 0 keeps the size (rounded down to even for 4:2:0)
+    gop: int = 16  # keyframe interval in frames
+    quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.video's defaults
+
+
+# ------------------------------------------------------------------------------------------- transcoding
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Scale so the short side is ``short_side`` (0: keep), both sides even (4:2:0 chroma needs it)."""
+    if short_side > 0:
+        s = short_side / min(width, height)
+        width, height = width * s, height * s
+    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+
+
+def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
+    """Re-encode every frame of ``src``, in order, into ``dst``; returns the probe of ``dst``, or of ``src``
+    when the source is unusable. The output is verified (decoded frame count equal to the source's) before it
+    is renamed into place, so ``dst`` either is complete or does not exist."""
+    try:
+        with av.open(src, metadata_errors="ignore") as f:
+            s = f.streams.video[0]
+            rate = Fraction(s.average_rate or s.guessed_rate or 25).limit_denominator(1001)
+    except Exception:  # probe_video below reports why
+        rate = Fraction(25)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    root, ext = os.path.splitext(dst)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    pix_fmt = CODECS[opts.codec][1]
+    state: dict = {}
+
+    def encode(frame: av.VideoFrame) -> None:
+        if not state:
+            w, h = output_size(frame.width, frame.height, opts.short_side)
+            state["out"] = av.open(tmp, mode="w")
+            state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality)
+            state["size"], state["n"] = (w, h), 0
+        w, h = state["size"]
+        f2 = frame.reformat(width=w, height=h, format=pix_fmt, interpolation="AREA")
+        f2.pts, f2.time_base = state["n"], 1 / rate  # constant frame rate: frame i at i / rate
+        f2.pict_type = av.video.frame.PictureType.NONE  # else encoders keep the source's keyframes too
+        state["n"] += 1
+        for packet in state["stream"].encode(f2):
+            state["out"].mux(packet)
+
+    try:
+        probe = probe_video(src, on_frame=encode)
+        if state:
+            if probe.ok:
+                for packet in state["stream"].encode():
+                    state["out"].mux(packet)
+            state["out"].close()
+            state.clear()
+        if not probe.ok:
+            return probe
+        out = probe_video(tmp)
+        if not out.ok or out.num_frames != probe.num_frames:
+            why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
+            return replace(probe, reason="transcode failed", detail=why)
+        os.replace(tmp, dst)
+        return replace(out, path=dst)
+    finally:
+        if state:
+            state["out"].close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _work(job: tuple[str, str | None, Transcode | None]) -> dict:
+    """Worker: probe (or transcode) one file; any failure becomes a rejection, never an exception.
+
+    An unexpected error (a full disk, an encoder failure) is reported as reason ``failed``, which is not
+    journaled, so the next run tries the file again."""
+    src, dst, opts = job
+    try:
+        probe = transcode_video(src, dst, opts) if opts and dst else probe_video(src)
+    except Exception as e:  # one bad file never stops the run
+        probe = Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
+    return asdict(probe)
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+
+
+# ------------------------------------------------------------------------------------------- journal
+class Journal:
+    """Append-only record of finished files (``DIR/.prepare-journal.jsonl``), one JSON line each.
+
+    A record is reused when the source's size and mtime and the run's settings are unchanged and, for a
+    transcode, the output still exists with the recorded size. A line cut short by a kill is ignored.
+    """
+
+    def __init__(self, path: Path, settings: str):
+        self.path, self.settings = path, settings
+        self.records: dict[str, dict] = {}
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and rec.get("settings") == settings and "src" in rec:
+                        self.records[rec["src"]] = rec
+        self._file = open(path, "a", encoding="utf-8")
+
+    def lookup(self, src: str) -> Probe | None:
+        rec = self.records.get(src)
+        if rec is None:
+            return None
+        try:
+            st = os.stat(src)
+            if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
+                return None
+        except OSError:
+            if rec["probe"]["reason"] != "missing":
+                return None
+        probe = Probe(**rec["probe"])
+        if rec.get("out_size") is not None:
+            try:
+                if os.path.getsize(probe.path) != rec["out_size"]:
+                    return None
+            except OSError:
+                return None
+        return probe
+
+    def add(self, src: str, probe: Probe) -> None:
+        try:
+            st = os.stat(src)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = None, None
+        out_size = os.path.getsize(probe.path) if probe.ok and probe.path != src else None
+        rec = {"src": src, "size": size, "mtime_ns": mtime, "settings": self.settings, "probe": asdict(probe), "out_size": out_size}
+        self.records[src] = rec
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+# ------------------------------------------------------------------------------------------- the run
+@dataclass
+class Summary:
+    listed: int = 0
+    usable: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    reused: int = 0  # taken from the journal
+    processed: int = 0  # probed or transcoded in this run
+    complete: bool = False  # False after --stop-after or Ctrl-C: no manifest written
+    manifest: str = ""
+    seconds: float = 0.0
+
+
+def _output_paths(items: list[Item], classes: list[str], out: Path, codec: str) -> dict[str, str]:
+    """``DIR/videos/<class>/<stem><ext>``; a short hash of the source path tells apart equal stems."""
+    ext = CODECS[codec][2]
+    names: dict[str, list[Item]] = {}
+    for it in items:
+        safe_class = "".join(c if c.isalnum() or c in "-_." else "_" for c in classes[it.label]) or "_"
+        names.setdefault(f"{safe_class}/{Path(it.path).stem}", []).append(it)
+    paths = {}
+    for name, group in names.items():
+        for it in group:
+            suffix = "" if len(group) == 1 else "-" + hashlib.sha1(it.path.encode()).hexdigest()[:8]
+            paths[it.path] = str(out / "videos" / f"{name}{suffix}{ext}")
+    return paths
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Half-written outputs of a killed run (``*.tmp<pid>.<ext>`` under ``DIR/videos``, which we own)."""
+    videos = out / "videos"
+    if videos.is_dir():
+        for p in videos.rglob("*.tmp*"):
+            if p.is_file() and p.stem.rsplit(".tmp", 1)[-1].isdigit():
+                p.unlink()
+
+
+def _run_pool(
+    jobs: list[tuple[str, str | None, Transcode | None]],
+    workers: int,
+    on_result: Callable[[str, Probe], None],
+) -> None:
+    """Run ``_work`` over ``jobs`` in ``workers`` processes, keeping a bounded number in flight. A worker that
+    dies (a decoder crash) breaks the pool: the files then in flight are retried one by one, each alone in a
+    fresh process, and the one that kills its process again is rejected."""
+    ctx = get_context("fork" if sys.platform == "linux" else "spawn")
+    pending = list(reversed(jobs))
+    suspects: list[tuple[str, str | None, Transcode | None]] = []
+    while pending or suspects:
+        if suspects:
+            job = suspects.pop()
+            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as ex:
+                try:
+                    on_result(job[0], Probe(**ex.submit(_work, job).result()))
+                except BrokenProcessPool:
+                    on_result(job[0], Probe(job[0], reason="unreadable", detail="the decoder crashed its process"))
+            continue
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+        inflight: dict[Future, tuple] = {}
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < 4 * workers:
+                    job = pending.pop()
+                    inflight[ex.submit(_work, job)] = job
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = inflight.pop(fut)
+                    on_result(job[0], Probe(**fut.result()))
+        except BrokenProcessPool:
+            suspects.extend(inflight.values())
+            ex.shutdown(wait=False, cancel_futures=True)
+            continue
+        except BaseException:  # Ctrl-C: stop the workers now, do not wait for their files
+            for p in list(getattr(ex, "_processes", {}).values()):
+                p.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+
+
+def _write_rejected(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "reason", "detail"])
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "auto",
+    videos: str | os.PathLike | None = None,
+    subset: str | None = None,
+    split_id: int = 1,
+    classes_file: str | os.PathLike | None = None,
+    transcode: Transcode | None = None,
+    min_frames: int = 1,
+    workers: int | None = None,
+    stop_after: int | None = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> Summary:
+    """Probe (and optionally transcode) every video listed by ``src``; write the manifest, classes and
+    rejections into ``out``. Raises ``PrepareError`` for bad arguments; never for a bad video."""
+    start = time.perf_counter()
+    src_p, out_p = Path(os.path.expanduser(os.fspath(src))).absolute(), Path(os.path.expanduser(os.fspath(out))).absolute()
+    if not src_p.exists():
+        raise PrepareError(f"source not found: {src_p}")
+    if src_p == out_p:
+        raise PrepareError(f"--out must differ from the source folder ({out_p}): sources are never written to")
+    if transcode is not None:
+        if transcode.codec not in TRANSCODE_CODECS:
+            raise PrepareError(f"--transcode {transcode.codec!r}: choose one of {', '.join(TRANSCODE_CODECS)}")
+        if transcode.short_side < 0 or transcode.gop < 1:
+            raise PrepareError(f"--short-side must be >= 0 and --gop >= 1, got {transcode.short_side} and {transcode.gop}")
+    if min_frames < 1:
+        raise PrepareError(f"--min-frames must be >= 1, got {min_frames}")
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise PrepareError(f"--workers must be >= 1, got {workers}")
+    classes = None
+    if classes_file is not None:
+        if not os.path.isfile(classes_file):
+            raise PrepareError(f"--classes file not found: {classes_file}")
+        classes = read_classes(classes_file)
+    try:
+        source = read_source(
+            src_p, fmt, Path(videos).absolute() if videos else None, subset, split_id, classes, exclude=out_p
+        )
+    except (SourceError, OSError, UnicodeDecodeError) as e:
+        raise PrepareError(str(e)) from None
+    for note in source.notes:
+        log(note)
+    if transcode is not None:
+        inside = [it.path for it in source.items if (out_p / "videos") in Path(it.path).parents]
+        if inside:
+            raise PrepareError(f"source video {inside[0]} lies inside {out_p / 'videos'}, where transcodes are written")
+    out_p.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_p)
+    dst = _output_paths(source.items, source.classes, out_p, transcode.codec) if transcode else {}
+    settings = json.dumps({"version": JOURNAL_VERSION, "transcode": asdict(transcode) if transcode else None})
+    journal = Journal(out_p / JOURNAL, settings)
+    summary = Summary(listed=len(source.items))
+    results: dict[str, Probe] = {}
+    todo = []
+    for it in source.items:
+        found = journal.lookup(it.path)
+        if found is not None:
+            results[it.path] = found
+        else:
+            todo.append((it.path, dst.get(it.path), transcode))
+    summary.reused = len(results)
+    if stop_after is not None:
+        todo = todo[: max(0, stop_after)]
+    action = f"transcoding to {transcode.codec}" if transcode else "probing"
+    log(f"{len(source.items)} videos in {len(source.classes)} classes; {summary.reused} already done; "
+        f"{action} {len(todo)} with {workers} processes")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True)
+
+    def on_result(path: str, probe: Probe) -> None:
+        if probe.reason != "failed":  # a failure may be ours (disk full...): retried by the next run
+            journal.add(path, probe)
+        results[path] = probe
+        summary.processed += 1
+        bar.update(1)
+
+    try:
+        if todo:
+            _run_pool(todo, min(workers, len(todo)), on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        journal.close()
+        _remove_stale_temporaries(out_p)
+        log(f"interrupted: {summary.processed} file(s) done in this run; run the same command again to continue")
+        summary.seconds = time.perf_counter() - start
+        raise
+    finally:
+        bar.close()
+        journal.close()
+    summary.seconds = time.perf_counter() - start
+    if len(results) < len(source.items):
+        log(f"stopped after {summary.processed} file(s) (--stop-after); {len(source.items) - len(results)} left: "
+            "run the same command again to continue")
+        return summary
+    entries, rejected = [], []
+    for it in source.items:
+        p = results[it.path]
+        if p.ok and p.num_frames < min_frames:
+            p = replace(p, reason="too short", detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}")
+        if p.ok:
+            entries.append(VideoEntry(p.path, it.label, p.num_frames, p.fps, p.width, p.height, p.codec))
+        else:
+            rejected.append((it.path, p.reason, p.detail))
+            summary.rejected[p.reason] += 1
+    summary.usable, summary.complete = len(entries), True
+    _write_rejected(out_p / "rejected.csv", rejected)
+    write_classes(out_p / "classes.txt", source.classes)
+    if entries:
+        write_manifest(out_p / "manifest.csv", entries)  # last: its presence means the rest is written
+        summary.manifest = str(out_p / "manifest.csv")
+    elif (out_p / "manifest.csv").exists():
+        os.remove(out_p / "manifest.csv")
+    _print_summary(summary, entries, [results[it.path] for it in source.items], out_p, log)
+    return summary
+
+
+def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Probe], out: Path, log: Callable) -> None:
+    reasons = ", ".join(f"{n} {r}" for r, n in summary.rejected.most_common()) or "none"
+    log(f"{summary.usable} usable of {summary.listed}; rejected: {reasons} (see {out / 'rejected.csv'})")
+    if not entries:
+        log("no usable videos: no manifest written")
+        return
+    frames = sorted(e.num_frames for e in entries)
+    codecs = Counter(e.codec for e in entries)
+    log(f"frames per video: min {frames[0]}, median {int(statistics.median(frames))}, max {frames[-1]}; "
+        f"{sum(f < 32 for f in frames)} shorter than one 16x2 clip (32 frames; the pipelines loop them)")
+    log("codecs: " + ", ".join(f"{c} {n}" for c, n in codecs.most_common()))
+    gops = [p.num_frames / p.keyframes for p in probes if p.ok and p.keyframes]
+    if gops:
+        med = statistics.median(gops)
+        hint = " (long: clips decode from far back; consider --transcode ... --gop 16)" if med > 32 else ""
+        log(f"median keyframe interval: {med:.0f} frames{hint}")
+    if set(codecs) - DALI_CPU_CODECS:
+        log(f"note: DALI decodes {', '.join(sorted(set(codecs) - DALI_CPU_CODECS))} on the GPU only; "
+            "for CPU decoding use --transcode vp9 or mjpeg")
+    log(f"wrote {summary.manifest} ({summary.usable} videos) in {summary.seconds:.1f} s; "
+        f"{summary.processed} processed in this run, {summary.reused} reused")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastcvrl.prepare", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="class-folder tree, Kinetics CSV, UCF-101 split file, HMDB-51 split folder, or 'path label' list")
+    ap.add_argument("--out", required=True, help="output folder (manifest.csv, classes.txt, rejected.csv, videos/)")
+    ap.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
+    ap.add_argument("--videos", help="folder the CSV / split / list paths are relative to")
+    ap.add_argument("--subset", help="Kinetics: keep rows with this split value; HMDB-51: train or test")
+    ap.add_argument("--split-id", type=int, default=1, help="HMDB-51 split number (1..3)")
+    ap.add_argument("--classes", help="classes.txt fixing the label order (e.g. the training split's)")
+    ap.add_argument("--transcode", choices=TRANSCODE_CODECS, help="re-encode into DIR/videos with this codec")
+    ap.add_argument("--short-side", type=int, default=256, help="transcode: scale the short side to this (0 = keep)")
+    ap.add_argument("--gop", type=int, default=16, help="transcode: keyframe interval in frames")
+    ap.add_argument("--quality", type=int, default=None, help="transcode: CRF (h264, vp9) or qscale (mjpeg)")
+    ap.add_argument("--min-frames", type=int, default=1, help="reject videos with fewer decoded frames")
+    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    ap.add_argument("--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    opts = Transcode(a.transcode, a.short_side, a.gop, a.quality) if a.transcode else None
+    try:
+        summary = prepare(a.src, a.out, a.format, a.videos, a.subset, a.split_id, a.classes, opts, a.min_frames,
+                          a.workers, a.stop_after, a.quiet)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if not summary.complete:
+        return 3
+    return 0 if summary.usable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
