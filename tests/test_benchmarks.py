@@ -1,0 +1,148 @@
+"""The benchmarks' code paths in tiny mode (--quick): structure and internal consistency of their JSON results.
+
+Nothing here times anything against a target; the numbers are only checked to be well formed and consistent.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import loader_bench  # noqa: E402
+import train_bench  # noqa: E402
+
+
+def _check_stats(s: dict, n: int) -> None:
+    assert s["n"] == n and 0 < s["min"] <= s["median"] <= s["max"]
+    assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
+
+
+def test_summarize_and_table():
+    s = common.summarize([4.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["spread"]) == (2.0, 1.0, 4.0, 1.5)
+    table = common.format_table(["a", "bb"], [["x", 1.23456], ["yy", None]]).splitlines()
+    assert len(table) == 4 and "1.23" in table[2] and table[3].rstrip().endswith("-")
+
+
+def test_tree_memory_counts_child_processes():
+    before, _ = common.tree_memory_mb()
+    code = "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ok"
+        after, pss = common.tree_memory_mb()
+        assert after - before > 70 and pss > 70  # the child's 80 MB are in the tree's total
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture(scope="module")
+def loader_result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loader")
+    out = tmp / "loader.json"
+    result = loader_bench.main(["--quick", "--synthetic-dir", str(tmp / "synthetic"), "--json", str(out)])
+    return result, out
+
+
+def test_loader_bench_json_structure(loader_result):
+    result, out = loader_result
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == json.loads(json.dumps(result, default=float))
+    s = result["settings"]
+    T, stride, crop, B = s["frames"], s["stride"], s["crop"], s["batch_size"]
+    span = (T - 1) * stride + 1
+    c = result["ceiling"]
+    assert c["frames_per_clip"] == span
+    _check_stats(c["frames_per_s"], s["repeats"])
+    assert c["clips_per_s"] == pytest.approx(c["frames_per_s"]["median"] / span)
+    assert c["rgb_frames_per_s"]["median"] > 0
+    assert result["env"]["torch"] and result["env"]["cores"] >= 1 and result["env"]["cpu"]
+
+
+def test_loader_bench_baseline_figures(loader_result):
+    result, _ = loader_result
+    s = result["settings"]
+    T, stride, crop, B = s["frames"], s["stride"], s["crop"], s["batch_size"]
+    span = (T - 1) * stride + 1
+    base = result["loaders"]["baseline"]
+    _check_stats(base["clips_per_s"], s["repeats"])
+    assert base["fraction_of_ceiling"] == pytest.approx(base["clips_per_s"]["median"] / result["ceiling"]["clips_per_s"])
+    # each view is decoded from the keyframe before it (synthetic gop 16) to its last frame
+    assert span <= base["frames_per_clip"] <= span + 15
+    assert base["shapes"] == [[B, 3, T, crop, crop], [B, 3, T, crop, crop], [B]]
+    assert base["channels_last_3d"] is True
+    assert base["peak_pss_mb"] > result["idle_memory_mb"]["pss"] * 0.5 > 0
+    assert base["peak_rss_mb"] >= base["peak_pss_mb"]
+
+
+def test_loader_bench_dali_figures(loader_result):
+    result, _ = loader_result
+    if importlib.util.find_spec("fastcvrl.data") is None:
+        pytest.skip("fastcvrl.data (the DALI loader) is not in this tree yet")
+    s = result["settings"]
+    dali = result["loaders"]["dali"]
+    assert "error" not in dali, dali.get("error")
+    _check_stats(dali["clips_per_s"], s["repeats"])
+    assert dali["shapes"] == result["loaders"]["baseline"]["shapes"]
+    assert result["dali_over_baseline"] == pytest.approx(
+        dali["clips_per_s"]["median"] / result["loaders"]["baseline"]["clips_per_s"]["median"])
+    if dali["frames_per_clip"] is not None:
+        assert dali["frames_per_clip"] >= s["frames"]
+
+
+def test_decode_ceiling_counts_frames(loader_result):
+    result, _ = loader_result
+    from fastcvrl.manifest import read_manifest
+
+    entries = read_manifest(result["manifest"])
+    t0 = time.perf_counter()
+    fps = loader_bench.decode_ceiling([e.path for e in entries[:2]], [e.num_frames for e in entries[:2]], 1, 50, rgb=False)
+    elapsed = time.perf_counter() - t0
+    # at least 50 frames were decoded inside the elapsed time
+    assert fps > 0 and fps * elapsed >= 50
+
+
+def test_train_bench_quick(tmp_path):
+    out = tmp_path / "train.json"
+    result = train_bench.main(["--quick", "--device", "cpu", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=float))
+    s = result["settings"]
+    assert result["small_model_on_cpu"] and result["gpu"] is None and result["peak_flops"] is None
+    assert result["clips_per_step"] == 2 * s["batch_size"]
+    assert set(result["rows"]) == {name for name, _ in train_bench.rows_for("cpu")}
+    assert result["flops_per_clip"] > 0
+    for name, row in result["rows"].items():
+        assert "error" not in row, (name, row.get("error"))
+        _check_stats(row["step_s"], s["repeats"])
+        assert row["clips_per_s"] == pytest.approx(result["clips_per_step"] / row["step_s"]["median"])
+        assert row["tflops"] == pytest.approx(row["clips_per_s"] * result["flops_per_clip"] / 1e12)
+        assert row["loss_finite"] and row["mfu"] is None and not row["flags"]["graph"]
+    opt = result["optimizer"]
+    for key in ("fused", "reference"):
+        _check_stats(opt[key]["step_s"], s["repeats"])
+        assert opt[key]["params"] > 0
+    assert opt["speedup"] == pytest.approx(opt["reference"]["step_s"]["median"] / opt["fused"]["step_s"]["median"])
+
+
+def test_train_bench_rows_and_peaks():
+    gpu_rows = dict(train_bench.rows_for("cuda"))
+    assert gpu_rows["fast"] == {"graph": True, "bf16": True, "channels_last": True, "fused": True}
+    assert gpu_rows["baseline"] == {"graph": False, "bf16": False, "channels_last": False, "fused": False}
+    # every other row switches exactly one optimisation off (the reference LARS cannot be graphed)
+    for name in ("eager", "fp32", "contiguous"):
+        assert sum(gpu_rows[name][k] != gpu_rows["fast"][k] for k in train_bench.ROW_FLAGS) == 1
+    assert gpu_rows["LARS reference"]["fused"] is False and gpu_rows["LARS reference"]["graph"] is False
+    assert train_bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert train_bench.peak_flops("NVIDIA H200") == 989e12
+    assert train_bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert train_bench.peak_flops("Some CPU") is None
