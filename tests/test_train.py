@@ -1,0 +1,259 @@
+"""The trainer end to end on CPU: run folder contents, exact resume, SIGKILL/SIGTERM, NaN stop, config and
+manifest errors before any work, two gloo ranks in sync, and the default command's path on a small budget."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastcvrl import checkpoint as ckpt
+from fastcvrl import train
+from fastcvrl.config import load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "fastcvrl" / "train.py")
+
+# Tiny: r3d_tiny, 4 frames of 32x32, 16 random clips per epoch in batches of 4 (4 steps per epoch).
+TINY = [
+    "--data.source=random", "--data.random_videos=16", "--data.num_frames=4", "--data.crop_size=32",
+    "--model.arch=r3d_tiny", "--model.proj_hidden=32", "--model.proj_layers=2", "--model.proj_dim=16",
+    "--optim.lr=2.0", "--optim.base_batch_size=4", "--optim.warmup_epochs=1",
+    "--train.batch_size=4", "--train.epochs=3", "--train.log_every=2", "--train.ckpt_every=2",
+    "--train.keep_ckpts=2", "--train.precision=fp32", "--train.cuda_graph=false",
+]
+
+
+def _args(run_dir: Path, *extra: str) -> list[str]:
+    return ["--config", str(REPO / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(torch.as_tensor(a["optimizer"]["lr_tensor"]), torch.as_tensor(b["optimizer"]["lr_tensor"]))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> dict:
+    """The uninterrupted run (12 steps = 3 epochs), in process; its final checkpoint."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = train.main(_args(run_dir))
+    assert result.exit_code == 0 and result.step == 12
+    return {"dir": run_dir, "final": ckpt.load_latest(run_dir)[0]}
+
+
+def test_run_folder_holds_config_env_tensorboard_checkpoints_and_backbone(reference_run):
+    run_dir = reference_run["dir"]
+    cfg = load_config(run_dir / "config.yaml")  # the resolved config reloads
+    assert cfg.data.source == "random" and cfg.train.precision == "fp32" and cfg.model.arch == "r3d_tiny"
+    import json
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__ and env["world_size"] == 1
+    assert len(env["git"]["commit"] or "") == 40
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert [s for s, _ in ckpt.list_checkpoints(run_dir)] == [10, 12]  # every 2 steps, last 2 kept
+    exported = torch.load(run_dir / "backbone.pt", weights_only=True)
+    from fastcvrl.model import build_backbone
+
+    bb = build_backbone(exported["arch"], exported["width"])
+    bb.load_state_dict(exported["state_dict"])  # strict: the backbone alone, no head
+    final = reference_run["final"]["model"]  # the exported weights are the final checkpoint's backbone
+    assert all(torch.equal(v, final["backbone." + k]) for k, v in exported["state_dict"].items())
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, reference_run):
+    first = train.main(_args(tmp_path, "--train.max_steps=5"))  # stops mid-epoch 2 (5 = 4 + 1)
+    assert first.exit_code == 0 and first.step == 5
+    second = train.main(_args(tmp_path))  # same folder: resumes by itself
+    assert second.step == 12
+    _assert_same_state(ckpt.load_latest(tmp_path)[0], reference_run["final"])
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from fastcvrl.random_clips import RandomClipLoader
+
+    real_iter = RandomClipLoader.__iter__
+    seen = {"n": 0}
+
+    def poisoned(self):
+        for v1, v2, y in real_iter(self):
+            seen["n"] += 1
+            if seen["n"] >= 6:  # from step 6 on the input is NaN
+                v1 = torch.full_like(v1, float("nan"))
+            yield v1, v2, y
+
+    monkeypatch.setattr(RandomClipLoader, "__iter__", poisoned)
+    with pytest.raises(train.NonFiniteLoss, match="between step 5 and step 6"):
+        train.main(_args(tmp_path, "--train.log_every=3"))
+    state, path = ckpt.load_latest(tmp_path)
+    assert state["step"] == 4  # the checkpoint due at step 6 was not written
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def test_config_and_manifest_errors_come_before_any_work(tmp_path):
+    run_dir = tmp_path / "run"
+    r = _cli(*_args(run_dir, "--train.bogus=1"))
+    assert r.returncode == 2 and "train.bogus" in r.stderr and "Traceback" not in r.stderr
+    r = _cli(*_args(run_dir, "--train.precision=fp8"))
+    assert r.returncode == 2 and "train.precision" in r.stderr
+    missing = tmp_path / "nope" / "manifest.csv"
+    r = _cli(*_args(run_dir, "--data.source=video", f"--data.train_manifest={missing}"))
+    assert r.returncode == 2 and str(missing) in r.stderr
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,num_frames,fps,width,height,codec\ngone.webm,0,64,25,112,112,vp9\n")
+    r = _cli(*_args(run_dir, "--data.source=video", f"--data.train_manifest={manifest}"))
+    assert r.returncode == 2 and "gone.webm" in r.stderr
+    assert not run_dir.exists()  # nothing was started
+
+
+# A child that trains normally but hangs inside its 2nd checkpoint write (after the data is written and
+# fsync'ed, before the rename), so that the parent's SIGKILL lands mid-write.
+_HANG_IN_WRITE = textwrap.dedent("""
+    import os, sys, time
+    real_fsync = os.fsync
+    writes = [0]
+    def fsync(fd):
+        real_fsync(fd)
+        if ".tmp." in os.readlink(f"/proc/self/fd/{fd}") and "checkpoints" in os.readlink(f"/proc/self/fd/{fd}"):
+            writes[0] += 1
+            if writes[0] == 2:
+                print("in-write", flush=True)
+                time.sleep(120)
+    os.fsync = fsync
+    from fastcvrl.train import cli
+    sys.exit(cli(sys.argv[1:]))
+""")
+
+
+def test_sigkill_during_checkpoint_write_then_resume_matches_uninterrupted(tmp_path, reference_run):
+    proc = subprocess.Popen([sys.executable, "-c", _HANG_IN_WRITE, *_args(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "in-write":
+                break
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    folder = tmp_path / ckpt.CKPT_DIR
+    assert [p.name for p in folder.iterdir() if ".tmp." in p.name]  # killed mid-write: a partial file
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]  # the write of step 4 never finished
+    r = _cli(*_args(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "step 2" in r.stdout
+    assert not [p for p in folder.iterdir() if ".tmp." in p.name]
+    _assert_same_state(ckpt.load_latest(tmp_path)[0], reference_run["final"])
+
+
+def test_sigkill_at_a_random_moment_then_resume_continues_the_step_count(tmp_path):
+    args = _args(tmp_path, "--train.ckpt_every=1", "--train.log_every=1", "--train.epochs=40")
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not ckpt.list_checkpoints(tmp_path) or ckpt.list_checkpoints(tmp_path)[-1][0] < 3:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.13)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    killed_at = ckpt.load_latest(tmp_path)[0]["step"]
+    r = _cli(*args, "--train.max_steps=" + str(killed_at + 3))
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from" in r.stdout
+    assert ckpt.load_latest(tmp_path)[0]["step"] == killed_at + 3
+
+
+def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
+    args = _args(tmp_path, "--train.ckpt_every=1000", "--train.log_every=1", "--train.epochs=200")
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:  # the progress lines (not a terminal: one line per report)
+            if " step 3/" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err
+    (step, _), = ckpt.list_checkpoints(tmp_path)  # ckpt_every=1000: only the SIGTERM checkpoint exists
+    assert step >= 3
+    r = _cli(*args, f"--train.max_steps={step + 2}")
+    assert r.returncode == 0 and f"resumed from" in r.stdout
+    assert ckpt.load_latest(tmp_path)[0]["step"] == step + 2
+
+
+_RANK_WORKER = textwrap.dedent("""
+    import os, sys, torch
+    from fastcvrl.train import main
+    out = sys.argv[1]
+    result = main(sys.argv[2:])
+    torch.save({k: v.detach() for k, v in result.model.state_dict().items()},
+               os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_stay_in_sync(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_RANK_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script), str(tmp_path),
+           *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert a.keys() == b.keys()
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    for k in params:  # DDP keeps parameters identical (gradients all-reduced)
+        assert torch.equal(a[k], b[k]), k
+    from fastcvrl.model import build_model
+
+    torch.manual_seed(0)  # rank 0's initialisation (rank 1 draws another; DDP broadcasts rank 0's)
+    init = build_model(load_config(tmp_path / "run" / "config.yaml").model).state_dict()
+    assert not torch.equal(init["head.mlp.0.weight"], a["head.mlp.0.weight"])  # they trained
+    state = ckpt.load_latest(tmp_path / "run")[0]
+    assert state["step"] == 8 and state["world_size"] == 2  # global batch 4 = 2 x 2: 4 steps per epoch
+    assert len(state["rng"]) == 2  # both ranks' generators saved
+
+
+@pytest.mark.slow
+def test_default_command_path_on_a_small_budget(tmp_path):
+    """`python fastcvrl/train.py` with no --config: synthetic dataset generated, trained, backbone exported."""
+    synth = tmp_path / "synthetic"
+    r = _cli(f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=4",
+             "--data.crop_size=32", "--data.num_frames=4", "--train.batch_size=4", "--train.max_steps=2",
+             "--train.log_every=1", f"--train.out_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "synthetic_cpu.yaml" in r.stdout and (synth / "train" / "manifest.csv").is_file()
+    assert "done at step 2" in r.stdout and str(tmp_path / "run") in r.stdout
+    assert (tmp_path / "run" / "backbone.pt").is_file()
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.data.train_manifest == str(synth / "train" / "manifest.csv")
