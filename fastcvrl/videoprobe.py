@@ -10,8 +10,12 @@ these reasons (the detail says more):
 - ``no video stream``: e.g. an audio file;
 - ``zero frames``: a video stream without a single frame;
 - ``truncated``: the file was cut short: an MP4/MOV box or the AVI RIFF chunk runs past the end of the file,
-  decoding fails after some frames, or fewer than ``1 - TRUNCATION_TOLERANCE`` of the frames the container
-  declares (its frame count, else duration x frame rate) decode;
+  decoding fails after some frames, fewer than ``1 - TRUNCATION_TOLERANCE`` of the frames the container's
+  index declares decode, or (containers without a frame count, e.g. WebM) the decoded frames' timestamps
+  cover less than that fraction of the declared duration (timestamps, not counts: variable frame rate).
+
+``fps`` is the container's nominal rate unless the decoded timestamps say otherwise by more than 5% (variable
+frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
 """
 from __future__ import annotations
@@ -78,16 +82,13 @@ def _container_cut_short(path: str, size: int) -> str:
     return ""
 
 
-def _declared_frames(container, stream, rate: Fraction | None) -> int:
-    """Frames the container claims (header frame count, else duration x rate); 0 when it does not say."""
-    if stream.frames and stream.frames > 0:
-        return int(stream.frames)
-    if rate:
-        if stream.duration and stream.time_base:
-            return int(round(float(stream.duration * stream.time_base * rate)))
-        if container.duration:
-            return int(round(container.duration / av.time_base * float(rate)))
-    return 0
+def _declared_duration(container, stream) -> float:
+    """Seconds the container claims for the stream (else for the file); 0.0 when it does not say."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
 
 
 def probe_video(
@@ -124,8 +125,10 @@ def probe_video(
         stream = streams[0]
         codec = stream.codec_context.name
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        declared = _declared_frames(container, stream, rate)
+        declared_frames = int(stream.frames or 0)  # from the container's index (MP4, AVI); 0 if none
+        declared_seconds = _declared_duration(container, stream)
         n, keyframes, width, height, error = 0, 0, 0, 0, ""
+        first_time, last_time = None, None
         frames = container.decode(stream)
         while True:
             try:
@@ -136,20 +139,36 @@ def probe_video(
                 error = f"{type(e).__name__}: {e}"
                 break
             if n == 0:
-                width, height = frame.width, frame.height
+                width, height, first_time = frame.width, frame.height, frame.time
+            last_time = frame.time
             n += 1
             keyframes += bool(frame.key_frame)
             if on_frame is not None:
                 on_frame(frame)
-        found = dict(num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(float(rate), 4) if rate else 0.0)
+        fps = float(rate) if rate else 0.0
+        span = (last_time - first_time) if n > 1 and first_time is not None and last_time is not None else 0.0
+        if span > 0 and (not fps or abs((n - 1) / span - fps) > 0.05 * fps):
+            fps = (n - 1) / span  # variable frame rate (or a wrong nominal rate): the measured average
+        found = dict(num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(fps, 4))
         if error and n == 0:
             return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
         if error:
             return _reject(path, "truncated", f"decoding failed after {n} frames ({error})", **found)
         if n == 0:
             return _reject(path, "zero frames", f"the {codec} stream has no decodable frame", **found)
-        if declared and n < declared * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK:
-            return _reject(path, "truncated", f"{n} frames decode, the container declares {declared}", **found)
+        if declared_frames and n < declared_frames * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK:
+            return _reject(path, "truncated", f"{n} frames decode, the container declares {declared_frames}", **found)
+        covered = span + (1 / fps if fps else 0.0)  # the last frame lasts one frame period
+        if (
+            not declared_frames
+            and declared_seconds
+            and fps
+            and first_time is not None
+            and covered < declared_seconds * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK / fps
+        ):
+            return _reject(
+                path, "truncated", f"decoded frames cover {covered:.2f} s, the container declares {declared_seconds:.2f} s", **found
+            )
         if n < min_frames:
             return _reject(path, "too short", f"{n} frames, fewer than the {min_frames} asked for", **found)
         return Probe(path, **found)
