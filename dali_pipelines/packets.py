@@ -1,0 +1,223 @@
+"""Host-side demuxing: hand the video decoder only the packets a clip needs (PyAV demux, no decoding).
+
+DALI 2.4's ``fn.decoders.video`` does not seek: it decodes from the first frame of its input (DALI-NOTES.md),
+so a clip late in a video would cost the whole prefix. Instead, for each sample we cut the stream down to the
+runs of packets from the keyframe before each needed frame to that frame, and wrap them in a small in-memory
+container (IVF for VP8/VP9, concatenated JPEGs for MJPEG, Matroska otherwise). Runs start at keyframes, so the
+cut stream decodes on its own, and overlapping views share one run: every frame is decoded at most once.
+
+The packet index of each file (payload byte offsets, sizes, keyframe flags) is built once per process by one
+demux pass and cached, so later samples read only the byte range they need with one ``read`` per video.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class VideoReadError(RuntimeError):
+    """A video that cannot be demuxed, read or decoded; the message names the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+REORDERING_CODECS = ("h264", "hevc", "mpeg4", "mpeg2video")  # may present frames out of decode order
+_IVF_FOURCC = {"vp8": b"VP80", "vp9": b"VP90"}
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """Packets of a file's first video stream, in decode order (empty packets dropped)."""
+
+    path: str
+    codec: str  # PyAV codec name: vp9, vp8, mjpeg, h264, ...
+    width: int
+    height: int
+    offsets: np.ndarray  # (P,) int64 payload byte offset in the file, -1 where unknown
+    sizes: np.ndarray  # (P,) int64
+    keyframe: np.ndarray  # (P,) bool
+    frame_of_packet: np.ndarray  # (P,) int64 presentation index of each packet
+    time_base: Fraction
+    extradata: bytes | None
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def keyframes(self) -> np.ndarray:
+        """Presentation indices of the keyframes, ascending."""
+        return np.sort(self.frame_of_packet[self.keyframe])
+
+
+def build_index(path: str) -> PacketIndex:
+    """Demux ``path`` once (no decoding) and locate each packet's payload in the file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            rows, payload_found = [], True
+            for p in container.demux(stream):
+                if not p.size:
+                    continue
+                pts = p.pts if p.pts is not None else p.dts
+                offset = -1
+                if p.pos is not None and p.pos >= 0:
+                    head = bytes(p)[:64]
+                    j = data.find(head, p.pos, p.pos + 64 + len(head))
+                    if j >= 0 and data[j : j + p.size] == bytes(p):
+                        offset = j
+                payload_found &= offset >= 0
+                rows.append((offset, p.size, bool(p.is_keyframe), pts if pts is not None else len(rows)))
+            codec, width, height = ctx.name, ctx.width, ctx.height
+            time_base = stream.time_base or Fraction(1, 25)
+            extradata = bytes(ctx.extradata) if ctx.extradata else None
+    except VideoReadError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoReadError(path, f"cannot demux ({type(e).__name__}: {e})") from e
+    if not rows:
+        raise VideoReadError(path, "no video packets")
+    offsets, sizes, key, pts = (np.array(c) for c in zip(*rows))
+    if not key[0]:
+        raise VideoReadError(path, "the first packet is not a keyframe")
+    order = np.argsort(pts, kind="stable")
+    frame_of_packet = np.empty(len(pts), np.int64)
+    frame_of_packet[order] = np.arange(len(pts))
+    if not payload_found:
+        offsets = np.full(len(rows), -1, np.int64)
+    return PacketIndex(path, codec, int(width), int(height), offsets.astype(np.int64), sizes.astype(np.int64),
+                       key.astype(bool), frame_of_packet, Fraction(time_base), extradata)
+
+
+def keep_runs(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
+    """Presentation-index runs ``[first, last]`` to decode so every ``needed`` frame is reached.
+
+    Each run starts at the keyframe at or before a needed frame; runs that touch are merged. For codecs that
+    reorder frames a run is extended to the end of its group of pictures, so no reference is missing.
+    """
+    keys = index.keyframes
+    needed = np.unique(np.asarray(needed, dtype=np.int64))
+    if needed[0] < 0 or needed[-1] >= index.num_frames:
+        raise ValueError(f"{index.path}: frames {needed.min()}..{needed.max()} outside 0..{index.num_frames - 1}")
+    starts = keys[np.searchsorted(keys, needed, side="right") - 1]
+    ends = needed
+    if index.codec in REORDERING_CODECS:
+        nxt = np.searchsorted(keys, needed, side="right")
+        ends = np.where(nxt < len(keys), keys[np.minimum(nxt, len(keys) - 1)] - 1, index.num_frames - 1)
+    runs: list[list[int]] = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        if runs and s <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], e)
+        else:
+            runs.append([s, e])
+    return [(a, b) for a, b in runs]
+
+
+@dataclass
+class TrimmedClip:
+    """An in-memory container holding only the packets to decode, and where the needed frames landed."""
+
+    encoded: np.ndarray  # (bytes,) uint8
+    positions: np.ndarray  # (len(needed),) int32: position in the trimmed stream of each needed frame
+    frames_decoded: int  # packets handed to the decoder: an upper bound on the frames it decodes
+    bytes_read: int
+
+
+def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> TrimmedClip:
+    """Cut ``index.path`` down to the runs that reach ``needed`` (presentation indices, any order, repeats).
+
+    ``data``: the file's bytes if already in memory; otherwise one read of the needed byte range.
+    """
+    needed = np.asarray(needed, dtype=np.int64)
+    runs = keep_runs(index, needed)
+    kept_frames = np.concatenate([np.arange(a, b + 1) for a, b in runs])  # presentation order
+    packet_of_frame = np.empty(index.num_frames, np.int64)
+    packet_of_frame[index.frame_of_packet] = np.arange(index.num_frames)
+    packets = np.sort(packet_of_frame[kept_frames])  # decode order
+    payloads, nbytes = _read_payloads(index, packets, data)
+    new_rank = {int(f): i for i, f in enumerate(kept_frames)}
+    positions = np.array([new_rank[int(f)] for f in needed], np.int32)
+    if index.codec in _IVF_FOURCC and _in_order(index, packets):
+        encoded = _ivf(index, payloads)
+    elif index.codec == "mjpeg":
+        encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
+    else:
+        rank = np.searchsorted(kept_frames, index.frame_of_packet[packets])
+        encoded = _matroska(index, payloads, rank, index.keyframe[packets])
+    return TrimmedClip(np.frombuffer(encoded, np.uint8), positions, len(packets), nbytes)
+
+
+def _in_order(index: PacketIndex, packets: np.ndarray) -> bool:
+    f = index.frame_of_packet[packets]
+    return bool(np.all(np.diff(f) > 0))
+
+
+def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) -> tuple[list[bytes], int]:
+    """Payloads of ``packets`` (decode order): one ranged read of the file, or a demux pass if offsets are unknown."""
+    offsets, sizes = index.offsets[packets], index.sizes[packets]
+    try:
+        if data is None and np.all(offsets >= 0):
+            lo, hi = int(offsets.min()), int((offsets + sizes).max())
+            with open(index.path, "rb") as f:
+                f.seek(lo)
+                data = f.read(hi - lo)
+            if len(data) != hi - lo:
+                raise VideoReadError(index.path, "file is shorter than its packet index (changed on disk?)")
+            return [data[o - lo : o - lo + s] for o, s in zip(offsets.tolist(), sizes.tolist())], hi - lo
+        if data is not None and np.all(offsets >= 0):
+            return [data[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist())], len(data)
+        wanted = set(packets.tolist())
+        out: dict[int, bytes] = {}
+        with av.open(index.path) as container:
+            i = 0
+            for p in container.demux(container.streams.video[0]):
+                if not p.size:
+                    continue
+                if i in wanted:
+                    out[i] = bytes(p)
+                i += 1
+        return [out[int(i)] for i in packets], os.path.getsize(index.path)
+    except VideoReadError:
+        raise
+    except (av.FFmpegError, OSError, KeyError) as e:
+        raise VideoReadError(index.path, f"cannot read packets ({type(e).__name__}: {e})") from e
+
+
+def _ivf(index: PacketIndex, payloads: list[bytes]) -> bytes:
+    """IVF: a 32-byte file header, then a 12-byte header (size, pts) before each frame."""
+    head = struct.pack("<4sHH4sHHIIII", b"DKIF", 0, 32, _IVF_FOURCC[index.codec], index.width, index.height,
+                       25, 1, len(payloads), 0)
+    parts = [head]
+    for i, p in enumerate(payloads):
+        parts.append(struct.pack("<IQ", len(p), i))
+        parts.append(p)
+    return b"".join(parts)
+
+
+def _matroska(index: PacketIndex, payloads: list[bytes], rank: np.ndarray, key: np.ndarray) -> bytes:
+    """Generic path (codecs without a trivial raw container): Matroska muxed by PyAV, frames renumbered."""
+    bio = io.BytesIO()
+    tb = Fraction(1, 25)
+    delay = int(max(0, np.max(np.arange(len(rank)) - rank))) if len(rank) else 0
+    with av.open(index.path) as src, av.open(bio, "w", format="matroska") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])  # copies codec parameters (extradata)
+        for i, (p, r, k) in enumerate(zip(payloads, rank.tolist(), key.tolist())):
+            pkt = av.Packet(p)
+            pkt.stream, pkt.time_base = stream, tb
+            pkt.pts, pkt.dts = r + delay, i
+            pkt.is_keyframe = bool(k)
+            out.mux(pkt)
+    return bio.getvalue()

@@ -1,0 +1,255 @@
+"""Torch-side loaders over the DALI pipelines (the only ``fastcvrl`` module that imports DALI).
+
+    loader = build_pretrain_loader(cfg, manifest, rank=r, world_size=w, device=device, seed=cfg.train.seed)
+    for epoch in range(cfg.train.epochs):
+        loader.set_epoch(epoch)
+        for view1, view2, label in loader:   # (B, 3, T, S, S) channels_last_3d on `device`, label (B,) int64
+            ...
+
+DALI hands over uint8 N-T-H-W-C batches; viewed as (N, C, T, H, W) they are already channels_last_3d, so the
+hand-off is zero-copy on the CPU (DLPack) and one device-to-device copy on the GPU, never a layout change.
+Normalisation to the trainer's dtype (float32 / bf16 / fp16) is one fused multiply-add here.
+
+A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
+to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Callable, Iterator
+
+import av
+import numpy as np
+import torch
+
+from dali_pipelines.packets import VideoReadError
+from dali_pipelines.source import META_FIELDS, LinearSource, MultiViewSource, PretrainSource, VideoSource
+from fastcvrl.config import Config
+from fastcvrl.manifest import read_manifest
+
+log = logging.getLogger("fastcvrl.data")
+
+
+def resolve_data_device(device: str) -> str:
+    """``cfg.data.device`` -> ``"cpu"`` | ``"gpu"`` (``auto``: the GPU when CUDA is available)."""
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("data.device is 'gpu' but CUDA is not available (use data.device=cpu or auto)")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"data.device must be auto, cpu or gpu, got {device!r}")
+    return device
+
+
+class DaliLoader:
+    """Iterates one DALI pipeline over a ``VideoSource``; ``len()`` steps per epoch, ``set_epoch`` reseeds.
+
+    ``stats``: running totals over the clips delivered (``clips``, ``frames_decoded``, ``bytes_read``);
+    ``last_meta``: the last batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
+
+    def __init__(self, source: VideoSource, make_pipeline: Callable[[VideoSource], Any], convert: Callable,
+                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1):
+        self.source, self._make, self._convert = source, make_pipeline, convert
+        self.device = torch.device(device)
+        self.batch_size = source.batch_size
+        self.skip_corrupt = skip_corrupt
+        self.clips_per_sample = clips_per_sample
+        self.stats = {"clips": 0, "frames_decoded": 0, "bytes_read": 0}
+        self.last_meta: np.ndarray | None = None
+        self._pipe = None
+        self._dirty = False
+        if len(source) == 0:
+            raise ValueError(f"{len(source.entries)} videos over {source.world} rank(s) do not fill one batch "
+                             f"of {source.batch_size}")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.source.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self._pipe is None or self._dirty:
+            self._restart(0)
+        self._dirty = True
+        step = 0
+        while step < len(self):
+            outs = self._run(step)
+            meta = np.asarray(outs[-1].as_tensor())  # (B, 5) int64
+            self.last_meta = meta
+            self.stats["clips"] += len(meta) * self.clips_per_sample
+            self.stats["frames_decoded"] += int(meta[:, 1].sum())
+            self.stats["bytes_read"] += int(meta[:, 4].sum())
+            yield self._convert(outs[:-1], meta)
+            step += 1
+        try:  # drain: the source ended the epoch, DALI signals it on the next run
+            self._pipe.run()
+        except StopIteration:
+            self._dirty = False
+            self.source.start_step = 0
+            self._pipe.reset()
+
+    def _restart(self, step: int) -> None:
+        self.source.start_step = step
+        self._pipe = self._make(self.source)
+        self._dirty = False
+
+    def _run(self, step: int) -> tuple:
+        try:
+            return self._pipe.run()
+        except StopIteration:
+            raise RuntimeError(f"the pipeline ended the epoch early at step {step} of {len(self)}") from None
+        except RuntimeError as e:
+            video = self._find_undecodable()
+            if video is None:
+                paths = sorted({s.path for ss in self.source.recent.values() for s in ss})
+                raise RuntimeError(f"the DALI pipeline failed on a batch from {paths}: {e}") from e
+            path = self.source.entries[video].path
+            if not self.skip_corrupt:
+                raise VideoReadError(path, f"the video decoder cannot decode it ({_first_line(e)})") from e
+            self.source.mark_bad(video, "the video decoder cannot decode it")
+            self._restart(step)  # a failed DALI pipeline cannot continue; rebuild and resume at this step
+            return self._run(step)
+
+    def _find_undecodable(self) -> int | None:
+        """The video of the recent batches whose trimmed stream PyAV cannot decode (host re-check)."""
+        for samples in self.source.recent.values():
+            for s in samples:
+                try:
+                    with av.open(io.BytesIO(s.encoded.tobytes())) as c:
+                        for _ in c.decode(video=0):
+                            pass
+                except (av.FFmpegError, ValueError):
+                    return int(s.columns[-1][0])
+        return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if "ailed" in ln or "rror" in ln]
+    return (lines[-1] if lines else str(e).splitlines()[0]).strip()
+
+
+# ------------------------------------------------------------------------------------- torch hand-off
+def to_torch(out: Any, device: torch.device) -> torch.Tensor:
+    """A dense DALI batch as a torch tensor on ``device``: zero-copy DLPack on the CPU, one copy on the GPU."""
+    t = out.as_tensor()
+    if device.type == "cpu":
+        if hasattr(out, "as_cpu") and type(out).__name__.endswith("GPU"):
+            t = out.as_cpu().as_tensor()
+        return torch.from_dlpack(t)
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    dst = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
+    feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(device))
+    return dst
+
+
+class Normalize:
+    """uint8 ``(N, T, H, W, C)`` -> ``(N, C, T, H, W)`` channels_last_3d in ``dtype``: ``(x/255 - mean) / std``."""
+
+    def __init__(self, mean: list[float], std: list[float], dtype: torch.dtype, device: torch.device):
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device, dtype)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device, dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 4, 1, 2, 3)  # (N, C, T, H, W) view, channels_last_3d strides, no copy
+        return torch.addcmul(self.shift, x.to(self.dtype), self.scale)  # keeps the channels-last layout
+
+
+def data_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """The dtype the trainer consumes: bf16/fp16 when it trains in them on a GPU, float32 otherwise."""
+    p = cfg.train.precision
+    if p == "auto":
+        p = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p, torch.float32)
+
+
+# ------------------------------------------------------------------------------------- builders
+def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict:
+    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if dev == "gpu" else None
+    return dict(device=dev, num_threads=cfg.data.num_threads, device_id=device_id, prefetch=cfg.data.prefetch,
+                seed=seed)
+
+
+def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
+                          device: torch.device | str = "cpu", seed: int = 0) -> DaliLoader:
+    """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d.
+
+    ``B = cfg.train.batch_size // world_size``; the last partial batch of an epoch is dropped."""
+    from dali_pipelines.pipelines import pretrain_pipeline
+
+    device = torch.device(device)
+    dev = resolve_data_device(cfg.data.device)
+    batch = cfg.train.batch_size // world_size
+    source = PretrainSource(read_manifest(manifest), batch, cfg.data, rank=rank, world=world_size, seed=seed)
+    kw = _pipeline_kw(cfg, dev, device, seed)
+    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+
+    def make(src: VideoSource) -> Any:
+        return pretrain_pipeline(src, crop_size=cfg.data.crop_size, batch_size=batch, blur=cfg.data.blur,
+                                 solarize=cfg.data.solarize, **kw)
+
+    def convert(outs: tuple, meta: np.ndarray) -> tuple:
+        v1, v2, label = (to_torch(o, device) for o in outs)
+        return norm(v1), norm(v2), label.to(torch.int64)
+
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
+
+
+def build_linear_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
+                        device: torch.device | str = "cpu", seed: int = 0, train: bool = True) -> DaliLoader:
+    """One clip per video (``cfg.eval.num_frames`` x ``cfg.eval.stride``), crop and flip only when training:
+    yields ``(clip (B, 3, T, S, S), label (B,))``. Training drops the last partial batch; evaluation keeps it."""
+    from dali_pipelines.pipelines import linear_pipeline
+
+    device = torch.device(device)
+    dev = resolve_data_device(cfg.data.device)
+    batch = cfg.eval.batch_size // world_size
+    source = LinearSource(read_manifest(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size,
+                          seed=seed)
+    kw = _pipeline_kw(cfg, dev, device, seed)
+    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+
+    def make(src: VideoSource) -> Any:
+        return linear_pipeline(src, crop_size=cfg.eval.crop_size, batch_size=batch, **kw)
+
+    def convert(outs: tuple, meta: np.ndarray) -> tuple:
+        clip, label = (to_torch(o, device) for o in outs)
+        return norm(clip), label.to(torch.int64)
+
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
+
+
+def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str = "cpu") -> DaliLoader:
+    """Test views: yields ``(clips (B*V, 3, T, S, S), label (B,), video_index (B,))`` with
+    ``V = cfg.eval.test_clips * cfg.eval.test_crops`` views of each video contiguous (rows ``i*V..(i+1)*V-1``
+    belong to ``video_index[i]``, its row in the manifest). Every video once, manifest order."""
+    from dali_pipelines.pipelines import multiview_pipeline
+
+    device = torch.device(device)
+    dev = resolve_data_device(cfg.data.device)
+    e = cfg.eval
+    views = e.test_clips * e.test_crops
+    batch = max(1, e.batch_size // views)
+    source = MultiViewSource(read_manifest(manifest), batch, e)
+    kw = _pipeline_kw(cfg, dev, device, 0)
+    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+
+    def make(src: VideoSource) -> Any:
+        return multiview_pipeline(src, crop_size=e.crop_size, short_side=e.short_side, num_crops=e.test_crops,
+                                  batch_size=batch, **kw)
+
+    def convert(outs: tuple, meta: np.ndarray) -> tuple:
+        clips, label = (to_torch(o, device) for o in outs)  # (B, crops, clips*T, S, S, 3)
+        b = clips.shape[0]
+        clips = clips.reshape(b * views, e.num_frames, *clips.shape[-3:])  # free: rows stay contiguous
+        return norm(clips), label.to(torch.int64), torch.from_numpy(meta[:, 0].copy())
+
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views)
+
+
+__all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",
+           "build_test_loader", "resolve_data_device", "to_torch"]

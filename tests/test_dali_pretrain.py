@@ -1,0 +1,291 @@
+"""The CVRL pretraining pipeline on the CPU: right frames, bounded decoding, per-clip augmentation, labels,
+shuffling, sharding, short and corrupt videos, and the GPU variant's graph."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from dali_pipelines.packets import VideoReadError
+from dali_pipelines.source import PretrainSource
+from fastcvrl.data import build_pretrain_loader, to_torch
+from fastcvrl.manifest import read_manifest
+from fastcvrl.video import decode_index, keyframe_indices
+
+from dali_videos import make_index_videos, make_static_video, small_config
+
+LENGTHS = [60, 41, 9, 75, 33, 50, 64, 18]  # 9 and 18 frames are shorter than or close to one 4x2 clip span
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_index_videos(tmp_path_factory.mktemp("idx"), LENGTHS, codec="vp9", gop=8)
+
+
+def _frames(view: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, T, H, W) float in [0, 1] -> frame index and video id per (B, T)."""
+    return decode_index(view.permute(0, 2, 3, 4, 1).numpy() * 255.0)
+
+
+def _epoch(loader):
+    out = []
+    for v1, v2, label in loader:
+        out.append((v1, v2, label, loader.last_meta.copy()))
+    return out
+
+
+def test_clips_are_t_frames_s_apart_from_the_right_video(manifest):
+    cfg = small_config()
+    entries = read_manifest(manifest)
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=3)
+    assert len(loader) == len(LENGTHS) // 4
+    seen = 0
+    for v1, v2, label, meta in _epoch(loader):
+        assert v1.shape == (4, 3, 4, 16, 16) and v2.shape == v1.shape and v1.dtype == torch.float32
+        for view, start in ((v1, meta[:, 2]), (v2, meta[:, 3])):
+            idx, vid = _frames(view)
+            for b in range(4):
+                n = entries[meta[b, 0]].num_frames
+                assert (vid[b] == meta[b, 0]).all()
+                assert idx[b].tolist() == [(start[b] + 2 * k) % n for k in range(4)]
+        assert label.tolist() == [entries[v].label for v in meta[:, 0]]
+        seen += 4
+    assert seen == 8
+
+
+def test_decoded_frames_are_bounded_by_clip_span_plus_keyframe_spacing(tmp_path):
+    lengths = [120, 97, 130, 110]
+    manifest = make_index_videos(tmp_path, lengths, codec="vp9", gop=8)
+    cfg = small_config(num_frames=4, stride=4)
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    spacing = max(np.diff(keyframe_indices(e.path)).max() for e in read_manifest(manifest))
+    span = (4 - 1) * 4 + 1
+    overlapping = 0
+    for epoch in range(6):
+        loader.set_epoch(epoch)
+        for *_, meta in _epoch(loader):
+            for video, decoded, s1, s2, _ in meta:
+                lo, hi = min(s1, s2), max(s1, s2)
+                if hi - lo < span:  # overlapping windows: one pass over their union
+                    overlapping += 1
+                    assert decoded <= (hi - lo) + span + spacing - 1
+                else:
+                    assert decoded <= 2 * (span + spacing - 1)
+                needed = {(s + 4 * k) % lengths[video] for s in (s1, s2) for k in range(4)}
+                assert decoded >= len(needed)
+    assert overlapping > 0
+    assert loader.stats["frames_decoded"] / loader.stats["clips"] < 2 * (span + spacing)
+
+
+def test_every_frame_of_a_clip_gets_the_same_augmentation(tmp_path):
+    """A static video stays static through crop, flip, colour jitter and grayscale (all on); views differ."""
+    entries = []
+    for i in range(4):
+        make_static_video(tmp_path / f"s{i}.avi", 24, seed=i)
+        entries.append(f"s{i}.avi,{i},24,25.0,64,48,mjpeg")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,num_frames,fps,width,height,codec\n" + "\n".join(entries) + "\n")
+    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.2, crop_size=24)
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    clips = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for v1, v2, _, _ in _epoch(loader):
+            for view in (v1, v2):
+                for clip in view:  # (3, T, H, W)
+                    assert torch.equal(clip, clip[:, :1].expand_as(clip)), "frames of one clip differ"
+                    clips.append(clip[:, 0])
+    flat = torch.stack(clips).flatten(1)
+    dist = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
+    assert dist.min() > 1.0  # every clip (both views, all videos, both epochs) got its own draw
+
+
+def test_colour_matches_the_numpy_reference(manifest):
+    """Uniform index frames: the output colour is the host-drawn colour map applied to the input colour."""
+    from dali_pipelines.spatial import apply_color_reference
+    from fastcvrl.video import index_color
+
+    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3)
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=7)
+    source = loader.source
+    checked = 0
+    for v1, v2, _, meta in _epoch(loader):
+        for b in range(len(meta)):
+            cols = source.sample(int(meta[b, 0])).columns  # same (seed, epoch, video) -> same draws
+            for view, (m, t) in ((v1, (cols[6], cols[7])), (v2, (cols[10], cols[11]))):
+                start = meta[b, 2] if view is v1 else meta[b, 3]
+                want = apply_color_reference(np.array(index_color(int(start), int(meta[b, 0]) % 16)),
+                                             _affine(m, t))
+                got = view[b, :, 0].mean((-1, -2)).numpy() * 255
+                assert np.abs(got - want).max() < 6, (got, want)  # codec error on a uniform frame is small
+                checked += 1
+    assert checked == 16
+
+
+def _affine(m, t):
+    a = np.eye(4)
+    a[:3, :3], a[:3, 3] = m, np.asarray(t) / 255.0
+    return a
+
+
+def test_labels_shuffling_and_epochs(manifest):
+    cfg = small_config()
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=11)
+    orders = []
+    for epoch in (0, 1, 0):
+        loader.set_epoch(epoch)
+        orders.append(np.concatenate([m[:, 0] for *_, m in _epoch(loader)]).tolist())
+    assert orders[0] == orders[2]  # set_epoch is deterministic
+    assert orders[0] != orders[1]  # and reshuffles
+    assert len(set(orders[0])) == len(orders[0])
+    other = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=12)
+    assert np.concatenate([m[:, 0] for *_, m in _epoch(other)]).tolist() != orders[0]
+
+
+def test_shards_see_every_video_once(manifest):
+    cfg = small_config()
+    cfg.train.batch_size = 4  # 2 ranks x 2 per rank
+    seen = []
+    for rank in range(2):
+        loader = build_pretrain_loader(cfg, str(manifest), rank=rank, world_size=2, device="cpu", seed=1)
+        assert loader.batch_size == 2 and len(loader) == 2
+        seen.append(np.concatenate([m[:, 0] for *_, m in _epoch(loader)]).tolist())
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(len(LENGTHS)))  # 8 videos, 2 x 2 x 2: none dropped
+
+
+def test_hand_off_is_zero_copy_and_channels_last(manifest):
+    from dali_pipelines.pipelines import pretrain_pipeline
+
+    cfg = small_config()
+    src = PretrainSource(read_manifest(manifest), 2, cfg.data, seed=0)  # 4 steps
+    pipe = pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=2)
+    v1, *_ = pipe.run()
+    t = to_torch(v1, torch.device("cpu"))
+    assert t.data_ptr() == v1.as_tensor().data_ptr()  # DLPack, no copy
+    x = t.permute(0, 4, 1, 2, 3)
+    assert x.is_contiguous(memory_format=torch.channels_last_3d)
+    kept = t.clone()
+    pipe.run()
+    pipe.run()
+    assert torch.equal(t, kept)  # DALI does not reuse a buffer torch still holds
+
+
+def test_unreadable_file_is_reported_by_name_and_skipped(tmp_path, caplog):
+    manifest = make_index_videos(tmp_path, [30, 30, 30, 30, 30], codec="vp9", gop=8)
+    bad = read_manifest(manifest)[2].path
+    with open(bad, "wb") as f:
+        f.write(b"\x1aE\xdf\xa3 this is not a video" * 10)
+    cfg = small_config()
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+        vids = np.concatenate([m[:, 0] for *_, m in _epoch(loader)])
+    assert 2 not in vids.tolist() and len(vids) == 4
+    assert bad in caplog.text
+
+
+def _corrupt_payload(path: str, first: int, last: int) -> None:
+    """Overwrite the payload of the non-key packets first..last with noise: the file still demuxes and indexes
+    the same way (keyframes intact), but decoding fails."""
+    from dali_pipelines.packets import build_index
+
+    idx = build_index(path)
+    data = bytearray(open(path, "rb").read())
+    rng = np.random.default_rng(0)
+    for k in range(first, last + 1):
+        if idx.keyframe[k]:
+            continue
+        o, s = int(idx.offsets[k]), int(idx.sizes[k])
+        data[o : o + s] = rng.integers(0, 256, s, dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+
+
+def test_decoder_error_names_the_file(tmp_path):
+    manifest = make_index_videos(tmp_path, [40] * 4, codec="vp9", gop=8)
+    bad = read_manifest(manifest)[1].path
+    _corrupt_payload(bad, 0, 39)
+    cfg = small_config(skip_corrupt=False)
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    with pytest.raises(VideoReadError, match=bad.replace("\\", "\\\\")):
+        _epoch(loader)
+
+
+def test_corrupt_video_mid_epoch_is_skipped_with_a_warning(tmp_path, caplog):
+    manifest = make_index_videos(tmp_path, [40] * 8, codec="vp9", gop=8)
+    bad = read_manifest(manifest)[5].path
+    _corrupt_payload(bad, 0, 39)
+    cfg = small_config()
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+        batches = _epoch(loader)
+    vids = np.concatenate([m[:, 0] for *_, m in batches]).tolist()
+    assert len(batches) == 2 and 5 not in vids
+    assert bad in caplog.text and "video decoder" in caplog.text  # caught on the decoder path
+    for v1, _, _, meta in batches:  # the replacement's frames are the replacement's
+        assert (_frames(v1)[1] == meta[:, :1]).all()
+
+
+def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
+    """Same definition, other device strings: inspect the serialized graph (no GPU needed)."""
+    from dali_pipelines.pipelines import pretrain_pipeline
+
+    cfg = small_config(blur=True, solarize=True)
+    src = PretrainSource(read_manifest(manifest), 4, cfg.data, seed=0)
+    pipe = pretrain_pipeline(src, device="gpu", crop_size=16, batch_size=4, device_id=None, blur=True,
+                             solarize=True)
+    graph = _op_devices(pipe.serialize())
+    assert graph["decoders__Video"] == {"mixed"}
+    for op in ("SequenceRearrange", "Resize", "CoordTransform", "GaussianBlur", "LookupTable"):
+        assert graph[op] == {"gpu"}, (op, graph)
+    cpu = _op_devices(pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True,
+                                        solarize=True).serialize())
+    assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}
+    assert set(graph) == set(cpu)  # one definition: the same operators
+
+
+def _op_devices(serialized: bytes) -> dict[str, set[str]]:
+    """Operator name -> devices, from DALI's serialized PipelineDef (protobuf wire format: ops are field 5;
+    an OpDef's name is field 1, its arguments field 4, an argument's name field 1 and string value field 5)."""
+    out: dict[str, set[str]] = {}
+    for field, op in _fields(serialized):
+        if field != 5:
+            continue
+        parts = _fields(op)
+        name = next(v for f, v in parts if f == 1).decode()
+        for f, arg in parts:
+            a = dict(_fields(arg)) if f == 4 else {}
+            if a.get(1) == b"device":
+                out.setdefault(name, set()).add(a[5].decode())
+    return out
+
+
+def _fields(buf: bytes) -> list[tuple[int, bytes | int]]:
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            val, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            val, i = buf[i : i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            val, i = buf[i : i + n], i + n
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        out.append((field, val))
+    return out
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = val = 0
+    while True:
+        b = buf[i]
+        i += 1
+        val |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return val, i
