@@ -58,6 +58,7 @@ class DataConfig:
     solarize: bool = False  # the reference code's solarize (view 2, p=0.2)
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # in [0,1] pixel units
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    skip_corrupt: bool = True  # a video the decoder fails on is reported and skipped (False: raise naming it)
 
 
 @dataclass
