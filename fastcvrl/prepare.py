@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 import av
+from av.video.reformatter import ColorRange, VideoReformatter
 
 from fastcvrl.manifest import VideoEntry, read_classes, write_classes, write_manifest
 from fastcvrl.sources import FORMATS, Item, SourceError, read_source
@@ -81,6 +82,8 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
     root, ext = os.path.splitext(dst)
     tmp = f"{root}.tmp{os.getpid()}{ext}"
     pix_fmt = CODECS[opts.codec][1]
+    dst_range = ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
+    scaler = VideoReformatter()
     state: dict = {}
 
     def encode(frame: av.VideoFrame) -> None:
@@ -90,7 +93,12 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
             state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality)
             state["size"], state["n"] = (w, h), 0
         w, h = state["size"]
-        f2 = frame.reformat(width=w, height=h, format=pix_fmt, interpolation="AREA")
+        # Say the source's range explicitly: swscale otherwise takes full-range (JPEG) input as limited.
+        src_range = frame.color_range
+        if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
+            src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
+        f2 = scaler.reformat(frame, w, h, pix_fmt, interpolation="AREA", src_color_range=src_range,
+                             dst_color_range=dst_range, threads=1)
         f2.pts, f2.time_base = state["n"], 1 / rate  # constant frame rate: frame i at i / rate
         f2.pict_type = av.video.frame.PictureType.NONE  # else encoders keep the source's keyframes too
         state["n"] += 1
@@ -235,6 +243,18 @@ def _remove_stale_temporaries(out: Path) -> None:
                 p.unlink()
 
 
+def _result(fut: Future, src: str, crashed: Probe | None = None) -> Probe:
+    """The worker's answer; a crashed pool re-raises (or gives ``crashed``), anything else is a ``failed``."""
+    try:
+        return Probe(**fut.result())
+    except BrokenProcessPool:
+        if crashed is None:
+            raise
+        return crashed
+    except Exception as e:  # e.g. a job that cannot be sent to the worker: retried by the next run
+        return Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
+
+
 def _run_pool(
     jobs: list[tuple[str, str | None, Transcode | None]],
     workers: int,
@@ -250,10 +270,9 @@ def _run_pool(
         if suspects:
             job = suspects.pop()
             with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as ex:
-                try:
-                    on_result(job[0], Probe(**ex.submit(_work, job).result()))
-                except BrokenProcessPool:
-                    on_result(job[0], Probe(job[0], reason="unreadable", detail="the decoder crashed its process"))
+                fut = ex.submit(_work, job)
+                wait([fut])
+                on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
             continue
         ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
         inflight: dict[Future, tuple] = {}
@@ -264,8 +283,8 @@ def _run_pool(
                     inflight[ex.submit(_work, job)] = job
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    job = inflight.pop(fut)
-                    on_result(job[0], Probe(**fut.result()))
+                    probe = _result(fut, inflight[fut][0])  # raises BrokenProcessPool with fut still in flight
+                    on_result(inflight.pop(fut)[0], probe)
         except BrokenProcessPool:
             suspects.extend(inflight.values())
             ex.shutdown(wait=False, cancel_futures=True)
