@@ -23,14 +23,17 @@ possible. ``frames/clip`` reports what each loader actually decoded.
 Fairness: the baseline gets one DataLoader worker process per usable core (each decodes with one thread); DALI
 gets ``num_threads`` = usable cores. Each loader is built once; each repeat iterates ``--warmup`` batches
 (untimed: worker start-up, pipeline fill) then ``--iters`` timed batches, the loaders alternating order from
-repeat to repeat. Memory is the peak over the loader's iterations of RSS and PSS summed over this process and
-all its children (workers included); the main process's torch/DALI import is part of it (``idle`` column).
+repeat to repeat. Memory is measured apart, each loader alone in a fresh process: the peak over its
+iterations of RSS and PSS summed over that process and all its children (workers included), the process's
+own torch/DALI imports part of it (PSS splits pages that forked workers share, so it is the fair sum).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -42,6 +45,7 @@ from common import PeakMemory, environment, format_table, summarize, tree_memory
 
 import av  # noqa: E402
 import torch  # noqa: E402
+from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
@@ -69,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="write the result as one JSON line to this path")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
+    p.add_argument("--memory-only", default="", help=argparse.SUPPRESS)  # internal: one loader's memory pass
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         for k, v in QUICK.items():
             if k in ("classes", "videos_per_class", "size", "video_frames"):
@@ -100,6 +106,7 @@ def bench_config(args: argparse.Namespace) -> Config:
     cfg.data.num_threads = args.workers
     cfg.data.num_frames, cfg.data.stride, cfg.data.crop_size = args.frames, args.stride, args.crop
     cfg.train.batch_size = args.batch_size
+    cfg.train.precision = "fp32"  # both loaders hand over float32
     return cfg
 
 
@@ -107,12 +114,13 @@ def bench_config(args: argparse.Namespace) -> Config:
 def _decode_file(job: tuple[str, bool]) -> int:
     path, rgb = job
     n = 0
+    to_rgb = VideoReformatter()
     with av.open(path) as c:
         stream = c.streams.video[0]
         stream.codec_context.thread_count = 1
         for frame in c.decode(stream):
             if rgb:
-                frame.to_ndarray(format="rgb24")
+                to_rgb.reformat(frame, format="rgb24").to_ndarray()
             n += 1
     return n
 
@@ -141,6 +149,16 @@ def _endless(loader, epoch0: int) -> Iterator:
         epoch += 1
 
 
+def decode_counts(loader) -> tuple[int, int] | None:
+    """(frames decoded, videos delivered) so far: the baseline's counters or the DALI loader's ``stats``."""
+    if hasattr(loader, "frames_decoded") and hasattr(loader, "videos"):
+        return int(loader.frames_decoded), int(loader.videos)
+    stats = getattr(loader, "stats", None)
+    if isinstance(stats, dict) and "frames_decoded" in stats and "clips" in stats:
+        return int(stats["frames_decoded"]), int(stats["clips"])  # the pretrain loader counts samples (videos)
+    return None
+
+
 def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[], None]) -> dict[str, Any]:
     """Warm-up then timed batches of one loader; clips/s, frames decoded per clip, peak tree memory."""
     with PeakMemory() as mem:
@@ -148,8 +166,7 @@ def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[],
         for _ in range(warmup):
             next(it)
         sync()
-        frames0 = getattr(loader, "frames_decoded", None)
-        videos0 = getattr(loader, "videos", None)
+        before = decode_counts(loader)
         t0 = time.perf_counter()
         clips = 0
         for _ in range(iters):
@@ -157,17 +174,15 @@ def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[],
             clips += v1.shape[0] + v2.shape[0]
         sync()
         dt = time.perf_counter() - t0
-        frames1 = getattr(loader, "frames_decoded", None)
-        videos1 = getattr(loader, "videos", None)
+        after = decode_counts(loader)
         it.close()  # shuts the DataLoader workers down
         del it
     per_clip = None
-    if None not in (frames0, frames1, videos0, videos1) and videos1 > videos0:
-        # loaders count delivered videos (two clips each) and decoded frames
-        per_clip = (frames1 - frames0) / (2 * (videos1 - videos0))
+    if before is not None and after is not None and after[1] > before[1]:
+        per_clip = (after[0] - before[0]) / (2 * (after[1] - before[1]))  # two clips per video
     return {"clips_per_s": clips / dt, "seconds": dt, "frames_per_clip": per_clip,
             "peak_rss_mb": mem.peak_rss_mb, "peak_pss_mb": mem.peak_pss_mb,
-            "shapes": [list(v1.shape), list(v2.shape), list(label.shape)],
+            "shapes": [list(v1.shape), list(v2.shape), list(label.shape)], "dtype": str(v1.dtype),
             "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d))}
 
 
@@ -193,6 +208,28 @@ def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.N
     return out
 
 
+def memory_pass(name: str, manifest: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory of one loader in a fresh process (its own workers included, nothing else loaded in it
+    but what the loader imports), so neither loader's memory is charged to the other."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--manifest", manifest, "--memory-only", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    cfg = bench_config(args)
+    idle_rss, idle_pss = tree_memory_mb()
+    loader = build_loaders([args.memory_only], cfg, args.manifest, args)[args.memory_only]
+    if isinstance(loader, str):
+        raise SystemExit(loader)
+    sync = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
+    r = time_loader(loader, args.warmup, min(args.iters, 8), 0, sync)
+    print(json.dumps({"peak_rss_mb": r["peak_rss_mb"], "peak_pss_mb": r["peak_pss_mb"],
+                      "idle_rss_mb": idle_rss, "idle_pss_mb": idle_pss}))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = dataset(args)
     entries = read_manifest(manifest)
@@ -214,6 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in order:
             runs[name].append(time_loader(loaders[name], args.warmup, args.iters, 1000 * rep, sync))
 
+    memory = {name: memory_pass(name, manifest, args) for name in runs}
     fps = summarize(ceiling)
     fps_rgb = summarize(ceiling_rgb)
     ceil_clips = fps["median"] / span
@@ -241,9 +279,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clips_per_s": cps,
             "fraction_of_ceiling": cps["median"] / ceil_clips,
             "frames_per_clip": sum(fpc) / len(fpc) if fpc else None,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "peak_pss_mb": max(r["peak_pss_mb"] for r in rs),
+            "memory_mb": memory[name],  # own process: peak_pss_mb, peak_rss_mb, idle_*_mb
+            "inprocess_peak_pss_mb": max(r["peak_pss_mb"] for r in rs),  # with the other loader alive too
             "shapes": rs[0]["shapes"],
+            "dtype": rs[0]["dtype"],
             "channels_last_3d": rs[0]["channels_last_3d"],
         }
     ok = {n: v for n, v in result["loaders"].items() if "error" not in v}
@@ -271,13 +310,14 @@ def print_table(result: dict[str, Any]) -> None:
             rows.append([label, "unavailable", None, None, None, None, None, None])
             continue
         cps = r["clips_per_s"]
+        mem = r["memory_mb"]
         rows.append([label, cps["median"], cps["median"] / 2, cps["spread"], r["fraction_of_ceiling"],
-                     r["frames_per_clip"], r["peak_pss_mb"], r["peak_rss_mb"]])
+                     r["frames_per_clip"], mem.get("peak_pss_mb"), mem.get("peak_rss_mb")])
     print(format_table(["loader", "clips/s", "videos/s", "spread", "of ceiling", "frames/clip", "peak PSS MB",
                         "peak RSS MB"], rows))
     print(f"  ceiling: {c['frames_per_s']['median']:.0f} decoded frames/s ({c['rgb_frames_per_s']['median']:.0f} "
           f"with RGB conversion) / {c['frames_per_clip']} frames per clip; spread = (max-min)/median over repeats; "
-          f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS")
+          f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS;\n  peak memory: each loader alone in a fresh process, summed over it and its workers")
     for name, r in result["loaders"].items():
         if "error" in r:
             print(f"  {name} unavailable: {r['error']}")
@@ -285,8 +325,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    if args.memory_only:
+        memory_only(args)
+        return None
     result = run(args)
     print_table(result)
     line = write_json(result, args.json)

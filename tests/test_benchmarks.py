@@ -81,8 +81,9 @@ def test_loader_bench_baseline_figures(loader_result):
     assert span <= base["frames_per_clip"] <= span + 15
     assert base["shapes"] == [[B, 3, T, crop, crop], [B, 3, T, crop, crop], [B]]
     assert base["channels_last_3d"] is True
-    assert base["peak_pss_mb"] > result["idle_memory_mb"]["pss"] * 0.5 > 0
-    assert base["peak_rss_mb"] >= base["peak_pss_mb"]
+    mem = base["memory_mb"]  # measured alone in a fresh process, workers included
+    assert mem["peak_pss_mb"] > mem["idle_pss_mb"] > 0
+    assert mem["peak_rss_mb"] >= mem["peak_pss_mb"]
 
 
 def test_loader_bench_dali_figures(loader_result):
