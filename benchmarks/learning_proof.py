@@ -1,0 +1,214 @@
+"""The learning proof: does CVRL pretraining beat a random backbone under the same linear probe?
+
+    python benchmarks/learning_proof.py [--seeds 0 1 2] [--out runs/learning_proof] [--config C.yaml]
+                                        [--reuse] [--section.key=value ...]
+
+On the built-in synthetic motion dataset (``fastcvrl.synthetic``: classes differ only by motion), for every
+seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless ``--config``;
+dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
+(``fastcvrl.eval``) on the pretrained backbone and on a randomly initialised backbone of the same
+architecture (seeded by the same seed). The evaluation clips are decoded once and every backbone runs on
+them, so all six probes see identical clips. A weighted kNN (k=200, T=0.1) on the same features is reported
+beside the probe. Prints a table (mean and sample standard deviation over seeds) and one JSON line, and
+writes ``OUT/learning_proof.json``. ``--reuse`` skips pretraining where ``OUT/seed<S>/backbone.pt`` exists.
+
+Evaluation clip geometry follows the pretraining config (``eval.num_frames/stride/crop_size`` default to
+``data.*`` here, not to the K400 values of ``EvalConfig``) unless given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fastcvrl.config import Config, load_config, merge, parse_overrides, to_dict  # noqa: E402
+from fastcvrl.eval import ClipFeatures, clip_features, load_backbone, probe_features  # noqa: E402
+from fastcvrl.knn import knn_predict, topk_accuracy  # noqa: E402
+from fastcvrl.manifest import read_manifest  # noqa: E402
+from fastcvrl.model import build_backbone  # noqa: E402
+from fastcvrl.probe import ViewAverager  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def default_config() -> Path:
+    return REPO / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+
+
+def resolve(args: argparse.Namespace, overrides: list[str]) -> Config:
+    cfg = load_config(args.config or default_config(), overrides)
+    given = parse_overrides(overrides).get("eval", {})
+    follow = {k: getattr(cfg.data, k) for k in ("num_frames", "stride", "crop_size") if k not in given}
+    return merge(cfg, {"eval": follow})
+
+
+def pretrain(cfg_path: str | None, seed: int, run_dir: Path, overrides: list[str]) -> float:
+    """Run the trainer in a child process (as a user would); returns its wall time in seconds."""
+    cmd = [sys.executable, str(REPO / "fastcvrl" / "train.py")]
+    if cfg_path:
+        cmd += ["--config", cfg_path]
+    cmd += [f"--train.seed={seed}", f"--train.out_dir={run_dir}", *overrides]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(run_dir / "train.log", "w") as out:
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    if r.returncode != 0:
+        tail = (run_dir / "train.log").read_text()[-3000:]
+        raise SystemExit(f"pretraining seed {seed} failed (exit {r.returncode}); {run_dir / 'train.log'}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def knn_top1(train: ClipFeatures, i: int, test: ClipFeatures, num_videos: int, num_classes: int, cfg: Config) -> float:
+    """Weighted kNN of per-video mean test features against the train-pass features of backbone ``i``."""
+    avg = ViewAverager(num_videos, test.feats[i].shape[1])
+    avg.add(test.feats[i], test.video)
+    labels = torch.full((num_videos,), -1, dtype=torch.long)
+    labels[test.video] = test.labels
+    scores = knn_predict(train.feats[i], train.labels, avg.mean(), num_classes,
+                         k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+    return topk_accuracy(scores, labels, (1,))[1]
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/learning_proof")
+    ap.add_argument("--config", default=None, help="pretraining config (default: the trainer's built-in one)")
+    ap.add_argument("--reuse", action="store_true", help="skip pretraining where OUT/seed<S>/backbone.pt exists")
+    args, overrides = ap.parse_known_args(argv)
+    cfg = resolve(args, overrides)
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t_start = time.perf_counter()
+
+    from fastcvrl.synthetic import ensure_synthetic
+
+    d = cfg.data
+    train_m, test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
+                                       d.synthetic_videos_per_class, seed=0, verbose=True)
+    train_n, test_n = len(read_manifest(train_m)), len(read_manifest(test_m))
+    num_classes = max(e.label for e in read_manifest(train_m)) + 1
+    log(f"synthetic dataset: {train_n} train / {test_n} test videos, {num_classes} classes ({Path(train_m).parent.parent})")
+
+    # 1. pretraining, one run per seed
+    pretrain_s = {}
+    for s in args.seeds:
+        run_dir = out / f"seed{s}"
+        if args.reuse and (run_dir / "backbone.pt").is_file():
+            log(f"seed {s}: reusing {run_dir / 'backbone.pt'}")
+            continue
+        log(f"seed {s}: pretraining in {run_dir} ...")
+        pretrain_s[s] = pretrain(args.config, s, run_dir, overrides)
+        log(f"seed {s}: pretrained in {pretrain_s[s]:.0f}s")
+
+    # 2. the same decoded clips through every backbone: pretrained[s] and random[s]
+    names, backbones = [], []
+    for s in args.seeds:
+        bb, _ = load_backbone(out / f"seed{s}" / "backbone.pt", cfg)
+        names.append(("pretrained", s))
+        backbones.append(bb)
+    for s in args.seeds:
+        torch.manual_seed(s)
+        names.append(("random", s))
+        backbones.append(build_backbone(cfg.model.arch, cfg.model.width))
+    for bb in backbones:
+        bb.to(device).requires_grad_(False)
+
+    from fastcvrl.data import build_linear_loader, build_test_loader
+
+    t0 = time.perf_counter()
+    e = cfg.eval
+    passes = max(1, min(e.feature_passes, e.epochs))
+    loader = build_linear_loader(cfg, train_m, device=device, seed=0, train=True)
+    train_passes: list[ClipFeatures] = []
+    for p in range(passes):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(p)
+        train_passes.append(clip_features(backbones, loader, device))
+        log(f"train features pass {p + 1}/{passes}: {train_passes[-1].labels.numel()} clips x {len(backbones)} backbones")
+    test = clip_features(backbones, build_test_loader(cfg, test_m, device=device), device)
+    views = test.labels.numel() // test_n
+    log(f"test features: {test.labels.numel()} clips ({views} views per video); features took {time.perf_counter() - t0:.0f}s")
+
+    # 3. one linear probe per backbone (probe seed = the run's seed), and the kNN read-out
+    rows = {}
+    for i, (kind, s) in enumerate(names):
+        res, _ = probe_features([tp.feats[i] for tp in train_passes], [tp.labels for tp in train_passes], test, i,
+                                num_classes=num_classes, num_test_videos=test_n, cfg=cfg, device=device, seed=s)
+        res["knn_top1"] = knn_top1(train_passes[0], i, test, test_n, num_classes, cfg)
+        rows[(kind, s)] = res
+        log(f"{kind:10s} seed {s}: probe top-1 {100 * res['top1']:.1f}%  train top-1 {100 * res['train_top1']:.1f}%  "
+            f"kNN top-1 {100 * res['knn_top1']:.1f}%")
+
+    pre = [rows[("pretrained", s)]["top1"] for s in args.seeds]
+    rnd = [rows[("random", s)]["top1"] for s in args.seeds]
+    gap = [a - b for a, b in zip(pre, rnd)]
+    (pm, ps), (rm, rs), (gm, gs) = mean_sd(pre), mean_sd(rnd), mean_sd(gap)
+    knn_pre = mean_sd([rows[("pretrained", s)]["knn_top1"] for s in args.seeds])
+    knn_rnd = mean_sd([rows[("random", s)]["knn_top1"] for s in args.seeds])
+    clearly = min(pre) > max(rnd) and gm > 2 * max(ps, rs, 1e-9)
+
+    print()
+    print(f"Linear probe top-1 (%) on the synthetic motion test set: {test_n} videos x {views} views, "
+          f"{num_classes} classes (chance {100 / num_classes:.1f}%)")
+    print(f"| seed | pretrained | random init | gap | pretrained kNN | random kNN |")
+    print(f"| --- | --- | --- | --- | --- | --- |")
+    for s, a, b in zip(args.seeds, pre, rnd):
+        print(f"| {s} | {100 * a:.1f} | {100 * b:.1f} | {100 * (a - b):+.1f} | "
+              f"{100 * rows[('pretrained', s)]['knn_top1']:.1f} | {100 * rows[('random', s)]['knn_top1']:.1f} |")
+    print(f"| mean ± sd | {100 * pm:.1f} ± {100 * ps:.1f} | {100 * rm:.1f} ± {100 * rs:.1f} | "
+          f"{100 * gm:+.1f} ± {100 * gs:.1f} | {100 * knn_pre[0]:.1f} ± {100 * knn_pre[1]:.1f} | "
+          f"{100 * knn_rnd[0]:.1f} ± {100 * knn_rnd[1]:.1f} |")
+    verdict = "pretrained clearly ahead" if clearly else "NOT clearly ahead"
+    print(f"{verdict}: every pretrained seed above every random one: {min(pre) > max(rnd)}; "
+          f"mean gap {100 * gm:.1f} vs 2 x larger sd {200 * max(ps, rs):.1f}")
+    total = time.perf_counter() - t_start
+    result = {
+        "benchmark": "learning_proof", "clearly_ahead": clearly, "seeds": args.seeds,
+        "pretrained_top1": pre, "random_top1": rnd, "gap_mean": gm, "gap_sd": gs,
+        "pretrained_mean": pm, "pretrained_sd": ps, "random_mean": rm, "random_sd": rs,
+        "pretrained_knn_top1": [rows[("pretrained", s)]["knn_top1"] for s in args.seeds],
+        "random_knn_top1": [rows[("random", s)]["knn_top1"] for s in args.seeds],
+        "pretrain_seconds": pretrain_s, "total_seconds": round(total, 1),
+        "num_classes": num_classes, "train_videos": train_n, "test_videos": test_n, "views_per_video": views,
+        "overrides": overrides, "config": to_dict(cfg),
+        "env": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+                "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                "commit": git_commit()},
+    }
+    (out / "learning_proof.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("benchmark", "clearly_ahead", "pretrained_mean", "pretrained_sd",
+                                             "random_mean", "random_sd", "gap_mean", "gap_sd", "total_seconds")}))
+    log(f"done in {total:.0f}s; wrote {out / 'learning_proof.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
