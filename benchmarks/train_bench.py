@@ -40,9 +40,11 @@ PEAK_BF16 = [
     ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
 ]
 
-GPU_DEFAULTS = dict(arch="r3d50", opt_arch="r3d50", frames=16, size=224, batch_size=16, warmup=6, iters=10, repeats=3)
+GPU_DEFAULTS = dict(arch="r3d50", opt_arch="r3d50", frames=16, size=224, batch_size=16, warmup=6, iters=10, repeats=3,
+                    opt_iters=5, proj_hidden=2048)
 CPU_DEFAULTS = {**GPU_DEFAULTS, "arch": "r3d_tiny", "frames": 8, "size": 64, "batch_size": 4, "warmup": 2, "iters": 3}
-QUICK = {**CPU_DEFAULTS, "opt_arch": "r3d_tiny", "frames": 4, "size": 32, "batch_size": 2, "iters": 2, "repeats": 2}
+QUICK = {**CPU_DEFAULTS, "opt_arch": "r3d_tiny", "frames": 4, "size": 32, "batch_size": 2, "warmup": 1, "iters": 1,
+         "repeats": 2, "opt_iters": 2, "proj_hidden": 64}
 
 
 def peak_flops(name: str | None) -> float | None:
@@ -63,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per row (GPU default 6)")
     p.add_argument("--iters", type=int, default=None, help="timed steps per window (GPU default 10)")
     p.add_argument("--repeats", type=int, default=None, help="windows per row (default 3)")
-    p.add_argument("--opt-iters", type=int, default=5, help="timed optimizer steps per window")
+    p.add_argument("--opt-iters", type=int, default=None, help="timed optimizer steps per window (5)")
+    p.add_argument("--proj-hidden", type=int, default=None, help="projection head width (CVRL: 2048)")
     p.add_argument("--rows", default="", help="comma-separated subset of row names (default: all for the device)")
     p.add_argument("--json", default="", help="write the result as one JSON line to this path")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
@@ -77,10 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_model(arch: str) -> CVRLModel:
+def make_model(arch: str, proj_hidden: int = 2048) -> CVRLModel:
     """Backbone + the CVRL projection head (config defaults; no YAML import, for bare GPU machines)."""
     backbone = build_backbone(arch)
-    return CVRLModel(backbone, ProjectionHead(backbone.out_dim))
+    return CVRLModel(backbone, ProjectionHead(backbone.out_dim, hidden=proj_hidden))
 
 
 # ------------------------------------------------------------------------------------------ configurations
@@ -164,7 +167,7 @@ class Timer:
 def bench_row(flags: dict[str, bool], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     fmt = torch.channels_last_3d if flags["channels_last"] else torch.contiguous_format
-    model = make_model(args.arch).to(device).to(memory_format=fmt)
+    model = make_model(args.arch, args.proj_hidden).to(device).to(memory_format=fmt)
     opt = make_optimizer(model.parameters(), flags["fused"])
     step = make_step(model, opt, flags, device)
     shape = (args.batch_size, 3, args.frames, args.size, args.size)  # (B, 3, T, H, W) per view
@@ -194,7 +197,7 @@ def bench_row(flags: dict[str, bool], args: argparse.Namespace, device: torch.de
 def bench_optimizer(arch: str, fused: bool, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The optimizer step alone on ``arch``'s parameters with fixed random gradients."""
     torch.manual_seed(0)
-    model = make_model(arch).to(device)
+    model = make_model(arch, args.proj_hidden).to(device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     opt = make_optimizer(model.parameters(), fused)
@@ -218,12 +221,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = environment()
     gpu = env["gpu"] if device.type == "cuda" else None
     peak = peak_flops(gpu)
-    flops = flops_per_clip(make_model(args.arch), args.frames, args.size)
+    flops = flops_per_clip(make_model(args.arch, args.proj_hidden), args.frames, args.size)
     result: dict[str, Any] = {
         "benchmark": "train", "device": args.device, "gpu": gpu,
         "small_model_on_cpu": device.type == "cpu" and args.arch == "r3d_tiny",
         "settings": {k: getattr(args, k) for k in ("arch", "opt_arch", "frames", "size", "batch_size", "warmup",
-                                                   "iters", "repeats", "opt_iters")},
+                                                   "iters", "repeats", "opt_iters", "proj_hidden")},
         "clips_per_step": 2 * args.batch_size, "flops_per_clip": flops, "peak_flops": peak,
         "rows": {}, "optimizer": {}, "env": env,
     }
