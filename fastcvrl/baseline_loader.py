@@ -5,15 +5,16 @@ augment with torch ops in worker processes). ``benchmarks/loader_bench.py`` meas
 it, and it is a DALI-free fallback with the same output contract as ``fastcvrl.data.build_pretrain_loader``:
 ``(view1, view2, label)`` with views float ``(B, 3, T, H, W)`` in ``torch.channels_last_3d``.
 
-The work per video is the same as the DALI pipeline's: two clips of T frames at stride s placed by CVRL's
-temporal sampling (Qian et al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized
-crop (area 0.3-1, aspect 0.5-2), horizontal flip (p 0.5), colour jitter (p 0.8) and grayscale (p 0.2) folded
-into ONE 3x3 colour matrix with an offset, clamp to [0, 1], normalisation. Each view is decoded on its own
-(two seeks per video), as peers do; ``frames_decoded`` counts every frame the decoder produced.
+The work per video is the same as the DALI pipeline's, drawn by the same host-side functions from the same
+random streams (``dali_pipelines.temporal`` / ``spatial``, seeded by (seed, epoch, video)) and in the same
+epoch order (``shard_order``): two clips of T frames at stride s placed by CVRL's temporal sampling (Qian et
+al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized crop (area 0.3-1, aspect
+0.5-2), horizontal flip (p 0.5), colour jitter (p 0.8) and grayscale (p 0.2) as ONE 3x3 colour matrix with
+an offset, clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as peers
+do; ``frames_decoded`` counts every frame the decoder produced.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -25,53 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from dali_pipelines import spatial, temporal  # host-side NumPy rules, no DALI import
+from dali_pipelines.source import PretrainSource, shard_order
 from fastcvrl.config import Config, DataConfig
 from fastcvrl.manifest import VideoEntry, read_manifest
 
-# ITU-R BT.601 luma weights (the grayscale the reference's tf.image.rgb_to_grayscale uses)
-LUMA = np.array([0.299, 0.587, 0.114])
-# RGB -> YIQ; hue rotates the (I, Q) plane, saturation scales it
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
-
-
-# ------------------------------------------------------------------------------------------ temporal
-def sample_view_starts(
-    rng: np.random.Generator, num_frames: int, clip_frames: int, stride: int,
-    distribution: str = "linear", power: float = 1.0,
-) -> tuple[int, int]:
-    """Start frames of the two views (CVRL's temporal sampling, Qian et al. 2021 Sec. 3.1).
-
-    With L frames and M = L - (T-1)*s start positions, the gap g between the starts has density
-    proportional to 1 - (g/M)^p on [0, M) (``linear`` is p = 1; ``uniform`` is flat); the first start is
-    uniform on [0, M - g), the second is first + g, and the order is swapped with p 0.5. Videos shorter than
-    one clip (M < 1) start both views at 0 and loop their frames (``clip_indices``).
-    """
-    span = (clip_frames - 1) * stride + 1
-    m = num_frames - span + 1
-    if m <= 1:
-        return 0, 0
-    if distribution == "uniform":
-        gap = int(rng.integers(0, m))
-    elif distribution in ("linear", "power"):
-        p = 1.0 if distribution == "linear" else float(power)
-        # rejection sampling from density 1 - (g/M)^p, exact for any p > 0
-        while True:
-            g = rng.uniform(0.0, m)
-            if rng.uniform() < 1.0 - (g / m) ** p:
-                break
-        gap = min(int(g), m - 1)
-    else:
-        raise ValueError(f"data.gap_distribution: unknown {distribution!r}; choose linear, power or uniform")
-    first = int(rng.integers(0, m - gap))
-    a, b = first, first + gap
-    return (b, a) if rng.uniform() < 0.5 else (a, b)
-
-
-def clip_indices(start: int, clip_frames: int, stride: int, num_frames: int) -> np.ndarray:
-    """Frame indices ``(T,)`` of one clip; indices past the end loop back (short videos)."""
-    return (start + stride * np.arange(clip_frames)) % num_frames
-
+PRETRAIN_STREAM = PretrainSource.purpose  # the DALI source's random stream id for pretraining draws
 
 # ------------------------------------------------------------------------------------------ decoding
 def decode_frames(path: str, indices: np.ndarray, fps: float | None = None) -> tuple[np.ndarray, int]:
@@ -127,66 +87,25 @@ class ClipAug:
     offset: np.ndarray  # (3,)
 
 
-def crop_box(
-    rng: np.random.Generator, height: int, width: int,
-    area: tuple[float, float] = (0.3, 1.0), aspect: tuple[float, float] = (0.5, 2.0),
-) -> tuple[int, int, int, int]:
-    """Random resized crop box ``(top, left, h, w)``: area fraction and log-uniform aspect (Inception-style,
-    as torchvision's ``RandomResizedCrop``), ten tries, then the central crop of the clamped aspect."""
-    total = height * width
-    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(10):
-        target = total * rng.uniform(area[0], area[1])
-        ratio = math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    ratio = width / height
-    if ratio < aspect[0]:
-        w, h = width, int(round(width / aspect[0]))
-    elif ratio > aspect[1]:
-        h, w = height, int(round(height * aspect[1]))
-    else:
-        h, w = height, width
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def colour_matrix(brightness: float, contrast: float, saturation: float, hue: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(A (3,3), b (3,))`` so that ``A @ rgb + b`` jitters an RGB pixel in [0, 1] units.
-
-    Hue rotates and saturation scales the chroma plane of YIQ (hue in turns: 0.2 = 72 degrees); contrast
-    scales about mid-grey 0.5, brightness multiplies: ``brightness * (contrast * (H rgb - 0.5) + 0.5)``.
-    """
-    theta = 2.0 * math.pi * hue
-    c, s = math.cos(theta), math.sin(theta)
-    chroma = np.array([[1.0, 0.0, 0.0], [0.0, saturation * c, -saturation * s], [0.0, saturation * s, saturation * c]])
-    a = brightness * contrast * (_YIQ2RGB @ chroma @ _RGB2YIQ)
-    b = np.full(3, brightness * (1.0 - contrast) * 0.5)
-    return a, b
-
-
-def grayscale_matrix() -> np.ndarray:
-    """``(3, 3)``: every output channel is the BT.601 luma of the input."""
-    return np.tile(LUMA, (3, 1))
-
-
-def draw_clip_aug(rng: np.random.Generator, height: int, width: int, cfg: DataConfig) -> ClipAug:
-    """Draw one clip's crop, flip, colour jitter (p ``color_jitter_prob``) and grayscale (p ``grayscale_prob``)."""
-    top, left, h, w = crop_box(rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect))
-    flip = bool(rng.uniform() < cfg.flip_prob)
-    a, b = np.eye(3), np.zeros(3)
-    if rng.uniform() < cfg.color_jitter_prob:
-        a, b = colour_matrix(
-            rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
-            rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
-            rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
-            rng.uniform(-cfg.hue, cfg.hue),
-        )
-    if rng.uniform() < cfg.grayscale_prob:
-        g = grayscale_matrix()
-        a, b = g @ a, g @ b
-    return ClipAug(top, left, h, w, flip, a, b)
+def draw_video(
+    rng: np.random.Generator, num_frames: int, height: int, width: int, cfg: DataConfig
+) -> tuple[tuple[int, int], list[ClipAug]]:
+    """The two clip starts and the two clips' augmentations of one video, drawn exactly as the DALI
+    pipeline's host side draws them (``dali_pipelines.source.PretrainSource.sample``: same functions, same
+    order, so the same generator state gives the same clips); the crop box is rounded to whole pixels."""
+    s1, s2 = temporal.sample_starts(rng, num_frames, cfg.num_frames, cfg.stride, cfg.gap_distribution, cfg.gap_power)[0]
+    augs = []
+    for _ in range(2):
+        y0, x0, y1, x1 = spatial.random_resized_crop(
+            rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect))
+        flip = bool(rng.random() < cfg.flip_prob)
+        affine = spatial.color_transform(rng, cfg.color_jitter_prob,
+                                         (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue), cfg.grayscale_prob)
+        top, left = min(int(round(y0)), height - 1), min(int(round(x0)), width - 1)
+        h = max(1, min(int(round(y1)), height) - top)
+        w = max(1, min(int(round(x1)), width) - left)
+        augs.append(ClipAug(top, left, h, w, flip, affine[:3, :3], affine[:3, 3]))
+    return (int(s1), int(s2)), augs
 
 
 def augment_clip(
@@ -219,6 +138,8 @@ class TwoViewDataset(Dataset):
     def __init__(self, entries: Sequence[VideoEntry], cfg: DataConfig, seed: int = 0):
         if not entries:
             raise ValueError("baseline loader: the manifest lists no videos")
+        if cfg.blur or cfg.solarize:
+            raise ValueError("baseline loader: data.blur and data.solarize are not implemented here; set them false")
         self.entries, self.cfg, self.seed, self.epoch = list(entries), cfg, seed, 0
 
     def __len__(self) -> int:
@@ -235,14 +156,16 @@ class TwoViewDataset(Dataset):
 
     def _item(self, entry: VideoEntry, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         c = self.cfg
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        starts = sample_view_starts(rng, entry.num_frames, c.num_frames, c.stride, c.gap_distribution, c.gap_power)
+        rng = np.random.default_rng([self.seed, self.epoch, index, PRETRAIN_STREAM])
+        starts, augs = draw_video(rng, entry.num_frames, entry.height, entry.width, c)
         views, decoded = [], 0
-        for start in starts:
-            idx = clip_indices(start, c.num_frames, c.stride, entry.num_frames)
+        for start, aug in zip(starts, augs):
+            idx = temporal.clip_indices(start, entry.num_frames, c.num_frames, c.stride)
             frames, n = decode_frames(entry.path, idx, entry.fps)  # (T, H, W, 3) uint8
+            if frames.shape[1:3] != (entry.height, entry.width):
+                raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the manifest says "
+                                 f"{entry.width}x{entry.height}")
             decoded += n
-            aug = draw_clip_aug(rng, frames.shape[1], frames.shape[2], c)
             views.append(augment_clip(torch.from_numpy(frames), aug, c.crop_size, c.mean, c.std))
         return views[0], views[1], entry.label, decoded
 
@@ -282,8 +205,9 @@ class BaselineLoader:
         self.epoch = epoch
 
     def _indices(self) -> list[int]:
-        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(len(self.dataset))
-        return order[self.rank::self.world_size][: len(self) * self.batch_size].tolist()
+        """The DALI loader's epoch order (``shard_order``): the same videos in the same batches."""
+        order = shard_order(len(self.dataset), self.rank, self.world_size, self.epoch, self.seed, shuffle=True)
+        return order[: len(self) * self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         self.dataset.epoch = self.epoch  # forked workers copy it

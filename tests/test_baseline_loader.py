@@ -6,20 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
-from fastcvrl.baseline_loader import (
-    ClipAug,
-    augment_clip,
-    build_baseline_loader,
-    clip_indices,
-    colour_matrix,
-    crop_box,
-    decode_frames,
-    draw_clip_aug,
-    grayscale_matrix,
-    sample_view_starts,
-)
+from dali_pipelines import spatial, temporal
+from dali_pipelines.source import PretrainSource
+from fastcvrl.baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
 from fastcvrl.video import decode_index, index_frames, write_video
@@ -59,7 +49,7 @@ def test_decode_frames_seeks_to_keyframe_before_clip(index_manifest):
     manifest, _ = index_manifest
     path = str(manifest).replace("manifest.csv", "v2.webm")
     for start in (0, 13, 40, 63):
-        idx = clip_indices(start, T, S, 90)
+        idx = temporal.clip_indices(start, 90, T, S)
         frames, decoded = decode_frames(path, idx)
         got, vid = decode_index(frames)
         assert got.tolist() == idx.tolist() and set(vid.tolist()) == {2}
@@ -123,9 +113,10 @@ def test_augment_clip_identical_frames_give_identical_outputs():
     frame = torch.from_numpy(rng.integers(0, 256, (1, 40, 50, 3), dtype=np.uint8))
     frames = frame.expand(5, -1, -1, -1).contiguous()
     cfg = _cfg().data
-    for _ in range(5):
-        out = augment_clip(frames, draw_clip_aug(rng, 40, 50, cfg), 24, cfg.mean, cfg.std)
-        assert torch.equal(out, out[:1].expand_as(out))
+    for _ in range(3):
+        for aug in draw_video(rng, 30, 40, 50, cfg)[1]:
+            out = augment_clip(frames, aug, 24, cfg.mean, cfg.std)
+            assert torch.equal(out, out[:1].expand_as(out))
 
 
 # ------------------------------------------------------------------------------- slow, obvious references
@@ -147,24 +138,12 @@ def _bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _jitter_pixelwise(rgb: np.ndarray, b: float, c: float, s: float, h: float, gray: bool) -> np.ndarray:
-    """The jitter as a sequence of ops on each pixel: YIQ hue rotation and saturation, contrast about 0.5,
-    brightness, grayscale."""
+def _colour_pixelwise(rgb: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The colour map one pixel at a time: each output channel a weighted sum of the input channels."""
     out = np.empty_like(rgb)
     for i, px in enumerate(rgb.reshape(-1, 3)):
-        r, g, bl = px
-        y = 0.299 * r + 0.587 * g + 0.114 * bl
-        ii = 0.596 * r - 0.274 * g - 0.322 * bl
-        q = 0.211 * r - 0.523 * g + 0.312 * bl
-        th = 2 * math.pi * h
-        ii, q = s * (ii * math.cos(th) - q * math.sin(th)), s * (ii * math.sin(th) + q * math.cos(th))
-        yiq = np.array([y, ii, q])
-        px = np.linalg.solve(np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]), yiq)
-        px = (px - 0.5) * c + 0.5
-        px = px * b
-        if gray:
-            px = np.full(3, 0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2])
-        out.reshape(-1, 3)[i] = px
+        for ch in range(3):
+            out.reshape(-1, 3)[i, ch] = sum(matrix[ch, k] * px[k] for k in range(3)) + offset[ch]
     return out
 
 
@@ -172,56 +151,71 @@ def _jitter_pixelwise(rgb: np.ndarray, b: float, c: float, s: float, h: float, g
 def test_augment_clip_matches_reference(flip, gray):
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (2, 20, 26, 3), dtype=np.uint8)
-    jitter = (1.3, 0.7, 1.4, 0.15)
-    a, off = colour_matrix(*jitter)
-    if gray:
-        a, off = grayscale_matrix() @ a, grayscale_matrix() @ off
-    aug = ClipAug(top=3, left=5, height=13, width=17, flip=flip, matrix=a, offset=off)
+    affine = spatial.color_transform(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 1.0 if gray else 0.0)
+    aug = ClipAug(top=3, left=5, height=13, width=17, flip=flip, matrix=affine[:3, :3], offset=affine[:3, 3])
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     fast = augment_clip(torch.from_numpy(frames), aug, 9, mean, std).numpy()
     for t in range(2):
         ref = _bilinear(frames[t, 3:16, 5:22].astype(np.float64), 9) / 255.0
         if flip:
             ref = ref[:, ::-1]
-        ref = np.clip(_jitter_pixelwise(ref, *jitter, gray), 0.0, 1.0)
+        ref = np.clip(_colour_pixelwise(ref, aug.matrix, aug.offset), 0.0, 1.0)
         ref = (ref - np.array(mean)) / np.array(std)
         np.testing.assert_allclose(fast[t], ref, atol=2e-5)
+    if gray:
+        np.testing.assert_allclose(fast[..., 0] * 0.2 + 0.4, fast[..., 1] * 0.25 + 0.5, atol=1e-5)
 
 
-def test_colour_matrix_identity_and_grey():
-    a, b = colour_matrix(1.0, 1.0, 1.0, 0.0)
-    np.testing.assert_allclose(a, np.eye(3), atol=1e-12)
-    np.testing.assert_allclose(b, 0.0)
-    a, b = colour_matrix(1.0, 1.0, 0.0, 0.1)  # no saturation: every channel is the luma
-    np.testing.assert_allclose(a, grayscale_matrix(), atol=1e-3)
+# ------------------------------------------------------------------------------- same work as the DALI pipeline
+def test_draws_match_the_dali_source(index_manifest):
+    """Same (seed, epoch, video) -> the same clip starts, crop, flip and colour as the DALI pipeline's host side."""
+    from fastcvrl.manifest import read_manifest
+
+    manifest, _ = index_manifest
+    entries = read_manifest(manifest)
+    cfg = _cfg().data
+    source = PretrainSource(entries, 2, cfg, seed=5)
+    for epoch in (0, 3):
+        source.set_epoch(epoch)
+        for video, e in enumerate(entries):
+            cols = source.sample(video).columns
+            meta = cols[-1]
+            starts, augs = draw_video(np.random.default_rng([5, epoch, video, PRETRAIN_STREAM]), e.num_frames,
+                                      e.height, e.width, cfg)
+            assert starts == (int(meta[2]), int(meta[3]))
+            for v, aug in enumerate(augs):
+                roi_start, roi_end, m, t = cols[4 + 4 * v: 8 + 4 * v]
+                x0, x1 = sorted((float(roi_start[1]), float(roi_end[1])))
+                assert (float(roi_end[1]) < float(roi_start[1])) == aug.flip
+                assert abs(roi_start[0] - aug.top) <= 0.5 and abs(x0 - aug.left) <= 0.5
+                assert abs(roi_end[0] - roi_start[0] - aug.height) <= 1.0 and abs(x1 - x0 - aug.width) <= 1.0
+                np.testing.assert_allclose(m, aug.matrix, atol=1e-6)
+                np.testing.assert_allclose(t, 255.0 * aug.offset, atol=1e-4)
 
 
-# ------------------------------------------------------------------------------- sampling statistics
-def test_crop_box_inside_frame_with_area_and_aspect_in_range():
-    rng = np.random.default_rng(3)
-    for _ in range(500):
-        top, left, h, w = crop_box(rng, 64, 80)
-        assert 0 <= top and top + h <= 64 and 0 <= left and left + w <= 80
-        ok = 0.3 * 0.9 <= h * w / (64 * 80) <= 1.0 and 0.5 * 0.85 <= w / h <= 2.0 * 1.15
-        centre = (h, w) == (64, 80)  # fallback
-        assert ok or centre
+def test_same_batches_as_the_dali_loader(index_manifest):
+    """Both loaders deliver the same frames of the same videos in the same order (colour off: index coding)."""
+    pytest.importorskip("nvidia.dali")
+    from fastcvrl.data import build_pretrain_loader
 
-
-def test_gap_follows_linear_rule():
-    rng = np.random.default_rng(4)
-    L = 200
-    m = L - (T - 1) * S
-    gaps, firsts = [], []
-    for _ in range(3000):
-        a, b = sample_view_starts(rng, L, T, S, "linear")
-        assert 0 <= a < m and 0 <= b < m
-        gaps.append(abs(a - b))
-        firsts.append(min(a, b))
-    # density proportional to M - g on [0, M): CDF 1 - (1 - g/M)^2, tested on the integer floor
-    g = np.array(gaps) + np.random.default_rng(5).uniform(size=len(gaps))
-    p = stats.kstest(g, lambda x: 1 - (1 - np.clip(x, 0, m) / m) ** 2).pvalue
-    assert p > 1e-3, p
-    assert sample_view_starts(rng, 5, T, S) == (0, 0)  # shorter than a clip: loop from the start
+    manifest, _ = index_manifest
+    cfg = _cfg(color=False)
+    cfg.data.device, cfg.data.num_threads = "cpu", 1
+    base = build_baseline_loader(cfg, manifest, device=CPU, num_workers=0, seed=2)
+    dali = build_pretrain_loader(cfg, manifest, device=CPU, seed=2)
+    for epoch in (0, 1):
+        base.set_epoch(epoch)
+        dali.set_epoch(epoch)
+        batches = list(zip(base, dali))
+        assert len(batches) == len(base) == len(dali)
+        for (b1, b2, bl), (d1, d2, dl) in batches:
+            assert torch.equal(bl, dl)
+            for bv, dv in ((b1, d1), (b2, d2)):
+                assert bv.shape == dv.shape
+                bi, bvid = _decode_views(bv)
+                di, dvid = _decode_views(dv.float())
+                assert np.array_equal(bi, di) and np.array_equal(bvid, dvid)
+    assert base.frames_decoded > dali.stats["frames_decoded"]  # two seeks per video vs one pass over both clips
 
 
 def test_corrupt_video_is_reported_and_skipped(index_manifest, tmp_path, capsys):
