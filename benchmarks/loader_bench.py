@@ -16,6 +16,7 @@ clip cannot avoid decoding, its span:
 
     ceiling clips/s = decode frames/s / ((T - 1) * s + 1)        # 31 frames for 16 x 2
 
+The ceiling is a CPU (PyAV) figure also with ``--device gpu``, where NVDEC's own ceiling is not measured.
 A loader that seeks to a keyframe decodes more than the span (up to keyframe spacing - 1 more); one that
 decodes both views of a video in one pass where they overlap can decode less, so fractions above 1 are
 possible. ``frames/clip`` reports what each loader actually decoded.
