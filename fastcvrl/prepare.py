@@ -68,10 +68,11 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
 
 
-def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
+def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Probe:
     """Re-encode every frame of ``src``, in order, into ``dst``; returns the probe of ``dst``, or of ``src``
     when the source is unusable. The output is verified (decoded frame count equal to the source's) before it
-    is renamed into place, so ``dst`` either is complete or does not exist."""
+    is renamed into place, so ``dst`` either is complete or does not exist. ``threads``: codec threads each
+    for the decoder and the encoder (0: FFmpeg's choice)."""
     try:
         with av.open(src, metadata_errors="ignore") as f:
             s = f.streams.video[0]
@@ -91,6 +92,7 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
             w, h = output_size(frame.width, frame.height, opts.short_side)
             state["out"] = av.open(tmp, mode="w")
             state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality)
+            state["stream"].codec_context.thread_count = threads
             state["size"], state["n"] = (w, h), 0
         w, h = state["size"]
         # Say the source's range explicitly: swscale otherwise takes full-range (JPEG) input as limited.
@@ -106,7 +108,7 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
             state["out"].mux(packet)
 
     try:
-        probe = probe_video(src, on_frame=encode)
+        probe = probe_video(src, on_frame=encode, threads=threads)
         if state:
             if probe.ok:
                 for packet in state["stream"].encode():
@@ -115,7 +117,7 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
             state.clear()
         if not probe.ok:
             return probe
-        out = probe_video(tmp)
+        out = probe_video(tmp, threads=threads)
         if not out.ok or out.num_frames != probe.num_frames:
             why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
             return replace(probe, reason="transcode failed", detail=why)
@@ -128,14 +130,17 @@ def transcode_video(src: str, dst: str, opts: Transcode) -> Probe:
             os.remove(tmp)
 
 
-def _work(job: tuple[str, str | None, Transcode | None]) -> dict:
+Job = tuple[str, str | None, Transcode | None, int]  # (source, output, transcode options, codec threads)
+
+
+def _work(job: Job) -> dict:
     """Worker: probe (or transcode) one file; any failure becomes a rejection, never an exception.
 
     An unexpected error (a full disk, an encoder failure) is reported as reason ``failed``, which is not
     journaled, so the next run tries the file again."""
-    src, dst, opts = job
+    src, dst, opts, threads = job
     try:
-        probe = transcode_video(src, dst, opts) if opts and dst else probe_video(src)
+        probe = transcode_video(src, dst, opts, threads) if opts and dst else probe_video(src, threads=threads)
     except Exception as e:  # one bad file never stops the run
         probe = Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
     return asdict(probe)
@@ -256,7 +261,7 @@ def _result(fut: Future, src: str, crashed: Probe | None = None) -> Probe:
 
 
 def _run_pool(
-    jobs: list[tuple[str, str | None, Transcode | None]],
+    jobs: list[Job],
     workers: int,
     on_result: Callable[[str, Probe], None],
 ) -> None:
@@ -265,7 +270,7 @@ def _run_pool(
     fresh process, and the one that kills its process again is rejected."""
     ctx = get_context("fork" if sys.platform == "linux" else "spawn")
     pending = list(reversed(jobs))
-    suspects: list[tuple[str, str | None, Transcode | None]] = []
+    suspects: list[Job] = []
     while pending or suspects:
         if suspects:
             job = suspects.pop()
@@ -365,13 +370,14 @@ def prepare(
     journal = Journal(out_p / JOURNAL, settings)
     summary = Summary(listed=len(source.items))
     results: dict[str, Probe] = {}
-    todo = []
+    todo: list[Job] = []
+    threads = 1 if workers > 1 else 0  # parallel files, not parallel codec threads: no oversubscription
     for it in source.items:
         found = journal.lookup(it.path)
         if found is not None:
             results[it.path] = found
         else:
-            todo.append((it.path, dst.get(it.path), transcode))
+            todo.append((it.path, dst.get(it.path), transcode, threads))
     summary.reused = len(results)
     if stop_after is not None:
         todo = todo[: max(0, stop_after)]

@@ -92,12 +92,16 @@ def _declared_duration(container, stream) -> float:
 
 
 def probe_video(
-    path: str | os.PathLike, min_frames: int = 1, on_frame: Callable[[av.VideoFrame], None] | None = None
+    path: str | os.PathLike,
+    min_frames: int = 1,
+    on_frame: Callable[[av.VideoFrame], None] | None = None,
+    threads: int = 0,
 ) -> Probe:
     """Decode every frame of the first video stream of ``path``; never raises for a bad file.
 
     ``on_frame`` receives each decoded frame in presentation order (``prepare --transcode`` encodes them
-    as they come); if the file then turns out unusable, the caller discards what it made.
+    as they come); if the file then turns out unusable, the caller discards what it made. ``threads``:
+    decoder threads (0: FFmpeg's choice, one per core; 1 when many files are probed in parallel processes).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -124,6 +128,7 @@ def probe_video(
             return _reject(path, "no video stream", f"streams: {kinds}")
         stream = streams[0]
         codec = stream.codec_context.name
+        stream.codec_context.thread_count = threads
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         declared_frames = int(stream.frames or 0)  # from the container's index (MP4, AVI); 0 if none
         declared_seconds = _declared_duration(container, stream)
