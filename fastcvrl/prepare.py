@@ -38,7 +38,7 @@ from av.video.reformatter import ColorRange, VideoReformatter
 
 from fastcvrl.manifest import VideoEntry, read_classes, write_classes, write_manifest
 from fastcvrl.sources import FORMATS, Item, SourceError, read_source
-from fastcvrl.video import CODECS, add_video_stream
+from fastcvrl.video import BITEXACT, CODECS, add_video_stream
 from fastcvrl.videoprobe import Probe, probe_video
 
 JOURNAL = ".prepare-journal.jsonl"
@@ -90,7 +90,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
     def encode(frame: av.VideoFrame) -> None:
         if not state:
             w, h = output_size(frame.width, frame.height, opts.short_side)
-            state["out"] = av.open(tmp, mode="w")
+            state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
             state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality)
             state["stream"].codec_context.thread_count = threads
             state["size"], state["n"] = (w, h), 0

@@ -25,6 +25,9 @@ CODECS = {
     "mpeg4": ("mpeg4", "yuv420p", ".avi"),
 }
 
+# No random container IDs or version strings: the same frames and settings give the same bytes.
+BITEXACT = {"fflags": "+bitexact"}
+
 INDEX_STEP = 16
 MAX_INDEX = 256  # frame indices 0..255 are representable
 MAX_VIDEO_ID = 16
@@ -55,7 +58,7 @@ def write_video(
         raise ValueError(f"{path}: no frames to write")
     h, w = first.shape[:2]
     try:
-        with av.open(tmp, mode="w") as out:
+        with av.open(tmp, mode="w", container_options=BITEXACT) as out:
             stream = add_video_stream(out, codec, w, h, rate, gop, quality)
             for frame in _chain(first, it):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")

@@ -37,6 +37,8 @@ def test_deterministic_by_seed(tmp_path):
     b = _frames(ensure_synthetic(tmp_path / "b", seed=3, **TINY)[0])
     c = _frames(ensure_synthetic(tmp_path / "c", seed=4, **TINY)[0])
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    files = lambda root: sorted((root / "train" / "videos").rglob("*.webm"))  # noqa: E731
+    assert [p.read_bytes() for p in files(tmp_path / "a")] == [p.read_bytes() for p in files(tmp_path / "b")]
     assert not any(np.array_equal(x, y) for x, y in zip(a, c))
     # train and test videos are drawn independently
     assert not np.array_equal(render_video(SyntheticParams(), "train", 0, 0), render_video(SyntheticParams(), "test", 0, 0))
