@@ -22,9 +22,16 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
 
 from .source import LinearSource, MultiViewSource, PretrainSource
+from .spatial import blur_window
 
 DEVICES = ("cpu", "gpu")
+AUGMENT = ("dali", "torch")
 _SOLARIZE_TABLE = [k if k < 128 else 255 - k for k in range(256)]
+
+
+def check_augment(augment: str) -> None:
+    if augment not in AUGMENT:
+        raise ValueError(f"augmentation backend must be one of {AUGMENT}, got {augment!r}")
 
 
 def op_devices(device: str) -> tuple[str, str]:
@@ -59,26 +66,22 @@ def _pretrain_view(video: Any, cols: list, size: int, blur: bool, solarize: bool
     x = fn.coord_transform(x, M=m, T=t, dtype=types.UINT8)  # colour jitter + grayscale, clipped once
     if blur:
         if sigma > 0.0:
-            x = fn.gaussian_blur(x, sigma=sigma, window_size=_blur_window(size))
+            x = fn.gaussian_blur(x, sigma=sigma, window_size=blur_window(size))
     if solarize:
         if sol:
             x = fn.lookup_table(x, keys=list(range(256)), values=_SOLARIZE_TABLE, dtype=types.UINT8)
     return x
 
 
-def _blur_window(size: int) -> int:
-    """SimCLR's blur kernel: 10% of the image side, odd."""
-    k = max(3, size // 10)
-    return k if k % 2 else k + 1
-
-
 @pipeline_def(enable_conditionals=True)
-def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: bool, solarize: bool):
+def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: bool, solarize: bool, augment: str):
     cols = fn.external_source(source=source, num_outputs=source.num_outputs, batch=True, batch_info=True,
                               parallel=False)
     encoded, frames, order1, order2 = cols[:4]
     k = source.view_columns
     video = _decode(encoded, frames, device)
+    if augment == "torch":  # decoded frames and every parameter column, for torch_augment
+        return (video, *cols[2:])
     v1 = _pretrain_view(video, cols[4 : 4 + k], crop_size, blur, solarize, order1)
     v2 = _pretrain_view(video, cols[4 + k : 4 + 2 * k], crop_size, blur, solarize, order2)
     return v1, v2, cols[-2], cols[-1]
@@ -86,26 +89,35 @@ def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: b
 
 def pretrain_pipeline(source: PretrainSource, *, device: str, crop_size: int, batch_size: int,
                       num_threads: int = 2, device_id: int | None = None, prefetch: int = 2, seed: int = 0,
-                      blur: bool = False, solarize: bool = False) -> Pipeline:
-    """CVRL pretraining: outputs ``view1, view2`` (N, T, S, S, 3) uint8, ``label`` (N,), ``meta`` (N, 5)."""
+                      blur: bool = False, solarize: bool = False, augment: str = "dali") -> Pipeline:
+    """CVRL pretraining: outputs ``view1, view2`` (N, T, S, S, 3) uint8, ``label`` (N,), ``meta`` (N, 5).
+
+    ``augment="torch"``: decode only; outputs the decoded frames ``(F, H, W, 3)`` per video followed by the
+    source's columns from ``order1`` on (``torch_augment`` applies them)."""
     op_devices(device)
-    return _pretrain_graph(source, device, crop_size, blur, solarize,
+    check_augment(augment)
+    return _pretrain_graph(source, device, crop_size, blur, solarize, augment,
                            **_settings(batch_size, num_threads, device_id, prefetch, seed))
 
 
 @pipeline_def
-def _linear_graph(source: LinearSource, device: str, crop_size: int):
+def _linear_graph(source: LinearSource, device: str, crop_size: int, augment: str):
     encoded, frames, order, roi_start, roi_end, label, meta = fn.external_source(
         source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, parallel=False)
     video = _decode(encoded, frames, device)
+    if augment == "torch":
+        return video, order, roi_start, roi_end, label, meta
     return _crop_resize(video, order, roi_start, roi_end, crop_size), label, meta
 
 
 def linear_pipeline(source: LinearSource, *, device: str, crop_size: int, batch_size: int, num_threads: int = 2,
-                    device_id: int | None = None, prefetch: int = 2, seed: int = 0) -> Pipeline:
-    """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``, ``meta``."""
+                    device_id: int | None = None, prefetch: int = 2, seed: int = 0, augment: str = "dali") -> Pipeline:
+    """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``, ``meta``
+    (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``, ``meta``)."""
     op_devices(device)
-    return _linear_graph(source, device, crop_size, **_settings(batch_size, num_threads, device_id, prefetch, seed))
+    check_augment(augment)
+    return _linear_graph(source, device, crop_size, augment,
+                         **_settings(batch_size, num_threads, device_id, prefetch, seed))
 
 
 @pipeline_def

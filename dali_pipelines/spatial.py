@@ -31,19 +31,20 @@ def random_resized_crop(
     aspect: tuple[float, float] = (0.5, 2.0),
     attempts: int = 10,
 ) -> np.ndarray:
-    """Crop box ``[y0, x0, y1, x1]`` (pixels, float): area fraction and log-uniform aspect, else the whole frame."""
+    """Crop box ``[y0, x0, y1, x1]`` in whole pixels (float32): area fraction uniform, aspect log-uniform,
+    position uniform (as torchvision's RandomResizedCrop); the whole frame if no draw fits in ``attempts``."""
     total = float(height * width)
     log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
     for _ in range(attempts):
         a = total * rng.uniform(area[0], area[1])
         r = math.exp(rng.uniform(log_lo, log_hi))
-        w = math.sqrt(a * r)
-        h = math.sqrt(a / r)
-        if w <= width and h <= height:
-            y0 = rng.uniform(0.0, height - h)
-            x0 = rng.uniform(0.0, width - w)
+        w = int(round(math.sqrt(a * r)))
+        h = int(round(math.sqrt(a / r)))
+        if 0 < w <= width and 0 < h <= height:
+            y0 = int(rng.integers(0, height - h + 1))
+            x0 = int(rng.integers(0, width - w + 1))
             return np.array([y0, x0, y0 + h, x0 + w], np.float32)
-    return np.array([0.0, 0.0, height, width], np.float32)
+    return np.array([0, 0, height, width], np.float32)
 
 
 def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +125,12 @@ def blur_sigma(rng: np.random.Generator, prob: float, lo: float = 0.1, hi: float
     """Gaussian blur sigma (SimCLR: uniform 0.1-2.0) with probability ``prob``, else 0 (no blur)."""
     u, s = rng.random(2)
     return float(lo + (hi - lo) * s) if u < prob else 0.0
+
+
+def blur_window(size: int) -> int:
+    """SimCLR's blur kernel: 10% of the image side, odd."""
+    k = max(3, size // 10)
+    return k if k % 2 else k + 1
 
 
 def eval_crop_anchors(height: int, width: int, num_crops: int) -> np.ndarray:

@@ -59,6 +59,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # in [0,1] pixel units
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     skip_corrupt: bool = True  # a video the decoder fails on is reported and skipped (False: raise naming it)
+    augment: str = "auto"  # auto (torch on cpu, dali on gpu) | dali | torch: where crop/resize/colour run
 
 
 @dataclass

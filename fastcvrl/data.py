@@ -15,6 +15,7 @@ to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the er
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from typing import Any, Callable, Iterator
@@ -23,12 +24,24 @@ import av
 import numpy as np
 import torch
 
+from dali_pipelines import torch_augment
 from dali_pipelines.packets import VideoReadError
 from dali_pipelines.source import META_FIELDS, LinearSource, MultiViewSource, PretrainSource, VideoSource
+from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
 from fastcvrl.manifest import read_manifest
 
 log = logging.getLogger("fastcvrl.data")
+
+
+def resolve_augment(augment: str, dev: str) -> str:
+    """``cfg.data.augment`` -> ``"dali"`` | ``"torch"``. ``auto``: torch on the CPU, where DALI 2.4's CPU resize
+    and colour-matrix kernels are several times slower than torch's (``dali_pipelines/torch_augment.py``)."""
+    if augment == "auto":
+        return "torch" if dev == "cpu" else "dali"
+    if augment not in ("dali", "torch"):
+        raise ValueError(f"data.augment must be auto, dali or torch, got {augment!r}")
+    return augment
 
 
 def resolve_data_device(device: str) -> str:
@@ -131,13 +144,15 @@ def _first_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------- torch hand-off
-def to_torch(out: Any, device: torch.device) -> torch.Tensor:
-    """A dense DALI batch as a torch tensor on ``device``: zero-copy DLPack on the CPU, one copy on the GPU."""
-    t = out.as_tensor()
-    if device.type == "cpu":
-        if hasattr(out, "as_cpu") and type(out).__name__.endswith("GPU"):
-            t = out.as_cpu().as_tensor()
-        return torch.from_dlpack(t)
+def to_torch(out: Any, device: torch.device, sample: int | None = None) -> torch.Tensor:
+    """A dense DALI batch (or one ``sample`` of it) as a torch tensor on ``device``: zero-copy DLPack on the
+    CPU, one device-to-device copy on the GPU."""
+    on_gpu = type(out).__name__.endswith("GPU")
+    if device.type == "cpu" and on_gpu:
+        out = out.as_cpu()
+    t = out.as_tensor() if sample is None else out[sample]
+    if device.type == "cpu" or not on_gpu:
+        return torch.from_dlpack(t).to(device)
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
     dst = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
@@ -145,10 +160,62 @@ def to_torch(out: Any, device: torch.device) -> torch.Tensor:
     return dst
 
 
+def _host(out: Any) -> np.ndarray:
+    """A small dense CPU output (per-sample parameters) as one NumPy array, first axis the batch."""
+    return np.asarray(out.as_tensor())
+
+
+def torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: "Normalize",
+                device: torch.device) -> list[torch.Tensor]:
+    """Apply ``torch_augment`` to the decoded frames ``outs[0]``. ``views``: per view, the output index of its
+    ``order`` column and of its first parameter column; ``k`` parameter columns per view:
+    ``roi_start, roi_end[, M, T[, sigma][, solarize]]`` (two columns: crop and flip only)."""
+    with _one_torch_thread(device):
+        return _torch_views(outs, views, k, size, norm, device)
+
+
+@contextlib.contextmanager
+def _one_torch_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU the loader's small per-clip ops run on one torch thread: DALI's threads hold the cores, and
+    OpenMP workers spinning beside them cost several times the work itself (measured on 2 cores)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: "Normalize",
+                 device: torch.device) -> list[torch.Tensor]:
+    n = len(outs[0])
+    videos = [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) uint8 each
+    result = []
+    for order_col, first in views:
+        order = _host(outs[order_col])  # (B, T)
+        c = [_host(o) for o in outs[first : first + k]]
+        u8 = torch.empty((n, order.shape[1], size, size, 3), dtype=torch.uint8, device=device)
+        for i in range(n):
+            torch_augment.crop_resize(videos[i], order[i], c[0][i], c[1][i], size, u8[i])
+        if k == 2:
+            result.append(norm(u8))
+            continue
+        sigma = torch.from_numpy(c[4]) if norm.blur else None
+        sol = torch.from_numpy(c[-1]) if norm.solarize else None
+        result.append(torch_augment.color_normalize(u8, torch.from_numpy(c[2]), torch.from_numpy(c[3]), norm.mean,
+                                                    norm.std, norm.dtype, sigma, sol, blur_window(size)))
+    return result
+
+
 class Normalize:
     """uint8 ``(N, T, H, W, C)`` -> ``(N, C, T, H, W)`` channels_last_3d in ``dtype``: ``(x/255 - mean) / std``."""
 
-    def __init__(self, mean: list[float], std: list[float], dtype: torch.dtype, device: torch.device):
+    def __init__(self, mean: list[float], std: list[float], dtype: torch.dtype, device: torch.device,
+                 views: int = 1, blur: bool = False, solarize: bool = False):
+        self.mean, self.std, self.views, self.blur, self.solarize = list(mean), list(std), views, blur, solarize
         std_t = torch.tensor(std, dtype=torch.float32)
         self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device, dtype)
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device, dtype)
@@ -186,15 +253,22 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
     batch = cfg.train.batch_size // world_size
     source = PretrainSource(read_manifest(manifest), batch, cfg.data, rank=rank, world=world_size, seed=seed)
     kw = _pipeline_kw(cfg, dev, device, seed)
-    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+    augment = resolve_augment(cfg.data.augment, dev)
+    d = cfg.data
+    norm = Normalize(d.mean, d.std, data_dtype(cfg, device), device, views=2, blur=d.blur, solarize=d.solarize)
 
     def make(src: VideoSource) -> Any:
-        return pretrain_pipeline(src, crop_size=cfg.data.crop_size, batch_size=batch, blur=cfg.data.blur,
-                                 solarize=cfg.data.solarize, **kw)
+        return pretrain_pipeline(src, crop_size=d.crop_size, batch_size=batch, blur=d.blur, solarize=d.solarize,
+                                 augment=augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
-        v1, v2, label = (to_torch(o, device) for o in outs)
-        return norm(v1), norm(v2), label.to(torch.int64)
+        label = to_torch(outs[-1], device).to(torch.int64)
+        if augment == "torch":
+            k = source.view_columns  # outputs: video, order1, order2, k columns per view, label
+            v1, v2 = torch_views(outs, [(1, 3), (2, 3 + k)], k, d.crop_size, norm, device)
+            return v1, v2, label
+        v1, v2 = (to_torch(o, device) for o in outs[:2])
+        return norm(v1), norm(v2), label
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
 
@@ -211,14 +285,18 @@ def build_linear_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size
     source = LinearSource(read_manifest(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size,
                           seed=seed)
     kw = _pipeline_kw(cfg, dev, device, seed)
+    augment = resolve_augment(cfg.data.augment, dev)
     norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
 
     def make(src: VideoSource) -> Any:
-        return linear_pipeline(src, crop_size=cfg.eval.crop_size, batch_size=batch, **kw)
+        return linear_pipeline(src, crop_size=cfg.eval.crop_size, batch_size=batch, augment=augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
-        clip, label = (to_torch(o, device) for o in outs)
-        return norm(clip), label.to(torch.int64)
+        label = to_torch(outs[-1], device).to(torch.int64)
+        if augment == "torch":
+            (clip,) = torch_views(outs, [(1, 2)], 2, cfg.eval.crop_size, norm, device)  # video, order, roi, label
+            return clip, label
+        return norm(to_torch(outs[0], device)), label
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
 
@@ -252,4 +330,4 @@ def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str 
 
 
 __all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",
-           "build_test_loader", "resolve_data_device", "to_torch"]
+           "build_test_loader", "resolve_augment", "resolve_data_device", "to_torch", "torch_views"]
