@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="windows per row (default 3)")
     p.add_argument("--opt-iters", type=int, default=None, help="timed optimizer steps per window (5)")
     p.add_argument("--proj-hidden", type=int, default=None, help="projection head width (CVRL: 2048)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default); 1 avoids OpenMP barrier stalls on a busy machine")
     p.add_argument("--rows", default="", help="comma-separated subset of row names (default: all for the device)")
     p.add_argument("--json", default="", help="write the result as one JSON line to this path")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
@@ -225,6 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "train", "device": args.device, "gpu": gpu,
         "small_model_on_cpu": device.type == "cpu" and args.arch == "r3d_tiny",
+        "cpu_threads": torch.get_num_threads(),
         "settings": {k: getattr(args, k) for k in ("arch", "opt_arch", "frames", "size", "batch_size", "warmup",
                                                    "iters", "repeats", "opt_iters", "proj_hidden")},
         "clips_per_step": 2 * args.batch_size, "flops_per_clip": flops, "peak_flops": peak,
@@ -262,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     s, env = result["settings"], result["env"]
-    where = result["gpu"] or f"CPU {env['cpu']} ({env['cores']} cores)"
+    where = result["gpu"] or f"CPU {env['cpu']} ({env['cores']} cores, {result['cpu_threads']} torch threads)"
     print(f"train-step benchmark on {where}; torch {env['torch']}")
     note = " (small model: CPU run)" if result["small_model_on_cpu"] else ""
     print(f"  {s['arch']}{note}, {s['frames']}x{s['size']}^2, batch {s['batch_size']} videos = "
@@ -297,6 +300,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
     result = run(args)
     print_table(result)
