@@ -36,8 +36,9 @@ def _epoch(loader):
     return out
 
 
-def test_clips_are_t_frames_s_apart_from_the_right_video(manifest):
-    cfg = small_config()
+@pytest.mark.parametrize("augment", ["torch", "dali"])
+def test_clips_are_t_frames_s_apart_from_the_right_video(manifest, augment):
+    cfg = small_config(augment=augment)
     entries = read_manifest(manifest)
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=3)
     assert len(loader) == len(LENGTHS) // 4
@@ -79,16 +80,25 @@ def test_decoded_frames_are_bounded_by_clip_span_plus_keyframe_spacing(tmp_path)
     assert loader.stats["frames_decoded"] / loader.stats["clips"] < 2 * (span + spacing)
 
 
-def test_every_frame_of_a_clip_gets_the_same_augmentation(tmp_path):
-    """A static video stays static through crop, flip, colour jitter and grayscale (all on); views differ."""
+@pytest.fixture(scope="module")
+def static_manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("static")
     entries = []
     for i in range(4):
-        make_static_video(tmp_path / f"s{i}.avi", 24, seed=i)
+        make_static_video(folder / f"s{i}.avi", 24, seed=i)
         entries.append(f"s{i}.avi,{i},24,25.0,64,48,mjpeg")
-    manifest = tmp_path / "manifest.csv"
+    manifest = folder / "manifest.csv"
     manifest.write_text("path,label,num_frames,fps,width,height,codec\n" + "\n".join(entries) + "\n")
-    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.2, crop_size=24)
-    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+    return manifest
+
+
+@pytest.mark.parametrize("augment", ["torch", "dali"])
+def test_every_frame_of_a_clip_gets_the_same_augmentation(static_manifest, augment):
+    """A static video stays static through crop, flip, colour jitter, grayscale, blur and solarize (all on);
+    every clip (both views, every video, every epoch) got its own draw."""
+    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.2, crop_size=24, blur=True, solarize=True,
+                       augment=augment)
+    loader = build_pretrain_loader(cfg, str(static_manifest), device="cpu", seed=0)
     clips = []
     for epoch in range(2):
         loader.set_epoch(epoch)
@@ -100,6 +110,31 @@ def test_every_frame_of_a_clip_gets_the_same_augmentation(tmp_path):
     flat = torch.stack(clips).flatten(1)
     dist = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
     assert dist.min() > 1.0  # every clip (both views, all videos, both epochs) got its own draw
+
+
+@pytest.mark.parametrize("blur", [False, True])
+def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
+    """The CPU fast path (decode in DALI, augment in torch) against the DALI graph the GPU runs: same draws,
+    same clips up to rounding (DALI rounds to uint8 after the colour map; torch keeps floats)."""
+    out = {}
+    seed = 4
+    if blur:  # pick a seed whose epoch 0 solarizes some second view (p = 0.2 each), so that path is compared
+        cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, blur=True, solarize=True)
+        src = PretrainSource(read_manifest(static_manifest), 4, cfg.data)
+        for seed in range(50):
+            src.seed = seed
+            if any(bool(src.sample(v).columns[-3]) for v in range(4)):
+                break
+    for augment in ("dali", "torch"):
+        cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, augment=augment,
+                           blur=blur, solarize=blur)
+        loader = build_pretrain_loader(cfg, str(static_manifest), device="cpu", seed=seed)
+        out[augment] = [(v1.clone(), v2.clone(), m.copy()) for v1, v2, _, m in _epoch(loader)]
+    for (a1, a2, ma), (b1, b2, mb) in zip(out["dali"], out["torch"]):
+        assert np.array_equal(ma, mb)
+        for x, y in ((a1, b1), (a2, b2)):
+            diff = (x - y).abs() * 255
+            assert diff.mean() < 1.0 and diff.max() < 8.0, (diff.mean(), diff.max())
 
 
 def test_colour_matches_the_numpy_reference(manifest):

@@ -1,0 +1,96 @@
+"""Evaluation pipelines: linear-probe training clips and the test views (clips x crops, per video together)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastcvrl.data import build_linear_loader, build_test_loader
+from fastcvrl.manifest import read_manifest
+from fastcvrl.video import decode_index, write_video
+
+from dali_videos import make_index_videos, small_config
+
+LENGTHS = [40, 25, 7, 33, 50]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_index_videos(tmp_path_factory.mktemp("eval"), LENGTHS, codec="mjpeg")
+
+
+def _index(view: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return decode_index(view.permute(0, 2, 3, 4, 1).numpy() * 255.0)
+
+
+@pytest.mark.parametrize("augment", ["torch", "dali"])
+def test_linear_train_clips(manifest, augment):
+    cfg = small_config(augment=augment)
+    cfg.eval.batch_size = 2
+    entries = read_manifest(manifest)
+    loader = build_linear_loader(cfg, str(manifest), device="cpu", seed=0, train=True)
+    assert len(loader) == 2  # 5 videos, batches of 2, last partial batch dropped
+    seen = []
+    for clip, label in loader:
+        assert clip.shape == (2, 3, 4, 16, 16) and clip.is_contiguous(memory_format=torch.channels_last_3d)
+        idx, vid = _index(clip)
+        for b, v in enumerate(loader.last_meta[:, 0]):
+            n = entries[v].num_frames
+            start = loader.last_meta[b, 2]
+            assert (vid[b] == v).all() and idx[b].tolist() == [(start + 2 * k) % n for k in range(4)]
+            assert 0 <= start < max(1, n - 6) or n <= 6
+        assert label.tolist() == [entries[v].label for v in loader.last_meta[:, 0]]
+        seen += loader.last_meta[:, 0].tolist()
+    assert len(set(seen)) == 4
+
+
+def test_linear_eval_keeps_every_video_and_takes_the_centre_clip(manifest):
+    cfg = small_config()
+    cfg.eval.batch_size = 2
+    loader = build_linear_loader(cfg, str(manifest), device="cpu", train=False)
+    assert len(loader) == 3
+    seen, starts = [], []
+    for clip, _ in loader:
+        seen += loader.last_meta[:, 0].tolist()
+        starts += _index(clip)[0][:, 0].tolist()
+    assert seen == list(range(len(LENGTHS)))  # manifest order, nothing dropped
+    assert starts == [(max(1, n - 6) - 1) // 2 if n > 6 else (n - 1) // 2 for n in LENGTHS]
+
+
+def test_test_views_are_evenly_spaced_clips_and_contiguous_per_video(manifest):
+    cfg = small_config()
+    cfg.eval.batch_size = 18  # 2 videos of 3 clips x 3 crops
+    loader = build_test_loader(cfg, str(manifest), device="cpu")
+    views = 9
+    seen = []
+    for clips, label, video in loader:
+        assert clips.shape == (len(video) * views, 3, 4, 16, 16)
+        idx, vid = _index(clips)
+        for i, v in enumerate(video.tolist()):
+            n = LENGTHS[v]
+            rows = slice(i * views, (i + 1) * views)
+            assert (vid[rows] == v).all()  # all views of a video are together
+            m = max(1, n - 6) if n > 6 else n
+            starts = np.round(np.linspace(0, m - 1, 3)).astype(int)
+            want = [[(s + 2 * k) % n for k in range(4)] for s in starts] * 3  # crop-major: 3 crops x 3 clips
+            assert idx[rows].tolist() == want
+        assert label.tolist() == [v % 3 for v in video.tolist()]
+        seen += video.tolist()
+    assert seen == list(range(len(LENGTHS)))
+
+
+@pytest.mark.parametrize("height,width", [(24, 40), (40, 24)])
+def test_test_crops_span_the_long_side(tmp_path, height, width):
+    """A static horizontal (vertical) ramp: the three crops are left, centre, right (top, centre, bottom)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (xx / (width - 1)) if width > height else (yy / (height - 1))
+    frame = np.stack([255 * ramp, 255 * ramp, 255 * ramp], -1).astype(np.uint8)
+    write_video(tmp_path / "r.avi", np.repeat(frame[None], 10, 0), codec="mjpeg", gop=1)
+    (tmp_path / "m.csv").write_text(
+        f"path,label,num_frames,fps,width,height,codec\nr.avi,0,10,25.0,{width},{height},mjpeg\n")
+    cfg = small_config()
+    cfg.eval.short_side, cfg.eval.crop_size = 16, 16
+    (clips, _, _), = list(build_test_loader(cfg, str(tmp_path / "m.csv"), device="cpu"))
+    means = clips.mean((1, 2, 3, 4)).view(3, 3)[:, 0]  # first clip of each crop
+    assert means[0] < means[1] < means[2]
+    assert abs(float(means[1]) - 0.5) < 0.05
