@@ -58,8 +58,10 @@ def resolve_data_device(device: str) -> str:
 class DaliLoader:
     """Iterates one DALI pipeline over a ``VideoSource``; ``len()`` steps per epoch, ``set_epoch`` reseeds.
 
-    ``stats``: running totals over the clips delivered (``clips``, ``frames_decoded``, ``bytes_read``);
-    ``last_meta``: the last batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
+    ``stats``: running totals since construction: ``videos`` (samples), ``clips`` (views delivered: two per
+    video when pretraining), ``frames_decoded`` (packets handed to the decoder, an upper bound on the frames it
+    decodes), ``bytes_read``; also as attributes ``videos`` and ``frames_decoded``. ``last_meta``: the last
+    batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
 
     def __init__(self, source: VideoSource, make_pipeline: Callable[[VideoSource], Any], convert: Callable,
                  device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1):
@@ -68,7 +70,7 @@ class DaliLoader:
         self.batch_size = source.batch_size
         self.skip_corrupt = skip_corrupt
         self.clips_per_sample = clips_per_sample
-        self.stats = {"clips": 0, "frames_decoded": 0, "bytes_read": 0}
+        self.stats = {"videos": 0, "clips": 0, "frames_decoded": 0, "bytes_read": 0}
         self.last_meta: np.ndarray | None = None
         self._pipe = None
         self._dirty = False
@@ -78,6 +80,14 @@ class DaliLoader:
 
     def __len__(self) -> int:
         return len(self.source)
+
+    @property
+    def videos(self) -> int:
+        return self.stats["videos"]
+
+    @property
+    def frames_decoded(self) -> int:
+        return self.stats["frames_decoded"]
 
     def set_epoch(self, epoch: int) -> None:
         self.source.set_epoch(epoch)
@@ -91,6 +101,7 @@ class DaliLoader:
             outs = self._run(step)
             meta = np.asarray(outs[-1].as_tensor())  # (B, 5) int64
             self.last_meta = meta
+            self.stats["videos"] += len(meta)
             self.stats["clips"] += len(meta) * self.clips_per_sample
             self.stats["frames_decoded"] += int(meta[:, 1].sum())
             self.stats["bytes_read"] += int(meta[:, 4].sum())
@@ -270,7 +281,7 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
         v1, v2 = (to_torch(o, device) for o in outs[:2])
         return norm(v1), norm(v2), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2)
 
 
 def build_linear_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
