@@ -370,17 +370,19 @@ def prepare(
     journal = Journal(out_p / JOURNAL, settings)
     summary = Summary(listed=len(source.items))
     results: dict[str, Probe] = {}
-    todo: list[Job] = []
-    threads = 1 if workers > 1 else 0  # parallel files, not parallel codec threads: no oversubscription
+    todo: list[str] = []
     for it in source.items:
         found = journal.lookup(it.path)
-        if found is not None:
-            results[it.path] = found
+        if found is None:
+            todo.append(it.path)
         else:
-            todo.append((it.path, dst.get(it.path), transcode, threads))
+            results[it.path] = found
     summary.reused = len(results)
     if stop_after is not None:
         todo = todo[: max(0, stop_after)]
+    workers = min(workers, max(1, len(todo)))
+    threads = 1 if workers > 1 else 0  # parallel files, not parallel codec threads: no oversubscription
+    jobs: list[Job] = [(path, dst.get(path), transcode, threads) for path in todo]
     action = f"transcoding to {transcode.codec}" if transcode else "probing"
     log(f"{len(source.items)} videos in {len(source.classes)} classes; {summary.reused} already done; "
         f"{action} {len(todo)} with {workers} processes")
@@ -393,11 +395,14 @@ def prepare(
             journal.add(path, probe)
         results[path] = probe
         summary.processed += 1
+        if not probe.ok:
+            summary.rejected[probe.reason] += 1
+            bar.set_postfix(rejected=sum(summary.rejected.values()), refresh=False)
         bar.update(1)
 
     try:
-        if todo:
-            _run_pool(todo, min(workers, len(todo)), on_result)
+        if jobs:
+            _run_pool(jobs, workers, on_result)
     except KeyboardInterrupt:
         bar.close()
         journal.close()
@@ -414,6 +419,7 @@ def prepare(
             "run the same command again to continue")
         return summary
     entries, rejected = [], []
+    summary.rejected.clear()  # recounted over every listed file, reused ones included
     for it in source.items:
         p = results[it.path]
         if p.ok and p.num_frames < min_frames:
