@@ -465,8 +465,12 @@ def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Pro
 
 
 def main(argv: list[str] | None = None) -> int:
+    import fastcvrl.sources
+
+    epilog = fastcvrl.sources.__doc__.split("\n", 1)[1] + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, " \
+        "3 stopped by --stop-after, 130 interrupted (rerun the same command to continue)."
     ap = argparse.ArgumentParser(prog="python -m fastcvrl.prepare", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="class-folder tree, Kinetics CSV, UCF-101 split file, HMDB-51 split folder, or 'path label' list")
     ap.add_argument("--out", required=True, help="output folder (manifest.csv, classes.txt, rejected.csv, videos/)")
     ap.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
