@@ -131,6 +131,25 @@ def tree_memory_mb(pid: int | None = None) -> tuple[float, float]:
     return rss / 1024.0, pss / 1024.0
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds used so far by this process and its live descendants (Linux /proc).
+
+    On a shared machine wall-clock rates swing with the other load; CPU time per unit of work swings much
+    less, so benchmarks report both. Children that exit inside a window are not counted."""
+    total = 0
+    for p in _tree(pid or os.getpid()):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / _TICK
+
+
 class PeakMemory:
     """Samples ``tree_memory_mb`` every ``interval`` s in a thread; ``peak_rss_mb``/``peak_pss_mb`` after exit."""
 

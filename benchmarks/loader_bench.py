@@ -27,6 +27,8 @@ gets ``num_threads`` = usable cores. Each loader is built once; each repeat iter
 repeat to repeat. Memory is measured apart, each loader alone in a fresh process: the peak over its
 iterations of RSS and PSS summed over that process and all its children (workers included), the process's
 own torch/DALI imports part of it (PSS splits pages that forked workers share, so it is the fair sum).
+CPU ms/clip is the user + system CPU time of the whole process tree (workers, DALI threads, the ceiling's
+decoder processes) per clip delivered: on a machine shared with other work it moves much less than clips/s.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, environment, format_table, summarize, tree_memory_mb, usable_cores, write_json  # noqa: E402
+from common import (  # noqa: E402
+    PeakMemory, environment, format_table, summarize, tree_cpu_seconds, tree_memory_mb, usable_cores, write_json)
 
 import av  # noqa: E402
 import torch  # noqa: E402
@@ -126,9 +129,10 @@ def _decode_file(job: tuple[str, bool]) -> int:
     return n
 
 
-def decode_ceiling(paths: list[str], frames_per_file: list[int], procs: int, min_frames: int, rgb: bool) -> float:
-    """Frames/s of plain whole-file decoding over ``paths`` (cycled to at least ``min_frames`` frames),
-    one process per core, one decoder thread each."""
+def decode_ceiling(paths: list[str], frames_per_file: list[int], procs: int, min_frames: int,
+                   rgb: bool) -> tuple[float, float]:
+    """(frames/s, CPU ms per frame) of plain whole-file decoding over ``paths`` (cycled to at least
+    ``min_frames`` frames), one process per core, one decoder thread each."""
     jobs, total, i = [], 0, 0
     while total < min_frames or len(jobs) < procs:
         jobs.append((paths[i % len(paths)], rgb))
@@ -136,9 +140,10 @@ def decode_ceiling(paths: list[str], frames_per_file: list[int], procs: int, min
         i += 1
     with mp.get_context("fork").Pool(procs) as pool:
         pool.map(_decode_file, jobs[:procs])  # warm-up: page cache, codec init
-        t0 = time.perf_counter()
+        c0, t0 = tree_cpu_seconds(), time.perf_counter()
         decoded = sum(pool.imap_unordered(_decode_file, jobs))
-        return decoded / (time.perf_counter() - t0)
+        dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
+        return decoded / dt, 1000.0 * cpu / decoded
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -168,20 +173,20 @@ def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[],
             next(it)
         sync()
         before = decode_counts(loader)
-        t0 = time.perf_counter()
+        c0, t0 = tree_cpu_seconds(), time.perf_counter()
         clips = 0
         for _ in range(iters):
             v1, v2, label = next(it)
             clips += v1.shape[0] + v2.shape[0]
         sync()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
         after = decode_counts(loader)
         it.close()  # shuts the DataLoader workers down
         del it
     per_clip = None
     if before is not None and after is not None and after[1] > before[1]:
         per_clip = (after[0] - before[0]) / (2 * (after[1] - before[1]))  # two clips per video
-    return {"clips_per_s": clips / dt, "seconds": dt, "frames_per_clip": per_clip,
+    return {"clips_per_s": clips / dt, "seconds": dt, "frames_per_clip": per_clip, "cpu_ms_per_clip": 1000 * cpu / clips,
             "peak_rss_mb": mem.peak_rss_mb, "peak_pss_mb": mem.peak_pss_mb,
             "shapes": [list(v1.shape), list(v2.shape), list(label.shape)], "dtype": str(v1.dtype),
             "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d))}
@@ -242,8 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [n.strip() for n in args.loaders.split(",") if n.strip()]
     loaders = build_loaders(names, cfg, manifest, args)
     runs: dict[str, list[dict]] = {n: [] for n in names if not isinstance(loaders[n], str)}
-    ceiling: list[float] = []
-    ceiling_rgb: list[float] = []
+    ceiling: list[tuple[float, float]] = []
+    ceiling_rgb: list[tuple[float, float]] = []
     paths, nframes = [e.path for e in entries], [e.num_frames for e in entries]
     for rep in range(args.repeats):
         ceiling.append(decode_ceiling(paths, nframes, args.workers, args.ceiling_frames, rgb=False))
@@ -253,8 +258,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs[name].append(time_loader(loaders[name], args.warmup, args.iters, 1000 * rep, sync))
 
     memory = {name: memory_pass(name, manifest, args) for name in runs}
-    fps = summarize(ceiling)
-    fps_rgb = summarize(ceiling_rgb)
+    fps = summarize([c[0] for c in ceiling])
+    fps_rgb = summarize([c[0] for c in ceiling_rgb])
     ceil_clips = fps["median"] / span
     result: dict[str, Any] = {
         "benchmark": "loader",
@@ -264,7 +269,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"frames": args.frames, "stride": args.stride, "crop": args.crop, "batch_size": args.batch_size,
                      "workers": args.workers, "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats},
         "ceiling": {"frames_per_s": fps, "rgb_frames_per_s": fps_rgb, "frames_per_clip": span,
-                    "clips_per_s": ceil_clips, "formula": "decode frames/s / ((T-1)*s+1)"},
+                    "clips_per_s": ceil_clips, "formula": "decode frames/s / ((T-1)*s+1)",
+                    "cpu_ms_per_frame": summarize([c[1] for c in ceiling])["median"],
+                    "rgb_cpu_ms_per_frame": summarize([c[1] for c in ceiling_rgb])["median"]},
         "idle_memory_mb": {"rss": idle_rss, "pss": idle_pss},
         "loaders": {},
         "env": environment(),
@@ -279,6 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["loaders"][name] = {
             "clips_per_s": cps,
             "fraction_of_ceiling": cps["median"] / ceil_clips,
+            "cpu_ms_per_clip": summarize([r["cpu_ms_per_clip"] for r in rs]),
             "frames_per_clip": sum(fpc) / len(fpc) if fpc else None,
             "memory_mb": memory[name],  # own process: peak_pss_mb, peak_rss_mb, idle_*_mb
             "inprocess_peak_pss_mb": max(r["peak_pss_mb"] for r in rs),  # with the other loader alive too
@@ -289,6 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ok = {n: v for n, v in result["loaders"].items() if "error" not in v}
     if "baseline" in ok and "dali" in ok:
         result["dali_over_baseline"] = ok["dali"]["clips_per_s"]["median"] / ok["baseline"]["clips_per_s"]["median"]
+        result["baseline_over_dali_cpu"] = (ok["baseline"]["cpu_ms_per_clip"]["median"]
+                                            / ok["dali"]["cpu_ms_per_clip"]["median"])
     return result
 
 
@@ -300,30 +310,35 @@ def print_table(result: dict[str, Any]) -> None:
           f"x {s['repeats']} repeats")
     print(f"  {env['cpu']} ({env['cores']} usable cores), GPU: {env['gpu'] or 'none'}; torch {env['torch']}, "
           f"DALI {env['dali']}, PyAV {env['av']}; load average {env['loadavg_1m']:.2f} at the end")
-    rows = [["decode ceiling (no rgb)", c["clips_per_s"], None, None, 1.0, float(c["frames_per_clip"]), None, None],
-            ["decode ceiling (+rgb)", c["rgb_frames_per_s"]["median"] / c["frames_per_clip"], None,
-             c["rgb_frames_per_s"]["spread"], c["rgb_frames_per_s"]["median"] / c["frames_per_s"]["median"],
-             float(c["frames_per_clip"]), None, None]]
-    rows[0][3] = c["frames_per_s"]["spread"]
+    span = c["frames_per_clip"]
+    rows = [["decode ceiling (no rgb)", c["clips_per_s"], None, c["frames_per_s"]["spread"], 1.0, float(span),
+             c["cpu_ms_per_frame"] * span, None, None],
+            ["decode ceiling (+rgb)", c["rgb_frames_per_s"]["median"] / span, None, c["rgb_frames_per_s"]["spread"],
+             c["rgb_frames_per_s"]["median"] / c["frames_per_s"]["median"], float(span),
+             c["rgb_cpu_ms_per_frame"] * span, None, None]]
     for name, r in result["loaders"].items():
         label = f"{name} ({result['device']})" if name == "dali" else f"{name} (PyAV+DataLoader)"
         if "error" in r:
-            rows.append([label, "unavailable", None, None, None, None, None, None])
+            rows.append([label, "unavailable", None, None, None, None, None, None, None])
             continue
         cps = r["clips_per_s"]
         mem = r["memory_mb"]
         rows.append([label, cps["median"], cps["median"] / 2, cps["spread"], r["fraction_of_ceiling"],
-                     r["frames_per_clip"], mem.get("peak_pss_mb"), mem.get("peak_rss_mb")])
-    print(format_table(["loader", "clips/s", "videos/s", "spread", "of ceiling", "frames/clip", "peak PSS MB",
-                        "peak RSS MB"], rows))
+                     r["frames_per_clip"], r["cpu_ms_per_clip"]["median"], mem.get("peak_pss_mb"),
+                     mem.get("peak_rss_mb")])
+    print(format_table(["loader", "clips/s", "videos/s", "spread", "of ceiling", "frames/clip", "CPU ms/clip",
+                        "peak PSS MB", "peak RSS MB"], rows))
     print(f"  ceiling: {c['frames_per_s']['median']:.0f} decoded frames/s ({c['rgb_frames_per_s']['median']:.0f} "
           f"with RGB conversion) / {c['frames_per_clip']} frames per clip; spread = (max-min)/median over repeats; "
           f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS;\n  peak memory: each loader alone in a fresh process, summed over it and its workers")
     for name, r in result["loaders"].items():
         if "error" in r:
             print(f"  {name} unavailable: {r['error']}")
+    print("  CPU ms/clip: CPU time of the whole process tree per clip delivered (steadier than clips/s when "
+          "other work shares the cores)")
     if "dali_over_baseline" in result:
-        print(f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x")
+        print(f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x; CPU time per clip, baseline / DALI: "
+              f"{result['baseline_over_dali_cpu']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -33,6 +33,18 @@ def test_summarize_and_table():
     assert len(table) == 4 and "1.23" in table[2] and table[3].rstrip().endswith("-")
 
 
+def test_tree_cpu_seconds_counts_child_processes():
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('ok', flush=True)\ntime.sleep(30)"
+    before = common.tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ok"
+        assert common.tree_cpu_seconds() - before >= 0.25  # the child's busy loop is in the tree's total
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_tree_memory_counts_child_processes():
     before, _ = common.tree_memory_mb()
     code = "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); time.sleep(30)"
@@ -65,7 +77,7 @@ def test_loader_bench_json_structure(loader_result):
     assert c["frames_per_clip"] == span
     _check_stats(c["frames_per_s"], s["repeats"])
     assert c["clips_per_s"] == pytest.approx(c["frames_per_s"]["median"] / span)
-    assert c["rgb_frames_per_s"]["median"] > 0
+    assert c["rgb_frames_per_s"]["median"] > 0 and c["cpu_ms_per_frame"] > 0
     assert result["env"]["torch"] and result["env"]["cores"] >= 1 and result["env"]["cpu"]
 
 
@@ -76,6 +88,7 @@ def test_loader_bench_baseline_figures(loader_result):
     span = (T - 1) * stride + 1
     base = result["loaders"]["baseline"]
     _check_stats(base["clips_per_s"], s["repeats"])
+    _check_stats(base["cpu_ms_per_clip"], s["repeats"])
     assert base["fraction_of_ceiling"] == pytest.approx(base["clips_per_s"]["median"] / result["ceiling"]["clips_per_s"])
     # each view is decoded from the keyframe before it (synthetic gop 16) to its last frame
     assert span <= base["frames_per_clip"] <= span + 15
@@ -97,6 +110,8 @@ def test_loader_bench_dali_figures(loader_result):
     assert dali["shapes"] == result["loaders"]["baseline"]["shapes"]
     assert result["dali_over_baseline"] == pytest.approx(
         dali["clips_per_s"]["median"] / result["loaders"]["baseline"]["clips_per_s"]["median"])
+    assert result["baseline_over_dali_cpu"] == pytest.approx(
+        result["loaders"]["baseline"]["cpu_ms_per_clip"]["median"] / dali["cpu_ms_per_clip"]["median"])
     if dali["frames_per_clip"] is not None:
         assert dali["frames_per_clip"] >= s["frames"]
 
@@ -107,10 +122,11 @@ def test_decode_ceiling_counts_frames(loader_result):
 
     entries = read_manifest(result["manifest"])
     t0 = time.perf_counter()
-    fps = loader_bench.decode_ceiling([e.path for e in entries[:2]], [e.num_frames for e in entries[:2]], 1, 50, rgb=False)
+    fps, cpu_ms = loader_bench.decode_ceiling([e.path for e in entries[:2]], [e.num_frames for e in entries[:2]], 1,
+                                              50, rgb=False)
     elapsed = time.perf_counter() - t0
-    # at least 50 frames were decoded inside the elapsed time
-    assert fps > 0 and fps * elapsed >= 50
+    # at least 50 frames were decoded inside the elapsed time, each costing some CPU time
+    assert fps > 0 and fps * elapsed >= 50 and cpu_ms > 0
 
 
 def test_train_bench_quick(tmp_path):
