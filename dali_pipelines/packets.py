@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import os
 import struct
-from dataclasses import dataclass
 from fractions import Fraction
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -35,22 +35,27 @@ _IVF_FOURCC = {"vp8": b"VP80", "vp9": b"VP90"}
 
 @dataclass(frozen=True)
 class PacketIndex:
-    """Packets of a file's first video stream, in decode order (empty packets dropped)."""
+    """Packets of a file's first video stream, in decode order (empty packets dropped). Compact (about 9 bytes
+    a packet) because every video of a dataset stays indexed for the whole run."""
 
     path: str
     codec: str  # PyAV codec name: vp9, vp8, mjpeg, h264, ...
     width: int
     height: int
-    offsets: np.ndarray  # (P,) int64 payload byte offset in the file, -1 where unknown
-    sizes: np.ndarray  # (P,) int64
+    offsets: np.ndarray | None  # (P,) uint32/int64 payload byte offsets in the file; None: not locatable
+    sizes: np.ndarray  # (P,) uint32
     keyframe: np.ndarray  # (P,) bool
-    frame_of_packet: np.ndarray  # (P,) int64 presentation index of each packet
-    time_base: Fraction
+    reorder: np.ndarray | None  # (P,) int32 presentation index of each packet; None: decode order = presentation
     extradata: bytes | None
 
     @property
     def num_frames(self) -> int:
         return len(self.sizes)
+
+    @property
+    def frame_of_packet(self) -> np.ndarray:
+        """Presentation index of each packet (decode order)."""
+        return np.arange(self.num_frames) if self.reorder is None else self.reorder
 
     @property
     def keyframes(self) -> np.ndarray:
@@ -60,29 +65,33 @@ class PacketIndex:
 
 def build_index(path: str) -> PacketIndex:
     """Demux ``path`` once (no decoding) and locate each packet's payload in the file."""
+    return index_and_bytes(path)[0]
+
+
+def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
+    """``build_index`` plus the file's bytes (one read serves both the index and the first clip)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
-        with av.open(path) as container:
+        with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
                 raise VideoReadError(path, "no video stream")
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            rows, payload_found = [], True
+            rows, located = [], True
             for p in container.demux(stream):
                 if not p.size:
                     continue
                 pts = p.pts if p.pts is not None else p.dts
                 offset = -1
-                if p.pos is not None and p.pos >= 0:
-                    head = bytes(p)[:64]
-                    j = data.find(head, p.pos, p.pos + 64 + len(head))
-                    if j >= 0 and data[j : j + p.size] == bytes(p):
+                if located and p.pos is not None and p.pos >= 0:
+                    payload = bytes(p)
+                    j = data.find(payload[:64], p.pos, p.pos + 128)
+                    if j >= 0 and data[j : j + p.size] == payload:
                         offset = j
-                payload_found &= offset >= 0
+                located &= offset >= 0
                 rows.append((offset, p.size, bool(p.is_keyframe), pts if pts is not None else len(rows)))
             codec, width, height = ctx.name, ctx.width, ctx.height
-            time_base = stream.time_base or Fraction(1, 25)
             extradata = bytes(ctx.extradata) if ctx.extradata else None
     except VideoReadError:
         raise
@@ -93,13 +102,13 @@ def build_index(path: str) -> PacketIndex:
     offsets, sizes, key, pts = (np.array(c) for c in zip(*rows))
     if not key[0]:
         raise VideoReadError(path, "the first packet is not a keyframe")
-    order = np.argsort(pts, kind="stable")
-    frame_of_packet = np.empty(len(pts), np.int64)
-    frame_of_packet[order] = np.arange(len(pts))
-    if not payload_found:
-        offsets = np.full(len(rows), -1, np.int64)
-    return PacketIndex(path, codec, int(width), int(height), offsets.astype(np.int64), sizes.astype(np.int64),
-                       key.astype(bool), frame_of_packet, Fraction(time_base), extradata)
+    frame_of_packet = np.empty(len(pts), np.int32)
+    frame_of_packet[np.argsort(pts, kind="stable")] = np.arange(len(pts))
+    reorder = None if np.array_equal(frame_of_packet, np.arange(len(pts))) else frame_of_packet
+    offsets = (offsets.astype(np.uint32) if offsets.max() < 2**32 else offsets.astype(np.int64)) if located else None
+    index = PacketIndex(path, codec, int(width), int(height), offsets, sizes.astype(np.uint32), key.astype(bool),
+                        reorder, extradata)
+    return index, data
 
 
 def keep_runs(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
@@ -150,7 +159,7 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     payloads, nbytes = _read_payloads(index, packets, data)
     new_rank = {int(f): i for i, f in enumerate(kept_frames)}
     positions = np.array([new_rank[int(f)] for f in needed], np.int32)
-    if index.codec in _IVF_FOURCC and _in_order(index, packets):
+    if index.codec in _IVF_FOURCC and index.reorder is None:
         encoded = _ivf(index, payloads)
     elif index.codec == "mjpeg":
         encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
@@ -160,28 +169,24 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     return TrimmedClip(np.frombuffer(encoded, np.uint8), positions, len(packets), nbytes)
 
 
-def _in_order(index: PacketIndex, packets: np.ndarray) -> bool:
-    f = index.frame_of_packet[packets]
-    return bool(np.all(np.diff(f) > 0))
-
-
 def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) -> tuple[list[bytes], int]:
-    """Payloads of ``packets`` (decode order): one ranged read of the file, or a demux pass if offsets are unknown."""
-    offsets, sizes = index.offsets[packets], index.sizes[packets]
+    """Payloads of ``packets`` (decode order): one ranged read of the file (or slices of ``data``, the whole
+    file already in memory), or a demux pass where the payloads could not be located."""
     try:
-        if data is None and np.all(offsets >= 0):
+        if index.offsets is not None:
+            offsets, sizes = index.offsets[packets].astype(np.int64), index.sizes[packets].astype(np.int64)
+            if data is not None:
+                return [data[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist())], len(data)
             lo, hi = int(offsets.min()), int((offsets + sizes).max())
             with open(index.path, "rb") as f:
                 f.seek(lo)
-                data = f.read(hi - lo)
-            if len(data) != hi - lo:
+                chunk = f.read(hi - lo)
+            if len(chunk) != hi - lo:
                 raise VideoReadError(index.path, "file is shorter than its packet index (changed on disk?)")
-            return [data[o - lo : o - lo + s] for o, s in zip(offsets.tolist(), sizes.tolist())], hi - lo
-        if data is not None and np.all(offsets >= 0):
-            return [data[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist())], len(data)
+            return [chunk[o - lo : o - lo + s] for o, s in zip(offsets.tolist(), sizes.tolist())], hi - lo
         wanted = set(packets.tolist())
         out: dict[int, bytes] = {}
-        with av.open(index.path) as container:
+        with av.open(io.BytesIO(data) if data is not None else index.path) as container:
             i = 0
             for p in container.demux(container.streams.video[0]):
                 if not p.size:
@@ -189,7 +194,7 @@ def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) 
                 if i in wanted:
                     out[i] = bytes(p)
                 i += 1
-        return [out[int(i)] for i in packets], os.path.getsize(index.path)
+        return [out[int(i)] for i in packets], len(data) if data is not None else os.path.getsize(index.path)
     except VideoReadError:
         raise
     except (av.FFmpegError, OSError, KeyError) as e:

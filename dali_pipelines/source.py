@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import spatial, temporal
-from .packets import PacketIndex, VideoReadError, build_index, trim
+from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("fastcvrl.data")
 
@@ -71,6 +71,7 @@ class VideoSource:
         self.bad: set[int] = set()
         self.recent: OrderedDict[int, list[Sample]] = OrderedDict()  # step -> samples, for error reports
         self._index: dict[str, PacketIndex] = {}
+        self._first_read: dict[str, bytes] = {}  # bytes read to index a file, kept for its first clip
         self.set_epoch(0)
 
     # ------------------------------------------------------------------ epoch structure
@@ -122,7 +123,8 @@ class VideoSource:
         path = self.entries[video].path
         idx = self._index.get(path)
         if idx is None:
-            idx = self._index[path] = build_index(path)
+            idx, self._first_read[path] = index_and_bytes(path)
+            self._index[path] = idx
         return idx
 
     def rng(self, video: int) -> np.random.Generator:
@@ -139,7 +141,7 @@ class VideoSource:
         """Trim for the union of ``clips`` (frame indices, any shape); returns the inverse map into it."""
         idx = self.index(video)
         union, inverse = np.unique(clips.reshape(-1), return_inverse=True)
-        return idx, trim(idx, union), inverse.astype(np.int32)
+        return idx, trim(idx, union, self._first_read.pop(idx.path, None)), inverse.astype(np.int32)
 
     def _meta(self, video: int, tc: Any, start1: int, start2: int) -> np.ndarray:
         return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read], np.int64)
