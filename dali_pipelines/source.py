@@ -148,9 +148,10 @@ class VideoSource:
 
 
 class PretrainSource(VideoSource):
-    """Two CVRL views per video: columns (encoded, frames, order1, order2, [roi_start, roi_end, M, T,
-    (blur_sigma), (solarize)] per view, label, meta); blur_sigma/solarize only when enabled. ``frames``: the sorted union of both clips' frames, as
-    positions in the trimmed stream (decoded in one forward pass); ``order1/2``: each view's frames in it."""
+    """Two CVRL views per video. Columns: encoded, frames, order1, order2, then per view roi_start, roi_end,
+    M, T (+ blur_sigma when blurring, + solarize when solarizing), then label, meta. ``frames``: the sorted
+    union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
+    ``order1/2``: each view's frames within that union."""
 
     purpose = 1
 

@@ -1,7 +1,6 @@
 """Small generated videos and manifests for the DALI pipeline tests (frame-index coded, VP9 or MJPEG)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -52,5 +51,47 @@ def small_config(**data: object) -> Config:
     return cfg
 
 
-def rel(path: str | os.PathLike) -> str:
-    return os.fspath(path)
+def op_devices(serialized: bytes) -> dict[str, set[str]]:
+    """Operator name -> devices, from DALI's serialized PipelineDef (protobuf wire format: ops are field 5;
+    an OpDef's name is field 1, its arguments field 4, an argument's name field 1 and string value field 5)."""
+    out: dict[str, set[str]] = {}
+    for field, op in _fields(serialized):
+        if field != 5:
+            continue
+        parts = _fields(op)
+        name = next(v for f, v in parts if f == 1).decode()
+        for f, arg in parts:
+            a = dict(_fields(arg)) if f == 4 else {}
+            if a.get(1) == b"device":
+                out.setdefault(name, set()).add(a[5].decode())
+    return out
+
+
+def _fields(buf: bytes) -> list[tuple[int, bytes | int]]:
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            val, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            val, i = buf[i : i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            val, i = buf[i : i + n], i + n
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        out.append((field, val))
+    return out
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = val = 0
+    while True:
+        b = buf[i]
+        i += 1
+        val |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return val, i

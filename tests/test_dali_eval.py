@@ -9,7 +9,7 @@ from fastcvrl.data import build_linear_loader, build_test_loader
 from fastcvrl.manifest import read_manifest
 from fastcvrl.video import decode_index, write_video
 
-from dali_videos import make_index_videos, small_config
+from dali_videos import make_index_videos, op_devices, small_config
 
 LENGTHS = [40, 25, 7, 33, 50]
 
@@ -94,3 +94,20 @@ def test_test_crops_span_the_long_side(tmp_path, height, width):
     means = clips.mean((1, 2, 3, 4)).view(3, 3)[:, 0]  # first clip of each crop
     assert means[0] < means[1] < means[2]
     assert abs(float(means[1]) - 0.5) < 0.05
+
+
+def test_gpu_variants_place_decoding_and_augmentation_on_the_gpu(manifest):
+    from dali_pipelines.pipelines import linear_pipeline, multiview_pipeline
+    from dali_pipelines.source import LinearSource, MultiViewSource
+
+    cfg = small_config()
+    entries = read_manifest(manifest)
+    linear = op_devices(linear_pipeline(LinearSource(entries, 2, cfg.eval, cfg.data, True), device="gpu",
+                                         crop_size=16, batch_size=2).serialize())
+    assert linear["decoders__Video"] == {"mixed"}
+    assert linear["Resize"] == {"gpu"} and linear["SequenceRearrange"] == {"gpu"}
+    test = op_devices(multiview_pipeline(MultiViewSource(entries, 2, cfg.eval), device="gpu", crop_size=16,
+                                          short_side=20, num_crops=3, batch_size=2).serialize())
+    assert test["decoders__Video"] == {"mixed"}
+    for op in ("Resize", "SequenceRearrange", "Crop", "Stack"):
+        assert test[op] == {"gpu"}, (op, test)

@@ -14,7 +14,7 @@ from fastcvrl.data import build_pretrain_loader, to_torch
 from fastcvrl.manifest import read_manifest
 from fastcvrl.video import decode_index, keyframe_indices
 
-from dali_videos import make_index_videos, make_static_video, small_config
+from dali_videos import make_index_videos, make_static_video, op_devices, small_config
 
 LENGTHS = [60, 41, 9, 75, 33, 50, 64, 18]  # 9 and 18 frames are shorter than or close to one 4x2 clip span
 
@@ -271,57 +271,11 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
     src = PretrainSource(read_manifest(manifest), 4, cfg.data, seed=0)
     pipe = pretrain_pipeline(src, device="gpu", crop_size=16, batch_size=4, device_id=None, blur=True,
                              solarize=True)
-    graph = _op_devices(pipe.serialize())
+    graph = op_devices(pipe.serialize())
     assert graph["decoders__Video"] == {"mixed"}
     for op in ("SequenceRearrange", "Resize", "CoordTransform", "GaussianBlur", "LookupTable"):
         assert graph[op] == {"gpu"}, (op, graph)
-    cpu = _op_devices(pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True,
+    cpu = op_devices(pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True,
                                         solarize=True).serialize())
     assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}
     assert set(graph) == set(cpu)  # one definition: the same operators
-
-
-def _op_devices(serialized: bytes) -> dict[str, set[str]]:
-    """Operator name -> devices, from DALI's serialized PipelineDef (protobuf wire format: ops are field 5;
-    an OpDef's name is field 1, its arguments field 4, an argument's name field 1 and string value field 5)."""
-    out: dict[str, set[str]] = {}
-    for field, op in _fields(serialized):
-        if field != 5:
-            continue
-        parts = _fields(op)
-        name = next(v for f, v in parts if f == 1).decode()
-        for f, arg in parts:
-            a = dict(_fields(arg)) if f == 4 else {}
-            if a.get(1) == b"device":
-                out.setdefault(name, set()).add(a[5].decode())
-    return out
-
-
-def _fields(buf: bytes) -> list[tuple[int, bytes | int]]:
-    out, i = [], 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            val, i = _varint(buf, i)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            val, i = buf[i : i + n], i + n
-        elif wire in (1, 5):
-            n = 8 if wire == 1 else 4
-            val, i = buf[i : i + n], i + n
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-        out.append((field, val))
-    return out
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = val = 0
-    while True:
-        b = buf[i]
-        i += 1
-        val |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return val, i
