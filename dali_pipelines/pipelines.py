@@ -12,6 +12,10 @@ Outputs are uint8 FHWC per sample (NTHWC per batch): viewed as (N, C, T, H, W) t
 the hand-off to torch needs no layout copy; normalisation to float/bf16 happens there, where the dtype the
 trainer wants is known (DALI has no bf16). Per-sample arguments apply to every frame of a sequence
 (DALI-NOTES.md), so a clip's frames share one crop, flip and colour.
+
+``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
+applies the same steps. That is the CPU default (``fastcvrl.data.resolve_augment``): DALI 2.4's CPU resize
+and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this graph.
 """
 from __future__ import annotations
 
