@@ -8,9 +8,10 @@ Run folder (``train.out_dir``): ``config.yaml`` (resolved), ``env.json``, ``tb/`
 ``checkpoints/`` (atomic, last ``train.keep_ckpts``), ``backbone.pt`` (the trained backbone on its own).
 Restarted in the same folder a run resumes from its newest loadable checkpoint; SIGTERM checkpoints and exits.
 
-Profiling: ``nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop -t cuda,nvtx,cudnn,cublas
--o cvrl python fastcvrl/train.py --config C.yaml --train.profile_steps=50:60`` (NVTX: data, forward, backward,
-optimizer).
+Profiling steps 50..59 (after the CUDA-graph capture; NVTX ranges: data, forward, backward, optimizer)::
+
+    nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda,nvtx,cudnn,cublas,osrt \
+        --cuda-graph-trace=node -o cvrl_steps50-60 python fastcvrl/train.py --config C.yaml --profile-steps 50:60
 """
 from __future__ import annotations
 

@@ -149,16 +149,24 @@ def _real_parts(model: nn.Module, steps: int):
     return opt, WarmupCosine(opt.lr_tensor, 0.3, 2, steps)
 
 
+@pytest.fixture
+def exact_cuda():
+    """Deterministic cuDNN, no TF32: eager and graphed runs then pick the same kernels."""
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = flags
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graphed_step_equals_eager_step(precision):
+def test_graphed_step_equals_eager_step(precision, exact_cuda):
     from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
 
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
     torch.manual_seed(0)
     base = build_model(ModelConfig(arch="r3d_tiny", proj_hidden=64, sync_bn=False))
