@@ -16,6 +16,7 @@ Profiling steps 50..59 (after the CUDA-graph capture; NVTX ranges: data, forward
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -101,6 +102,11 @@ def check_config(cfg: Config) -> None:
     for ok, key, want in checks:
         if not ok:
             raise ConfigError(f"{key}: expected {want}, got {_get(cfg, key)!r}")
+    if cfg.data.device == "gpu" and cfg.data.source == "video" and not torch.cuda.is_available():
+        raise ConfigError("data.device: 'gpu' but CUDA is not available (use data.device=cpu or auto)")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
     parse_profile_steps(t.profile_steps)
 
 
@@ -181,19 +187,13 @@ def build_training_model(cfg: Config, env: dist.DistEnv) -> tuple[nn.Module, nn.
     ids = [env.device.index] if env.device.type == "cuda" else None
     # A CUDA graph needs DDP's static graph, built on a side stream (PyTorch CUDA-graphs notes, DDP section)
     stream = torch.cuda.Stream() if graphed else None
-    with torch.cuda.stream(stream) if graphed else _null():
+    with torch.cuda.stream(stream) if graphed else contextlib.nullcontext():
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=ids, static_graph=graphed,
             broadcast_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN keeps them equal
     if graphed:
         torch.cuda.current_stream().wait_stream(stream)
     return ddp, model
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):

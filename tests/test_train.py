@@ -124,6 +124,23 @@ def test_config_and_manifest_errors_come_before_any_work(tmp_path):
     assert not run_dir.exists()  # nothing was started
 
 
+def test_more_config_errors_name_their_key(tmp_path, monkeypatch):
+    from fastcvrl.config import ConfigError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.profile_steps"):
+        train.main(_args(run_dir, "--train.profile_steps=9:3"))
+    with pytest.raises(ConfigError, match="model.arch"):
+        train.main(_args(run_dir, "--model.arch=r3d18"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="data.device"):
+            train.main(_args(run_dir, "--data.source=video", "--data.device=gpu"))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="train.batch_size: 4 is not divisible by the 3"):
+        train.main(_args(run_dir))
+    assert not run_dir.exists()
+
+
 # A child that trains normally but hangs inside its 2nd checkpoint write (after the data is written and
 # fsync'ed, before the rename), so that the parent's SIGKILL lands mid-write.
 _HANG_IN_WRITE = textwrap.dedent("""
