@@ -21,9 +21,11 @@ import loader_bench  # noqa: E402
 import train_bench  # noqa: E402
 
 
-def _check_stats(s: dict, n: int) -> None:
-    assert s["n"] == n and 0 < s["min"] <= s["median"] <= s["max"]
-    assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
+def _check_stats(s: dict, n: int, positive: bool = True) -> None:
+    assert s["n"] == n and 0 <= s["min"] <= s["median"] <= s["max"]
+    assert s["min"] > 0 or not positive
+    if s["median"]:
+        assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
 
 
 def test_summarize_and_table():
@@ -88,7 +90,7 @@ def test_loader_bench_baseline_figures(loader_result):
     span = (T - 1) * stride + 1
     base = result["loaders"]["baseline"]
     _check_stats(base["clips_per_s"], s["repeats"])
-    _check_stats(base["cpu_ms_per_clip"], s["repeats"])
+    _check_stats(base["cpu_ms_per_clip"], s["repeats"], positive=False)  # 10 ms ticks over a tiny window
     assert base["fraction_of_ceiling"] == pytest.approx(base["clips_per_s"]["median"] / result["ceiling"]["clips_per_s"])
     # each view is decoded from the keyframe before it (synthetic gop 16) to its last frame
     assert span <= base["frames_per_clip"] <= span + 15
