@@ -8,7 +8,7 @@ batch or the process that made it.
 
 Sharding: each epoch a seeded permutation of all videos is dealt out round-robin, ``perm[rank::world]``, so the
 shards partition the epoch (no video twice, none lost). Training drops the last partial batch and runs the
-same ``(N // world) // B`` steps on every rank, so collectives stay in step; up to ``world * B - 1 + N % world``
+same ``(N // world) // B`` steps on every rank, so collectives stay in step; at most ``world * (B - 1) + N % world``
 videos (different ones each epoch) sit out an epoch. Evaluation keeps every video (a short last batch).
 
 A video that cannot be demuxed or read is reported once by a warning naming the file and replaced by the next

@@ -183,13 +183,19 @@ def test_labels_shuffling_and_epochs(manifest):
 def test_shards_see_every_video_once(manifest):
     cfg = small_config()
     cfg.train.batch_size = 4  # 2 ranks x 2 per rank
-    seen = []
+    seen, metas = [], {}
     for rank in range(2):
         loader = build_pretrain_loader(cfg, str(manifest), rank=rank, world_size=2, device="cpu", seed=1)
         assert loader.batch_size == 2 and len(loader) == 2
-        seen.append(np.concatenate([m[:, 0] for *_, m in _epoch(loader)]).tolist())
+        batches = _epoch(loader)
+        seen.append(np.concatenate([m[:, 0] for *_, m in batches]).tolist())
+        metas.update({int(row[0]): row.tolist() for *_, m in batches for row in m})
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(len(LENGTHS)))  # 8 videos, 2 x 2 x 2: none dropped
+    single = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=1)
+    for *_, m in _epoch(single):  # a video's clips depend on (seed, epoch, video), not on the sharding
+        for row in m:
+            assert metas[int(row[0])][:4] == row.tolist()[:4]
 
 
 def test_hand_off_is_zero_copy_and_channels_last(manifest):
@@ -279,3 +285,27 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
                                         solarize=True).serialize())
     assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}
     assert set(graph) == set(cpu)  # one definition: the same operators
+
+
+def test_gaps_read_back_from_the_pipeline_follow_the_rule(tmp_path):
+    """End to end: the gap between the frames the two views actually show, over many epochs, against the
+    NumPy statement of the linear rule (chi-square)."""
+    from scipy import stats
+
+    from dali_pipelines.temporal import gap_pmf
+
+    manifest = make_index_videos(tmp_path, [20] * 8, codec="mjpeg")  # T=4, s=2: M = 20 - 6 = 14 starts
+    loader = build_pretrain_loader(small_config(), str(manifest), device="cpu", seed=0)
+    gaps = []
+    for epoch in range(30):
+        loader.set_epoch(epoch)
+        for v1, v2, _, _ in _epoch(loader):
+            gaps += np.abs(_frames(v1)[0][:, 0] - _frames(v2)[0][:, 0]).tolist()
+    observed = np.bincount(gaps, minlength=14)
+    assert len(observed) == 14 and len(gaps) == 240
+    expected = len(gaps) * gap_pmf(14, "linear")
+    pooled_obs = np.append(observed[:10], observed[10:].sum())  # pool the sparse tail (expected counts >= 5)
+    pooled_exp = np.append(expected[:10], expected[10:].sum())
+    assert stats.chisquare(pooled_obs, pooled_exp).pvalue > 1e-3
+    uniform = np.full(14, len(gaps) / 14)
+    assert stats.chisquare(observed, uniform).pvalue < 1e-3  # and the draws are far from uniform
