@@ -26,7 +26,11 @@ def crop_resize(video: torch.Tensor, order: np.ndarray, roi_start: np.ndarray, r
     clip = video[:, int(y0) : int(y1), int(x0) : int(x1)].index_select(0, idx)  # (T, h, w, 3), copies the crop only
     clip = clip.permute(0, 3, 1, 2)  # (T, 3, h, w) with channels-last strides: torch's fast uint8 path
     if clip.shape[-2:] != (size, size):
-        clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        if clip.is_cuda:  # CUDA has no uint8 bilinear kernel
+            clip = F.interpolate(clip.float(), size=(size, size), mode="bilinear", align_corners=False)
+            clip = clip.round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     if flip:
         clip = clip.flip(-1)
     out.copy_(clip.permute(0, 2, 3, 1))

@@ -228,13 +228,14 @@ class Normalize:
                  views: int = 1, blur: bool = False, solarize: bool = False):
         self.mean, self.std, self.views, self.blur, self.solarize = list(mean), list(std), views, blur, solarize
         std_t = torch.tensor(std, dtype=torch.float32)
-        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device, dtype)
-        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device, dtype)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device)
         self.dtype = dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 4, 1, 2, 3)  # (N, C, T, H, W) view, channels_last_3d strides, no copy
-        return torch.addcmul(self.shift, x.to(self.dtype), self.scale)  # keeps the channels-last layout
+        y = torch.addcmul(self.shift, x.to(torch.float32), self.scale)  # float math, keeps the channels-last layout
+        return y if self.dtype == torch.float32 else y.to(self.dtype)
 
 
 def data_dtype(cfg: Config, device: torch.device) -> torch.dtype:

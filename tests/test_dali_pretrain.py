@@ -309,3 +309,24 @@ def test_gaps_read_back_from_the_pipeline_follow_the_rule(tmp_path):
     assert stats.chisquare(pooled_obs, pooled_exp).pvalue > 1e-3
     uniform = np.full(14, len(gaps) / 14)
     assert stats.chisquare(observed, uniform).pvalue < 1e-3  # and the draws are far from uniform
+
+
+@pytest.mark.parametrize("augment", ["torch", "dali"])
+def test_views_in_the_trainers_dtype(manifest, augment):
+    """bf16 when the trainer trains in bf16: same values as float32 (to bf16 precision), still channels_last_3d;
+    mean/std from the config applied."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = small_config(augment=augment, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
+        cfg.train.precision = precision
+        loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
+        out[precision] = next(iter(loader))[0]
+        meta = loader.last_meta
+    assert out["bf16"].dtype == torch.bfloat16 and out["fp32"].dtype == torch.float32
+    assert out["bf16"].is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out["bf16"].float(), out["fp32"], atol=0.03, rtol=0.01)
+    raw = out["fp32"] * torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1, 1) + torch.tensor([0.4, 0.5, 0.6]).view(
+        1, 3, 1, 1, 1)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # back in [0, 1] pixel units
+    idx, _ = decode_index(raw.permute(0, 2, 3, 4, 1).numpy() * 255.0)
+    assert idx[:, 0].tolist() == meta[:, 2].tolist()  # un-normalised, the index colours are back
