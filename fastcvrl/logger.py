@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,8 +62,10 @@ class Progress:
         self.enabled = enabled
         self.bar = None
         if enabled and self.stream.isatty():
-            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, dynamic_ncols=True,
-                            bar_format="{bar:20} {postfix}", leave=True)
+            # the width from shutil (which falls back to 80 columns where the terminal reports 0)
+            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
+                            ncols=shutil.get_terminal_size((100, 20)).columns,
+                            bar_format="{percentage:3.0f}% {bar:12} {desc}", leave=True)
         self.step = start_step
 
     def update(self, r: Report) -> None:
@@ -71,7 +74,7 @@ class Progress:
         line = format_report(r)
         if self.bar is not None:
             self.bar.update(r.step - self.step)
-            self.bar.set_postfix_str(line, refresh=True)
+            self.bar.set_description_str(line, refresh=True)
         else:
             print(line, file=self.stream, flush=True)
         self.step = r.step

@@ -274,3 +274,25 @@ def test_default_command_path_on_a_small_budget(tmp_path):
     assert (tmp_path / "run" / "backbone.pt").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.data.train_manifest == str(synth / "train" / "manifest.csv")
+
+
+def test_progress_line_shows_every_field_on_a_terminal_and_in_a_log():
+    import io
+
+    from fastcvrl.logger import Progress, Report, format_eta
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    r = Report(epoch=2, epochs=10, step=30, total_steps=100, loss=5.4321, acc=0.25, lr=0.125,
+               clips_per_s=88.8, data_wait=0.125, eta_s=3725)
+    for stream in (io.StringIO(), Tty()):
+        p = Progress(100, 20, stream=stream)
+        p.update(r)
+        p.close()
+        text = stream.getvalue()
+        for part in ("ep 3/10", "step 30/100", "loss 5.4321", "acc 0.250", "lr 0.125", "88.8 clips/s",
+                     "wait 12%", "eta 1:02:05"):
+            assert part in text, (part, text)
+    assert format_eta(59) == "00:59" and format_eta(61) == "01:01"
