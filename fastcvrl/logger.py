@@ -50,7 +50,7 @@ def format_eta(seconds: float) -> str:
 
 def format_report(r: Report) -> str:
     return (f"ep {r.epoch + 1}/{r.epochs} step {r.step}/{r.total_steps} loss {r.loss:.4f} acc {r.acc:.3f} "
-            f"lr {r.lr:.3g} {r.clips_per_s:.1f} clips/s wait {100 * r.data_wait:.0f}% eta {format_eta(r.eta_s)}")
+            f"lr {r.lr:.3g} {r.clips_per_s:.0f} clips/s wait {100 * r.data_wait:.0f}% eta {format_eta(r.eta_s)}")
 
 
 class Progress:
@@ -62,10 +62,11 @@ class Progress:
         self.enabled = enabled
         self.bar = None
         if enabled and self.stream.isatty():
-            # the width from shutil (which falls back to 80 columns where the terminal reports 0)
+            # the width from shutil (which falls back where the terminal reports 0 columns); the bar comes last
+            # so that a narrow terminal cuts the bar, not the numbers
             self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
                             ncols=shutil.get_terminal_size((100, 20)).columns,
-                            bar_format="{percentage:3.0f}% {bar:12} {desc}", leave=True)
+                            bar_format="{desc} {bar:10}", leave=True)
         self.step = start_step
 
     def update(self, r: Report) -> None:
