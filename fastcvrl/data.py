@@ -208,16 +208,15 @@ def _torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, n
     for order_col, first in views:
         order = _host(outs[order_col])  # (B, T)
         c = [_host(o) for o in outs[first : first + k]]
-        u8 = torch.empty((n, order.shape[1], size, size, 3), dtype=torch.uint8, device=device)
+        out = torch.empty((n, 3, order.shape[1], size, size), dtype=norm.dtype, device=device,
+                          memory_format=torch.channels_last_3d)  # (B, 3, T, S, S)
         for i in range(n):
-            torch_augment.crop_resize(videos[i], order[i], c[0][i], c[1][i], size, u8[i])
-        if k == 2:
-            result.append(norm(u8))
-            continue
-        sigma = torch.from_numpy(c[4]) if norm.blur else None
-        sol = torch.from_numpy(c[-1]) if norm.solarize else None
-        result.append(torch_augment.color_normalize(u8, torch.from_numpy(c[2]), torch.from_numpy(c[3]), norm.mean,
-                                                    norm.std, norm.dtype, sigma, sol, blur_window(size)))
+            clip = torch_augment.crop_resize(videos[i], order[i], c[0][i], c[1][i], size)  # (T, 3, S, S) uint8
+            m, t = (torch.from_numpy(c[2][i]), torch.from_numpy(c[3][i])) if k > 2 else (None, None)
+            sigma = float(c[4][i]) if norm.blur else 0.0
+            sol = bool(c[-1][i]) if norm.solarize else False
+            torch_augment.color_normalize(clip, m, t, norm.mean, norm.std, out[i], sigma, sol, blur_window(size))
+        result.append(out)
     return result
 
 
