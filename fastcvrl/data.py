@@ -6,9 +6,12 @@
         for view1, view2, label in loader:   # (B, 3, T, S, S) channels_last_3d on `device`, label (B,) int64
             ...
 
-DALI hands over uint8 N-T-H-W-C batches; viewed as (N, C, T, H, W) they are already channels_last_3d, so the
-hand-off is zero-copy on the CPU (DLPack) and one device-to-device copy on the GPU, never a layout change.
-Normalisation to the trainer's dtype (float32 / bf16 / fp16) is one fused multiply-add here.
+Hand-off. With ``data.augment=dali`` (the GPU default) DALI hands over uint8 N-T-H-W-C batches; viewed as
+(N, C, T, H, W) they are already channels_last_3d, so the hand-off is zero-copy on the CPU (DLPack) and one
+same-layout device-to-device copy on the GPU, never a layout change; normalising to the trainer's dtype
+(float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``data.augment=torch`` (the CPU default,
+``resolve_augment``) DALI hands over each video's decoded frames zero-copy and ``torch_augment`` writes every
+clip straight into a channels_last_3d batch.
 
 A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
 to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file.
