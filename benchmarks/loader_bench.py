@@ -55,6 +55,7 @@ from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
 
+DEFAULT_SYNTHETIC = "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
 QUICK = dict(classes=2, videos_per_class=4, size=32, video_frames=24, crop=32, frames=4, stride=2, batch_size=2,
              warmup=1, iters=2, repeats=2, ceiling_frames=200)
 
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI decodes and augments")
     p.add_argument("--manifest", default="", help="manifest.csv; default: the built-in synthetic dataset")
-    p.add_argument("--synthetic-dir", default="~/.cache/fastcvrl/synthetic", help="where the synthetic set lives")
+    p.add_argument("--synthetic-dir", default=DEFAULT_SYNTHETIC,
+                   help="where the synthetic set lives (the trainer's default; --quick uses a -quick sibling)")
     p.add_argument("--loaders", default="baseline,dali", help="comma-separated subset of baseline,dali")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--frames", type=int, default=16, help="T, frames per clip")
@@ -97,10 +99,13 @@ def dataset(args: argparse.Namespace) -> str:
     from fastcvrl.synthetic import ensure_synthetic
 
     kw = {}
+    root = os.path.expanduser(args.synthetic_dir)
     if args.quick:
+        if args.synthetic_dir == DEFAULT_SYNTHETIC:  # never regenerate the trainer's cached default set
+            root = os.path.expanduser(DEFAULT_SYNTHETIC + "-quick")
         kw = dict(num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
                   num_frames=args.video_frames, test_videos_per_class=0)
-    train, _ = ensure_synthetic(os.path.expanduser(args.synthetic_dir), **kw)
+    train, _ = ensure_synthetic(root, **kw)
     return train
 
 
