@@ -16,7 +16,7 @@ from fastcvrl.video import decode_index, keyframe_indices
 
 from dali_videos import make_index_videos, make_static_video, op_devices, small_config
 
-LENGTHS = [60, 41, 9, 75, 33, 50, 64, 18]  # 9 and 18 frames are shorter than or close to one 4x2 clip span
+LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7]  # 5 frames: shorter than one 4 x 2 clip (7 frames span), loops
 
 
 @pytest.fixture(scope="module")
