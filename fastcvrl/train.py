@@ -278,7 +278,8 @@ def resume(run_dir: Path, env: dist.DistEnv, model: nn.Module, optimizer, schedu
 
 
 class StopFlag:
-    """SIGTERM sets a flag; the loop checks it between steps (all ranks agree) and checkpoints before exit."""
+    """SIGTERM (or a first Ctrl-C) sets a flag; the loop checks it between steps, all ranks agreeing, and
+    checkpoints before it exits. A second Ctrl-C interrupts at once."""
 
     def __init__(self, env: dist.DistEnv) -> None:
         self.raised = False
@@ -286,9 +287,11 @@ class StopFlag:
         self.group = None
         if env.distributed:  # agree across ranks on the host, without touching the GPU stream
             self.group = torch_dist.new_group(backend="gloo") if torch_dist.get_backend() != "gloo" else None
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.raised:
+            raise KeyboardInterrupt
         self.raised = True
 
     def check(self) -> bool:
@@ -299,7 +302,8 @@ class StopFlag:
         return bool(flag.item())
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -364,7 +368,7 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
             if pos.step % t.ckpt_every == 0 or last:
                 save(run_dir, state_fn(pos), pos, t.keep_ckpts, env)
             if stopping:
-                progress.write(f"SIGTERM: checkpoint written at step {pos.step}; exiting (rerun to resume)")
+                progress.write(f"SIGTERM/interrupt: checkpoint written at step {pos.step}; exiting (rerun to resume)")
                 break
     finally:
         progress.close()
@@ -401,7 +405,7 @@ def export_backbone(run_dir: Path, model: nn.Module, cfg: Config, step: int) -> 
 # ----------------------------------------------------------------------------------------------------- main
 @dataclasses.dataclass
 class RunResult:
-    exit_code: int  # 0 finished, 143 stopped by SIGTERM (resumable)
+    exit_code: int  # 0 finished, 143 stopped by SIGTERM or Ctrl-C (resumable)
     step: int
     run_dir: Path
     model: nn.Module  # the trained CVRLModel (unwrapped), for callers in the same process
