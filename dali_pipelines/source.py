@@ -57,7 +57,7 @@ class VideoSource:
     purpose = 0  # separates the random streams of the different pipelines
 
     def __init__(self, entries: Sequence[Any], batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, index_cache: int = 65536):
         if not entries:
             raise ValueError("no videos to load")
         if batch_size <= 0:
@@ -70,7 +70,10 @@ class VideoSource:
         self.start_step = 0  # a rebuilt pipeline resumes mid-epoch: its iteration 0 is this step
         self.bad: set[int] = set()
         self.recent: OrderedDict[int, list[Sample]] = OrderedDict()  # step -> samples, for error reports
-        self._index: dict[str, PacketIndex] = {}
+        # packet indices, least recently used first: about 3 KB a 250-frame video; an evicted file is indexed
+        # again from the one read its next clip needs anyway, so the bound costs a demux pass, never a read
+        self._index: OrderedDict[str, PacketIndex] = OrderedDict()
+        self.index_cache = index_cache
         self._first_read: dict[str, bytes] = {}  # bytes read to index a file, kept for its first clip
         self.set_epoch(0)
 
@@ -125,6 +128,10 @@ class VideoSource:
         if idx is None:
             idx, self._first_read[path] = index_and_bytes(path)
             self._index[path] = idx
+            if len(self._index) > self.index_cache:
+                self._index.popitem(last=False)
+        else:
+            self._index.move_to_end(path)
         return idx
 
     def rng(self, video: int) -> np.random.Generator:

@@ -330,3 +330,29 @@ def test_views_in_the_trainers_dtype(manifest, augment):
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # back in [0, 1] pixel units
     idx, _ = decode_index(raw.permute(0, 2, 3, 4, 1).numpy() * 255.0)
     assert idx[:, 0].tolist() == meta[:, 2].tolist()  # un-normalised, the index colours are back
+
+
+def test_one_read_per_video_per_epoch_and_a_bounded_index_cache(manifest, monkeypatch):
+    """Every clip costs one file read (the index is built from the same read as the first clip), also when the
+    packet-index cache is smaller than the dataset."""
+    import builtins
+
+    cfg = small_config()
+    entries = read_manifest(manifest)
+    reads: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(path, mode="r", *a, **k):
+        if "rb" in mode and str(path) in {e.path for e in entries}:
+            reads.append(str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    src = PretrainSource(entries, 4, cfg.data, seed=0, index_cache=3)
+    for epoch in range(3):
+        src.set_epoch(epoch)
+        reads.clear()
+        for step in range(len(src)):
+            src(step)
+        assert sorted(reads) == sorted(e.path for e in entries)  # each video read exactly once this epoch
+    assert len(src._index) == 3
