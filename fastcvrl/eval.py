@@ -14,8 +14,8 @@ so the backbone runs over the training set ``cfg.eval.feature_passes`` times, ea
 draw per video, and the linear layer's epoch e trains on cached pass e mod K. With K = epochs this is exactly
 the uncached protocol; the default K = 10 trades augmentation diversity for a 10x cheaper probe.
 
-``--finetune`` (``cfg.eval.finetune``) trains the whole network (BatchNorm in train mode) with the same head,
-optimiser and schedule on freshly augmented clips every epoch; no cache.
+``--finetune`` (``cfg.eval.finetune``) trains the whole network (BatchNorm in train mode) and a linear head on
+its raw pooled features, with the same optimiser and schedule, on freshly augmented clips every epoch.
 
 CKPT is a trainer checkpoint (``<run>/checkpoints/ckpt_*.pt``) or the exported backbone; the architecture is
 taken from the checkpoint's config, else from ``config.yaml`` in its run folder, else from ``--config``.
@@ -64,16 +64,21 @@ class EvalError(RuntimeError):
 
 
 class Classifier(nn.Module):
-    """Backbone -> L2-normalised pooled features -> one linear layer: (B,3,T,H,W) -> logits (B, C)."""
+    """Backbone -> pooled features (L2-normalised for the linear protocol) -> one linear layer.
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+    (B,3,T,H,W) -> logits (B, C). Fine-tuning uses the raw pooled features (``normalize=False``): unit-norm
+    features bound the logits by the head's norm, which slows training the whole network from its start.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, normalize: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.backbone(x).float(), dim=1)  # (B, D)
-        return self.head(f)  # (B, C)
+        f = self.backbone(x).float()  # (B, D)
+        return self.head(F.normalize(f, dim=1) if self.normalize else f)  # (B, C)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -335,10 +340,13 @@ def finetune(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train backbone and linear head together (BatchNorm in train mode) on augmented clips, then test."""
+    """Train backbone and linear head together (BatchNorm in train mode) on augmented clips, then test.
+
+    Same optimiser and schedule as the probe (SGD, momentum, cosine over all steps); the head reads the raw
+    pooled features. ``train_loader_for_epoch(e)`` returns the loader reseeded for epoch e."""
     torch.manual_seed(seed)
     head = nn.Linear(backbone.out_dim, num_classes)
-    model = Classifier(backbone, head).to(device)
+    model = Classifier(backbone, head, normalize=False).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     for p in model.parameters():
