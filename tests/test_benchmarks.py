@@ -79,7 +79,7 @@ def test_loader_bench_json_structure(loader_result):
     assert c["frames_per_clip"] == span
     _check_stats(c["frames_per_s"], s["repeats"])
     assert c["clips_per_s"] == pytest.approx(c["frames_per_s"]["median"] / span)
-    assert c["rgb_frames_per_s"]["median"] > 0 and c["cpu_ms_per_frame"] > 0
+    assert c["rgb_frames_per_s"]["median"] > 0 and c["cpu_ms_per_frame"] >= 0  # 10 ms ticks: may read 0 here
     assert result["env"]["torch"] and result["env"]["cores"] >= 1 and result["env"]["cpu"]
 
 
