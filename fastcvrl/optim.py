@@ -28,7 +28,8 @@ def _adapted(p: torch.Tensor, group: dict) -> bool:
 
 class LARS(Optimizer):
     """Fused LARS / momentum SGD. ``lr`` (float or 0-dim tensor) becomes ``self.lr_tensor``, shared by all
-    groups; write into it in place to change the learning rate (graph-safe)."""
+    groups; write into it in place to change the learning rate (graph-safe). ``step()`` overwrites ``.grad``
+    with the applied update (read gradients before it, as the trainer's metrics do)."""
 
     def __init__(self, params: Iterable, lr: float | torch.Tensor, momentum: float = 0.9,
                  weight_decay: float = 1e-6, eta: float = 0.001, trust: bool = True, exclude_1d: bool = True):
@@ -62,22 +63,27 @@ class LARS(Optimizer):
                 gs.append(p.grad)
                 vs.append(state["momentum_buffer"])
             m, wd = group["momentum"], group["weight_decay"]
+            # Every op below is in place: no model-sized temporaries (on CPU, fresh large allocations cost page
+            # faults that made an allocating version slower than the per-parameter loop). The gradients are
+            # overwritten with the update direction; backward writes new ones before the next step.
             if ad_p:
-                g = torch._foreach_add(ad_g, ad_p, alpha=wd) if wd else list(ad_g)  # g' = g + wd * w
+                if wd:
+                    torch._foreach_add_(ad_g, ad_p, alpha=wd)  # g' = g + wd * w
                 if group["trust"]:
                     w_norm = torch.stack(torch._foreach_norm(ad_p))  # (P,)
-                    g_norm = torch.stack(torch._foreach_norm(g))
+                    g_norm = torch.stack(torch._foreach_norm(ad_g))
                     ok = (w_norm > 0) & (g_norm > 0)
                     trust = torch.where(ok, group["eta"] * w_norm / g_norm.clamp_min(1e-38), torch.ones_like(w_norm))
-                    upd = torch._foreach_mul(g, list((trust * lr).unbind(0)))  # lr * trust * g'
+                    torch._foreach_mul_(ad_g, list((trust * lr).unbind(0)))  # lr * trust * g'
                 else:
-                    upd = torch._foreach_mul(g, lr)
+                    torch._foreach_mul_(ad_g, lr)
                 torch._foreach_mul_(ad_v, m)
-                torch._foreach_add_(ad_v, upd)
-                torch._foreach_sub_(ad_p, ad_v)
+                torch._foreach_add_(ad_v, ad_g)  # v = m * v + lr * trust * g'
+                torch._foreach_sub_(ad_p, ad_v)  # w = w - v
             if pl_p:
+                torch._foreach_mul_(pl_g, lr)
                 torch._foreach_mul_(pl_v, m)
-                torch._foreach_add_(pl_v, torch._foreach_mul(pl_g, lr))
+                torch._foreach_add_(pl_v, pl_g)
                 torch._foreach_sub_(pl_p, pl_v)
         return loss
 
