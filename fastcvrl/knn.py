@@ -7,6 +7,7 @@ class with weight ``exp(sim / T)``, the votes are summed per class. Defaults k=2
     feats, labels = extract_features(backbone, loader, device)        # (N, D) normalised, (N,)
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=200, temperature=0.1)
     stats = knn_monitor(backbone, train_loader, test_loader)           # {"knn_top1": .., "knn_top5": ..}
+    stats = knn_from_manifests(backbone, cfg, train_manifest, val_manifest, device)   # builds the loaders
 
 ``knn_predict`` is the batched fast path; ``knn_predict_reference`` is the per-clip loop it is tested against.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ __all__ = [
     "topk_accuracy",
     "extract_features",
     "knn_monitor",
+    "knn_from_manifests",
 ]
 
 
@@ -175,3 +177,16 @@ def knn_monitor(
         "knn_train_size": float(train_feats.shape[0]),
         "knn_test_size": float(test_feats.shape[0]),
     }
+
+
+def knn_from_manifests(
+    backbone: nn.Module, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str
+) -> dict[str, float]:
+    """``knn_monitor`` over two labelled manifests: one centre clip per video (``build_linear_loader`` with
+    ``train=False``: ``cfg.eval.num_frames`` x ``cfg.eval.stride``, ``cfg.eval.crop_size``), k and T from
+    ``cfg.eval.knn_k`` / ``cfg.eval.knn_temperature``. For the trainer's ``train.knn_every``."""
+    from fastcvrl.data import build_linear_loader  # DALI only when the monitor runs
+
+    train = build_linear_loader(cfg, train_manifest, device=device, train=False)
+    val = build_linear_loader(cfg, val_manifest, device=device, train=False)
+    return knn_monitor(backbone, train, val, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, device=device)
