@@ -8,7 +8,7 @@ one ``graph.replay()``. Metrics are summed on the device and read every ``log_ev
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -175,10 +175,3 @@ class Metrics:
         self.sums.zero_()
         self.count = 0
 
-
-def batches(loader, skip: int = 0) -> Iterator:
-    """Iterate ``loader``, dropping its first ``skip`` batches (resuming mid-epoch on deterministic data)."""
-    it = iter(loader)
-    for _ in range(skip):
-        next(it)
-    return it

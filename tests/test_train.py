@@ -16,7 +16,7 @@ import torch
 
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import train
-from fastcvrl.config import load_config, to_dict
+from fastcvrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
