@@ -119,6 +119,11 @@ class Board:
             w.add_scalar("gpu/max_memory_allocated_gib", torch.cuda.max_memory_allocated(device) / 2**30, s)
             w.add_scalar("gpu/memory_reserved_gib", torch.cuda.memory_reserved(device) / 2**30, s)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -139,13 +139,36 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
         dist.print0(f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
                     "(generated once, then cached)")
         # concurrent ranks serialise on ensure_synthetic's lock: one generates, the others reuse
-        d.train_manifest, _ = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
-                                               d.synthetic_videos_per_class, seed=0, verbose=dist.is_main())
+        d.train_manifest, test_manifest = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
+                                                           d.synthetic_videos_per_class, seed=0,
+                                                           verbose=dist.is_main())
+        d.val_manifest = d.val_manifest or test_manifest  # the kNN monitor's labelled split
     entries = read_manifest(cfg.data.train_manifest, check_files=True)
     if len(entries) < cfg.train.batch_size:
         raise ManifestError(f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
                             f"(train.batch_size={cfg.train.batch_size})")
+    if cfg.train.knn_every and cfg.data.val_manifest:
+        read_manifest(cfg.data.val_manifest, check_files=True)  # fail now, not at the first kNN epoch
     return cfg.data.train_manifest
+
+
+def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.DistEnv):
+    """``train.knn_every``: a callable giving the weighted kNN top-1/top-5 of the backbone (bank: the training
+    manifest's videos, queries: ``data.val_manifest``; clips as ``cfg.eval``), run on rank 0; None when off."""
+    if not (cfg.train.knn_every and manifest and cfg.data.val_manifest):
+        if cfg.train.knn_every:
+            dist.print0("train.knn_every is set but data.val_manifest is empty: the kNN monitor is off")
+        return None
+    from fastcvrl.knn import knn_from_manifests
+
+    def run() -> dict[str, float]:
+        stats = {}
+        if env.rank == 0:
+            stats = knn_from_manifests(model.backbone, cfg, manifest, cfg.data.val_manifest, env.device)
+        dist.barrier()
+        return stats
+
+    return run
 
 
 def prepare_run_dir(cfg: Config, env: dist.DistEnv) -> Path:
@@ -308,8 +331,9 @@ class StopFlag:
 
 # ------------------------------------------------------------------------------------------------ training
 def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_fn, pos: Position,
-          lr_tensor: torch.Tensor, stop: StopFlag) -> Position:
-    """The loop: data -> step -> metrics every log_every -> checkpoint every ckpt_every; returns where it ended."""
+          lr_tensor: torch.Tensor, stop: StopFlag, knn=None) -> Position:
+    """The loop: data -> step -> metrics every log_every -> checkpoint every ckpt_every -> kNN monitor every
+    train.knn_every epochs (``knn``, from ``make_knn_monitor``); returns where it ended."""
     t = cfg.train
     steps_per_epoch = len(loader)
     total = t.epochs * steps_per_epoch
@@ -367,6 +391,12 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
                 window_start, window_steps, waited = time.perf_counter(), 0, 0.0
             if pos.step % t.ckpt_every == 0 or last:
                 save(run_dir, state_fn(pos), pos, t.keep_ckpts, env)
+            if knn is not None and pos.batch == steps_per_epoch and (pos.epoch + 1) % t.knn_every == 0:
+                stats = knn()  # note: host work outside the step (feature extraction), every knn_every epochs
+                if stats:
+                    progress.write(f"epoch {pos.epoch + 1}: kNN top-1 {stats['knn_top1']:.3f} "
+                                   f"top-5 {stats['knn_top5']:.3f} ({int(stats['knn_test_size'])} videos)")
+                    board.scalars({"knn/top1": stats["knn_top1"], "knn/top5": stats["knn_top5"]}, pos.step)
             if stopping:
                 progress.write(f"SIGTERM/interrupt: checkpoint written at step {pos.step}; exiting (rerun to resume)")
                 break
@@ -442,7 +472,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         stop = StopFlag(env)
         pos = train(cfg, env, run_dir, loader, step_fn,
                     lambda p: training_state(p, plain, optimizer, schedule, scaler, cfg), pos,
-                    optimizer.lr_tensor, stop)
+                    optimizer.lr_tensor, stop, knn=make_knn_monitor(cfg, manifest, plain, env))
         if stop.raised:
             return RunResult(143, pos.step, run_dir, plain)
         if env.rank == 0:

@@ -3,6 +3,7 @@ manifest errors before any work, two gloo ranks in sync, and the default command
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -267,9 +268,15 @@ def test_default_command_path_on_a_small_budget(tmp_path):
     synth = tmp_path / "synthetic"
     r = _cli(f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=4",
              "--data.crop_size=32", "--data.num_frames=4", "--train.batch_size=4", "--train.max_steps=2",
-             "--train.log_every=1", f"--train.out_dir={tmp_path / 'run'}", cwd=tmp_path)
+             "--train.log_every=1", f"--train.out_dir={tmp_path / 'run'}", "--train.knn_every=1",
+             "--eval.num_frames=4", "--eval.crop_size=32", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "synthetic_cpu.yaml" in r.stdout and (synth / "train" / "manifest.csv").is_file()
+    # one epoch is 2 steps: the kNN monitor ran once, on the synthetic test split (1 video per class here)
+    knn = re.findall(r"epoch 1: kNN top-1 ([0-9.]+) top-5 ([0-9.]+) \((\d+) videos\)", r.stderr)
+    assert len(knn) == 1, r.stderr  # the progress stream
+    top1, top5, n = float(knn[0][0]), float(knn[0][1]), int(knn[0][2])
+    assert n == 2 and 0.0 <= top1 <= top5 == 1.0  # 2 classes: the true class is always in the top 5
     assert "done at step 2" in r.stdout and str(tmp_path / "run") in r.stdout
     assert (tmp_path / "run" / "backbone.pt").is_file()
     saved = load_config(tmp_path / "run" / "config.yaml")
