@@ -402,6 +402,9 @@ def evaluate(
     num_classes = _num_classes(train_entries, test_entries)
     do_finetune = cfg.eval.finetune if finetune_all is None else finetune_all
     e = cfg.eval
+    if len(train_entries) < e.batch_size:  # training batches are whole: none at all would be a silent no-op
+        raise EvalError(f"{train_manifest}: {len(train_entries)} videos, fewer than one training batch "
+                        f"(eval.batch_size={e.batch_size}); lower eval.batch_size")
     test_loader = build_test_loader(cfg, test_manifest, device=device)
     t0 = time.perf_counter()
     common = dict(num_classes=num_classes, num_test_videos=len(test_entries), cfg=cfg, device=device, seed=seed, log=log)

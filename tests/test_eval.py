@@ -299,3 +299,12 @@ def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
     stats = knn_from_manifests(bb, cfg, train_m, test_m, "cpu")
     assert stats["knn_train_size"] == 8 and stats["knn_test_size"] == 4  # partial last batches kept
     assert bb.training
+
+
+def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp_path):
+    from fastcvrl.eval import main
+
+    train_m, test_m = tiny_synthetic
+    with pytest.raises(EvalError, match=r"manifest.csv: 8 videos, fewer than one training batch \(eval.batch_size=16\)"):
+        main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(tmp_path),
+              *TINY, "--eval.batch_size=16"])
