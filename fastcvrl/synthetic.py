@@ -32,7 +32,7 @@ import numpy as np
 from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
 from fastcvrl.video import CODECS, write_video
 
-FORMAT_VERSION = 1  # bump when the rendering changes, so cached datasets are regenerated
+FORMAT_VERSION = 2  # bump when the rendering changes, so cached datasets are regenerated
 STAMP = "synthetic.json"
 
 # Motion classes, in label order; the first ``num_classes`` are used. Pairs are mirror images or time
@@ -60,6 +60,7 @@ _DIRECTIONS = {  # (dx, dy) per frame, image coordinates (y down)
     "move_up_left": (-math.sqrt(0.5), -math.sqrt(0.5)),
 }
 SHAPES = ("disc", "square", "triangle", "cross", "ellipse")
+SCENES = ("dots", "objects")  # see the dots section; "objects": textured shapes on a textured background
 SCALE_RANGE = (0.6, 1.5)  # object scale factor, log-uniform; expand/contract sweep it as a sawtooth
 
 
@@ -74,6 +75,7 @@ class SyntheticParams:
     num_frames: int = 64
     fps: float = 25.0
     gop: int = 16
+    scene: str = "dots"
     version: int = FORMAT_VERSION
 
     def check(self) -> None:
@@ -85,6 +87,8 @@ class SyntheticParams:
             raise ValueError(f"unknown codec {self.codec!r}; choose one of {sorted(CODECS)}")
         if self.size < 16 or self.size % 2:
             raise ValueError(f"size must be an even number >= 16, got {self.size}")
+        if self.scene not in SCENES:
+            raise ValueError(f"unknown scene {self.scene!r}; choose one of {list(SCENES)}")
         if self.num_frames < 1 or self.gop < 1 or self.fps <= 0:
             raise ValueError("num_frames, gop and fps must be positive")
 
@@ -230,13 +234,148 @@ def _paint(frame: np.ndarray, obj: _Object) -> None:
     pixels[index] = patch
 
 
+# ------------------------------------------------------------------------------------- the dots scene
+# A random-dot kinematogram (the psychophysics stimulus for motion perception): short-lived dots on a plain
+# background, all following the class's flow field. Every dot lives DOT_LIFETIME frames, then is reborn at a
+# random place, so two clips of one video a few frames apart share no dot: what they share is the motion
+# (direction, speed, centre). Appearance (dot colours and sizes, drawn per dot) is the same for every video.
+DOT_DENSITY = 1 / 100  # visible dots per pixel, on average
+DOT_RADIUS = (1.6, 2.8)  # pixels at 112 pixels
+DOT_LIFETIME = (8, 24)  # frames, uniform per dot
+DOT_BACKGROUND = 40.0  # grey level of the background
+# The second of each mirror pair is rendered as the first played backwards: the pair then differs in the
+# direction of time only, and every single frame has exactly the same law in both classes.
+_REVERSED = {"move_left": "move_right", "move_up": "move_down", "rotate_ccw": "rotate_cw", "contract": "expand",
+             "move_up_left": "move_down_right"}
+
+
+@dataclass
+class _Dots:
+    """Dot centres ``x``, ``y`` ``(N, T)`` float32 pixels, radii ``(N,)``, colours ``(N, 3)``; ``torus``: the
+    frame wraps around (translations), else dots outside it are not drawn."""
+
+    x: np.ndarray
+    y: np.ndarray
+    radius: np.ndarray
+    colors: np.ndarray
+    torus: bool
+
+
+def _draw_dots(params: SyntheticParams, motion: str, rng: np.random.Generator) -> _Dots:
+    """The random draws of one dots video moving as ``motion`` says (never a reversed class)."""
+    size, t_len = params.size, params.num_frames
+    px = size / 112.0
+    t = np.arange(t_len, dtype=np.float64)[None, :]  # (1, T)
+    centre = rng.uniform(0.25 * size, 0.75 * size, 2)
+    if motion in _DIRECTIONS:
+        speed = rng.uniform(1.0, 2.5) * px  # pixels per frame
+    elif motion == "rotate_cw":
+        omega = math.radians(rng.uniform(2.0, 4.0))  # per frame; y is down, so +angle turns clockwise
+    elif motion == "expand":
+        rate = rng.uniform(0.02, 0.04)  # log-scale per frame
+    elif motion.startswith("oscillate"):
+        amp, period, phase = rng.uniform(6, 14) * px, rng.uniform(12, 28), rng.uniform(0, 2 * math.pi)
+    # how many dot slots: visible density DOT_DENSITY wherever the frame is
+    reach = float(np.max(np.hypot(np.array([0, size]) - centre[0], np.array([[0], [size]]) - centre[1])))
+    reach += DOT_RADIUS[1] * px
+    n = DOT_DENSITY * size * size
+    if motion == "rotate_cw":  # born uniformly in the disc around the centre that covers the frame
+        n = DOT_DENSITY * math.pi * reach * reach
+    elif motion == "expand":  # born in the frame; density falls as exp(-2 rate age) while they live
+        life = sum(DOT_LIFETIME) / 2
+        n /= (1 - math.exp(-2 * rate * life)) / (2 * rate * life)
+    n = max(1, int(round(n)))
+    life = rng.uniform(*DOT_LIFETIME, (n, 1))  # (N, 1)
+    start = rng.uniform(0, 1, (n, 1)) * life
+    generation = np.floor((t + start) / life)  # (N, T)
+    age = t + start - generation * life
+    gens = int(generation.max()) + 1
+    if motion == "rotate_cw":
+        rho = reach * np.sqrt(rng.uniform(0, 1, (n, gens)))
+        theta = rng.uniform(0, 2 * math.pi, (n, gens))
+        bx, by = centre[0] + rho * np.cos(theta), centre[1] + rho * np.sin(theta)
+    else:
+        bx, by = rng.uniform(0, size, (2, n, gens))
+    g = generation.astype(np.int64)
+    bx, by = np.take_along_axis(bx, g, 1), np.take_along_axis(by, g, 1)  # (N, T) birth places
+    torus = True
+    if motion in _DIRECTIONS:
+        dx, dy = _DIRECTIONS[motion]
+        x, y = bx + speed * dx * age, by + speed * dy * age
+    elif motion == "rotate_cw":
+        c, s = np.cos(omega * age), np.sin(omega * age)
+        ux, uy = bx - centre[0], by - centre[1]
+        x, y, torus = centre[0] + c * ux - s * uy, centre[1] + s * ux + c * uy, False
+    elif motion == "expand":
+        grow = np.exp(rate * age)
+        x, y, torus = centre[0] + grow * (bx - centre[0]), centre[1] + grow * (by - centre[1]), False
+    else:  # oscillate: a common sinusoidal displacement since birth
+        wave = amp * (np.sin(2 * math.pi * t / period + phase) - np.sin(2 * math.pi * (t - age) / period + phase))
+        x, y = (bx + wave, by) if motion == "oscillate_horizontal" else (bx, by + wave)
+    if torus:
+        x, y = np.mod(x, size), np.mod(y, size)
+    radius = rng.uniform(*DOT_RADIUS, n) * px
+    colors = rng.uniform(80, 255, (n, 3))
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return _Dots(f32(x), f32(y), f32(radius), f32(colors), torus)
+
+
+def _paint_dots_reference(frame: np.ndarray, dots: _Dots) -> None:
+    """Slow, obvious: every dot shaded over every pixel of every frame, in dot order."""
+    size = frame.shape[1]
+    coords = np.arange(size, dtype=np.float32) + np.float32(0.5)
+    half, full = np.float32(size / 2), np.float32(size)
+    for i in range(len(dots.radius)):
+        ox = coords[None, None, :] - dots.x[i][:, None, None]  # (T, 1, W)
+        oy = coords[None, :, None] - dots.y[i][:, None, None]  # (T, H, 1)
+        if dots.torus:
+            ox, oy = np.mod(ox + half, full) - half, np.mod(oy + half, full) - half
+        alpha = np.clip(dots.radius[i] + np.float32(0.5) - np.sqrt(ox * ox + oy * oy), 0, 1)[..., None]
+        frame += alpha * (dots.colors[i] - frame)
+
+
+def _paint_dots(frame: np.ndarray, dots: _Dots) -> None:
+    """Fast: each dot shaded in a small window around it (wrapping on the torus, masked off the frame
+    otherwise); pixels outside the window have alpha 0 in the reference too."""
+    t_len, size = frame.shape[:2]
+    pixels = frame.reshape(-1, 3)
+    base = (np.arange(t_len) * size * size)[:, None, None]  # (T, 1, 1)
+    for i in range(len(dots.radius)):
+        x, y, r = dots.x[i], dots.y[i], float(dots.radius[i])
+        b = min(size, 2 * math.ceil(r + 1.5) + 1)
+        j = np.arange(b)
+        x0 = np.floor(x).astype(np.int64) - b // 2  # (T,)
+        y0 = np.floor(y).astype(np.int64) - b // 2
+        cx, cy = x0[:, None] + j, y0[:, None] + j  # (T, b) unwrapped pixel columns / rows
+        ox = (cx.astype(np.float32) + np.float32(0.5) - x[:, None])[:, None, :]  # (T, 1, b)
+        oy = (cy.astype(np.float32) + np.float32(0.5) - y[:, None])[:, :, None]  # (T, b, 1)
+        alpha = np.clip(dots.radius[i] + np.float32(0.5) - np.sqrt(ox * ox + oy * oy), 0, 1)  # (T, b, b)
+        if not dots.torus:
+            inside = ((cy >= 0) & (cy < size))[:, :, None] & ((cx >= 0) & (cx < size))[:, None, :]
+            if not inside.any():
+                continue
+            alpha = alpha * inside
+        index = base + (np.mod(cy, size) * size)[:, :, None] + np.mod(cx, size)[:, None, :]  # (T, b, b)
+        patch = np.take(pixels, index, axis=0)
+        patch += alpha[..., None] * (dots.colors[i] - patch)
+        pixels[index] = patch
+
+
 def _render(params: SyntheticParams, label: int, rng: np.random.Generator, reference: bool = False) -> np.ndarray:
     """One video of class ``label``: ``(T, H, W, 3)`` uint8."""
-    background, objects = _draw_scene(params, label, rng)
-    frame = np.broadcast_to(background, (params.num_frames, *background.shape)).copy()  # (T, H, W, 3) float32
-    for obj in objects:
-        (_paint_reference if reference else _paint)(frame, obj)
-    frame += np.float32(0.5)  # round to nearest below
+    if params.scene == "dots":
+        motion = MOTIONS[label]
+        dots = _draw_dots(params, _REVERSED.get(motion, motion), rng)
+        frame = np.full((params.num_frames, params.size, params.size, 3), DOT_BACKGROUND, np.float32)
+        (_paint_dots_reference if reference else _paint_dots)(frame, dots)
+        if motion in _REVERSED:
+            frame = frame[::-1]
+    else:
+        background, objects = _draw_scene(params, label, rng)
+        frame = np.broadcast_to(background, (params.num_frames, *background.shape)).copy()  # (T, H, W, 3) float32
+        for obj in objects:
+            (_paint_reference if reference else _paint)(frame, obj)
+    frame = frame + np.float32(0.5)  # round to nearest below
     return np.clip(frame, 0, 255, out=frame).astype(np.uint8)
 
 
@@ -310,6 +449,7 @@ def ensure_synthetic(
     test_videos_per_class: int | None = None,
     fps: float = 25.0,
     gop: int = 16,
+    scene: str = "dots",
     workers: int | None = None,
     verbose: bool = False,
 ) -> tuple[str, str]:
@@ -323,7 +463,7 @@ def ensure_synthetic(
     if test_videos_per_class is None:
         test_videos_per_class = max(1, videos_per_class // 3)
     params = SyntheticParams(
-        num_classes, videos_per_class, test_videos_per_class, seed, codec, size, num_frames, float(fps), gop
+        num_classes, videos_per_class, test_videos_per_class, seed, codec, size, num_frames, float(fps), gop, scene
     )
     params.check()
     root = Path(os.path.expanduser(os.fspath(root))).absolute()
@@ -372,12 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--gop", type=int, default=16, help="keyframe interval in frames")
+    ap.add_argument("--scene", default="dots", choices=list(SCENES),
+                    help="dots: a random-dot kinematogram (default); objects: textured shapes on a textured background")
     ap.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPU count)")
     a = ap.parse_args(argv)
     try:
         train, test = ensure_synthetic(
             a.out, a.classes, a.videos_per_class, a.seed, a.codec, a.size, a.frames,
-            a.test_videos_per_class, a.fps, a.gop, a.workers, verbose=True,
+            a.test_videos_per_class, a.fps, a.gop, a.scene, a.workers, verbose=True,
         )
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ import pytest
 
 from fastcvrl import synthetic
 from fastcvrl.manifest import read_classes, read_manifest
-from fastcvrl.synthetic import MOTIONS, SyntheticParams, ensure_synthetic, render_video
+from fastcvrl.synthetic import MOTIONS, SCENES, SyntheticParams, ensure_synthetic, render_video
 from fastcvrl.video import keyframe_indices, read_video
 
 TINY = dict(num_classes=3, videos_per_class=2, test_videos_per_class=1, size=32, num_frames=12, gop=4, workers=1)
@@ -91,10 +91,12 @@ def test_bad_parameters_are_named():
         ensure_synthetic("/nonexistent/x", codec="xvid")
 
 
-def test_windowed_painting_matches_the_full_frame_reference():
-    """The fast path shades a window around each object (with wrap-around); the reference shades every pixel."""
+@pytest.mark.parametrize("scene", SCENES)
+def test_windowed_painting_matches_the_full_frame_reference(scene):
+    """The fast path shades a window around each object or dot (with wrap-around on the torus, masked off the
+    frame otherwise); the reference shades every pixel."""
     for size in (112, 24):
-        params = SyntheticParams(num_classes=len(MOTIONS), size=size, num_frames=20)
+        params = SyntheticParams(num_classes=len(MOTIONS), size=size, num_frames=20, scene=scene)
         for label in range(len(MOTIONS)):
             for index in range(2):
                 fast = render_video(params, "train", label, index).astype(int)
@@ -133,11 +135,12 @@ def _shift(video: np.ndarray, t: int = 4, gap: int = 4, radius: int = 4) -> tupl
     return min(errs, key=errs.get)
 
 
-def test_single_frames_do_not_reveal_the_class():
+@pytest.mark.parametrize("scene", SCENES)
+def test_single_frames_do_not_reveal_the_class(scene):
     """A classifier on single-frame features is at chance on all 8 default classes (by construction the law
     of every frame is the same for every class), while the frame-to-frame shift alone tells the four
     translation directions apart."""
-    params = SyntheticParams(size=48, num_frames=16)
+    params = SyntheticParams(size=48, num_frames=16, scene=scene)
     rng = np.random.default_rng(0)
     x, y, shift_ok = {"train": [], "test": []}, {"train": [], "test": []}, []
     for split, n in (("train", 24), ("test", 12)):
@@ -155,9 +158,10 @@ def test_single_frames_do_not_reveal_the_class():
     assert np.mean(shift_ok) > 0.9
 
 
-def test_mirror_classes_are_time_reversals():
+@pytest.mark.parametrize("scene", SCENES)
+def test_mirror_classes_are_time_reversals(scene):
     """move_right reversed in time moves left and vice versa: the pair differs in the direction of time only."""
-    params = SyntheticParams(size=48, num_frames=16)
+    params = SyntheticParams(size=48, num_frames=16, scene=scene)
     for i in range(6):
         right = render_video(params, "test", MOTIONS.index("move_right"), i)
         left = render_video(params, "test", MOTIONS.index("move_left"), i)
