@@ -1,11 +1,21 @@
 """A generated motion dataset for the built-in default, demos and tests: ``python -m fastcvrl.synthetic --out DIR``.
 
 K classes that differ only by motion (translation direction, rotation sense, expansion vs contraction,
-oscillation axis, ...). Everything else is drawn at random per video, from the same distribution for every
-class: background texture, number of objects, their shapes, stripe/checker textures, colours, sizes, start
-positions, orientations and speeds. Objects wrap around the frame edges (the frame is a torus) and every
-phase (position, angle, scale) is uniform, so the distribution of any single frame is the same for every
-class: a single frame says nothing about the class, and classifying needs motion.
+oscillation axis, ...), in one of two scenes; the distribution of any single frame is the same for every
+class, so a single frame says nothing about the class and classifying needs motion.
+
+- ``dots`` (the default): a random-dot kinematogram. Short-lived coloured dots on a plain background follow
+  the class's flow field with a speed (and centre) drawn per video; each dot is reborn at a random place when
+  its lifetime ends, so two clips of a video share their motion and nothing else. This is the scene on which
+  CVRL's objective has to learn motion: its positive pairs agree on motion only.
+- ``objects``: one or two textured shapes on a smooth random background, with shapes, textures, colours,
+  sizes, positions, orientations and speeds drawn per video. Objects wrap around the frame edges (a torus)
+  and every phase is uniform. Here the two clips of a video also share the video's whole appearance, the
+  easier cue: contrastive pretraining learns to tell videos apart by appearance, which says nothing about the
+  class (see the README's learning check).
+
+The second class of each mirror pair (left, up, anticlockwise, contract) is rendered in the dots scene as
+the first played backwards, so the pair differs in the direction of time only.
 
 Layout under ``root``: ``synthetic.json`` (the parameters; the commit mark), ``train/`` and ``test/``, each
 with ``manifest.csv`` (``fastcvrl.manifest`` header), ``classes.txt`` and ``videos/<class>/<n>.<ext>``.
