@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", default="", help="manifest.csv; default: the built-in synthetic dataset")
     p.add_argument("--synthetic-dir", default=DEFAULT_SYNTHETIC,
                    help="where the synthetic set lives (the trainer's default; --quick uses a -quick sibling)")
+    p.add_argument("--scene", default="dots", choices=["dots", "objects"],
+                   help="synthetic scene (data.synthetic_scene; the trainer's default: dots)")
     p.add_argument("--loaders", default="baseline,dali", help="comma-separated subset of baseline,dali")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--frames", type=int, default=16, help="T, frames per clip")
@@ -98,12 +100,14 @@ def dataset(args: argparse.Namespace) -> str:
         return args.manifest
     from fastcvrl.synthetic import ensure_synthetic
 
-    kw = {}
+    kw = {"scene": args.scene}
     root = os.path.expanduser(args.synthetic_dir)
+    if args.scene != "dots" and args.synthetic_dir == DEFAULT_SYNTHETIC:  # leave the trainer's default set alone
+        root = os.path.expanduser(f"{DEFAULT_SYNTHETIC}-{args.scene}")
     if args.quick:
         if args.synthetic_dir == DEFAULT_SYNTHETIC:  # never regenerate the trainer's cached default set
             root = os.path.expanduser(DEFAULT_SYNTHETIC + "-quick")
-        kw = dict(num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
+        kw = dict(scene=args.scene, num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
                   num_frames=args.video_frames, test_videos_per_class=0)
     train, _ = ensure_synthetic(root, **kw)
     return train
