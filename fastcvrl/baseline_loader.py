@@ -210,9 +210,13 @@ class BaselineLoader:
         return order[: len(self) * self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``start`` on (the same ones ``iter()`` yields there)."""
         self.dataset.epoch = self.epoch  # forked workers copy it
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self._indices(), num_workers=self.num_workers,
+            self.dataset, batch_size=self.batch_size, sampler=self._indices()[start * self.batch_size:], num_workers=self.num_workers,
             collate_fn=collate_views, pin_memory=self.device.type == "cuda", drop_last=True,
         )
         for v1, v2, label, decoded in loader:

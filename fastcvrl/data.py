@@ -96,10 +96,17 @@ class DaliLoader:
         self.source.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple]:
-        if self._pipe is None or self._dirty:
-            self._restart(0)
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple]:
+        """The epoch's batches from batch ``start`` on: the same ones ``iter()`` yields there (samples are a
+        function of seed, epoch and video), without reading or decoding the ``start`` batches before it."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch {start} is outside the epoch's 0..{len(self)}")
+        if start or self._pipe is None or self._dirty:
+            self._restart(start)
         self._dirty = True
-        step = 0
+        step = start
         while step < len(self):
             outs = self._run(step)
             meta = np.asarray(outs[-1].as_tensor())  # (B, 5) int64

@@ -44,8 +44,12 @@ class RandomClipLoader:
         return torch.randn(3, self.num_frames, self.crop_size, self.crop_size, generator=g)  # (3, T, H, W)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``start`` on (the same ones ``iter()`` yields there)."""
         order = torch.randperm(self.num_videos, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             ids = order[b * self.global_batch:(b + 1) * self.global_batch][self.rank::self.world_size]
             v1, v2 = [], []
             for i in ids.tolist():

@@ -347,9 +347,7 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
     if pos.step >= end:
         progress.write(f"nothing to do: the run in {run_dir} is at step {pos.step} of {end}")
     loader.set_epoch(pos.epoch)
-    batches = iter(loader)
-    for _ in range(pos.batch):  # resume mid-epoch: the loader is deterministic per epoch, skip what was seen
-        next(batches)
+    batches = loader.iter_from(pos.batch)  # resume mid-epoch: batches are a function of (seed, epoch, index)
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
     try:
         while pos.step < end:

@@ -91,6 +91,11 @@ def test_epochs_are_deterministic_and_differ(index_manifest):
     a, b, c = epoch(1), epoch(1), epoch(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
+    # resuming mid-epoch: iter_from(k) gives batches k.. of the epoch
+    loader = build_baseline_loader(_cfg(), manifest, device=CPU, num_workers=0, seed=3)
+    loader.set_epoch(1)
+    rest = [t for batch in loader.iter_from(1) for t in batch]
+    assert len(rest) == len(a) - 3 and all(torch.equal(x, y) for x, y in zip(a[3:], rest))
 
 
 def test_static_video_stays_static_and_views_differ(tmp_path):

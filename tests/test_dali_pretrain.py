@@ -356,3 +356,32 @@ def test_one_read_per_video_per_epoch_and_a_bounded_index_cache(manifest, monkey
             src(step)
         assert sorted(reads) == sorted(e.path for e in entries)  # each video read exactly once this epoch
     assert len(src._index) == 3
+
+
+def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_path):
+    """Resuming mid-epoch: ``iter_from(k)`` gives exactly batches k.. of ``iter()`` for that epoch, and decodes
+    none of the frames of the batches before k."""
+    manifest = make_index_videos(tmp_path, [40, 33, 50, 64, 45, 38], codec="vp9", gop=8)
+    cfg = small_config()
+    cfg.train.batch_size = 2
+    loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=5)
+    assert len(loader) == 3
+    loader.set_epoch(2)
+    full = _epoch(loader)
+    decoded_full = loader.frames_decoded
+    loader.set_epoch(2)
+    rest = []
+    for v1, v2, label in loader.iter_from(1):
+        rest.append((v1, v2, label, loader.last_meta.copy()))
+    assert len(rest) == 2
+    for a, b in zip(full[1:], rest):
+        # same videos, frames decoded and clip starts (bytes read differ: the files are indexed by now)
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3])) and (a[3][:, :4] == b[3][:, :4]).all()
+    # only batches 1 and 2 were decoded the second time
+    assert loader.frames_decoded - decoded_full == sum(int(m[3][:, 1].sum()) for m in full[1:])
+    assert list(loader.iter_from(3)) == []  # at the end of the epoch: nothing left
+    with pytest.raises(ValueError, match="outside"):
+        next(loader.iter_from(4))
+    loader.set_epoch(2)
+    again = _epoch(loader)  # a plain iter() afterwards is the whole epoch again
+    assert len(again) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(full, again))

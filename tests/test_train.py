@@ -86,17 +86,17 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, reference_run):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from fastcvrl.random_clips import RandomClipLoader
 
-    real_iter = RandomClipLoader.__iter__
+    real_iter = RandomClipLoader.iter_from  # iter() goes through it too
     seen = {"n": 0}
 
-    def poisoned(self):
-        for v1, v2, y in real_iter(self):
+    def poisoned(self, start):
+        for v1, v2, y in real_iter(self, start):
             seen["n"] += 1
             if seen["n"] >= 6:  # from step 6 on the input is NaN
                 v1 = torch.full_like(v1, float("nan"))
             yield v1, v2, y
 
-    monkeypatch.setattr(RandomClipLoader, "__iter__", poisoned)
+    monkeypatch.setattr(RandomClipLoader, "iter_from", poisoned)
     with pytest.raises(train.NonFiniteLoss, match="between step 5 and step 6"):
         train.main(_args(tmp_path, "--train.log_every=3"))
     state, path = ckpt.load_latest(tmp_path)
