@@ -260,44 +260,71 @@ def _result(fut: Future, src: str, crashed: Probe | None = None) -> Probe:
         return Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
 
 
+def _kill_workers(ex: ProcessPoolExecutor) -> None:
+    for p in list(getattr(ex, "_processes", {}).values()):
+        p.kill()
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
 def _run_pool(
     jobs: list[Job],
     workers: int,
     on_result: Callable[[str, Probe], None],
+    timeout: float | None = None,
 ) -> None:
     """Run ``_work`` over ``jobs`` in ``workers`` processes, keeping a bounded number in flight. A worker that
     dies (a decoder crash) breaks the pool: the files then in flight are retried one by one, each alone in a
-    fresh process, and the one that kills its process again is rejected."""
+    fresh process, and the one that kills its process again is rejected. A file still running ``timeout``
+    seconds after its worker took it (a hung decoder) is rejected as ``timeout``: the pool's processes are
+    killed and the other files in flight start again in a fresh pool."""
     ctx = get_context("fork" if sys.platform == "linux" else "spawn")
     pending = list(reversed(jobs))
     suspects: list[Job] = []
     while pending or suspects:
         if suspects:
             job = suspects.pop()
-            with ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init) as ex:
-                fut = ex.submit(_work, job)
-                wait([fut])
-                on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
+            ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+            fut = ex.submit(_work, job)
+            wait([fut], timeout=timeout)
+            if not fut.done():
+                _kill_workers(ex)
+                on_result(job[0], Probe(job[0], reason="timeout", detail=f"no result after {timeout:g} s"))
+                continue
+            on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
+            ex.shutdown(wait=True)
             continue
         ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-        inflight: dict[Future, tuple] = {}
+        inflight: dict[Future, tuple] = {}  # in submission order, which is the order the workers take them
+        started: dict[Future, float] = {}
         try:
             while pending or inflight:
                 while pending and len(inflight) < 4 * workers:
                     job = pending.pop()
                     inflight[ex.submit(_work, job)] = job
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                now = time.monotonic()
+                for fut in list(inflight)[:workers]:  # the oldest unfinished ones are the ones running
+                    started.setdefault(fut, now)
+                wait_s = None if not timeout else max(0.0, min(started.values()) + timeout - now)
+                done, _ = wait(inflight, timeout=wait_s, return_when=FIRST_COMPLETED)
                 for fut in done:
                     probe = _result(fut, inflight[fut][0])  # raises BrokenProcessPool with fut still in flight
                     on_result(inflight.pop(fut)[0], probe)
+                    started.pop(fut, None)
+                now = time.monotonic()
+                late = [f for f, t0 in started.items() if timeout and now - t0 >= timeout and not f.done()]
+                if late:
+                    _kill_workers(ex)
+                    for fut in late:
+                        path = inflight.pop(fut)[0]
+                        on_result(path, Probe(path, reason="timeout", detail=f"no result after {timeout:g} s"))
+                    pending.extend(reversed(list(inflight.values())))  # the others start again, in order
+                    break
         except BrokenProcessPool:
             suspects.extend(inflight.values())
             ex.shutdown(wait=False, cancel_futures=True)
             continue
         except BaseException:  # Ctrl-C: stop the workers now, do not wait for their files
-            for p in list(getattr(ex, "_processes", {}).values()):
-                p.terminate()
-            ex.shutdown(wait=False, cancel_futures=True)
+            _kill_workers(ex)
             raise
         ex.shutdown(wait=True)
 
@@ -325,6 +352,7 @@ def prepare(
     min_frames: int = 1,
     workers: int | None = None,
     stop_after: int | None = None,
+    timeout: float | None = 1800.0,
     quiet: bool = False,
     log: Callable[[str], None] = print,
 ) -> Summary:
@@ -343,6 +371,8 @@ def prepare(
             raise PrepareError(f"--short-side must be >= 0 and --gop >= 1, got {transcode.short_side} and {transcode.gop}")
     if min_frames < 1:
         raise PrepareError(f"--min-frames must be >= 1, got {min_frames}")
+    if timeout is not None and not timeout >= 0:
+        raise PrepareError(f"--timeout must be >= 0 seconds (0 = no limit), got {timeout}")
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise PrepareError(f"--workers must be >= 1, got {workers}")
@@ -391,7 +421,7 @@ def prepare(
     bar = tqdm(total=len(todo), unit="video", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True)
 
     def on_result(path: str, probe: Probe) -> None:
-        if probe.reason != "failed":  # a failure may be ours (disk full...): retried by the next run
+        if probe.reason not in ("failed", "timeout"):  # may be ours (disk full, load): retried by the next run
             journal.add(path, probe)
         results[path] = probe
         summary.processed += 1
@@ -402,7 +432,7 @@ def prepare(
 
     try:
         if jobs:
-            _run_pool(jobs, workers, on_result)
+            _run_pool(jobs, workers, on_result, timeout or None)
     except KeyboardInterrupt:
         bar.close()
         journal.close()
@@ -484,13 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", type=int, default=None, help="transcode: CRF (h264, vp9) or qscale (mjpeg)")
     ap.add_argument("--min-frames", type=int, default=1, help="reject videos with fewer decoded frames")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    ap.add_argument("--timeout", type=float, default=1800.0,
+                    help="seconds one file may take (probe or transcode) before it is rejected as hung (0 = no limit)")
     ap.add_argument("--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     opts = Transcode(a.transcode, a.short_side, a.gop, a.quality) if a.transcode else None
     try:
         summary = prepare(a.src, a.out, a.format, a.videos, a.subset, a.split_id, a.classes, opts, a.min_frames,
-                          a.workers, a.stop_after, a.quiet)
+                          a.workers, a.stop_after, timeout=a.timeout, quiet=a.quiet)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ import av
 
 TRUNCATION_TOLERANCE = 0.05  # fraction of the declared frames that may be missing (edit lists, B-frame delay)
 TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
-REASONS = ("missing", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short")
+REASONS = ("missing", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short", "timeout")
 
 
 @dataclass(frozen=True)

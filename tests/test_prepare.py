@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -236,6 +237,32 @@ def test_a_crashing_decoder_rejects_only_its_file(collection, tmp_path, monkeypa
     s = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
     reasons = {Path(r["path"]).name: r["reason"] for r in _rows(tmp_path / "out" / "rejected.csv")}
     assert reasons["b.avi"] == "unreadable" and s.usable == 3
+
+
+def _hang_on_b(job):
+    if job[0].endswith("b.avi"):
+        time.sleep(3600)  # what a decoder stuck in a loop looks like to the pool
+    return _real_work(job)
+
+
+def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(collection, tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "_work", _hang_on_b)
+    s = prepare(collection, tmp_path / "out", workers=2, timeout=3, quiet=True, log=lambda *_: None)
+    rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "out" / "rejected.csv")}
+    assert rows["b.avi"]["reason"] == "timeout" and "3 s" in rows["b.avi"]["detail"]
+    assert s.complete and s.usable == 3 and s.rejected["timeout"] == 1
+    for child in multiprocessing.active_children():  # the hung worker was killed, not left sleeping
+        child.join(timeout=10)
+        assert not child.is_alive()
+    # a timeout is not recorded as done: the next run tries the file again
+    monkeypatch.setattr(prep, "_work", _real_work)
+    again = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
+    assert again.processed == 1 and again.usable == 4
+
+
+def test_bad_timeout_is_an_error():
+    with pytest.raises(PrepareError, match="--timeout"):
+        prepare(".", "/nonexistent/out", timeout=-1)
 
 
 # ------------------------------------------------------------------------------------------- transcoding
