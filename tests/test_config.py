@@ -108,3 +108,13 @@ def test_save_writes_resolved_values(tmp_path):
     assert "lr: 0.25" in text and "arch: r3d_tiny" in text
     assert load_config(out) == cfg
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves no temporary behind
+
+
+@pytest.mark.parametrize("name", ["synthetic_cpu.yaml", "synthetic_gpu.yaml"])
+def test_synthetic_defaults_fit_the_synthetic_set(name):
+    """The built-in defaults train and evaluate on the built-in set: whole batches of its training split."""
+    cfg = load_config(CONFIGS / name)
+    videos = cfg.data.synthetic_classes * cfg.data.synthetic_videos_per_class
+    assert cfg.train.batch_size <= videos and cfg.eval.batch_size <= videos
+    assert cfg.data.flip_prob == 0  # mirror-pair classes
+    assert cfg.eval.test_crops == 1  # square frames
