@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -201,11 +200,11 @@ def test_resume_after_stop_equals_one_uninterrupted_run(collection, tmp_path):
 def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     src = tmp_path / "src"
     (src / "k").mkdir(parents=True)
-    for i in range(24):
-        write_video(src / "k" / f"{i:02d}.webm", index_frames(48, 64, 64, i % 16), codec="vp9", gop=48)
+    for i in range(24):  # ~0.1 s a file to transcode: the interrupt lands mid-run even on a busy machine
+        write_video(src / "k" / f"{i:02d}.webm", index_frames(48, 160, 160, i % 16), codec="vp9", gop=48)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fastcvrl.prepare", str(src), "--out", str(out), "--transcode", "vp9",
-           "--short-side", "96", "--workers", "1", "--quiet"]
+           "--short-side", "144", "--workers", "1", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = out / JOURNAL
     deadline = time.time() + 60
@@ -218,7 +217,7 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     assert 2 <= done < 24
     assert not (out / "manifest.csv").exists()
     assert not list(out.rglob("*.tmp*"))  # no half-written transcode left
-    s = prepare(src, out, transcode=Transcode("vp9", 96, 16), workers=2, quiet=True, log=lambda *_: None)
+    s = prepare(src, out, transcode=Transcode("vp9", 144, 16), workers=2, quiet=True, log=lambda *_: None)
     assert s.complete and s.reused == done and s.processed == 24 - done
     assert [e.num_frames for e in read_manifest(out / "manifest.csv")] == [48] * 24
 
@@ -241,19 +240,32 @@ def test_a_crashing_decoder_rejects_only_its_file(collection, tmp_path, monkeypa
 
 def _hang_on_b(job):
     if job[0].endswith("b.avi"):
+        Path(os.environ["HUNG_PID_FILE"]).write_text(str(os.getpid()))
         time.sleep(3600)  # what a decoder stuck in a loop looks like to the pool
     return _real_work(job)
 
 
+def _dead(pid: int) -> bool:
+    """Exited (gone or a zombie waiting to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
 def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(collection, tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "_work", _hang_on_b)
+    monkeypatch.setenv("HUNG_PID_FILE", str(tmp_path / "hung.pid"))
     s = prepare(collection, tmp_path / "out", workers=2, timeout=3, quiet=True, log=lambda *_: None)
     rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "out" / "rejected.csv")}
     assert rows["b.avi"]["reason"] == "timeout" and "3 s" in rows["b.avi"]["detail"]
     assert s.complete and s.usable == 3 and s.rejected["timeout"] == 1
-    for child in multiprocessing.active_children():  # the hung worker was killed, not left sleeping
-        child.join(timeout=10)
-        assert not child.is_alive()
+    pid = int((tmp_path / "hung.pid").read_text())
+    deadline = time.time() + 10
+    while not _dead(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _dead(pid)  # the hung worker was killed, not left sleeping
     # a timeout is not recorded as done: the next run tries the file again
     monkeypatch.setattr(prep, "_work", _real_work)
     again = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
