@@ -205,7 +205,10 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fastcvrl.prepare", str(src), "--out", str(out), "--transcode", "vp9",
            "--short-side", "144", "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Ctrl-C as at a terminal: a child of a background job would inherit SIGINT ignored (and Python would then
+    # install no KeyboardInterrupt handler), so the child starts with the default disposition
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / JOURNAL
     deadline = time.time() + 60
     while time.time() < deadline and not (journal.is_file() and journal.read_text().count("\n") >= 2):
