@@ -3,7 +3,8 @@
     python benchmarks/learning_proof.py [--seeds 0 1 2] [--out runs/learning_proof] [--config C.yaml]
                                         [--reuse] [--section.key=value ...]
 
-On the built-in synthetic motion dataset (``fastcvrl.synthetic``: classes differ only by motion), for every
+On the built-in synthetic motion dataset (``fastcvrl.synthetic``: classes differ only by motion; the default
+``dots`` scene, or ``--data.synthetic_scene=objects`` for the scene where it fails, see the README), for every
 seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless ``--config``;
 dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
 (``fastcvrl.eval``) on the pretrained backbone and on a randomly initialised backbone of the same
