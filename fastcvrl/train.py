@@ -98,6 +98,7 @@ def check_config(cfg: Config) -> None:
         (cfg.loss.temperature > 0, "loss.temperature", "> 0"),
         (cfg.optim.name in ("lars", "sgd"), "optim.name", "lars or sgd"),
         (bool(t.out_dir), "train.out_dir", "a folder"),
+        (cfg.data.synthetic_scene in ("dots", "objects"), "data.synthetic_scene", "dots or objects"),
         (0 <= cfg.optim.warmup_epochs <= t.epochs, "optim.warmup_epochs", f"between 0 and train.epochs ({t.epochs})"),
     ]
     for ok, key, want in checks:
