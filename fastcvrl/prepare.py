@@ -266,6 +266,10 @@ def _kill_workers(ex: ProcessPoolExecutor) -> None:
     ex.shutdown(wait=False, cancel_futures=True)
 
 
+def _timed_out(path: str, timeout: float) -> Probe:
+    return Probe(path, reason="timeout", detail=f"no result after {timeout:g} s")
+
+
 def _run_pool(
     jobs: list[Job],
     workers: int,
@@ -288,7 +292,7 @@ def _run_pool(
             wait([fut], timeout=timeout)
             if not fut.done():
                 _kill_workers(ex)
-                on_result(job[0], Probe(job[0], reason="timeout", detail=f"no result after {timeout:g} s"))
+                on_result(job[0], _timed_out(job[0], timeout))
                 continue
             on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
             ex.shutdown(wait=True)
@@ -311,12 +315,12 @@ def _run_pool(
                     on_result(inflight.pop(fut)[0], probe)
                     started.pop(fut, None)
                 now = time.monotonic()
-                late = [f for f, t0 in started.items() if timeout and now - t0 >= timeout and not f.done()]
+                late = [f for f, t0 in started.items() if now - t0 >= timeout and not f.done()] if timeout else []
                 if late:
                     _kill_workers(ex)
                     for fut in late:
                         path = inflight.pop(fut)[0]
-                        on_result(path, Probe(path, reason="timeout", detail=f"no result after {timeout:g} s"))
+                        on_result(path, _timed_out(path, timeout))
                     pending.extend(reversed(list(inflight.values())))  # the others start again, in order
                     break
         except BrokenProcessPool:
