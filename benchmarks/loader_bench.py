@@ -54,6 +54,7 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
+from fastcvrl.synthetic import SCENES  # noqa: E402
 
 DEFAULT_SYNTHETIC = "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
 QUICK = dict(classes=2, videos_per_class=4, size=32, video_frames=24, crop=32, frames=4, stride=2, batch_size=2,
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", default="", help="manifest.csv; default: the built-in synthetic dataset")
     p.add_argument("--synthetic-dir", default=DEFAULT_SYNTHETIC,
                    help="where the synthetic set lives (the trainer's default; --quick uses a -quick sibling)")
-    p.add_argument("--scene", default="dots", choices=["dots", "objects"],
+    p.add_argument("--scene", default="dots", choices=list(SCENES),
                    help="synthetic scene (data.synthetic_scene; the trainer's default: dots)")
     p.add_argument("--loaders", default="baseline,dali", help="comma-separated subset of baseline,dali")
     p.add_argument("--crop", type=int, default=112)

@@ -47,6 +47,7 @@ from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range
+from fastcvrl.synthetic import SCENES, ensure_synthetic
 
 REPO_ROOT = _HERE.parent
 ARCHS = ("r3d_tiny", "r3d50", "r3d101", "r3d152")
@@ -98,7 +99,7 @@ def check_config(cfg: Config) -> None:
         (cfg.loss.temperature > 0, "loss.temperature", "> 0"),
         (cfg.optim.name in ("lars", "sgd"), "optim.name", "lars or sgd"),
         (bool(t.out_dir), "train.out_dir", "a folder"),
-        (cfg.data.synthetic_scene in ("dots", "objects"), "data.synthetic_scene", "dots or objects"),
+        (cfg.data.synthetic_scene in SCENES, "data.synthetic_scene", " or ".join(SCENES)),
         (0 <= cfg.optim.warmup_epochs <= t.epochs, "optim.warmup_epochs", f"between 0 and train.epochs ({t.epochs})"),
     ]
     for ok, key, want in checks:
@@ -135,8 +136,6 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if cfg.data.source == "random":
         return ""
     if not cfg.data.train_manifest:
-        from fastcvrl.synthetic import ensure_synthetic
-
         d = cfg.data
         dist.print0(f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
                     "(generated once, then cached)")
