@@ -138,16 +138,30 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds used so far by this process and its live descendants (Linux /proc).
 
     On a shared machine wall-clock rates swing with the other load; CPU time per unit of work swings much
-    less, so benchmarks report both. Children that exit inside a window are not counted."""
-    total = 0
-    for p in _tree(pid or os.getpid()):
+    less, so benchmarks report both. Children that exit inside a window are not counted. This process's own
+    time (all its threads, DALI's included) comes from ``time.process_time`` (sub-microsecond); the
+    descendants' from /proc, in clock ticks (10 ms)."""
+    me = os.getpid()
+    root = pid or me
+    ticks = 0
+    for p in _tree(root):
+        if p == me:
+            continue
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
         except (OSError, IndexError, ValueError):
             pass
-    return total / _TICK
+    own = time.process_time() if root == me else 0.0
+    return own + ticks / _TICK
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, or None where either is missing or den is 0 (a figure below its clock's resolution)."""
+    if num is None or not den:
+        return None
+    return num / den
 
 
 class PeakMemory:
