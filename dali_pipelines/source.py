@@ -12,7 +12,9 @@ same ``(N // world) // B`` steps on every rank, so collectives stay in step; at 
 videos (different ones each epoch) sit out an epoch. Evaluation keeps every video (a short last batch).
 
 A video that cannot be demuxed or read is reported once by a warning naming the file and replaced by the next
-readable video of the shard, so one corrupt file does not end a run.
+readable video of the shard, so one corrupt file does not end a run. The replacement's meta row says so
+(``substitute``): training keeps it (whole batches), evaluation drops it (``DaliLoader``), so an evaluation
+epoch delivers every readable video exactly once and the unreadable ones (``VideoSource.bad``) not at all.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("fastcvrl.data")
 
-# meta column: (video index, frames decoded, first start, second start, bytes read)
-META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read")
+# meta column: (video index, frames decoded, first start, second start, bytes read, 1 if it stands in for an
+# unreadable video)
+META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read", "substitute")
+SUBSTITUTE = META_FIELDS.index("substitute")
 
 
 def shard_order(num_videos: int, rank: int, world: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
@@ -110,16 +114,21 @@ class VideoSource:
             if v in self.bad:
                 continue
             try:
-                return self.sample(v)
+                sample = self.sample(v)
             except VideoReadError as e:
                 self.mark_bad(v, str(e))
+                continue
+            if k:
+                sample.columns[-1][SUBSTITUTE] = 1
+            return sample
         raise VideoReadError(self.entries[video].path, "no readable video left in this shard")
 
     def mark_bad(self, video: int, reason: str) -> None:
         if video not in self.bad:
             self.bad.add(video)
-            log.warning("skipping unreadable video %s (%s); a readable video of the shard takes its place",
-                        self.entries[video].path, reason)
+            log.warning("skipping unreadable video %s (%s); %s", self.entries[video].path, reason,
+                        "a readable video of the shard takes its place" if self.drop_last
+                        else "it is left out of this evaluation")
 
     # ------------------------------------------------------------------ per video
     def index(self, video: int) -> PacketIndex:
@@ -151,7 +160,7 @@ class VideoSource:
         return idx, trim(idx, union, self._first_read.pop(idx.path, None)), inverse.astype(np.int32)
 
     def _meta(self, video: int, tc: Any, start1: int, start2: int) -> np.ndarray:
-        return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read], np.int64)
+        return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read, 0], np.int64)
 
 
 class PretrainSource(VideoSource):

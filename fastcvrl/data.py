@@ -14,7 +14,9 @@ same-layout device-to-device copy on the GPU, never a layout change; normalising
 clip straight into a channels_last_3d batch.
 
 A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
-to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file.
+to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. Training
+batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every video)
+drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the rest).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 
 from dali_pipelines import torch_augment
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.source import META_FIELDS, LinearSource, MultiViewSource, PretrainSource, VideoSource
+from dali_pipelines.source import META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
 from fastcvrl.manifest import read_manifest
@@ -115,7 +117,13 @@ class DaliLoader:
             self.stats["clips"] += len(meta) * self.clips_per_sample
             self.stats["frames_decoded"] += int(meta[:, 1].sum())
             self.stats["bytes_read"] += int(meta[:, 4].sum())
-            yield self._convert(outs[:-1], meta)
+            batch = self._convert(outs[:-1], meta)
+            stand_in = meta[:, SUBSTITUTE].astype(bool)
+            if not self.source.drop_last and stand_in.any():  # evaluation: each video once, the unreadable never
+                batch = keep_rows(batch, ~stand_in)
+                self.last_meta = meta[~stand_in]
+            if batch is not None:
+                yield batch
             step += 1
         try:  # drain: the source ended the epoch, DALI signals it on the next run
             self._pipe.run()
@@ -157,6 +165,21 @@ class DaliLoader:
                 except (av.FFmpegError, ValueError):
                     return int(s.columns[-1][0])
         return None
+
+
+def keep_rows(batch: tuple, keep: np.ndarray) -> tuple | None:
+    """``batch`` with only the samples ``keep`` (B,) marks; None if none is left. Each tensor's rows are per
+    sample (B) or per view, the views of a sample contiguous (B*V)."""
+    if not keep.any():
+        return None
+    mask = torch.from_numpy(keep)
+    out = []
+    for t in batch:
+        if t.shape[0] % len(keep):
+            raise ValueError(f"a batch tensor of {t.shape[0]} rows for {len(keep)} samples")
+        m = mask.repeat_interleave(t.shape[0] // len(keep)).to(t.device)
+        out.append(t[m])
+    return tuple(out)
 
 
 def _first_line(e: BaseException) -> str:
@@ -351,4 +374,4 @@ def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str 
 
 
 __all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",
-           "build_test_loader", "resolve_augment", "resolve_data_device", "to_torch", "torch_views"]
+           "build_test_loader", "keep_rows", "resolve_augment", "resolve_data_device", "to_torch", "torch_views"]

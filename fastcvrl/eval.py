@@ -21,6 +21,10 @@ CKPT is a trainer checkpoint (``<run>/checkpoints/ckpt_*.pt``) or the exported b
 taken from the checkpoint's config, else from ``config.yaml`` in its run folder, else from ``--config``.
 ``--random-init`` evaluates a randomly initialised backbone instead (the baseline of the learning proof).
 Results: printed, written to ``OUT/eval.json`` and to TensorBoard in ``OUT`` (``eval/top1``, ``eval/top5``).
+
+A test video that cannot be read or decoded is named in a warning and left out: accuracy is over the readable
+test videos (``num_scored_videos``), and ``unreadable_test_videos`` lists the files. An unreadable training
+video is replaced by another one of the set (also named), as in pretraining.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +52,7 @@ __all__ = [
     "Classifier",
     "load_backbone",
     "predict_videos",
+    "unreadable",
     "ClipFeatures",
     "clip_features",
     "video_scores",
@@ -168,6 +173,7 @@ def predict_videos(
     model: nn.Module, test_loader: Iterable, num_videos: int, num_classes: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video softmax scores averaged over all views, and per-video labels.
+    Videos the loader found unreadable have NaN scores and label -1.
 
     ``test_loader`` yields ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))`` with the V views of each video
     contiguous (``build_test_loader``); views are grouped by ``video_index``, so a video's views may also be
@@ -190,12 +196,19 @@ def predict_videos(
             labels[video_index.cpu().long()] = label.cpu().long()
     finally:
         model.train(was_training)
-    return scores.mean(), labels
+    return scores.mean(excused=unreadable(test_loader)), labels
 
 
-def _result(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    acc = topk_accuracy(scores, labels, (1, 5))
-    return {"top1": acc[1], "top5": acc[5]}
+def unreadable(loader: Any) -> frozenset[int]:
+    """Manifest rows the loader found unreadable so far (``VideoSource.bad``; none for other iterables)."""
+    return frozenset(getattr(getattr(loader, "source", None), "bad", ()))
+
+
+def _result(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Top-1/top-5 over the videos that were scored (label -1: a video left out as unreadable)."""
+    scored = labels >= 0
+    acc = topk_accuracy(scores[scored], labels[scored], (1, 5))
+    return {"top1": acc[1], "top5": acc[5], "num_scored_videos": int(scored.sum())}
 
 
 # ------------------------------------------------------------------------------------------- linear probe
@@ -204,12 +217,14 @@ class ClipFeatures:
     """Features of every clip a loader yielded, for one or more backbones (the clips decoded once).
 
     ``feats[i]`` (M, D_i) L2-normalised, float32, CPU; ``labels`` (M,) per clip; ``video`` (M,) the video each
-    clip (view) belongs to, or None for one-clip-per-video loaders.
+    clip (view) belongs to, or None for one-clip-per-video loaders; ``unreadable``: the videos the loader left
+    out as unreadable.
     """
 
     feats: list[torch.Tensor]
     labels: torch.Tensor
     video: torch.Tensor | None
+    unreadable: frozenset[int] = frozenset()
 
 
 @torch.no_grad()
@@ -241,18 +256,21 @@ def clip_features(backbones: Sequence[nn.Module], loader: Iterable, device: torc
     finally:
         for b, m in zip(backbones, modes):
             b.train(m)
+    bad = unreadable(loader)
     if not labels:
-        raise ValueError("the loader yielded no batches")
-    return ClipFeatures([torch.cat(f) for f in feats], torch.cat(labels), torch.cat(videos) if videos else None)
+        raise ValueError("the loader yielded no batches" + (f" (all {len(bad)} videos unreadable)" if bad else ""))
+    return ClipFeatures([torch.cat(f) for f in feats], torch.cat(labels), torch.cat(videos) if videos else None, bad)
 
 
-def video_scores(head: nn.Linear, feats: torch.Tensor, video: torch.Tensor, num_videos: int) -> torch.Tensor:
-    """Per-video mean of the softmax scores of all its views: (M, D) view features -> (num_videos, C)."""
+def video_scores(head: nn.Linear, feats: torch.Tensor, video: torch.Tensor, num_videos: int,
+                 excused: Collection[int] = ()) -> torch.Tensor:
+    """Per-video mean of the softmax scores of all its views: (M, D) view features -> (num_videos, C); NaN rows
+    for the ``excused`` videos that have no view (unreadable)."""
     with torch.no_grad():
         probs = head(F.normalize(feats.to(head.weight.device), dim=1)).softmax(dim=1).cpu()  # (M, C)
     acc = ViewAverager(num_videos, probs.shape[1])
     acc.add(probs, video)
-    return acc.mean()
+    return acc.mean(excused)
 
 
 def video_labels(labels: torch.Tensor, video: torch.Tensor, num_videos: int) -> torch.Tensor:
@@ -284,7 +302,7 @@ def probe_features(
         train_acc = topk_accuracy(head(F.normalize(feats[-1], dim=1)), labels[-1], (1,))[1]
     if test.video is None:
         raise ValueError("the test loader must yield (clips, label, video_index)")
-    scores = video_scores(head, test.feats[test_index], test.video, num_test_videos)
+    scores = video_scores(head, test.feats[test_index], test.video, num_test_videos, test.unreadable)
     out: dict[str, Any] = _result(scores, video_labels(test.labels, test.video, num_test_videos))
     out["train_top1"] = train_acc
     return out, head
@@ -426,6 +444,8 @@ def evaluate(
 
         result = linear_probe(backbone, pass_loaders(), test_loader, **common)
     result.update(
+        unreadable_test_videos=[test_entries[v].path for v in sorted(unreadable(test_loader))],
+        unreadable_train_videos=[train_entries[v].path for v in sorted(unreadable(train_loader))],
         mode="finetune" if do_finetune else "linear",
         num_classes=num_classes,
         num_train_videos=len(train_entries),
@@ -524,7 +544,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tb.add_scalar("eval/top1", result["top1"], 0)
         tb.add_scalar("eval/top5", result["top5"], 0)
     print(f"eval: {mode} top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-          f"({result['num_test_videos']} test videos x {result['views_per_video']} views, {result['seconds']}s)")
+          f"({result['num_scored_videos']} test videos x {result['views_per_video']} views, {result['seconds']}s)")
+    for split in ("test", "train"):
+        bad = result[f"unreadable_{split}_videos"]
+        if bad:
+            left = "left out of the accuracy" if split == "test" else "replaced by other training videos"
+            print(f"eval: {len(bad)} unreadable {split} video(s) {left}: {', '.join(bad[:5])}"
+                  + (" ..." if len(bad) > 5 else ""))
     print(f"eval: wrote {out / 'eval.json'}")
     return result
 

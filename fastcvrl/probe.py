@@ -13,7 +13,7 @@ learning-rate schedule; at test time the softmax scores of N temporal x 3 spatia
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +109,13 @@ class ViewAverager:
         self.sums.index_add_(0, idx, scores.to(self.sums.device, torch.float64))
         self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
 
-    def mean(self) -> torch.Tensor:
-        """(num_videos, C) float32; raises if a video received no views (a loader bug, not a zero score)."""
-        missing = (self.counts == 0).nonzero().flatten()
-        if missing.numel():
-            raise ValueError(f"{missing.numel()} video(s) received no test views, e.g. video {int(missing[0])}")
-        return (self.sums / self.counts[:, None]).float()
+    def mean(self, excused: Collection[int] = ()) -> torch.Tensor:
+        """(num_videos, C) float32. A video with no views is a loader bug, not a zero score, and raises, unless
+        it is ``excused`` (a video the loader found unreadable): its row is NaN."""
+        missing = [v for v in (self.counts == 0).nonzero().flatten().tolist() if v not in excused]
+        if missing:
+            raise ValueError(f"{len(missing)} video(s) received no test views, e.g. video {missing[0]}")
+        return (self.sums / self.counts[:, None]).float()  # 0/0: NaN rows for the excused
 
 
 def average_views(scores: torch.Tensor, view_video: torch.Tensor, num_videos: int) -> torch.Tensor:

@@ -27,6 +27,22 @@ def make_index_videos(folder: Path, lengths: list[int], *, codec: str = "vp9", g
     return manifest
 
 
+def corrupt_payload(path: str, first: int, last: int) -> None:
+    """Overwrite the payload of the non-key packets first..last with noise: the file still demuxes and indexes
+    the same way (keyframes intact), but decoding fails."""
+    from dali_pipelines.packets import build_index
+
+    idx = build_index(path)
+    data = bytearray(open(path, "rb").read())
+    rng = np.random.default_rng(0)
+    for k in range(first, last + 1):
+        if idx.keyframe[k]:
+            continue
+        o, s = int(idx.offsets[k]), int(idx.sizes[k])
+        data[o : o + s] = rng.integers(0, 256, s, dtype=np.uint8).tobytes()
+    open(path, "wb").write(bytes(data))
+
+
 def make_static_video(path: Path, num_frames: int = 24, size=(48, 64), seed: int = 0) -> None:
     """A video whose frames are all the same smooth textured image (spatial structure, no motion)."""
     h, w = size

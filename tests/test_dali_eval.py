@@ -1,6 +1,8 @@
 """Evaluation pipelines: linear-probe training clips and the test views (clips x crops, per video together)."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from fastcvrl.data import build_linear_loader, build_test_loader
 from fastcvrl.manifest import read_manifest
 from fastcvrl.video import decode_index, write_video
 
-from dali_videos import make_index_videos, op_devices, small_config
+from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
 
 LENGTHS = [40, 25, 4, 33, 50]  # 4 frames: shorter than one 4 x 2 clip, loops
 
@@ -77,6 +79,62 @@ def test_test_views_are_evenly_spaced_clips_and_contiguous_per_video(manifest):
         assert label.tolist() == [v % 3 for v in video.tolist()]
         seen += video.tolist()
     assert seen == list(range(len(LENGTHS)))
+
+
+@pytest.fixture(scope="module")
+def manifest_with_bad_files(tmp_path_factory):
+    """Six videos: v1 cannot be demuxed (garbage bytes), v4 demuxes but its decoder fails (noise payload)."""
+    manifest = make_index_videos(tmp_path_factory.mktemp("bad"), [30] * 6, codec="vp9", gop=8)
+    entries = read_manifest(manifest)
+    with open(entries[1].path, "wb") as f:
+        f.write(b"\x1aE\xdf\xa3 this is not a video" * 10)
+    corrupt_payload(entries[4].path, 0, 29)
+    return manifest
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])  # batch 1: a batch whose only video is unreadable yields nothing
+@pytest.mark.parametrize("kind", ["linear", "test"])
+def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(manifest_with_bad_files, kind, batch,
+                                                                         caplog):
+    cfg = small_config()
+    if kind == "linear":
+        cfg.eval.batch_size = batch
+        loader = build_linear_loader(cfg, str(manifest_with_bad_files), device="cpu", train=False)
+    else:
+        cfg.eval.test_clips, cfg.eval.test_crops, cfg.eval.batch_size = 1, 1, batch
+        loader = build_test_loader(cfg, str(manifest_with_bad_files), device="cpu")
+    entries = read_manifest(manifest_with_bad_files)
+    seen = []
+    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+        for batch_out in loader:
+            clip, label = batch_out[0], batch_out[1]
+            video = loader.last_meta[:, 0].tolist()
+            assert clip.shape[0] == label.shape[0] == len(video) > 0
+            assert (_index(clip)[1] == np.array(video)[:, None]).all()  # each row's frames are its own video's
+            assert label.tolist() == [entries[v].label for v in video]
+            if kind == "test":
+                assert batch_out[2].tolist() == video
+            seen += video
+    assert seen == [0, 2, 3, 5]  # manifest order, each readable video once, no stand-in repeated
+    assert loader.source.bad == {1, 4}
+    for v in (1, 4):
+        assert entries[v].path in caplog.text
+    assert "left out of this evaluation" in caplog.text
+
+
+def test_training_loader_keeps_whole_batches_with_a_stand_in(manifest_with_bad_files):
+    cfg = small_config()
+    cfg.eval.batch_size = 3
+    loader = build_linear_loader(cfg, str(manifest_with_bad_files), device="cpu", seed=0, train=True)
+    from dali_pipelines.source import SUBSTITUTE
+
+    metas = []
+    for clip, label in loader:
+        assert clip.shape[0] == label.shape[0] == 3
+        metas.append(loader.last_meta.copy())
+    meta = np.concatenate(metas)
+    assert not {1, 4} & set(meta[:, 0].tolist())
+    assert meta[:, SUBSTITUTE].sum() == 2  # both unreadable videos' places were filled
 
 
 @pytest.mark.parametrize("height,width", [(24, 40), (40, 24)])

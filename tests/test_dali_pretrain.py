@@ -14,7 +14,7 @@ from fastcvrl.data import build_pretrain_loader, to_torch
 from fastcvrl.manifest import read_manifest
 from fastcvrl.video import decode_index, keyframe_indices
 
-from dali_videos import make_index_videos, make_static_video, op_devices, small_config
+from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7]  # 5 frames: shorter than one 4 x 2 clip (7 frames span), loops
 
@@ -67,7 +67,7 @@ def test_decoded_frames_are_bounded_by_clip_span_plus_keyframe_spacing(tmp_path)
     for epoch in range(6):
         loader.set_epoch(epoch)
         for *_, meta in _epoch(loader):
-            for video, decoded, s1, s2, _ in meta:
+            for video, decoded, s1, s2, *_ in meta:
                 lo, hi = min(s1, s2), max(s1, s2)
                 if hi - lo < span:  # overlapping windows: one pass over their union
                     overlapping += 1
@@ -228,26 +228,10 @@ def test_unreadable_file_is_reported_by_name_and_skipped(tmp_path, caplog):
     assert bad in caplog.text
 
 
-def _corrupt_payload(path: str, first: int, last: int) -> None:
-    """Overwrite the payload of the non-key packets first..last with noise: the file still demuxes and indexes
-    the same way (keyframes intact), but decoding fails."""
-    from dali_pipelines.packets import build_index
-
-    idx = build_index(path)
-    data = bytearray(open(path, "rb").read())
-    rng = np.random.default_rng(0)
-    for k in range(first, last + 1):
-        if idx.keyframe[k]:
-            continue
-        o, s = int(idx.offsets[k]), int(idx.sizes[k])
-        data[o : o + s] = rng.integers(0, 256, s, dtype=np.uint8).tobytes()
-    open(path, "wb").write(bytes(data))
-
-
 def test_decoder_error_names_the_file(tmp_path):
     manifest = make_index_videos(tmp_path, [40] * 4, codec="vp9", gop=8)
     bad = read_manifest(manifest)[1].path
-    _corrupt_payload(bad, 0, 39)
+    corrupt_payload(bad, 0, 39)
     cfg = small_config(skip_corrupt=False)
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
     with pytest.raises(VideoReadError, match=bad.replace("\\", "\\\\")):
@@ -257,7 +241,7 @@ def test_decoder_error_names_the_file(tmp_path):
 def test_corrupt_video_mid_epoch_is_skipped_with_a_warning(tmp_path, caplog):
     manifest = make_index_videos(tmp_path, [40] * 8, codec="vp9", gop=8)
     bad = read_manifest(manifest)[5].path
-    _corrupt_payload(bad, 0, 39)
+    corrupt_payload(bad, 0, 39)
     cfg = small_config()
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
     with caplog.at_level(logging.WARNING, "fastcvrl.data"):

@@ -12,6 +12,7 @@ from torch import nn
 
 from fastcvrl.config import Config, merge, to_dict
 from fastcvrl.eval import (
+    _result,
     Classifier,
     EvalError,
     clip_features,
@@ -96,6 +97,42 @@ def test_average_views_matches_reference_with_shuffled_views():
     torch.testing.assert_close(acc.mean(), fast)
     with pytest.raises(ValueError, match="no test views"):
         ViewAverager(num_videos + 1, c).mean()
+
+
+def test_view_averager_excuses_only_the_unreadable_videos():
+    acc = ViewAverager(4, 2)
+    acc.add(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]), torch.tensor([0, 0, 2]))
+    with pytest.raises(ValueError, match="2 video.*no test views, e.g. video 1"):
+        acc.mean()
+    with pytest.raises(ValueError, match="1 video.*no test views, e.g. video 3"):
+        acc.mean(excused={1})  # video 3 got no view and was not reported unreadable: a loader bug
+    out = acc.mean(excused={1, 3})
+    torch.testing.assert_close(out[[0, 2]], torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    assert out[[1, 3]].isnan().all()
+
+
+class _Batches(list):
+    """A list of test batches with the ``source.bad`` a DaliLoader carries."""
+
+    def __init__(self, batches, bad):
+        super().__init__(batches)
+        self.source = type("Source", (), {"bad": set(bad)})()
+
+
+def test_accuracy_is_over_the_readable_test_videos():
+    # 4 videos, video 2 unreadable (no views): top-1 over the 3 others, 2 of them right
+    c = 3
+    logits = {0: [5.0, 0, 0], 1: [0, 5.0, 0], 3: [5.0, 0, 0]}
+    labels = torch.tensor([0, 1, 2, 2])
+    vids = torch.tensor([0, 1, 3])
+    clips = torch.tensor([logits[v] for v in vids.tolist()])[:, :, None, None, None]
+    loader = _Batches([(clips, labels[vids], vids)], bad={2})
+    scores, out_labels = predict_videos(_LogitsInClip(), loader, 4, c, torch.device("cpu"))
+    assert out_labels.tolist() == [0, 1, -1, 2]
+    res = _result(scores, out_labels)
+    assert res["num_scored_videos"] == 3 and res["top1"] == pytest.approx(2 / 3) and res["top5"] == 1.0
+    with pytest.raises(ValueError, match="no test views, e.g. video 2"):
+        predict_videos(_LogitsInClip(), [(clips, labels[vids], vids)], 4, c, torch.device("cpu"))
 
 
 class _LogitsInClip(nn.Module):
@@ -288,6 +325,29 @@ def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
     assert list(out.glob("events.out.tfevents.*"))  # TensorBoard scalars written
 
 
+def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tmp_path, capsys):
+    import dataclasses
+    import json
+
+    from fastcvrl.eval import main
+    from fastcvrl.manifest import read_manifest, write_manifest
+
+    train_m, test_m = tiny_synthetic
+    entries = read_manifest(test_m)
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
+    entries[1] = dataclasses.replace(entries[1], path=str(broken))
+    write_manifest(tmp_path / "test.csv", entries)
+    out = tmp_path / "ev"
+    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", str(tmp_path / "test.csv"),
+                "--out", str(out), *TINY])
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["num_test_videos"] == 4 and saved["num_scored_videos"] == 3
+    assert saved["unreadable_test_videos"] == [str(broken)] and saved["unreadable_train_videos"] == []
+    assert 0.0 <= res["top1"] <= 1.0 and res["top1"] * 3 == pytest.approx(round(res["top1"] * 3))  # k of 3
+    assert f"1 unreadable test video(s) left out of the accuracy: {broken}" in capsys.readouterr().out
+
+
 def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
     from fastcvrl.config import load_config
     from fastcvrl.knn import knn_from_manifests
@@ -299,6 +359,26 @@ def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
     stats = knn_from_manifests(bb, cfg, train_m, test_m, "cpu")
     assert stats["knn_train_size"] == 8 and stats["knn_test_size"] == 4  # partial last batches kept
     assert bb.training
+
+
+def test_knn_monitor_leaves_an_unreadable_video_out_of_bank_and_queries(tiny_synthetic, tmp_path):
+    import dataclasses
+
+    from fastcvrl.config import load_config
+    from fastcvrl.knn import knn_from_manifests
+    from fastcvrl.manifest import read_manifest, write_manifest
+    from fastcvrl.model import build_backbone
+
+    train_m, test_m = tiny_synthetic
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
+    for name, m in (("train.csv", train_m), ("test.csv", test_m)):
+        entries = read_manifest(m)
+        entries[0] = dataclasses.replace(entries[0], path=str(broken))
+        write_manifest(tmp_path / name, entries)
+    stats = knn_from_manifests(build_backbone("r3d_tiny"), load_config(None, TINY), str(tmp_path / "train.csv"),
+                               str(tmp_path / "test.csv"), "cpu")
+    assert stats["knn_train_size"] == 7 and stats["knn_test_size"] == 3  # no stand-in counted twice
 
 
 def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp_path):
