@@ -325,25 +325,33 @@ def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
     assert list(out.glob("events.out.tfevents.*"))  # TensorBoard scalars written
 
 
-def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tmp_path, capsys):
+def _with_broken_file(manifest: str, row: int, folder, name: str) -> tuple[str, str]:
+    """A copy of ``manifest`` (written to folder/name) whose ``row`` points at a file of garbage bytes;
+    returns (new manifest, the garbage file)."""
     import dataclasses
+
+    from fastcvrl.manifest import read_manifest, write_manifest
+
+    broken = folder / "broken.webm"
+    broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
+    entries = read_manifest(manifest)
+    entries[row] = dataclasses.replace(entries[row], path=str(broken))
+    write_manifest(folder / name, entries)
+    return str(folder / name), str(broken)
+
+
+def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tmp_path, capsys):
     import json
 
     from fastcvrl.eval import main
-    from fastcvrl.manifest import read_manifest, write_manifest
 
     train_m, test_m = tiny_synthetic
-    entries = read_manifest(test_m)
-    broken = tmp_path / "broken.webm"
-    broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
-    entries[1] = dataclasses.replace(entries[1], path=str(broken))
-    write_manifest(tmp_path / "test.csv", entries)
+    test_m, broken = _with_broken_file(test_m, 1, tmp_path, "test.csv")
     out = tmp_path / "ev"
-    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", str(tmp_path / "test.csv"),
-                "--out", str(out), *TINY])
+    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY])
     saved = json.loads((out / "eval.json").read_text())
     assert saved["num_test_videos"] == 4 and saved["num_scored_videos"] == 3
-    assert saved["unreadable_test_videos"] == [str(broken)] and saved["unreadable_train_videos"] == []
+    assert saved["unreadable_test_videos"] == [broken] and saved["unreadable_train_videos"] == []
     assert 0.0 <= res["top1"] <= 1.0 and res["top1"] * 3 == pytest.approx(round(res["top1"] * 3))  # k of 3
     assert f"1 unreadable test video(s) left out of the accuracy: {broken}" in capsys.readouterr().out
 
@@ -362,22 +370,14 @@ def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
 
 
 def test_knn_monitor_leaves_an_unreadable_video_out_of_bank_and_queries(tiny_synthetic, tmp_path):
-    import dataclasses
-
     from fastcvrl.config import load_config
     from fastcvrl.knn import knn_from_manifests
-    from fastcvrl.manifest import read_manifest, write_manifest
     from fastcvrl.model import build_backbone
 
     train_m, test_m = tiny_synthetic
-    broken = tmp_path / "broken.webm"
-    broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
-    for name, m in (("train.csv", train_m), ("test.csv", test_m)):
-        entries = read_manifest(m)
-        entries[0] = dataclasses.replace(entries[0], path=str(broken))
-        write_manifest(tmp_path / name, entries)
-    stats = knn_from_manifests(build_backbone("r3d_tiny"), load_config(None, TINY), str(tmp_path / "train.csv"),
-                               str(tmp_path / "test.csv"), "cpu")
+    train_m, _ = _with_broken_file(train_m, 0, tmp_path, "train.csv")
+    test_m, _ = _with_broken_file(test_m, 0, tmp_path, "test.csv")
+    stats = knn_from_manifests(build_backbone("r3d_tiny"), load_config(None, TINY), train_m, test_m, "cpu")
     assert stats["knn_train_size"] == 7 and stats["knn_test_size"] == 3  # no stand-in counted twice
 
 
