@@ -101,16 +101,17 @@ def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(manifest_
         cfg.eval.batch_size = batch
         loader = build_linear_loader(cfg, str(manifest_with_bad_files), device="cpu", train=False)
     else:
-        cfg.eval.test_clips, cfg.eval.test_crops, cfg.eval.batch_size = 1, 1, batch
+        cfg.eval.test_clips, cfg.eval.test_crops, cfg.eval.batch_size = 2, 1, 2 * batch  # 2 views per video
         loader = build_test_loader(cfg, str(manifest_with_bad_files), device="cpu")
+    views = 1 if kind == "linear" else 2
     entries = read_manifest(manifest_with_bad_files)
     seen = []
     with caplog.at_level(logging.WARNING, "fastcvrl.data"):
         for batch_out in loader:
             clip, label = batch_out[0], batch_out[1]
             video = loader.last_meta[:, 0].tolist()
-            assert clip.shape[0] == label.shape[0] == len(video) > 0
-            assert (_index(clip)[1] == np.array(video)[:, None]).all()  # each row's frames are its own video's
+            assert clip.shape[0] == views * label.shape[0] == views * len(video) > 0
+            assert (_index(clip)[1] == np.repeat(video, views)[:, None]).all()  # each row's frames: its own video's
             assert label.tolist() == [entries[v].label for v in video]
             if kind == "test":
                 assert batch_out[2].tolist() == video
