@@ -118,10 +118,11 @@ class DaliLoader:
             self.stats["frames_decoded"] += int(meta[:, 1].sum())
             self.stats["bytes_read"] += int(meta[:, 4].sum())
             batch = self._convert(outs[:-1], meta)
-            stand_in = meta[:, SUBSTITUTE].astype(bool)
-            if not self.source.drop_last and stand_in.any():  # evaluation: each video once, the unreadable never
-                batch = keep_rows(batch, ~stand_in)
-                self.last_meta = meta[~stand_in]
+            if not self.source.drop_last:  # evaluation: each video once, the unreadable never (training: as is)
+                real = meta[:, SUBSTITUTE] == 0
+                if not real.all():
+                    batch = keep_rows(batch, real)
+                    self.last_meta = meta[real]
             if batch is not None:
                 yield batch
             step += 1
