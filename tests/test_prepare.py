@@ -252,7 +252,7 @@ def _dead(pid: int) -> bool:
     """Exited (gone or a zombie waiting to be reaped)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return True
     return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 
