@@ -111,7 +111,7 @@ class DaliLoader:
         step = start
         while step < len(self):
             outs = self._run(step)
-            meta = np.asarray(outs[-1].as_tensor())  # (B, 5) int64
+            meta = np.asarray(outs[-1].as_tensor())  # (B, len(META_FIELDS)) int64
             self.last_meta = meta
             self.stats["videos"] += len(meta)
             self.stats["clips"] += len(meta) * self.clips_per_sample
