@@ -3,7 +3,7 @@
     python benchmarks/learning_proof.py [--seeds 0 1 2] [--out runs/learning_proof] [--config C.yaml]
                                         [--reuse] [--section.key=value ...]
 
-On the built-in synthetic motion dataset (``fastcvrl.synthetic``: classes differ only by motion; the default
+On the built-in synthetic motion dataset (``fastcvrl.datasets.synthetic``: classes differ only by motion; the default
 ``dots`` scene, or ``--data.synthetic_scene=objects`` for the scene where it fails, see the README), for every
 seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless ``--config``;
 dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
 
-    from fastcvrl.synthetic import ensure_synthetic
+    from fastcvrl.datasets.synthetic import ensure_synthetic
 
     d = cfg.data
     pre_train_m, pre_test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,

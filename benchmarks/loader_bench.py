@@ -3,7 +3,7 @@
     python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
     python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
 
-Default data: the built-in synthetic dataset (``fastcvrl.synthetic.ensure_synthetic`` defaults: 112x112,
+Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults: 112x112,
 64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do the same
 work per video: two clips placed by CVRL's temporal sampling, each cropped, flipped, colour-jittered with one
 3x3 colour matrix, grayscaled, normalised, handed to torch as float ``(B, 3, T, S, S)`` channels_last_3d.
@@ -54,7 +54,7 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
-from fastcvrl.synthetic import SCENES  # noqa: E402
+from fastcvrl.datasets.synthetic import SCENES  # noqa: E402
 
 DEFAULT_SYNTHETIC = "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
 QUICK = dict(classes=2, videos_per_class=4, size=32, video_frames=24, crop=32, frames=4, stride=2, batch_size=2,
@@ -99,7 +99,7 @@ def dataset(args: argparse.Namespace) -> str:
     """The manifest to read: ``--manifest``, else the synthetic train split (generated once, cached)."""
     if args.manifest:
         return args.manifest
-    from fastcvrl.synthetic import ensure_synthetic
+    from fastcvrl.datasets.synthetic import ensure_synthetic
 
     kw = {"scene": args.scene}
     root = os.path.expanduser(args.synthetic_dir)

@@ -31,7 +31,7 @@ class DataConfig:
     synthetic_dir: str = "~/.cache/fastcvrl/synthetic"  # where the built-in dataset is generated once
     synthetic_classes: int = 8
     synthetic_videos_per_class: int = 24
-    synthetic_scene: str = "dots"  # dots (a random-dot kinematogram) | objects (see fastcvrl.synthetic)
+    synthetic_scene: str = "dots"  # dots (a random-dot kinematogram) | objects (see fastcvrl.datasets.synthetic)
     device: str = "auto"  # auto | cpu | gpu: where DALI decodes and augments
     source: str = "video"  # video (DALI over train_manifest) | random (random tensors, no files: tests, step benchmarks)
     random_videos: int = 256  # data.source=random: clips per epoch

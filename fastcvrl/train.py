@@ -47,7 +47,7 @@ from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range
-from fastcvrl.synthetic import SCENES, ensure_synthetic
+from fastcvrl.datasets.synthetic import SCENES, ensure_synthetic
 
 REPO_ROOT = _HERE.parent
 ARCHS = ("r3d_tiny", "r3d50", "r3d101", "r3d152")

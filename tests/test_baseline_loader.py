@@ -12,7 +12,7 @@ from dali_pipelines.source import PretrainSource
 from fastcvrl.baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
-from fastcvrl.video import decode_index, index_frames, write_video
+from fastcvrl.datasets.video import decode_index, index_frames, write_video
 
 T, S, GOP = 6, 2, 8
 CPU = torch.device("cpu")

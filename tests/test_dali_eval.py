@@ -9,7 +9,7 @@ import torch
 
 from fastcvrl.data import build_linear_loader, build_test_loader
 from fastcvrl.manifest import read_manifest
-from fastcvrl.video import decode_index, write_video
+from fastcvrl.datasets.video import decode_index, write_video
 
 from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
 

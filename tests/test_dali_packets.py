@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dali_pipelines.packets import VideoReadError, build_index, keep_runs, trim
-from fastcvrl.video import decode_index, index_frames, keyframe_indices, write_video
+from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, write_video
 
 
 @pytest.fixture(scope="module", params=["vp9", "mjpeg", "h264"])

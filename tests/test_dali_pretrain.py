@@ -12,7 +12,7 @@ from dali_pipelines.packets import VideoReadError
 from dali_pipelines.source import PretrainSource
 from fastcvrl.data import build_pretrain_loader, to_torch
 from fastcvrl.manifest import read_manifest
-from fastcvrl.video import decode_index, keyframe_indices
+from fastcvrl.datasets.video import decode_index, keyframe_indices
 
 from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
 
@@ -141,7 +141,7 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
 def test_colour_matches_the_numpy_reference(manifest):
     """Uniform index frames: the output colour is the host-drawn colour map applied to the input colour."""
     from dali_pipelines.spatial import apply_color_reference
-    from fastcvrl.video import index_color
+    from fastcvrl.datasets.video import index_color
 
     cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3)
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=7)

@@ -298,7 +298,7 @@ def test_cli_reports_a_missing_manifest(tmp_path):
 # ---------------------------------------------------------------------------------- end to end (DALI, CPU)
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory):
-    from fastcvrl.synthetic import ensure_synthetic
+    from fastcvrl.datasets.synthetic import ensure_synthetic
 
     root = tmp_path_factory.mktemp("syn") / "d"
     return ensure_synthetic(root, num_classes=2, videos_per_class=4, test_videos_per_class=2, size=32,

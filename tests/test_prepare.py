@@ -17,9 +17,9 @@ import pytest
 
 from fastcvrl import prepare as prep
 from fastcvrl.manifest import read_classes, read_manifest
-from fastcvrl.prepare import JOURNAL, PrepareError, Transcode, main, prepare
-from fastcvrl.video import decode_index, index_frames, keyframe_indices, read_video, write_video
-from fastcvrl.videoprobe import probe_video
+from fastcvrl.datasets.prepare import JOURNAL, PrepareError, Transcode, main, prepare
+from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, read_video, write_video
+from fastcvrl.datasets.videoprobe import probe_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import pytest
 
 from fastcvrl import synthetic
 from fastcvrl.manifest import read_classes, read_manifest
-from fastcvrl.synthetic import MOTIONS, SCENES, SyntheticParams, ensure_synthetic, render_video
-from fastcvrl.video import keyframe_indices, read_video
+from fastcvrl.datasets.synthetic import MOTIONS, SCENES, SyntheticParams, ensure_synthetic, render_video
+from fastcvrl.datasets.video import keyframe_indices, read_video
 
 TINY = dict(num_classes=3, videos_per_class=2, test_videos_per_class=1, size=32, num_frames=12, gop=4, workers=1)
 

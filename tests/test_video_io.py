@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastcvrl.manifest import HEADER, ManifestError, VideoEntry, read_manifest, write_manifest
-from fastcvrl.video import decode_index, index_frames, keyframe_indices, read_video, write_video
+from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, read_video, write_video
 
 
 @pytest.mark.parametrize("codec, ext", [("vp9", ".webm"), ("mjpeg", ".avi"), ("h264", ".mp4"), ("vp8", ".mkv")])

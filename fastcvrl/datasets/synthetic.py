@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
-from fastcvrl.video import CODECS, write_video
+from fastcvrl.datasets.video import CODECS, write_video
 
 FORMAT_VERSION = 2  # bump when the rendering changes, so cached datasets are regenerated
 STAMP = "synthetic.json"

@@ -1,6 +1,6 @@
 """Check a video collection once, up front: ``python -m fastcvrl.prepare SRC --out DIR [options]``.
 
-Every listed file is decoded in parallel worker processes (``fastcvrl.videoprobe``): usable videos go to
+Every listed file is decoded in parallel worker processes (``fastcvrl.datasets.videoprobe``): usable videos go to
 ``DIR/manifest.csv`` (``fastcvrl.manifest`` header; the decoded frame count, not the header's claim), their
 class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason. ``--transcode``
 re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the short side scaled to
@@ -37,9 +37,9 @@ import av
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from fastcvrl.manifest import VideoEntry, read_classes, write_classes, write_manifest
-from fastcvrl.sources import FORMATS, Item, SourceError, read_source
-from fastcvrl.video import BITEXACT, CODECS, add_video_stream
-from fastcvrl.videoprobe import Probe, probe_video
+from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
+from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
+from fastcvrl.datasets.videoprobe import Probe, probe_video
 
 JOURNAL = ".prepare-journal.jsonl"
 JOURNAL_VERSION = 1
@@ -56,7 +56,7 @@ class Transcode:
     codec: str  # h264 | vp9 | mjpeg
     short_side: int = 256  # 0 keeps the size (rounded down to even for 4:2:0)
     gop: int = 16  # keyframe interval in frames
-    quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.video's defaults
+    quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.datasets.video's defaults
 
 
 # ------------------------------------------------------------------------------------------- transcoding
@@ -499,9 +499,9 @@ def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    import fastcvrl.sources
+    import fastcvrl.datasets.listings
 
-    epilog = fastcvrl.sources.__doc__.split("\n", 1)[1] + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, " \
+    epilog = fastcvrl.datasets.listings.__doc__.split("\n", 1)[1] + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, " \
         "3 stopped by --stop-after, 130 interrupted (rerun the same command to continue)."
     ap = argparse.ArgumentParser(prog="python -m fastcvrl.prepare", description=__doc__.split("\n\n")[0],
                                  epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
