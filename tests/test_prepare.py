@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from fastcvrl import prepare as prep
+from fastcvrl.datasets import prepare as prep
 from fastcvrl.manifest import read_classes, read_manifest
 from fastcvrl.datasets.prepare import JOURNAL, PrepareError, Transcode, main, prepare
 from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, read_video, write_video
