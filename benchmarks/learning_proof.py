@@ -40,11 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastcvrl.config import Config, load_config, merge, parse_overrides, to_dict  # noqa: E402
-from fastcvrl.eval import ClipFeatures, clip_features, load_backbone, probe_features  # noqa: E402
-from fastcvrl.knn import knn_predict, topk_accuracy  # noqa: E402
+from fastcvrl.eval.evaluate import ClipFeatures, clip_features, load_backbone, probe_features  # noqa: E402
+from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
-from fastcvrl.probe import ViewAverager  # noqa: E402
+from fastcvrl.eval.probe import ViewAverager  # noqa: E402
 
 
 def log(msg: str) -> None:

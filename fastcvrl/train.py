@@ -160,7 +160,7 @@ def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.Dis
         if cfg.train.knn_every:
             dist.print0("train.knn_every is set but data.val_manifest is empty: the kNN monitor is off")
         return None
-    from fastcvrl.knn import knn_from_manifests
+    from fastcvrl.eval.knn import knn_from_manifests
 
     def run() -> dict[str, float]:
         stats = {}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.config import Config, merge, to_dict
-from fastcvrl.eval import (
+from fastcvrl.eval.evaluate import (
     _result,
     Classifier,
     EvalError,
@@ -22,7 +22,7 @@ from fastcvrl.eval import (
     predict_videos,
     video_scores,
 )
-from fastcvrl.probe import (
+from fastcvrl.eval.probe import (
     ViewAverager,
     average_views,
     average_views_reference,
@@ -313,7 +313,7 @@ TINY = ["--model.arch=r3d_tiny", "--data.device=cpu", "--data.num_threads=1", "-
 def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
     import json
 
-    from fastcvrl.eval import main
+    from fastcvrl.eval.evaluate import main
 
     train_m, test_m = tiny_synthetic
     out = tmp_path / "ev"
@@ -343,7 +343,7 @@ def _with_broken_file(manifest: str, row: int, folder, name: str) -> tuple[str, 
 def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tmp_path, capsys):
     import json
 
-    from fastcvrl.eval import main
+    from fastcvrl.eval.evaluate import main
 
     train_m, test_m = tiny_synthetic
     test_m, broken = _with_broken_file(test_m, 1, tmp_path, "test.csv")
@@ -358,7 +358,7 @@ def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tm
 
 def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
     from fastcvrl.config import load_config
-    from fastcvrl.knn import knn_from_manifests
+    from fastcvrl.eval.knn import knn_from_manifests
     from fastcvrl.model import build_backbone
 
     train_m, test_m = tiny_synthetic
@@ -371,7 +371,7 @@ def test_knn_from_manifests_sees_every_video_once(tiny_synthetic):
 
 def test_knn_monitor_leaves_an_unreadable_video_out_of_bank_and_queries(tiny_synthetic, tmp_path):
     from fastcvrl.config import load_config
-    from fastcvrl.knn import knn_from_manifests
+    from fastcvrl.eval.knn import knn_from_manifests
     from fastcvrl.model import build_backbone
 
     train_m, test_m = tiny_synthetic
@@ -382,7 +382,7 @@ def test_knn_monitor_leaves_an_unreadable_video_out_of_bank_and_queries(tiny_syn
 
 
 def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp_path):
-    from fastcvrl.eval import main
+    from fastcvrl.eval.evaluate import main
 
     train_m, test_m = tiny_synthetic
     with pytest.raises(EvalError, match=r"manifest.csv: 8 videos, fewer than one training batch \(eval.batch_size=16\)"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastcvrl.knn import extract_features, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
+from fastcvrl.eval.knn import extract_features, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
 
 
 @pytest.mark.parametrize("k,chunk", [(7, 1024), (7, 3), (500, 4)])  # k > N is capped; several chunks

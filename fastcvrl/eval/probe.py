@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastcvrl.knn import topk_accuracy
+from fastcvrl.eval.knn import topk_accuracy
 
 __all__ = [
     "cosine_lr",

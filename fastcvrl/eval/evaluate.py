@@ -45,7 +45,7 @@ from torch import nn
 
 from fastcvrl.config import Config, ConfigError, load_config, merge, to_dict
 from fastcvrl.manifest import ManifestError, read_manifest
-from fastcvrl.probe import ViewAverager, cosine_lr, topk_accuracy, train_linear
+from fastcvrl.eval.probe import ViewAverager, cosine_lr, topk_accuracy, train_linear
 
 __all__ = [
     "EvalError",
@@ -554,10 +554,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"eval: wrote {out / 'eval.json'}")
     return result
 
-
-if __name__ == "__main__":
-    try:
-        main()
-    except (EvalError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
