@@ -51,7 +51,7 @@ import av  # noqa: E402
 import torch  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
-from fastcvrl.baseline_loader import build_baseline_loader  # noqa: E402
+from baseline_loader import build_baseline_loader  # noqa: E402  (benchmarks/baseline_loader.py)
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
 from fastcvrl.datasets.synthetic import SCENES  # noqa: E402

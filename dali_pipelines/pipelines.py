@@ -2,7 +2,7 @@
 
 One definition per pipeline with a ``device`` argument: ``'cpu'`` decodes with ``fn.decoders.video`` on the
 CPU and augments on the CPU; ``'gpu'`` decodes on ``'mixed'`` (NVDEC) and augments on the GPU. The host
-sources (``source.py``) hand each sample a trimmed stream and its augmentation parameters; the graph:
+sources (``host.py``) hand each sample a trimmed stream and its augmentation parameters; the graph:
 
     trimmed stream ─decoders.video(frames=union of the clips' frames)─> (F, H, W, 3) uint8, one forward pass
       └ per view: sequence_rearrange(view's frames) ─> resize(ROI = crop box, flip = swapped x) to S x S
@@ -25,7 +25,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
 
-from .source import LinearSource, MultiViewSource, PretrainSource
+from .host import LinearSource, MultiViewSource, PretrainSource
 from .spatial import blur_window
 
 DEVICES = ("cpu", "gpu")

@@ -31,7 +31,7 @@ import torch
 
 from dali_pipelines import torch_augment
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.source import META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource
+from dali_pipelines.host import META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
 from fastcvrl.manifest import read_manifest

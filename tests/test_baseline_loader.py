@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dali_pipelines import spatial, temporal
-from dali_pipelines.source import PretrainSource
-from fastcvrl.baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video
+from dali_pipelines.host import PretrainSource
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
 from fastcvrl.datasets.video import decode_index, index_frames, write_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video  # noqa: E402
 
 T, S, GOP = 6, 2, 8
 CPU = torch.device("cpu")

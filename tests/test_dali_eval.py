@@ -127,7 +127,7 @@ def test_training_loader_keeps_whole_batches_with_a_stand_in(manifest_with_bad_f
     cfg = small_config()
     cfg.eval.batch_size = 3
     loader = build_linear_loader(cfg, str(manifest_with_bad_files), device="cpu", seed=0, train=True)
-    from dali_pipelines.source import SUBSTITUTE
+    from dali_pipelines.host import SUBSTITUTE
 
     metas = []
     for clip, label in loader:
@@ -157,7 +157,7 @@ def test_test_crops_span_the_long_side(tmp_path, height, width):
 
 def test_gpu_variants_place_decoding_and_augmentation_on_the_gpu(manifest):
     from dali_pipelines.pipelines import linear_pipeline, multiview_pipeline
-    from dali_pipelines.source import LinearSource, MultiViewSource
+    from dali_pipelines.host import LinearSource, MultiViewSource
 
     cfg = small_config()
     entries = read_manifest(manifest)

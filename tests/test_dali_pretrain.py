@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.source import PretrainSource
+from dali_pipelines.host import PretrainSource
 from fastcvrl.data import build_pretrain_loader, to_torch
 from fastcvrl.manifest import read_manifest
 from fastcvrl.datasets.video import decode_index, keyframe_indices

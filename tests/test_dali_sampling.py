@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from dali_pipelines import temporal
-from dali_pipelines.source import shard_order
+from dali_pipelines.host import shard_order
 
 
 def _reference_pmf(m: int, rule: str, power: float) -> np.ndarray:

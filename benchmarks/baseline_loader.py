@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from dali_pipelines import spatial, temporal  # host-side NumPy rules, no DALI import
-from dali_pipelines.source import PretrainSource, shard_order
+from dali_pipelines.host import PretrainSource, shard_order
 from fastcvrl.config import Config, DataConfig
 from fastcvrl.manifest import VideoEntry, read_manifest
 
@@ -91,7 +91,7 @@ def draw_video(
     rng: np.random.Generator, num_frames: int, height: int, width: int, cfg: DataConfig
 ) -> tuple[tuple[int, int], list[ClipAug]]:
     """The two clip starts and the two clips' augmentations of one video, drawn exactly as the DALI
-    pipeline's host side draws them (``dali_pipelines.source.PretrainSource.sample``: same functions, same
+    pipeline's host side draws them (``dali_pipelines.host.PretrainSource.sample``: same functions, same
     order, so the same generator state gives the same clips); the crop box is rounded to whole pixels."""
     s1, s2 = temporal.sample_starts(rng, num_frames, cfg.num_frames, cfg.stride, cfg.gap_distribution, cfg.gap_power)[0]
     augs = []
