@@ -114,17 +114,23 @@ class EvalConfig:
 
     epochs: int = 100
     batch_size: int = 256
-    lr: float = 0.32  # not scaled
+    lr: float = 32.0  # > 0; linear probe lr at base_batch_size, scaled linearly (8 at batch 256), as the reference
+    base_batch_size: int = 1024  # >= 1
+    warmup_epochs: float = 5.0  # 0 <= warmup_epochs <= epochs; linear warm-up, then cosine to 0
     momentum: float = 0.9
     weight_decay: float = 0.0
+    finetune_lr: float = 0.32  # > 0; --finetune: learning rate (not scaled), the probe's schedule
     num_frames: int = 32
     stride: int = 2
     crop_size: int = 224
     short_side: int = 256
+    test_crop_size: int = 256  # >= 1; test views: square crops at short side short_side (training clips: crop_size)
     test_clips: int = 10
     test_crops: int = 3
     knn_k: int = 200
     knn_temperature: float = 0.1
+    knn_bank_size: int = 50000  # >= 0; kNN monitor bank: a fixed random subset of the training videos (0 = all)
+    knn_query_size: int = 10000  # >= 0; kNN monitor queries: a fixed random subset of data.val_manifest (0 = all)
     finetune: bool = False
     feature_passes: int = 10  # linear probe: cached augmented passes over the train set (epoch e uses pass e mod K)
 

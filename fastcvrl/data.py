@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Any, Callable, Iterator
+import os
+from typing import Any, Callable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -34,7 +35,7 @@ from dali_pipelines.packets import VideoReadError
 from dali_pipelines.host import META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
-from fastcvrl.manifest import read_manifest
+from fastcvrl.manifest import VideoEntry, read_manifest
 
 log = logging.getLogger("fastcvrl.data")
 
@@ -318,16 +319,17 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2)
 
 
-def build_linear_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
+def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, rank: int = 0, world_size: int = 1,
                         device: torch.device | str = "cpu", seed: int = 0, train: bool = True) -> DaliLoader:
     """One clip per video (``cfg.eval.num_frames`` x ``cfg.eval.stride``), crop and flip only when training:
-    yields ``(clip (B, 3, T, S, S), label (B,))``. Training drops the last partial batch; evaluation keeps it."""
+    yields ``(clip (B, 3, T, S, S), label (B,))``. Training drops the last partial batch; evaluation keeps it.
+    ``manifest``: a path, or entries already read (a subset, or labels renumbered)."""
     from dali_pipelines.pipelines import linear_pipeline
 
     device = torch.device(device)
     dev = resolve_data_device(cfg.data.device)
     batch = cfg.eval.batch_size // world_size
-    source = LinearSource(read_manifest(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size,
+    source = LinearSource(_entries(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size,
                           seed=seed)
     kw = _pipeline_kw(cfg, dev, device, seed)
     augment = resolve_augment(cfg.data.augment, dev)
@@ -346,10 +348,12 @@ def build_linear_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
 
 
-def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str = "cpu") -> DaliLoader:
+def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
+                      device: torch.device | str = "cpu") -> DaliLoader:
     """Test views: yields ``(clips (B*V, 3, T, S, S), label (B,), video_index (B,))`` with
     ``V = cfg.eval.test_clips * cfg.eval.test_crops`` views of each video contiguous (rows ``i*V..(i+1)*V-1``
-    belong to ``video_index[i]``, its row in the manifest). Every video once, manifest order."""
+    belong to ``video_index[i]``, its row in the manifest). Every video once, manifest order. Frames resized
+    to short side ``eval.short_side``, crops of ``S = eval.test_crop_size``. ``manifest``: a path or entries."""
     from dali_pipelines.pipelines import multiview_pipeline
 
     device = torch.device(device)
@@ -357,12 +361,12 @@ def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str 
     e = cfg.eval
     views = e.test_clips * e.test_crops
     batch = max(1, e.batch_size // views)
-    source = MultiViewSource(read_manifest(manifest), batch, e)
+    source = MultiViewSource(_entries(manifest), batch, e)
     kw = _pipeline_kw(cfg, dev, device, 0)
     norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
 
     def make(src: VideoSource) -> Any:
-        return multiview_pipeline(src, crop_size=e.crop_size, short_side=e.short_side, num_crops=e.test_crops,
+        return multiview_pipeline(src, crop_size=e.test_crop_size, short_side=e.short_side, num_crops=e.test_crops,
                                   batch_size=batch, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
@@ -372,6 +376,10 @@ def build_test_loader(cfg: Config, manifest: str, *, device: torch.device | str 
         return norm(clips), label.to(torch.int64), torch.from_numpy(meta[:, 0].copy())
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views)
+
+
+def _entries(manifest: str | Sequence[VideoEntry]) -> list[VideoEntry]:
+    return read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
 
 
 __all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",

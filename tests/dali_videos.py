@@ -62,7 +62,7 @@ def small_config(**data: object) -> Config:
         setattr(d, k, v)
     cfg.train.batch_size = 4
     e = cfg.eval
-    e.num_frames, e.stride, e.crop_size, e.short_side = 4, 2, 16, 20
+    e.num_frames, e.stride, e.crop_size, e.short_side, e.test_crop_size = 4, 2, 16, 20, 16
     e.test_clips, e.test_crops, e.batch_size = 3, 3, 9
     return cfg
 

@@ -11,24 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.config import Config, merge, to_dict
-from fastcvrl.eval.evaluate import (
-    _result,
-    Classifier,
-    EvalError,
-    clip_features,
-    finetune,
-    linear_probe,
-    load_backbone,
-    predict_videos,
-    video_scores,
-)
+from fastcvrl.eval.evaluate import EvalError
+from fastcvrl.eval.features import ClipFeatures, clip_features
+from fastcvrl.eval.finetune import Classifier, finetune, predict_videos
+from fastcvrl.eval.linear import linear_probe, probe_features, video_scores
+from fastcvrl.eval.weights import load_backbone
 from fastcvrl.eval.probe import (
     ViewAverager,
     average_views,
     average_views_reference,
-    cosine_lr,
+    probe_schedule,
+    scaled_lr,
     topk_accuracy,
     train_linear,
+    video_result,
 )
 
 
@@ -75,10 +71,39 @@ def test_probe_uses_every_cached_pass():
     assert w[0] > 0.5 and w[1] > 0.5
 
 
-def test_cosine_lr():
-    assert cosine_lr(0.4, 0, 100) == pytest.approx(0.4)
-    assert cosine_lr(0.4, 50, 100) == pytest.approx(0.2)
-    assert cosine_lr(0.4, 100, 100) == pytest.approx(0.0)
+def test_probe_schedule_warms_up_linearly_then_decays_by_cosine():
+    assert scaled_lr(32.0, 256, 1024) == pytest.approx(8.0)  # the reference: 32 at 1024 is 8 at 256
+    s = probe_schedule(8.0, steps_per_epoch=10, epochs=100, warmup_epochs=5)  # 50 warm-up steps of 1000
+    assert s.value_at(0) == pytest.approx(8.0 / 50) and s.value_at(24) == pytest.approx(8.0 / 2)
+    assert s.value_at(49) == pytest.approx(8.0) and s.value_at(50) == pytest.approx(8.0)
+    assert s.value_at(50 + 475) == pytest.approx(4.0)  # half way through the cosine
+    assert s.value_at(1000) == pytest.approx(0.0, abs=1e-12)
+    assert probe_schedule(1.0, 10, 3, 0).value_at(0) == pytest.approx(1.0)  # no warm-up: cosine from the start
+
+
+def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
+    """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the batch
+    (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
+    seen: list[tuple] = []
+    step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        g = self.param_groups[0]
+        seen.append((g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]))
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    g = torch.Generator().manual_seed(7)
+    feats, labels = torch.randn(512, 16, generator=g), torch.randint(0, 4, (512,), generator=g)
+    test = ClipFeatures([feats[:8]], labels[:8], torch.arange(8))
+    cfg = Config()
+    assert (cfg.eval.lr, cfg.eval.base_batch_size, cfg.eval.batch_size, cfg.eval.warmup_epochs) == (32.0, 1024, 256, 5.0)
+    probe_features([feats], [labels], test, 0, num_classes=4, num_test_videos=8, cfg=cfg, device=torch.device("cpu"))
+    lrs = [s[0] for s in seen]
+    assert len(lrs) == 100 * 2  # 100 epochs of 2 batches of 256
+    assert {s[1:] for s in seen} == {(0.9, False, 0.0)}
+    assert lrs[:10] == pytest.approx([8.0 * (i + 1) / 10 for i in range(10)])  # 5 epochs x 2 steps of warm-up
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
 
 
 # ------------------------------------------------------------------------------------------ view averaging
@@ -129,7 +154,7 @@ def test_accuracy_is_over_the_readable_test_videos():
     loader = _Batches([(clips, labels[vids], vids)], bad={2})
     scores, out_labels = predict_videos(_LogitsInClip(), loader, 4, c, torch.device("cpu"))
     assert out_labels.tolist() == [0, 1, -1, 2]
-    res = _result(scores, out_labels)
+    res = video_result(scores, out_labels)
     assert res["num_scored_videos"] == 3 and res["top1"] == pytest.approx(2 / 3) and res["top5"] == 1.0
     with pytest.raises(ValueError, match="no test views, e.g. video 2"):
         predict_videos(_LogitsInClip(), [(clips, labels[vids], vids)], 4, c, torch.device("cpu"))
@@ -200,7 +225,8 @@ def _loaders(g: torch.Generator):
 
 
 def _cfg(**eval_overrides) -> Config:
-    return merge(Config(), {"eval": {"epochs": 30, "batch_size": 16, "lr": 1.0, **eval_overrides}})
+    return merge(Config(), {"eval": {"epochs": 30, "batch_size": 16, "lr": 1.0, "base_batch_size": 16,
+                                     "finetune_lr": 1.0, "warmup_epochs": 1, **eval_overrides}})
 
 
 def test_linear_probe_keeps_the_backbone_frozen_and_learns():
@@ -282,8 +308,9 @@ def test_load_backbone_errors_name_the_file(tmp_path):
     with pytest.raises(EvalError, match=r"tiny\.pt: weights do not fit model.arch=r3d_tiny width=2"):
         load_backbone(tmp_path / "tiny.pt", _tiny_cfg(width=2))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(EvalError, match=r"junk\.pt: cannot read"):
+    with pytest.raises(EvalError, match=r"junk\.pt: cannot read") as err:
         load_backbone(tmp_path / "junk.pt", _tiny_cfg())
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
 
 
 def test_cli_reports_a_missing_manifest(tmp_path):
@@ -306,8 +333,9 @@ def tiny_synthetic(tmp_path_factory):
 
 
 TINY = ["--model.arch=r3d_tiny", "--data.device=cpu", "--data.num_threads=1", "--eval.num_frames=4",
-        "--eval.stride=2", "--eval.crop_size=32", "--eval.short_side=36", "--eval.batch_size=4",
-        "--eval.test_clips=2", "--eval.epochs=3", "--eval.feature_passes=2"]
+        "--eval.stride=2", "--eval.crop_size=32", "--eval.short_side=36", "--eval.test_crop_size=36",
+        "--eval.batch_size=4", "--eval.test_clips=2", "--eval.epochs=3", "--eval.warmup_epochs=1",
+        "--eval.feature_passes=2"]
 
 
 def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
@@ -317,10 +345,13 @@ def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
 
     train_m, test_m = tiny_synthetic
     out = tmp_path / "ev"
-    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY])
+    # a GPU run's config says bf16: on the CPU evaluation runs in fp32 (bf16 clips into an fp32 model crashed)
+    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY,
+                "--train.precision=bf16"])
     saved = json.loads((out / "eval.json").read_text())
     assert saved["top1"] == res["top1"] and 0.0 <= saved["top1"] <= 1.0
     assert saved["num_test_videos"] == 4 and saved["views_per_video"] == 6 and saved["feature_passes"] == 2
+    assert saved["precision"] == "fp32" and saved["test_labels_renumbered"] is False
     assert saved["config"]["model"]["arch"] == "r3d_tiny"
     assert list(out.glob("events.out.tfevents.*"))  # TensorBoard scalars written
 
@@ -388,3 +419,101 @@ def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp
     with pytest.raises(EvalError, match=r"manifest.csv: 8 videos, fewer than one training batch \(eval.batch_size=16\)"):
         main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(tmp_path),
               *TINY, "--eval.batch_size=16"])
+
+
+# ------------------------------------------------------------------------------------ inputs against each other
+def test_precision_follows_the_device(monkeypatch):
+    from fastcvrl.eval.precision import eval_precision
+
+    for p in ("auto", "fp32", "bf16", "fp16"):
+        assert eval_precision(p, "cpu") == "fp32"
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert [eval_precision(p, cuda) for p in ("auto", "fp32", "bf16", "fp16")] == ["bf16", "fp32", "bf16", "fp16"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    assert eval_precision("bf16", cuda) == "fp16" and eval_precision("auto", cuda) == "fp16"
+    with pytest.raises(ValueError, match="train.precision"):
+        eval_precision("int8", "cpu")
+
+
+def _split(folder, labels: list[int], classes: list[str] | None) -> str:
+    """A manifest (with ``classes.txt`` unless None) of empty files with the given labels."""
+    from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
+
+    folder.mkdir(parents=True)
+    entries = []
+    for i, y in enumerate(labels):
+        (folder / f"{i}.webm").write_bytes(b"")
+        entries.append(VideoEntry(str(folder / f"{i}.webm"), y, 10, 25.0, 32, 32, "vp9"))
+    write_manifest(folder / "manifest.csv", entries)
+    if classes is not None:
+        write_classes(folder / "classes.txt", classes)
+    return str(folder / "manifest.csv")
+
+
+def test_test_labels_follow_the_training_classes_by_name(tmp_path):
+    from fastcvrl.eval.inputs import match_splits
+
+    train = _split(tmp_path / "train", [0, 1, 2, 0, 1, 2], ["archery", "bowling", "cycling"])
+    # the test split was prepared without "bowling": its classes.txt numbers cycling 1
+    test = _split(tmp_path / "test", [0, 1, 1], ["archery", "cycling"])
+    said: list[str] = []
+    s = match_splits(train, test, log=said.append)
+    assert [e.label for e in s.test] == [0, 2, 2] and s.remapped and s.num_classes == 3
+    assert len(said) == 1 and "renumbered by class name" in said[0] and "classes.txt" in said[0]
+    same = match_splits(train, _split(tmp_path / "same", [2, 0], ["archery", "bowling", "cycling"]), log=said.append)
+    assert [e.label for e in same.test] == [2, 0] and not same.remapped and len(said) == 1
+
+
+def test_test_classes_the_training_split_lacks_are_named(tmp_path):
+    from fastcvrl.eval.inputs import match_splits
+
+    train = _split(tmp_path / "train", [0, 1], ["archery", "bowling"])
+    test = _split(tmp_path / "test", [0, 1], ["archery", "zumba"])
+    with pytest.raises(EvalError, match=r"test/manifest.csv: test class\(es\) 1 \(zumba\) are not among the 2 classes"):
+        match_splits(train, test, log=lambda s: None)
+    # without classes.txt the labels are compared by number
+    bare_train = _split(tmp_path / "bare_train", [0, 1, 0], None)
+    bare_test = _split(tmp_path / "bare_test", [0, 3, 1, 5], None)
+    with pytest.raises(EvalError, match=r"test label\(s\) 3, 5 never occur in the training split"):
+        match_splits(bare_train, bare_test, log=lambda s: None)
+    # a training split holding no video of a class its classes.txt lists: test videos of it are named
+    sparse = _split(tmp_path / "sparse", [0, 0], ["archery", "bowling"])
+    with pytest.raises(EvalError, match=r"test label\(s\) 1 \(bowling\) never occur"):
+        match_splits(sparse, _split(tmp_path / "t2", [0, 1], ["archery", "bowling"]), log=lambda s: None)
+    # a label beyond its own classes.txt
+    with pytest.raises(EvalError, match=r"label\(s\) 2 beyond the 2 classes"):
+        match_splits(train, _split(tmp_path / "t3", [2], ["archery", "bowling"]), log=lambda s: None)
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "fastcvrl.eval", *args], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("override,key", [("--eval.epochs=0", "eval.epochs"), ("--eval.batch_size=0", "eval.batch_size"),
+                                          ("--eval.test_clips=0", "eval.test_clips"),
+                                          ("--eval.warmup_epochs=200", "eval.warmup_epochs")])
+def test_cli_refuses_bad_eval_keys_before_any_work(tmp_path, override, key):
+    train = _split(tmp_path / "train", [0, 1], ["a", "b"])
+    out = tmp_path / "out"
+    r = _cli("--random-init", "--train-manifest", train, "--test-manifest", train, "--out", str(out),
+             "--model.arch=r3d_tiny", override)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_cli_refuses_a_random_file_as_checkpoint_in_one_line(tmp_path):
+    import os
+
+    train = _split(tmp_path / "train", [0, 1], ["a", "b"])
+    junk = tmp_path / "backbone.pt"
+    junk.write_bytes(os.urandom(4096))
+    r = _cli("--checkpoint", str(junk), "--train-manifest", train, "--test-manifest", train, "--model.arch=r3d_tiny")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and str(junk) in r.stderr and "cannot read the checkpoint" in r.stderr
+    assert "weights_only" not in r.stderr and "Traceback" not in r.stderr

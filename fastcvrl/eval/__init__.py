@@ -1,7 +1,16 @@
-"""Evaluation of a pretrained backbone: ``python -m fastcvrl.eval``.
+"""Evaluation of a pretrained backbone: ``python -m fastcvrl.eval``, and the trainer's kNN monitor.
 
-- ``evaluate``: the command: CVRL's linear protocol (frozen backbone, one linear layer, 10 x 3 test views) or
-  fine-tuning, results in ``eval.json``.
-- ``probe``: the linear-probe math (training the linear layer, averaging the views of a video, top-k).
-- ``knn``: the weighted kNN monitor the trainer runs every ``train.knn_every`` epochs.
+One job per module:
+
+- ``evaluate``: the command (arguments, config, output folder, ``eval.json``) and ``evaluate()``, which runs
+  the linear protocol or fine-tuning on two manifests with the DALI loaders.
+- ``inputs``: the inputs checked against each other before any model work (eval keys, the two splits'
+  classes by name via ``classes.txt``, test labels the training split lacks).
+- ``weights``: the backbone a checkpoint file holds (trainer checkpoint, exported ``backbone.pt``, state dict).
+- ``precision``: the precision evaluation runs in (the config's, where the device supports it).
+- ``features``: the one feature-extraction loop (probe, fine-tuning's test, kNN), and its gather over ranks.
+- ``linear``: CVRL's linear protocol from loaders (cached feature passes, test views averaged per video).
+- ``finetune``: the whole network and a head trained together, then tested on the same views.
+- ``probe``: the probe's math, free of data (scaled lr, warm-up + cosine, SGD on features, view averaging).
+- ``knn``: the weighted kNN monitor (``train.knn_every``), sharded over ranks, bank and queries capped.
 """

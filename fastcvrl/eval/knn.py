@@ -4,20 +4,28 @@ The protocol of Wu et al. 2018 (InstDisc, Sec. 3.4), used by the video SSL peers
 cosine similarity between L2-normalised features, the ``k`` most similar training clips each vote for their
 class with weight ``exp(sim / T)``, the votes are summed per class. Defaults k=200, T=0.1 as in InstDisc.
 
-    feats, labels = extract_features(backbone, loader, device)        # (N, D) normalised, (N,)
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=200, temperature=0.1)
     stats = knn_monitor(backbone, train_loader, test_loader)           # {"knn_top1": .., "knn_top5": ..}
-    stats = knn_from_manifests(backbone, cfg, train_manifest, val_manifest, device)   # builds the loaders
+    monitor = KnnMonitor(cfg, train_manifest, val_manifest, device)   # the trainer's: checks the splits now
+    stats = monitor(backbone)                                          # every rank calls it; same stats on all
+
+On a real dataset (``KnnMonitor``) the bank is a fixed random subset of ``eval.knn_bank_size`` training
+videos and the queries one of ``eval.knn_query_size`` validation videos (chosen once per run from
+``train.seed``; 0 = all). Every rank extracts the features of its share (``torch.distributed``), the bank is
+gathered on all ranks in video order, each rank scores its own queries and the hit counts are summed: the
+result equals the single-process one (tested with two gloo processes). Features come from the evaluation's
+one loop, ``fastcvrl.eval.features``.
 
 ``knn_predict`` is the batched fast path; ``knn_predict_reference`` is the per-clip loop it is tested against.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,8 +33,9 @@ __all__ = [
     "knn_predict",
     "knn_predict_reference",
     "topk_accuracy",
-    "extract_features",
     "knn_monitor",
+    "capped_rows",
+    "KnnMonitor",
     "knn_from_manifests",
 ]
 
@@ -107,47 +116,6 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return out
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (as the trainer), nothing on CPU (fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module, loader: Iterable, device: torch.device | str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised pooled features and labels of every video the loader yields, in loader order.
-
-    Batches are ``(clip (B,3,T,H,W), label (B,))`` (one clip per video) or
-    ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))`` from the multi-view test loader, in which case the
-    V normalised view features of each video are averaged (then renormalised). The backbone is put in eval
-    mode and its previous mode restored afterwards. Returns float32 (N, D) and int64 (N,) on the CPU.
-    """
-    device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    try:
-        for batch in loader:
-            clip, label = batch[0], batch[1]
-            b = label.shape[0]
-            with _autocast(device):
-                f = backbone(clip.to(device, non_blocking=True))  # (B*V, D)
-            f = F.normalize(f.float(), dim=1)
-            if f.shape[0] != b:
-                if f.shape[0] % b:
-                    raise ValueError(f"a batch of {b} labels came with {f.shape[0]} clips (not a multiple)")
-                f = F.normalize(f.view(b, f.shape[0] // b, -1).mean(dim=1), dim=1)  # (B, D), views contiguous
-            feats.append(f.cpu())
-            labels.append(label.cpu().long())
-    finally:
-        backbone.train(was_training)
-    if not feats:
-        raise ValueError("the loader yielded no batches")
-    return torch.cat(feats), torch.cat(labels)
-
 
 def knn_monitor(
     backbone: nn.Module,
@@ -158,35 +126,113 @@ def knn_monitor(
     k: int = 200,
     temperature: float = 0.1,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Weighted kNN top-1/top-5 of ``test_loader`` videos against a bank of ``train_loader`` features.
+    """Weighted kNN top-1/top-5 of ``test_loader`` videos against a bank of ``train_loader`` features (one
+    process). No gradients, the backbone in eval mode for the duration (its mode restored after); the views
+    of a multi-view test video are averaged. ``num_classes`` defaults to the largest label + 1.
+    Returns ``{"knn_top1", "knn_top5", "knn_train_size", "knn_test_size"}``."""
+    from fastcvrl.eval.features import clip_features, video_features
 
-    Meant to be called by the trainer every ``cfg.train.knn_every`` epochs: no gradients, the backbone in eval
-    mode for the duration (train mode restored after). ``num_classes`` defaults to the largest label + 1.
-    Returns ``{"knn_top1", "knn_top5", "knn_train_size", "knn_test_size"}``.
-    """
-    train_feats, train_labels = extract_features(backbone, train_loader, device)
-    test_feats, test_labels = extract_features(backbone, test_loader, device)
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    bank = video_features(clip_features([backbone], train_loader, device, precision))
+    queries = video_features(clip_features([backbone], test_loader, device, precision))
     if num_classes is None:
-        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=k, temperature=temperature)
-    acc = topk_accuracy(scores, test_labels, (1, 5))
-    return {
-        "knn_top1": acc[1],
-        "knn_top5": acc[5],
-        "knn_train_size": float(train_feats.shape[0]),
-        "knn_test_size": float(test_feats.shape[0]),
-    }
+        num_classes = int(max(bank[1].max(), queries[1].max())) + 1
+    scores = knn_predict(bank[0], bank[1], queries[0], num_classes, k=k, temperature=temperature)
+    acc = topk_accuracy(scores, queries[1], (1, 5))
+    return {"knn_top1": acc[1], "knn_top5": acc[5], "knn_train_size": float(bank[0].shape[0]),
+            "knn_test_size": float(queries[0].shape[0])}
 
 
-def knn_from_manifests(
-    backbone: nn.Module, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str
-) -> dict[str, float]:
-    """``knn_monitor`` over two labelled manifests: one centre clip per video (``build_linear_loader`` with
-    ``train=False``: ``cfg.eval.num_frames`` x ``cfg.eval.stride``, ``cfg.eval.crop_size``), k and T from
-    ``cfg.eval.knn_k`` / ``cfg.eval.knn_temperature``. For the trainer's ``train.knn_every``."""
-    from fastcvrl.data import build_linear_loader  # DALI only when the monitor runs
+def capped_rows(n: int, cap: int, seed: int, purpose: int) -> list[int]:
+    """A fixed random subset of ``cap`` of the rows 0..n-1 (all when ``cap`` is 0 or >= n), ascending: the
+    same for the same ``(seed, purpose)`` on every rank and every call."""
+    if cap <= 0 or cap >= n:
+        return list(range(n))
+    rng = np.random.default_rng([seed, purpose])
+    return sorted(rng.choice(n, size=cap, replace=False).tolist())
 
-    train = build_linear_loader(cfg, train_manifest, device=device, train=False)
-    val = build_linear_loader(cfg, val_manifest, device=device, train=False)
-    return knn_monitor(backbone, train, val, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, device=device)
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class KnnMonitor:
+    """The trainer's kNN monitor over two labelled manifests (``train.knn_every``), sharded over all ranks.
+
+    Built once before training (reads both manifests, checks the validation labels against the training
+    split's classes by name, picks the capped bank and query subsets); each call extracts one centre clip per
+    video (``build_linear_loader(train=False)``: ``eval.num_frames`` x ``eval.stride``, ``eval.crop_size``) on
+    this rank's share, gathers the bank, and returns the same statistics on every rank. Every rank of the
+    process group must call it (it communicates)."""
+
+    def __init__(self, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str,
+                 log: Any = print) -> None:
+        from fastcvrl.config import merge
+        from fastcvrl.eval.inputs import check_eval_config, match_splits
+        from fastcvrl.eval.precision import eval_precision
+
+        check_eval_config(cfg)
+        self.device = torch.device(device)
+        self.precision = eval_precision(cfg.train.precision, self.device)
+        self.cfg = merge(cfg, {"train": {"precision": self.precision}})  # the loaders hand over this dtype
+        rank, _ = _rank_world()
+        splits = match_splits(train_manifest, val_manifest, log=log if rank == 0 else (lambda s: None))
+        self.train, self.val, self.num_classes = splits.train, splits.test, splits.num_classes
+        e, seed = cfg.eval, cfg.train.seed
+        self.bank_rows = capped_rows(len(self.train), e.knn_bank_size, seed, 0)
+        self.query_rows = capped_rows(len(self.val), e.knn_query_size, seed, 1)
+
+    def _features(self, backbone: nn.Module, entries: Sequence[Any], rows: list[int]):
+        """This rank's share of ``rows``: features with ``video`` = the manifest rows (not the shard's)."""
+        from fastcvrl.data import build_linear_loader
+        from fastcvrl.eval.features import ClipFeatures, clip_features
+
+        rank, world = _rank_world()
+        mine = rows[rank::world]
+        if not mine:
+            return ClipFeatures([torch.zeros(0, int(backbone.out_dim))], torch.zeros(0, dtype=torch.long),
+                                torch.zeros(0, dtype=torch.long))
+        loader = build_linear_loader(self.cfg, [entries[r] for r in mine], device=self.device, train=False)
+        cf = clip_features([backbone], loader, self.device, self.precision, allow_empty=True)
+        if cf.video is None:
+            raise RuntimeError("the kNN loader did not say which video each clip came from")
+        to_row = torch.tensor(mine, dtype=torch.long)
+        cf.video = to_row[cf.video]
+        cf.unreadable = frozenset(mine[v] for v in cf.unreadable)
+        return cf
+
+    def __call__(self, backbone: nn.Module) -> dict[str, float]:
+        from fastcvrl.eval.features import gather_features
+
+        e = self.cfg.eval
+        bank = gather_features(self._features(backbone, self.train, self.bank_rows))  # every rank: the whole bank
+        queries = self._features(backbone, self.val, self.query_rows)  # this rank's queries only
+        if bank.labels.numel() == 0:
+            raise RuntimeError("the kNN monitor's bank is empty: every sampled training video was unreadable")
+        scores = knn_predict(bank.feats[0].to(self.device), bank.labels, queries.feats[0], self.num_classes,
+                             k=e.knn_k, temperature=e.knn_temperature)  # (Nq_rank, C)
+        labels = queries.labels.to(scores.device)
+        hits = torch.zeros(3, dtype=torch.float64, device=scores.device)  # top-1 hits, top-5 hits, queries
+        if labels.numel():
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices  # (Nq_rank, 5)
+            hits[0] = (top[:, 0] == labels).sum()
+            hits[1] = (top == labels[:, None]).any(dim=1).sum()
+            hits[2] = labels.numel()
+        if _rank_world()[1] > 1:
+            comm = hits.cuda() if dist.get_backend() == "nccl" else hits.cpu()
+            dist.all_reduce(comm)
+            hits = comm
+        top1, top5, n = hits.tolist()  # host sync: the monitor's result
+        nan = float("nan")
+        return {"knn_top1": top1 / n if n else nan, "knn_top5": top5 / n if n else nan,
+                "knn_train_size": float(bank.labels.numel()), "knn_test_size": float(n)}
+
+
+def knn_from_manifests(backbone: nn.Module, cfg: Any, train_manifest: str, val_manifest: str,
+                       device: torch.device | str) -> dict[str, float]:
+    """``KnnMonitor(cfg, train_manifest, val_manifest, device)(backbone)`` in one call."""
+    return KnnMonitor(cfg, train_manifest, val_manifest, device)(backbone)

@@ -1,10 +1,12 @@
 """Linear-probe math of the CVRL linear protocol (Qian et al. 2021, Sec. 4.1), free of data loading.
 
-Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum) and a cosine
-learning-rate schedule; at test time the softmax scores of N temporal x 3 spatial views are averaged per video
-(CVRL's 10 x 3, as SlowFast/X3D's dense testing).
+Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum 0.9, no Nesterov,
+no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to 0
+(``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
+(``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video (CVRL's
+10 x 3, as SlowFast/X3D's dense testing).
 
-    head = train_linear(feats, labels, num_classes, epochs=100, lr=0.32)       # feats (N, D) or a list of passes
+    head = train_linear(feats, labels, num_classes, epochs=100, lr=scaled_lr(32, 256, 1024), warmup_epochs=5)
     acc = ViewAverager(num_videos, num_classes); acc.add(probs, view_video)     # any order, any batching
     top = topk_accuracy(acc.mean(), video_labels)
 
@@ -13,27 +15,39 @@ learning-rate schedule; at test time the softmax scores of N temporal x 3 spatia
 from __future__ import annotations
 
 import math
-from typing import Collection, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.eval.knn import topk_accuracy
+from fastcvrl.schedule import WarmupCosine
 
 __all__ = [
-    "cosine_lr",
+    "scaled_lr",
+    "probe_schedule",
     "train_linear",
     "ViewAverager",
     "average_views",
     "average_views_reference",
+    "video_labels",
+    "video_result",
     "topk_accuracy",
 ]
 
 
-def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    """Half-cosine decay from ``base_lr`` at step 0 to 0 at ``total_steps`` (no warm-up, as CVRL's linear eval)."""
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
+    """``lr`` given at ``base_batch_size``, scaled linearly to ``batch_size`` (the reference: 32 at 1024 = 8 at 256)."""
+    return lr * batch_size / base_batch_size
+
+
+def probe_schedule(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> WarmupCosine:
+    """The learning rate of every step: linear warm-up over ``warmup_epochs`` then cosine to 0 at the end
+    (``.value_at(step)``; the same schedule as pretraining)."""
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = min(round(warmup_epochs * steps_per_epoch), total)
+    return WarmupCosine(torch.zeros(()), lr, warmup, total)
 
 
 def train_linear(
@@ -43,16 +57,18 @@ def train_linear(
     *,
     epochs: int = 100,
     batch_size: int = 256,
-    lr: float = 0.32,
+    lr: float = 8.0,
+    warmup_epochs: float = 5.0,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> nn.Linear:
-    """Train one linear layer on frozen features with SGD + cosine schedule; returns it (on the features' device).
+    """Train one linear layer on frozen features (SGD, warm-up + cosine); returns it (on the features' device).
 
-    ``features`` is (N, D) with ``labels`` (N,), or lists of K such tensors: K cached augmented passes over
-    the training set (each pass in its own order, so each has its labels). Epoch e reads pass e mod K, so every
-    epoch sees a fresh augmentation draw as long as K allows. Features are L2-normalised here (CVRL's protocol).
+    ``lr`` is the rate at ``batch_size`` (already scaled, see ``scaled_lr``). ``features`` is (N, D) with
+    ``labels`` (N,), or lists of K such tensors: K cached augmented passes over the training set (each pass in
+    its own order, so each has its labels). Epoch e reads pass e mod K, so every epoch sees a fresh
+    augmentation draw as long as K allows. Features are L2-normalised here (CVRL's protocol).
     """
     passes = [features] if isinstance(features, torch.Tensor) else list(features)
     pass_labels = [labels] if isinstance(labels, torch.Tensor) else list(labels)
@@ -72,9 +88,8 @@ def train_linear(
         bound = 1.0 / math.sqrt(dim)
         head.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen))
         head.bias.zero_()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    schedule = probe_schedule(lr, math.ceil(n / batch_size), epochs, warmup_epochs)
     step = 0
     for epoch in range(epochs):
         x_all, y_all = passes[epoch % len(passes)], pass_labels[epoch % len(passes)]
@@ -82,7 +97,7 @@ def train_linear(
         for start in range(0, x_all.shape[0], batch_size):
             idx = order[start : start + batch_size]
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(lr, step, total)
+                g["lr"] = schedule.value_at(step)
             loss = F.cross_entropy(head(x_all[idx]), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,3 +146,17 @@ def average_views_reference(scores: torch.Tensor, view_video: torch.Tensor, num_
     for s, v in zip(scores, view_video.tolist()):
         rows[v].append(s.double())
     return torch.stack([torch.stack(r).mean(dim=0) for r in rows]).float()
+
+
+def video_labels(labels: torch.Tensor, video: torch.Tensor, num_videos: int) -> torch.Tensor:
+    """(num_videos,) label of each video from per-clip labels; -1 where a video has no clip."""
+    out = torch.full((num_videos,), -1, dtype=torch.long)
+    out[video] = labels
+    return out
+
+
+def video_result(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Top-1/top-5 over the videos that were scored (label -1: a video left out as unreadable)."""
+    scored = labels >= 0
+    acc = topk_accuracy(scores[scored], labels[scored], (1, 5))
+    return {"top1": acc[1], "top5": acc[5], "num_scored_videos": int(scored.sum())}
