@@ -18,8 +18,10 @@ train and 32 test videos per class, generated once beside the pretraining set): 
 standard error of one accuracy near 2 points instead of 4 with the built-in 64. Flips are off (the classes
 come in mirror pairs, so a flip changes the label; with flips CVRL's positives pair move_right with
 move_left). Evaluation clip geometry follows the pretraining config (``eval.num_frames/stride/crop_size`` from
-``data.*``, not the K400 values of ``EvalConfig``) unless given on the command line. CPU figures: the
-trainer's budget, not the paper's 800 epochs.
+``data.*``, not the K400 values of ``EvalConfig``; the test views' short side 256/224 of the crop and test
+crops as large as the short side, as CVRL's 256 at 256) unless given on the command line. The probe follows
+the reference's protocol (lr 32 per 1024 scaled to ``eval.batch_size``: 1.0 at 32; 5 warm-up epochs, then
+cosine). CPU figures: the trainer's budget, not the paper's 800 epochs.
 """
 from __future__ import annotations
 
@@ -40,8 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastcvrl.config import Config, load_config, merge, parse_overrides, to_dict  # noqa: E402
-from fastcvrl.eval.evaluate import ClipFeatures, clip_features, load_backbone, probe_features  # noqa: E402
+from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
+from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
+from fastcvrl.eval.linear import probe_features  # noqa: E402
+from fastcvrl.eval.precision import eval_precision  # noqa: E402
+from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
@@ -70,9 +76,13 @@ def resolve(args: argparse.Namespace, overrides: list[str]) -> Config:
     cfg = load_config(args.config or default_config(), overrides)
     given = parse_overrides(overrides).get("eval", {})
     follow = {k: getattr(cfg.data, k) for k in ("num_frames", "stride", "crop_size") if k not in given}
-    if "short_side" not in given:  # test crops keep 224/256 of the short side, as CVRL's
+    if "short_side" not in given:  # the short side is 256/224 of the training crop, as CVRL's
         follow["short_side"] = round(follow.get("crop_size", cfg.eval.crop_size) * 256 / 224)
-    return merge(cfg, {"eval": follow})
+    if "test_crop_size" not in given:  # test crops as large as the short side, as CVRL's (256 at 256)
+        follow["test_crop_size"] = follow.get("short_side", cfg.eval.short_side)
+    cfg = merge(cfg, {"eval": follow})
+    check_eval_config(cfg)
+    return cfg
 
 
 def pretrain(cfg_path: str | None, seed: int, run_dir: Path, overrides: list[str]) -> float:
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = eval_precision(cfg.train.precision, device)  # the evaluation's loaders and autocast
+    eval_cfg = merge(cfg, {"train": {"precision": precision}})
     t_start = time.perf_counter()
 
     from fastcvrl.datasets.synthetic import ensure_synthetic
@@ -183,14 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     e = cfg.eval
     passes = max(1, min(e.feature_passes, e.epochs))
-    loader = build_linear_loader(cfg, train_m, device=device, seed=0, train=True)
+    loader = build_linear_loader(eval_cfg, train_m, device=device, seed=0, train=True)
     train_passes: list[ClipFeatures] = []
     for p in range(passes):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(p)
-        train_passes.append(clip_features(backbones, loader, device))
+        train_passes.append(clip_features(backbones, loader, device, precision))
         log(f"train features pass {p + 1}/{passes}: {train_passes[-1].labels.numel()} clips x {len(backbones)} backbones")
-    test = clip_features(backbones, build_test_loader(cfg, test_m, device=device), device)
+    test = clip_features(backbones, build_test_loader(eval_cfg, test_m, device=device), device, precision)
     views = test.labels.numel() // test_n
     log(f"test features: {test.labels.numel()} clips ({views} views per video); features took {time.perf_counter() - t0:.0f}s")
 

@@ -139,7 +139,8 @@ def _multiview_graph(source: MultiViewSource, device: str, crop_size: int, short
 def multiview_pipeline(source: MultiViewSource, *, device: str, crop_size: int, short_side: int, num_crops: int,
                        batch_size: int, num_threads: int = 2, device_id: int | None = None, prefetch: int = 2,
                        seed: int = 0) -> Pipeline:
-    """Test views: resize the short side to ``short_side``, then ``num_crops`` crops of every clip.
+    """Test views: resize the short side to ``short_side``, then ``num_crops`` crops of ``crop_size`` of every
+    clip, spread along the long side (the reference: 3 crops of 256 at short side 256, ``eval.test_crop_size``).
 
     Output ``views`` per video: (crops, clips*T, S, S, 3) uint8 (all views of a video together), ``label``,
     ``meta``."""

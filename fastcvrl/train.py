@@ -155,19 +155,22 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
 
 def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.DistEnv):
     """``train.knn_every``: a callable giving the weighted kNN top-1/top-5 of the backbone (bank: the training
-    manifest's videos, queries: ``data.val_manifest``; clips as ``cfg.eval``), run on rank 0; None when off."""
+    manifest's videos, queries: ``data.val_manifest``, both capped; clips as ``cfg.eval``), every rank
+    extracting its share; the stats on rank 0 (empty elsewhere); None when off."""
     if not (cfg.train.knn_every and manifest and cfg.data.val_manifest):
         if cfg.train.knn_every:
             dist.print0("train.knn_every is set but data.val_manifest is empty: the kNN monitor is off")
         return None
-    from fastcvrl.eval.knn import knn_from_manifests
+    from fastcvrl.eval.knn import EvalError, KnnMonitor
+
+    try:
+        monitor = KnnMonitor(cfg, manifest, cfg.data.val_manifest, env.device)  # checks both splits now
+    except EvalError as e:
+        raise ManifestError(str(e)) from None
 
     def run() -> dict[str, float]:
-        stats = {}
-        if env.rank == 0:
-            stats = knn_from_manifests(model.backbone, cfg, manifest, cfg.data.val_manifest, env.device)
-        dist.barrier()
-        return stats
+        stats = monitor(model.backbone)  # collective: every rank calls it
+        return stats if env.rank == 0 else {}
 
     return run
 

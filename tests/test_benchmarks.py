@@ -206,7 +206,7 @@ def test_learning_proof_tiny_end_to_end(tmp_path):
         "--seeds", "0", "1", "--out", str(tmp_path / "proof"), "--probe-videos", "0", "0",
         f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=6",
         "--data.num_frames=4", "--data.crop_size=32", "--train.batch_size=4", "--train.epochs=2", "--optim.warmup_epochs=1",
-        "--train.knn_every=0", "--train.log_every=1", "--eval.epochs=2", "--eval.batch_size=4",
+        "--train.knn_every=0", "--train.log_every=1", "--eval.epochs=2", "--eval.warmup_epochs=1", "--eval.batch_size=4",
         "--eval.test_clips=2", "--eval.feature_passes=1",
     ])
     assert json.loads((tmp_path / "proof" / "learning_proof.json").read_text())["seeds"] == [0, 1]

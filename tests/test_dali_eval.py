@@ -148,8 +148,9 @@ def test_test_crops_span_the_long_side(tmp_path, height, width):
     (tmp_path / "m.csv").write_text(
         f"path,label,num_frames,fps,width,height,codec\nr.avi,0,10,25.0,{width},{height},mjpeg\n")
     cfg = small_config()
-    cfg.eval.short_side, cfg.eval.crop_size = 16, 16
+    cfg.eval.short_side, cfg.eval.test_crop_size, cfg.eval.crop_size = 16, 16, 8  # test crops: the whole short side
     (clips, _, _), = list(build_test_loader(cfg, str(tmp_path / "m.csv"), device="cpu"))
+    assert clips.shape[-2:] == (16, 16)  # eval.test_crop_size, not the training clips' eval.crop_size
     means = clips.mean((1, 2, 3, 4)).view(3, 3)[:, 0]  # first clip of each crop
     assert means[0] < means[1] < means[2]
     assert abs(float(means[1]) - 0.5) < 0.05

@@ -1,13 +1,19 @@
-"""Weighted kNN monitor: fast path vs loop reference, the weighting rule, and the monitor's mode handling."""
+"""Weighted kNN monitor: fast path vs loop reference, the weighting rule, the monitor's mode handling, the
+capped bank and queries, and two gloo ranks giving the single process's result."""
 from __future__ import annotations
 
 import math
+import os
+import socket
+import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
-from fastcvrl.eval.knn import extract_features, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
+from fastcvrl.eval.features import clip_features, video_features
+from fastcvrl.eval.knn import capped_rows, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
 
 
 @pytest.mark.parametrize("k,chunk", [(7, 1024), (7, 3), (500, 4)])  # k > N is capped; several chunks
@@ -93,12 +99,103 @@ def test_knn_monitor_classifies_separable_clips_and_restores_train_mode():
     assert chance["knn_top1"] < 0.7
 
 
-def test_extract_features_averages_contiguous_views():
+def test_video_features_average_contiguous_views():
     g = torch.Generator().manual_seed(2)
     y = torch.tensor([0, 2, 1])
     clips = _clips(y, g, views=4)  # (12, 3, 2, 4, 4), views of a video contiguous
     backbone = _MeanColour()
-    feats, labels = extract_features(backbone, [(clips, y, torch.arange(3))])
+    feats, labels, videos = video_features(clip_features([backbone], [(clips, y, torch.tensor([5, 1, 3]))], "cpu"))
     per_view = torch.nn.functional.normalize(clips.mean(dim=(2, 3, 4)), dim=1).view(3, 4, 3).mean(1)
-    torch.testing.assert_close(feats, torch.nn.functional.normalize(per_view, dim=1))
-    assert labels.tolist() == [0, 2, 1]
+    want = torch.nn.functional.normalize(per_view, dim=1)
+    assert videos.tolist() == [1, 3, 5]  # ascending video ids
+    torch.testing.assert_close(feats, want[[1, 2, 0]])
+    assert labels.tolist() == [2, 1, 0]
+
+
+def test_capped_rows_are_a_fixed_seeded_subset():
+    a = capped_rows(1000, 100, seed=3, purpose=0)
+    assert len(a) == len(set(a)) == 100 and a == sorted(a) and 0 <= a[0] and a[-1] < 1000
+    assert a == capped_rows(1000, 100, seed=3, purpose=0)  # the same on every rank and call
+    assert a != capped_rows(1000, 100, seed=4, purpose=0) and a != capped_rows(1000, 100, seed=3, purpose=1)
+    assert capped_rows(10, 0, 0, 0) == capped_rows(10, 10, 0, 0) == capped_rows(10, 50, 0, 0) == list(range(10))
+
+
+# ------------------------------------------------------------------------------ sharded over two gloo ranks
+WORLD = 2
+KNN = ["--model.arch=r3d_tiny", "--data.device=cpu", "--data.num_threads=1", "--eval.num_frames=4",
+       "--eval.stride=2", "--eval.crop_size=32", "--eval.short_side=36", "--eval.batch_size=2",
+       "--eval.knn_bank_size=7", "--eval.knn_query_size=5", "--eval.knn_k=3", "--train.seed=5"]
+
+
+@pytest.fixture(scope="module")
+def knn_set(tmp_path_factory):
+    from fastcvrl.datasets.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("knn") / "d"
+    return ensure_synthetic(root, num_classes=2, videos_per_class=5, test_videos_per_class=3, size=32,
+                            num_frames=16, workers=1)
+
+
+def _knn_run(train_m: str, test_m: str) -> dict:
+    from fastcvrl.config import load_config
+    from fastcvrl.eval.knn import KnnMonitor
+    from fastcvrl.model import build_backbone
+
+    cfg = load_config(None, KNN)
+    torch.manual_seed(0)
+    backbone = build_backbone("r3d_tiny")
+    monitor = KnnMonitor(cfg, train_m, test_m, "cpu", log=lambda s: None)
+    bank = monitor.bank(backbone)
+    return {"stats": monitor(backbone), "bank": bank.feats[0], "labels": bank.labels, "video": bank.video,
+            "bank_rows": monitor.bank_rows, "query_rows": monitor.query_rows}
+
+
+def _knn_worker(rank: int, port: int, train_m: str, test_m: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.save(_knn_run(train_m, test_m), os.path.join(out, f"rank{rank}.pt"))
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
+    train_m, test_m = knn_set
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_knn_worker, args=(r, port, train_m, test_m, str(tmp_path))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 300
+    try:
+        while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break  # one rank failed: the other would wait at a collective until the deadline
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+            p.join(10)
+    assert [p.exitcode for p in procs] == [0, 0], "a kNN rank failed or ran past the deadline"
+
+    single = _knn_run(train_m, test_m)  # no process group: the same caps, one process
+    assert len(single["bank_rows"]) == 7 and len(single["query_rows"]) == 5  # 10 and 6 videos, capped
+    assert single["video"].tolist() == single["bank_rows"]
+    for r in range(WORLD):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        assert got["bank_rows"] == single["bank_rows"] and got["query_rows"] == single["query_rows"]
+        assert got["video"].tolist() == single["bank_rows"]  # the gathered bank, in manifest-row order
+        assert torch.equal(got["labels"], single["labels"])
+        torch.testing.assert_close(got["bank"], single["bank"], rtol=1e-4, atol=1e-5)
+        assert got["stats"] == single["stats"]
+    assert single["stats"]["knn_train_size"] == 7 and single["stats"]["knn_test_size"] == 5

@@ -29,7 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from fastcvrl.eval.weights import EvalError
+
 __all__ = [
+    "EvalError",
     "knn_predict",
     "knn_predict_reference",
     "topk_accuracy",
@@ -186,8 +189,8 @@ class KnnMonitor:
         self.bank_rows = capped_rows(len(self.train), e.knn_bank_size, seed, 0)
         self.query_rows = capped_rows(len(self.val), e.knn_query_size, seed, 1)
 
-    def _features(self, backbone: nn.Module, entries: Sequence[Any], rows: list[int]):
-        """This rank's share of ``rows``: features with ``video`` = the manifest rows (not the shard's)."""
+    def features(self, backbone: nn.Module, entries: Sequence[Any], rows: list[int]):
+        """``ClipFeatures`` of this rank's share of ``rows`` (every world-th), ``video`` = manifest rows."""
         from fastcvrl.data import build_linear_loader
         from fastcvrl.eval.features import ClipFeatures, clip_features
 
@@ -205,12 +208,16 @@ class KnnMonitor:
         cf.unreadable = frozenset(mine[v] for v in cf.unreadable)
         return cf
 
-    def __call__(self, backbone: nn.Module) -> dict[str, float]:
+    def bank(self, backbone: nn.Module):
+        """The whole bank on every rank: each rank's share extracted, gathered, in manifest-row order."""
         from fastcvrl.eval.features import gather_features
 
+        return gather_features(self.features(backbone, self.train, self.bank_rows))
+
+    def __call__(self, backbone: nn.Module) -> dict[str, float]:
         e = self.cfg.eval
-        bank = gather_features(self._features(backbone, self.train, self.bank_rows))  # every rank: the whole bank
-        queries = self._features(backbone, self.val, self.query_rows)  # this rank's queries only
+        bank = self.bank(backbone)  # (N, D) on every rank
+        queries = self.features(backbone, self.val, self.query_rows)  # this rank's queries only
         if bank.labels.numel() == 0:
             raise RuntimeError("the kNN monitor's bank is empty: every sampled training video was unreadable")
         scores = knn_predict(bank.feats[0].to(self.device), bank.labels, queries.feats[0], self.num_classes,
