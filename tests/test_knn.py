@@ -199,3 +199,23 @@ def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
         torch.testing.assert_close(got["bank"], single["bank"], rtol=1e-4, atol=1e-5)
         assert got["stats"] == single["stats"]
     assert single["stats"]["knn_train_size"] == 7 and single["stats"]["knn_test_size"] == 5
+
+
+def test_monitor_checks_the_splits_when_built(tmp_path):
+    """The trainer builds the monitor before its first epoch: a validation class the training split lacks is
+    refused then, naming it, not at the first kNN epoch."""
+    from fastcvrl.config import Config
+    from fastcvrl.eval.knn import EvalError, KnnMonitor
+    from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
+
+    for split, labels, names in (("train", [0, 1, 0], ["walk", "run"]), ("val", [0, 1], ["walk", "swim"])):
+        folder = tmp_path / split
+        folder.mkdir()
+        entries = []
+        for i, y in enumerate(labels):
+            (folder / f"{i}.webm").write_bytes(b"")
+            entries.append(VideoEntry(str(folder / f"{i}.webm"), y, 10, 25.0, 32, 32, "vp9"))
+        write_manifest(folder / "manifest.csv", entries)
+        write_classes(folder / "classes.txt", names)
+    with pytest.raises(EvalError, match=r"val/manifest.csv: test class\(es\) 1 \(swim\) are not among"):
+        KnnMonitor(Config(), str(tmp_path / "train" / "manifest.csv"), str(tmp_path / "val" / "manifest.csv"), "cpu")

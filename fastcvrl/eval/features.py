@@ -129,7 +129,7 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     sizes = [torch.zeros_like(n) for _ in range(_world())]
     dist.all_gather(sizes, n)
     sizes_host = [int(s.item()) for s in sizes]  # host sync: the row counts, once per gather
-    width = max(sizes_host)
+    width = max(max(sizes_host), 1)  # no zero-size collectives
     padded = x.new_zeros((width, *x.shape[1:]))
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in sizes_host]
