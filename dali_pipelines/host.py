@@ -165,7 +165,7 @@ class VideoSource:
 
 class PretrainSource(VideoSource):
     """Two CVRL views per video. Columns: encoded, frames, order1, order2, then per view roi_start, roi_end,
-    M, T (+ blur_sigma when blurring, + solarize when solarizing), then label, meta. ``frames``: the sorted
+    colour params (6,), colour op order (4,) (``spatial.color_params``) (+ blur_sigma when blurring, + solarize when solarizing), then label, meta. ``frames``: the sorted
     union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
     ``order1/2``: each view's frames within that union."""
 
@@ -174,6 +174,8 @@ class PretrainSource(VideoSource):
     def __init__(self, entries: Sequence[Any], batch_size: int, data_cfg: Any, **kw: Any):
         self.cfg = data_cfg
         temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
+        spatial.check_view_probs("blur_prob", data_cfg.blur_prob)
+        spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
         self.view_columns = 4 + int(data_cfg.blur) + int(data_cfg.solarize)
         self.num_outputs = 6 + 2 * self.view_columns
         super().__init__(entries, batch_size, **kw)
@@ -191,12 +193,12 @@ class PretrainSource(VideoSource):
             box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
                                               (c.min_aspect, c.max_aspect))
             start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
-            m, t = spatial.pixel_affine(spatial.color_transform(
-                rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob))
-            # the reference's asymmetric blur (view 1 always, view 2 p=0.1) and solarize (view 2, p=0.2)
-            sigma = spatial.blur_sigma(rng, 1.0 if view == 0 else 0.1) if c.blur else 0.0
-            sol = bool(view == 1 and c.solarize and rng.random() < 0.2)
-            views += [start, end, m, t]
+            params, order = spatial.color_params(
+                rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob)
+            # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
+            sigma = spatial.blur_sigma(rng, c.blur_prob[view]) if c.blur else 0.0
+            sol = bool(c.solarize and rng.random() < c.solarize_prob[view])
+            views += [start, end, params, order]
             views += [np.array(sigma, np.float32)] if c.blur else []
             views += [np.array(sol)] if c.solarize else []
         label = np.array(self.entries[video].label, np.int32)

@@ -23,28 +23,71 @@ _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
+def crop_box_for(
+    height: int,
+    width: int,
+    aspect: np.ndarray,
+    u_height: np.ndarray,
+    u_y: np.ndarray,
+    u_x: np.ndarray,
+    area: tuple[float, float] = (0.3, 1.0),
+    min_covered: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """TF's ``GenerateRandomCrop`` for a batch of attempts (``(A,)`` each), vectorised and deterministic.
+
+    ``aspect`` is width / height; ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1) standing for TF's
+    ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``(boxes (A, 4) int64 [y0, x0, y1, x1], ok (A,))``:
+    the height is uniform over the integer heights between those of the area bounds at this aspect (nudged by
+    one pixel where rounding leaves the area outside them), the width ``rint(height * aspect)``, the offset
+    uniform over ``[0, H - h)`` (TF never places a crop flush with the far edge unless it spans the frame),
+    and an attempt fails when its area is outside the bounds or it covers less than ``min_covered`` of the
+    frame (the reference's whole-image box)."""
+    r = np.asarray(aspect, np.float32)
+    total = np.float32(height * width)
+    lo, hi = np.float32(area[0]) * total, np.float32(area[1]) * total
+    h = np.rint(np.sqrt(lo / r)).astype(np.int64)
+    hmax = np.rint(np.sqrt(hi / r)).astype(np.int64)
+    wide = np.rint(hmax * r) > width  # the largest height would give a crop wider than the frame
+    capped = ((width + 0.5 - 1e-7) / r).astype(np.int64)
+    capped = np.where(np.rint(capped * r) > width, capped - 1, capped)
+    hmax = np.minimum(np.where(wide, capped, hmax), height)
+    h = np.minimum(h, hmax)
+    h = h + np.floor(u_height * (hmax - h + 1)).astype(np.int64)  # uniform on [h, hmax]
+    w = np.rint(h * r).astype(np.int64)
+    small = w * h < lo
+    h = np.where(small, h + 1, h)
+    w = np.where(small, np.rint(h * r).astype(np.int64), w)
+    big = w * h > hi
+    h = np.where(big, h - 1, h)
+    w = np.where(big, np.rint(h * r).astype(np.int64), w)
+    a = w * h
+    ok = (a >= lo) & (a <= hi) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    ok &= a >= min_covered * total
+    y0 = np.where(h < height, np.floor(u_y * (height - h)), 0).astype(np.int64)
+    x0 = np.where(w < width, np.floor(u_x * (width - w)), 0).astype(np.int64)
+    return np.stack([y0, x0, y0 + h, x0 + w], 1), ok
+
+
 def random_resized_crop(
     rng: np.random.Generator,
     height: int,
     width: int,
     area: tuple[float, float] = (0.3, 1.0),
     aspect: tuple[float, float] = (0.5, 2.0),
-    attempts: int = 10,
+    attempts: int = 100,
 ) -> np.ndarray:
-    """Crop box ``[y0, x0, y1, x1]`` in whole pixels (float32): area fraction uniform, aspect log-uniform,
-    position uniform (as torchvision's RandomResizedCrop); the whole frame if no draw fits in ``attempts``."""
-    total = float(height * width)
-    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(attempts):
-        a = total * rng.uniform(area[0], area[1])
-        r = math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(a * r)))
-        h = int(round(math.sqrt(a / r)))
-        if 0 < w <= width and 0 < h <= height:
-            y0 = int(rng.integers(0, height - h + 1))
-            x0 = int(rng.integers(0, width - w + 1))
-            return np.array([y0, x0, y0 + h, x0 + w], np.float32)
-    return np.array([0, 0, height, width], np.float32)
+    """Crop box ``[y0, x0, y1, x1]`` in whole pixels (float32), as the reference's
+    ``tf.image.sample_distorted_bounding_box`` (whole image as the box, ``min_object_covered`` 0.1):
+    per attempt the aspect ratio (width / height) is uniform in ``aspect``, then the height uniform between
+    the heights that give the area bounds, then the offset uniform (``crop_box_for``); the first of
+    ``attempts`` that fits, else the whole frame. All attempts are drawn at once (one generator call)."""
+    u = rng.random((attempts, 4))
+    r = aspect[0] + (aspect[1] - aspect[0]) * u[:, 0].astype(np.float32)
+    boxes, ok = crop_box_for(height, width, r, u[:, 1], u[:, 2], u[:, 3], area)
+    hit = np.flatnonzero(ok)
+    if len(hit) == 0:
+        return np.array([0, 0, height, width], np.float32)
+    return boxes[hit[0]].astype(np.float32)
 
 
 def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -114,11 +157,95 @@ def pixel_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return affine[:3, :3].astype(np.float32), (255.0 * affine[:3, 3]).astype(np.float32)
 
 
-def apply_color_reference(rgb: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """NumPy reference: the colour map on uint8 pixels ``(..., 3)``, rounded and clipped like a uint8 output."""
+def apply_affine_reference(rgb: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """NumPy reference: the affine colour map on uint8 pixels ``(..., 3)``, rounded and clipped like a uint8 output."""
     m, t = pixel_affine(affine)
     y = np.asarray(rgb, np.float64) @ m.T.astype(np.float64) + t
     return np.clip(np.round(y), 0, 255).astype(np.uint8)
+
+
+GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, the reference's grayscale
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def color_params(
+    rng: np.random.Generator,
+    jitter_prob: float = 0.8,
+    strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
+    grayscale_prob: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One clip's colour draw, as the reference's ``random_color_jitter_3d``: ``params`` (6,) float32
+    ``[jitter on, brightness factor, contrast factor, saturation factor, hue delta, grayscale on]`` and
+    ``order`` (4,) int32, the ``JITTER_OPS`` indices in the order they apply. Factors are uniform in
+    ``[max(0, 1 - s), 1 + s]``, the hue delta in ``[-h, h]`` (a fraction of a full turn); with jitter off
+    the factors are 1 and the delta 0 (identity)."""
+    b, c, s, h = strength
+    u = rng.random(6)
+    on = u[0] < jitter_prob
+    f = [max(0.0, 1 - b) + (1 + b - max(0.0, 1 - b)) * u[2],
+         max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[3],
+         max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[4],
+         -h + 2 * h * u[5]]
+    order = rng.permutation(4).astype(np.int32)
+    if not on:
+        f = [1.0, 1.0, 1.0, 0.0]
+    params = np.array([float(on), *f, float(u[1] < grayscale_prob)], np.float32)
+    return params, order
+
+
+def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
+    """Textbook RGB -> HSV on ``(..., 3)`` in [0, 1], hue in [0, 1) (the tie order of TF's kernel: R, G, B)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(-1)
+    c = v - x.min(-1)
+    safe = np.where(c > 0, c, 1.0)
+    h = np.where(r == v, (g - b) / safe, np.where(g == v, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = np.where(c > 0, (h / 6.0) % 1.0, 0.0)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
+    return np.stack([h, s, v], -1)
+
+
+def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Textbook HSV -> RGB by sector of the hue circle."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    h6 = (h % 1.0) * 6.0
+    sector = np.floor(h6).astype(np.int64) % 6
+    f = h6 - np.floor(h6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.zeros(h.shape + (3,))
+    for k, rgb in enumerate(table):
+        out[sector == k] = np.stack(rgb, -1)[sector == k]
+    return out
+
+
+def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Slow NumPy statement of the reference's colour jitter and grayscale on one clip ``(T, H, W, 3)`` float in
+    [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
+    brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation
+    ``S * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
+    channels) when drawn."""
+    x = np.asarray(clip, np.float64)
+    on, fb, fc, fs, dh, gray = (float(v) for v in params)
+    if on:
+        for op in order:
+            if op == 0:
+                x = x * fb
+            elif op == 1:
+                m = x.reshape(-1, 3).mean(0)
+                x = (x - m) * fc + m
+            elif op == 2:
+                hsv = _rgb_to_hsv(x)
+                hsv[..., 1] = np.clip(hsv[..., 1] * fs, 0.0, 1.0)
+                x = _hsv_to_rgb(hsv)
+            else:
+                hsv = _rgb_to_hsv(x)
+                hsv[..., 0] = (hsv[..., 0] + dh) % 1.0
+                x = _hsv_to_rgb(hsv)
+            x = np.clip(x, 0.0, 1.0)
+    if gray:
+        x = np.repeat((x @ GRAY)[..., None], 3, -1)
+    return x
 
 
 def blur_sigma(rng: np.random.Generator, prob: float, lo: float = 0.1, hi: float = 2.0) -> float:
@@ -128,9 +255,30 @@ def blur_sigma(rng: np.random.Generator, prob: float, lo: float = 0.1, hi: float
 
 
 def blur_window(size: int) -> int:
-    """SimCLR's blur kernel: 10% of the image side, odd."""
-    k = max(3, size // 10)
-    return k if k % 2 else k + 1
+    """The reference's blur kernel: ``size // 10`` taps rounded up to odd (23 at 224, 11 at 112)."""
+    return 2 * ((size // 10) // 2) + 1
+
+
+def blur_reference(clip: np.ndarray, sigma: float, window: int) -> np.ndarray:
+    """Slow NumPy statement of the reference's blur on ``(T, H, W, 3)``: separable Gaussian, zero padding."""
+    r = window // 2
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    x = np.pad(np.asarray(clip, np.float64), ((0, 0), (r, r), (r, r), (0, 0)))
+    h, w = clip.shape[1:3]
+    rows = sum(k[i] * x[:, :, i : i + w] for i in range(window))  # (T, H + 2r, W, 3)
+    return sum(k[i] * rows[:, i : i + h] for i in range(window))
+
+
+def solarize_reference(clip: np.ndarray) -> np.ndarray:
+    """The reference's solarize: ``x`` below 0.5, ``1 - x`` from 0.5 on."""
+    return np.where(clip < 0.5, clip, 1.0 - clip)
+
+
+def check_view_probs(name: str, probs: list[float]) -> None:
+    """Raise ``ValueError`` naming the key unless ``probs`` is two probabilities (view 1, view 2)."""
+    if len(probs) != 2 or not all(0.0 <= float(p) <= 1.0 for p in probs):
+        raise ValueError(f"data.{name} must be two probabilities in [0, 1] (view 1, view 2), got {probs!r}")
 
 
 def eval_crop_anchors(height: int, width: int, num_crops: int) -> np.ndarray:

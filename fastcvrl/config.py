@@ -55,8 +55,10 @@ class DataConfig:
     saturation: float = 0.8
     hue: float = 0.2
     grayscale_prob: float = 0.2
-    blur: bool = False  # the reference code's asymmetric Gaussian blur (view 1 always, view 2 p=0.1)
-    solarize: bool = False  # the reference code's solarize (view 2, p=0.2)
+    blur: bool = False  # Gaussian blur (sigma 0.1-2, zero padding) with blur_prob per view
+    blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])  # view 1, view 2 (the reference's)
+    solarize: bool = False  # solarize with solarize_prob per view
+    solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])  # view 1, view 2 (the reference's)
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # in [0,1] pixel units
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     skip_corrupt: bool = True  # a video the decoder fails on is reported and skipped (False: raise naming it)

@@ -215,7 +215,7 @@ def torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, no
                 device: torch.device) -> list[torch.Tensor]:
     """Apply ``torch_augment`` to the decoded frames ``outs[0]``. ``views``: per view, the output index of its
     ``order`` column and of its first parameter column; ``k`` parameter columns per view:
-    ``roi_start, roi_end[, M, T[, sigma][, solarize]]`` (two columns: crop and flip only)."""
+    ``roi_start, roi_end[, colour params, colour order[, sigma][, solarize]]`` (two columns: crop and flip only)."""
     with _one_torch_thread(device):
         return _torch_views(outs, views, k, size, norm, device)
 
@@ -247,7 +247,7 @@ def _torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, n
                           memory_format=torch.channels_last_3d)  # (B, 3, T, S, S)
         for i in range(n):
             clip = torch_augment.crop_resize(videos[i], order[i], c[0][i], c[1][i], size)  # (T, 3, S, S) uint8
-            m, t = (torch.from_numpy(c[2][i]), torch.from_numpy(c[3][i])) if k > 2 else (None, None)
+            m, t = (c[2][i], c[3][i]) if k > 2 else (None, None)  # colour params (6,), op order (4,)
             sigma = float(c[4][i]) if norm.blur else 0.0
             sol = bool(c[-1][i]) if norm.solarize else False
             torch_augment.color_normalize(clip, m, t, norm.mean, norm.std, out[i], sigma, sol, blur_window(size))
