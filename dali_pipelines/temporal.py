@@ -5,7 +5,8 @@ stride ``s``. With ``L`` frames and ``M = L - (T-1)*s`` possible starts, the gap
 from a density that decreases with the gap (``M - gap`` for the default ``linear`` rule; ``1 - (gap/M)^p`` in
 general; ``uniform`` as the ablation), the first start is uniform on ``[0, M - gap)``, the second is
 ``first + gap`` and the order of the two is swapped at random. A video shorter than one clip (``L <= (T-1)*s``)
-uses ``M = L`` and loops its frames, as the reference code does.
+has ``M = L``: its two starts are independent uniforms on ``[0, L)`` and its clips loop its frames, as the
+reference code does.
 
 Gaps are continuous draws floored to whole frames, so ``P(gap = k) = F((k+1)/M) - F(k/M)`` with ``F`` the
 CDF of the rule on ``[0, 1]`` (``gap_pmf``), which is what the statistical test checks against.
@@ -83,7 +84,8 @@ def sample_starts(
 ) -> np.ndarray:
     """Start frames of the two views, ``(N, 2)`` int64, one row per video of ``num_frames`` (``(N,)``).
 
-    Three uniforms per video (gap, first start, swap), so a video's draws do not depend on the others'.
+    Three uniforms per video (gap, first start, swap; for a video shorter than one clip the first two are the
+    two starts), so a video's draws do not depend on the others'.
     """
     lengths = np.atleast_1d(np.asarray(num_frames, dtype=np.int64))
     m = np.array([num_starts(int(n), clip_frames, stride) for n in lengths], dtype=np.int64)
@@ -93,6 +95,8 @@ def sample_starts(
     starts = np.stack([first, first + gap], axis=1)
     swap = u[:, 2] < 0.5
     starts[swap] = starts[swap][:, ::-1]
+    short = m == lengths  # shorter than one clip: two independent uniform starts, as the reference
+    starts[short] = np.minimum(np.floor(u[short, :2] * m[short, None]).astype(np.int64), m[short, None] - 1)
     return starts
 
 
