@@ -42,26 +42,28 @@ def crop_box_for(
     uniform over ``[0, H - h)`` (TF never places a crop flush with the far edge unless it spans the frame),
     and an attempt fails when its area is outside the bounds or it covers less than ``min_covered`` of the
     frame (the reference's whole-image box)."""
-    r = np.asarray(aspect, np.float32)
-    total = np.float32(height * width)
-    lo, hi = np.float32(area[0]) * total, np.float32(area[1]) * total
+    # float32 where TF's kernel computes in float, float64 where it computes in double
+    f32 = np.float32
+    r = np.asarray(aspect, f32)
+    total = f32(height) * f32(width)
+    lo, hi = f32(area[0]) * f32(width) * f32(height), f32(area[1]) * f32(width) * f32(height)
     h = np.rint(np.sqrt(lo / r)).astype(np.int64)
     hmax = np.rint(np.sqrt(hi / r)).astype(np.int64)
-    wide = np.rint(hmax * r) > width  # the largest height would give a crop wider than the frame
-    capped = ((width + 0.5 - 1e-7) / r).astype(np.int64)
-    capped = np.where(np.rint(capped * r) > width, capped - 1, capped)
+    wide = np.rint(hmax.astype(f32) * r) > width  # the largest height would give a crop wider than the frame
+    capped = ((width + 0.5 - float(f32(1e-7))) / r.astype(np.float64)).astype(np.int64)
+    capped = np.where(np.rint(capped.astype(f32) * r) > width, capped - 1, capped)
     hmax = np.minimum(np.where(wide, capped, hmax), height)
     h = np.minimum(h, hmax)
     h = h + np.floor(u_height * (hmax - h + 1)).astype(np.int64)  # uniform on [h, hmax]
-    w = np.rint(h * r).astype(np.int64)
-    small = w * h < lo
+    w = np.rint(h.astype(f32) * r).astype(np.int64)
+    small = (w * h).astype(f32) < lo
     h = np.where(small, h + 1, h)
-    w = np.where(small, np.rint(h * r).astype(np.int64), w)
-    big = w * h > hi
+    w = np.where(small, np.rint(h.astype(f32) * r).astype(np.int64), w)
+    big = (w * h).astype(f32) > hi
     h = np.where(big, h - 1, h)
-    w = np.where(big, np.rint(h * r).astype(np.int64), w)
+    w = np.where(big, np.rint(h.astype(f32) * r).astype(np.int64), w)
     a = w * h
-    ok = (a >= lo) & (a <= hi) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    ok = (a.astype(f32) >= lo) & (a.astype(f32) <= hi) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
     ok &= a >= min_covered * total
     y0 = np.where(h < height, np.floor(u_y * (height - h)), 0).astype(np.int64)
     x0 = np.where(w < width, np.floor(u_x * (width - w)), 0).astype(np.int64)

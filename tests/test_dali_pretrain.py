@@ -139,8 +139,10 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
 
 
 def test_colour_matches_the_numpy_reference(manifest):
-    """Uniform index frames: the output colour is the host-drawn colour map applied to the input colour."""
+    """Uniform index frames: the output colour is the reference's jitter (``apply_color_reference``) with the
+    host-drawn parameters applied to the input colour (on a uniform clip contrast keeps it: it is its mean)."""
     from dali_pipelines.spatial import apply_color_reference
+    from dali_pipelines.temporal import clip_indices
     from fastcvrl.datasets.video import index_color
 
     cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3)
@@ -150,20 +152,16 @@ def test_colour_matches_the_numpy_reference(manifest):
     for v1, v2, _, meta in _epoch(loader):
         for b in range(len(meta)):
             cols = source.sample(int(meta[b, 0])).columns  # same (seed, epoch, video) -> same draws
-            for view, (m, t) in ((v1, (cols[6], cols[7])), (v2, (cols[10], cols[11]))):
-                start = meta[b, 2] if view is v1 else meta[b, 3]
-                want = apply_color_reference(np.array(index_color(int(start), int(meta[b, 0]) % 16)),
-                                             _affine(m, t))
-                got = view[b, :, 0].mean((-1, -2)).numpy() * 255
+            for view, (params, order) in ((v1, (cols[6], cols[7])), (v2, (cols[10], cols[11]))):
+                video = int(meta[b, 0])
+                start = int(meta[b, 2] if view is v1 else meta[b, 3])
+                frames = clip_indices(start, LENGTHS[video], cfg.data.num_frames, cfg.data.stride)
+                rgb = np.array([index_color(int(f), video % 16) for f in frames], np.float64) / 255.0  # (T, 3)
+                want = apply_color_reference(rgb.reshape(-1, 1, 1, 3), params, order).reshape(-1, 3) * 255
+                got = view[b].mean((-1, -2)).numpy().T * 255  # (T, 3): every frame (contrast uses the clip mean)
                 assert np.abs(got - want).max() < 6, (got, want)  # codec error on a uniform frame is small
                 checked += 1
     assert checked == 16
-
-
-def _affine(m, t):
-    a = np.eye(4)
-    a[:3, :3], a[:3, 3] = m, np.asarray(t) / 255.0
-    return a
 
 
 def test_labels_shuffling_and_epochs(manifest):
@@ -263,8 +261,10 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
                              solarize=True)
     graph = op_devices(pipe.serialize())
     assert graph["decoders__Video"] == {"mixed"}
-    for op in ("SequenceRearrange", "Resize", "CoordTransform", "GaussianBlur", "LookupTable"):
+    for op in ("SequenceRearrange", "Resize", "Cast", "reductions__Mean", "reductions__Max", "Stack",
+               "CoordTransform", "Slice", "GaussianBlur"):
         assert graph[op] == {"gpu"}, (op, graph)
+    assert "gpu" in graph["_ArithmeticGenericOp"]  # the colour ops and solarize (branch conditions: CPU)
     cpu = op_devices(pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True,
                                         solarize=True).serialize())
     assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}

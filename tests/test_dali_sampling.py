@@ -64,6 +64,21 @@ def test_short_videos_loop_their_frames():
     assert (starts >= 0).all() and (starts < 10).all()
 
 
+def test_short_videos_get_two_independent_uniform_starts():
+    """L <= (T-1)s: no gap rule; the two starts are independent and uniform on [0, L) (as sample_ssl_sequence)."""
+    n, length = 20000, 10
+    starts = temporal.sample_starts(np.random.default_rng(3), np.full(n, length), 8, 2)
+    joint = np.zeros((length, length))
+    np.add.at(joint, (starts[:, 0], starts[:, 1]), 1)
+    assert stats.chisquare(joint.ravel()).pvalue > 1e-3  # uniform on the L x L grid: independent uniforms
+    gaps = np.bincount(np.abs(starts[:, 1] - starts[:, 0]), minlength=length)
+    want = np.array([length] + [2 * (length - k) for k in range(1, length)]) / length**2  # |U1 - U2|
+    assert stats.chisquare(gaps, n * want).pvalue > 1e-3
+    # the boundary: L = (T-1)s + 1 has M = 1 start and the gap rule (gap 0)
+    one = temporal.sample_starts(np.random.default_rng(4), np.full(100, 15), 8, 2)
+    assert (one == 0).all()
+
+
 def test_even_starts_cover_first_and_last():
     # M = 100 - 7 * 2 = 86 starts: 0..85
     assert temporal.even_starts(100, 8, 2, 3).tolist() == [0, 42, 85]
