@@ -9,8 +9,8 @@ The work per video is the same as the DALI pipeline's, drawn by the same host-si
 random streams (``dali_pipelines.temporal`` / ``spatial``, seeded by (seed, epoch, video)) and in the same
 epoch order (``shard_order``): two clips of T frames at stride s placed by CVRL's temporal sampling (Qian et
 al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized crop (area 0.3-1, aspect
-0.5-2), horizontal flip (p 0.5), colour jitter (p 0.8) and grayscale (p 0.2) as ONE 3x3 colour matrix with
-an offset, clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as peers
+0.5-2), horizontal flip (p 0.5), the reference's colour jitter (p 0.8; ``torch_augment.color_jitter``) and
+grayscale (p 0.2), clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as peers
 do; ``frames_decoded`` counts every frame the decoder produced.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from dali_pipelines import spatial, temporal  # host-side NumPy rules, no DALI import
+from dali_pipelines import spatial, temporal, torch_augment  # host-side rules and torch ops, no DALI import
 from dali_pipelines.host import PretrainSource, shard_order
 from fastcvrl.config import Config, DataConfig
 from fastcvrl.manifest import VideoEntry, read_manifest
@@ -74,8 +74,8 @@ def decode_frames(path: str, indices: np.ndarray, fps: float | None = None) -> t
 class ClipAug:
     """One clip's spatial augmentation, applied identically to all its frames.
 
-    Crop box in source pixels; ``matrix``/``offset`` map an RGB pixel in [0, 1] units to
-    ``matrix @ rgb + offset`` (colour jitter and grayscale folded into one affine map).
+    Crop box in source pixels; ``color``/``order``: the colour jitter and grayscale draw
+    (``spatial.color_params``).
     """
 
     top: int
@@ -83,8 +83,8 @@ class ClipAug:
     height: int
     width: int
     flip: bool
-    matrix: np.ndarray  # (3, 3)
-    offset: np.ndarray  # (3,)
+    color: np.ndarray  # (6,) float32
+    order: np.ndarray  # (4,) int32
 
 
 def draw_video(
@@ -99,12 +99,12 @@ def draw_video(
         y0, x0, y1, x1 = spatial.random_resized_crop(
             rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect))
         flip = bool(rng.random() < cfg.flip_prob)
-        affine = spatial.color_transform(rng, cfg.color_jitter_prob,
-                                         (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue), cfg.grayscale_prob)
+        color, order = spatial.color_params(rng, cfg.color_jitter_prob,
+                                            (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue), cfg.grayscale_prob)
         top, left = min(int(round(y0)), height - 1), min(int(round(x0)), width - 1)
         h = max(1, min(int(round(y1)), height) - top)
         w = max(1, min(int(round(x1)), width) - left)
-        augs.append(ClipAug(top, left, h, w, flip, affine[:3, :3], affine[:3, 3]))
+        augs.append(ClipAug(top, left, h, w, flip, color, order))
     return (int(s1), int(s2)), augs
 
 
@@ -112,16 +112,15 @@ def augment_clip(
     frames: torch.Tensor, aug: ClipAug, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """``frames`` uint8 ``(T, H, W, 3)`` -> float32 ``(T, size, size, 3)``: crop, bilinear resize, flip,
-    colour matrix, clamp to [0, 1], normalise. One set of parameters for every frame of the clip."""
+    colour jitter and grayscale, clamp to [0, 1], normalise. One set of parameters for every frame of the clip."""
     x = frames[:, aug.top:aug.top + aug.height, aug.left:aug.left + aug.width, :]
     x = x.permute(0, 3, 1, 2).float()  # (T, 3, h, w), channels-last in memory
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     x = x.permute(0, 2, 3, 1)  # (T, S, S, 3)
     if aug.flip:
         x = x.flip(2)
-    a = torch.as_tensor(aug.matrix.T / 255.0, dtype=torch.float32)  # pixel units in, [0, 1] out
-    b = torch.as_tensor(aug.offset, dtype=torch.float32)
-    x = torch.addmm(b, x.reshape(-1, 3), a).reshape(x.shape).clamp_(0.0, 1.0)  # (T, S, S, 3)
+    x = torch_augment.color_jitter(x.permute(0, 3, 1, 2) / 255.0, aug.color, aug.order)  # (T, 3, S, S)
+    x = x.permute(0, 2, 3, 1).clamp(0.0, 1.0)  # (T, S, S, 3)
     if any(m != 0.0 for m in mean) or any(s != 1.0 for s in std):
         x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
     return x

@@ -192,3 +192,16 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
     x = np.clip(spatial.solarize_reference(spatial.blur_reference(x, 1.3, spatial.blur_window(24))), 0, 1)
     want = (x - np.array(mean)) / np.array(std)
     assert np.abs(out.permute(1, 2, 3, 0).numpy() - want).max() < 1e-4
+
+
+def test_per_view_probabilities_are_checked_and_used():
+    from dali_pipelines.host import PretrainSource
+    from fastcvrl.config import DataConfig
+
+    with pytest.raises(ValueError, match="data.blur_prob"):
+        PretrainSource([object()], 1, DataConfig(blur=True, blur_prob=[1.0]))
+    with pytest.raises(ValueError, match="data.solarize_prob"):
+        PretrainSource([object()], 1, DataConfig(solarize=True, solarize_prob=[0.0, 1.5]))
+    rng = np.random.default_rng(9)  # the draw the source makes per view
+    assert all(spatial.blur_sigma(rng, 1.0) > 0 for _ in range(100))
+    assert all(spatial.blur_sigma(rng, 0.0) == 0 for _ in range(100))

@@ -147,30 +147,20 @@ def _bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _colour_pixelwise(rgb: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """The colour map one pixel at a time: each output channel a weighted sum of the input channels."""
-    out = np.empty_like(rgb)
-    for i, px in enumerate(rgb.reshape(-1, 3)):
-        for ch in range(3):
-            out.reshape(-1, 3)[i, ch] = sum(matrix[ch, k] * px[k] for k in range(3)) + offset[ch]
-    return out
-
-
 @pytest.mark.parametrize("flip,gray", [(False, False), (True, True)])
 def test_augment_clip_matches_reference(flip, gray):
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (2, 20, 26, 3), dtype=np.uint8)
-    affine = spatial.color_transform(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 1.0 if gray else 0.0)
-    aug = ClipAug(top=3, left=5, height=13, width=17, flip=flip, matrix=affine[:3, :3], offset=affine[:3, 3])
+    color, order = spatial.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 1.0 if gray else 0.0)
+    aug = ClipAug(top=3, left=5, height=13, width=17, flip=flip, color=color, order=order)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     fast = augment_clip(torch.from_numpy(frames), aug, 9, mean, std).numpy()
-    for t in range(2):
-        ref = _bilinear(frames[t, 3:16, 5:22].astype(np.float64), 9) / 255.0
-        if flip:
-            ref = ref[:, ::-1]
-        ref = np.clip(_colour_pixelwise(ref, aug.matrix, aug.offset), 0.0, 1.0)
-        ref = (ref - np.array(mean)) / np.array(std)
-        np.testing.assert_allclose(fast[t], ref, atol=2e-5)
+    ref = np.stack([_bilinear(frames[t, 3:16, 5:22].astype(np.float64), 9) / 255.0 for t in range(2)])
+    if flip:
+        ref = ref[:, :, ::-1]
+    ref = spatial.apply_color_reference(ref, aug.color, aug.order)  # the whole clip: contrast uses its mean
+    ref = (np.clip(ref, 0.0, 1.0) - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(fast, ref, atol=5e-5)
     if gray:
         np.testing.assert_allclose(fast[..., 0] * 0.2 + 0.4, fast[..., 1] * 0.25 + 0.5, atol=1e-5)
 
@@ -193,13 +183,12 @@ def test_draws_match_the_dali_source(index_manifest):
                                       e.height, e.width, cfg)
             assert starts == (int(meta[2]), int(meta[3]))
             for v, aug in enumerate(augs):
-                roi_start, roi_end, m, t = cols[4 + 4 * v: 8 + 4 * v]
+                roi_start, roi_end, color, order = cols[4 + 4 * v: 8 + 4 * v]
                 x0, x1 = sorted((float(roi_start[1]), float(roi_end[1])))
                 assert (float(roi_end[1]) < float(roi_start[1])) == aug.flip
                 assert abs(roi_start[0] - aug.top) <= 0.5 and abs(x0 - aug.left) <= 0.5
                 assert abs(roi_end[0] - roi_start[0] - aug.height) <= 1.0 and abs(x1 - x0 - aug.width) <= 1.0
-                np.testing.assert_allclose(m, aug.matrix, atol=1e-6)
-                np.testing.assert_allclose(t, 255.0 * aug.offset, atol=1e-4)
+                assert np.array_equal(color, aug.color) and np.array_equal(order, aug.order)
 
 
 def test_same_batches_as_the_dali_loader(index_manifest):
