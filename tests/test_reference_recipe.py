@@ -15,18 +15,19 @@ ops = pytest.importorskip("official.projects.video_ssl.ops.video_ssl_preprocess_
 
 
 def _tf_crops(n: int, height: int, width: int) -> np.ndarray:
-    """``n`` boxes ``[y0, x0, y1, x1]`` from the reference's call in ``preprocess_ops_3d.random_crop_resize``."""
+    """``n`` boxes ``[y0, x0, y1, x1]`` from the reference's call in ``preprocess_ops_3d.random_crop_resize``,
+    through its stateless form (the same kernel) with seeds ``[i, 0]``, so the draws are reproducible."""
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
 
     @tf.function
-    def draw():
-        begin, size, _ = tf.image.sample_distorted_bounding_box(
-            [height, width, 3], bounding_boxes=bbox, min_object_covered=0.1, aspect_ratio_range=(0.5, 2.0),
-            area_range=(0.3, 1.0), max_attempts=100, use_image_if_no_bounding_boxes=True)
+    def draw(seed):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [height, width, 3], bounding_boxes=bbox, seed=seed, min_object_covered=0.1,
+            aspect_ratio_range=(0.5, 2.0), area_range=(0.3, 1.0), max_attempts=100,
+            use_image_if_no_bounding_boxes=True)
         return tf.concat([begin[:2], begin[:2] + size[:2]], 0)
 
-    tf.random.set_seed(0)
-    return np.stack([draw().numpy() for _ in range(n)]).astype(np.float64)
+    return np.stack([draw(tf.constant([i, 0], tf.int64)).numpy() for i in range(n)]).astype(np.float64)
 
 
 def _area_aspect(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
