@@ -194,14 +194,23 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
     assert np.abs(out.permute(1, 2, 3, 0).numpy() - want).max() < 1e-4
 
 
-def test_per_view_probabilities_are_checked_and_used():
+def test_per_view_probabilities_are_checked_and_used(tmp_path):
     from dali_pipelines.host import PretrainSource
     from fastcvrl.config import DataConfig
+    from fastcvrl.manifest import read_manifest
+
+    from dali_videos import make_static_video
 
     with pytest.raises(ValueError, match="data.blur_prob"):
         PretrainSource([object()], 1, DataConfig(blur=True, blur_prob=[1.0]))
     with pytest.raises(ValueError, match="data.solarize_prob"):
         PretrainSource([object()], 1, DataConfig(solarize=True, solarize_prob=[0.0, 1.5]))
-    rng = np.random.default_rng(9)  # the draw the source makes per view
-    assert all(spatial.blur_sigma(rng, 1.0) > 0 for _ in range(100))
-    assert all(spatial.blur_sigma(rng, 0.0) == 0 for _ in range(100))
+    make_static_video(tmp_path / "s.avi", 24)
+    (tmp_path / "manifest.csv").write_text("path,label,num_frames,fps,width,height,codec\ns.avi,0,24,25.0,64,48,mjpeg\n")
+    cfg = DataConfig(num_frames=4, stride=2, blur=True, blur_prob=[0.0, 1.0], solarize=True,
+                     solarize_prob=[1.0, 0.0])
+    src = PretrainSource(read_manifest(tmp_path / "manifest.csv"), 1, cfg)
+    for epoch in range(5):  # columns per view: roi_start, roi_end, colour params, colour order, sigma, solarize
+        src.set_epoch(epoch)
+        cols = src.sample(0).columns
+        assert float(cols[8]) == 0.0 and bool(cols[9]) and float(cols[14]) > 0.0 and not bool(cols[15])
