@@ -6,7 +6,8 @@ sources (``host.py``) hand each sample a trimmed stream and its augmentation par
 
     trimmed stream ─decoders.video(frames=union of the clips' frames)─> (F, H, W, 3) uint8, one forward pass
       └ per view: sequence_rearrange(view's frames) ─> resize(ROI = crop box, flip = swapped x) to S x S
-                  ─> coord_transform(3x3 colour matrix + offset) ─> [blur] ─> [solarize] ─> (T, S, S, 3) uint8
+                  ─> to float ─> colour jitter (4 ops, clip's order) [─> grayscale] [─> blur] [─> solarize]
+                  ─> clip, round ─> (T, S, S, 3) uint8
 
 Outputs are uint8 FHWC per sample (NTHWC per batch): viewed as (N, C, T, H, W) that is channels_last_3d, so
 the hand-off to torch needs no layout copy; normalisation to float/bf16 happens there, where the dtype the

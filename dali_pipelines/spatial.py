@@ -1,26 +1,20 @@
-"""Per-clip spatial augmentation parameters drawn on the host (NumPy, no DALI), one draw per clip.
+"""Per-clip spatial augmentation parameters drawn on the host (NumPy, no DALI), one draw per clip, and slow
+NumPy statements of the reference's ops that the DALI graph and the torch twin are tested against.
 
 Drawing on the host makes every clip's augmentation a deterministic function of (seed, epoch, video), lets
 the same numbers drive the CPU and GPU pipelines and any baseline loader, and gives the tests a NumPy
 statement of each rule. The DALI graph only applies them: a crop box (flip = swapped x bounds) to
-``fn.resize`` and a 3x3 colour matrix plus offset to ``fn.coord_transform``, identical for every frame.
+``fn.resize``, the colour-jitter factors and op order, the blur sigma and the solarize flag.
 
-CVRL (Qian et al. 2021, Appendix A) follows SimCLR: random resized crop (area 0.3-1, aspect 0.5-2), flip
-p 0.5, colour jitter p 0.8 (brightness, contrast, saturation 0.8, hue 0.2, in random order), grayscale
-p 0.2, and optionally Gaussian blur (sigma 0.1-2) and solarize. Colour jitter here is composed as one affine
-colour map: brightness scales, contrast scales around mid-grey 0.5 (as DALI's ``brightness_contrast``; the
-TF reference uses the frame mean), saturation blends with the luma grey, hue rotates chroma in YIQ. The
-composition is clipped once at the end (by the uint8 output), not after every step.
+The rules are the reference's (TF Model Garden ``official/projects/video_ssl``): the crop of
+``tf.image.sample_distorted_bounding_box`` (aspect uniform in 0.5-2, height uniform between the area bounds'
+heights, 100 attempts), flip p 0.5, colour jitter p 0.8 (brightness, contrast, saturation 0.8, hue 0.2, in
+random order, HSV saturation and hue, contrast around the clip's per-channel mean, a clip to [0, 1] after each
+op), grayscale p 0.2, Gaussian blur (sigma 0.1-2, zero padding) and solarize with per-view probabilities.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-
-LUMA = np.array([0.299, 0.587, 0.114])
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
 def crop_box_for(
@@ -98,72 +92,6 @@ def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
     if flip:
         x0, x1 = x1, x0
     return np.array([y0, x0], np.float32), np.array([y1, x1], np.float32)
-
-
-def _affine(m: np.ndarray, t: np.ndarray | float = 0.0) -> np.ndarray:
-    a = np.eye(4)
-    a[:3, :3] = m
-    a[:3, 3] = t
-    return a
-
-
-def brightness(f: float) -> np.ndarray:
-    return _affine(np.eye(3) * f)
-
-
-def contrast(f: float) -> np.ndarray:
-    return _affine(np.eye(3) * f, 0.5 * (1.0 - f))
-
-
-def saturation(f: float) -> np.ndarray:
-    return _affine(f * np.eye(3) + (1.0 - f) * np.outer(np.ones(3), LUMA))
-
-
-def hue(delta: float) -> np.ndarray:
-    """Rotate chroma by ``delta`` of a full turn (``tf.image.adjust_hue``'s unit) in YIQ space."""
-    c, s = math.cos(2 * math.pi * delta), math.sin(2 * math.pi * delta)
-    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    return _affine(_YIQ2RGB @ rot @ _RGB2YIQ)
-
-
-def grayscale() -> np.ndarray:
-    return _affine(np.outer(np.ones(3), LUMA))
-
-
-def color_transform(
-    rng: np.random.Generator,
-    jitter_prob: float = 0.8,
-    strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
-    grayscale_prob: float = 0.2,
-) -> np.ndarray:
-    """One clip's colour map as a 4x4 affine matrix on RGB in [0, 1] (``y = A x + t``)."""
-    b, c, s, h = strength
-    out = np.eye(4)
-    u = rng.random(6)
-    if u[0] < jitter_prob:
-        ops = [
-            brightness(rng.uniform(max(0.0, 1 - b), 1 + b)),
-            contrast(rng.uniform(max(0.0, 1 - c), 1 + c)),
-            saturation(rng.uniform(max(0.0, 1 - s), 1 + s)),
-            hue(rng.uniform(-h, h)),
-        ]
-        for i in rng.permutation(4):  # random order, as the reference color_jitter_rand
-            out = ops[i] @ out
-    if u[1] < grayscale_prob:
-        out = grayscale() @ out
-    return out
-
-
-def pixel_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(M (3,3), T (3,))`` float32 for ``fn.coord_transform`` on 0..255 pixels: ``y = M x + T``."""
-    return affine[:3, :3].astype(np.float32), (255.0 * affine[:3, 3]).astype(np.float32)
-
-
-def apply_affine_reference(rgb: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """NumPy reference: the affine colour map on uint8 pixels ``(..., 3)``, rounded and clipped like a uint8 output."""
-    m, t = pixel_affine(affine)
-    y = np.asarray(rgb, np.float64) @ m.T.astype(np.float64) + t
-    return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
 GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, the reference's grayscale
