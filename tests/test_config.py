@@ -40,10 +40,10 @@ def test_paper_recipe():
 
 
 def test_yaml_overrides_defaults_and_cli_overrides_yaml(tmp_path):
-    p = write(tmp_path, "optim:\n  lr: 0.5\ntrain:\n  epochs: 3\n")
+    p = write(tmp_path, "optim:\n  lr: 0.5\ntrain:\n  epochs: 7\n")
     cfg = load_config(p, ["--optim.lr=0.1", "--train.cuda_graph", "false", "--data.mean=[0.5,0.5,0.5]"])
     assert cfg.optim.lr == 0.1  # command line beats the file
-    assert cfg.train.epochs == 3  # file beats the default
+    assert cfg.train.epochs == 7  # file beats the default
     assert cfg.train.cuda_graph is False
     assert cfg.data.mean == [0.5, 0.5, 0.5]
     assert cfg.model == Config().model  # untouched sections keep their defaults
