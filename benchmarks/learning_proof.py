@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastcvrl.config import Config, load_config, merge, parse_overrides, to_dict  # noqa: E402
+from fastcvrl.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict  # noqa: E402
 from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
 from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
@@ -261,4 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:  # a bad value: one line, before anything is generated or written
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

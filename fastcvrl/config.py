@@ -415,17 +415,23 @@ def get_value(cfg: Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
     """Check every key against its domain, then every relation; raise ``ConfigError`` (one line naming the key,
-    its value and what is allowed) at the first violation. Returns ``cfg`` unchanged."""
+    its value and what is allowed) at the first violation. Returns ``cfg`` unchanged. ``sections``: only the keys
+    of these sections (and the relations whose first key is one of them), e.g. ``("eval",)``."""
+    def wanted(dotted: str) -> bool:
+        return sections is None or dotted.split(".", 1)[0] in sections
+
     for dotted, f, value in config_keys(cfg):
+        if not wanted(dotted):
+            continue
         domain = f.metadata.get("domain")
         if domain is None:  # a schema error: the completeness test names it
             raise ConfigError(f"{dotted}: no value domain declared (declare it with key(default, domain, help))")
         if not domain.allows(value):
             raise ConfigError(f"{dotted}: expected {domain.describe()}, got {value!r}")
     for r in relations():
-        if not r.holds(cfg):
+        if wanted(r.keys[0]) and not r.holds(cfg):
             got = ", ".join(f"{k}={get_value(cfg, k)!r}" for k in r.keys)
             raise ConfigError(f"{r.keys[0]}: expected {r.rule}, got {got}")
     return cfg

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fastcvrl.config import Config, load_config, merge, to_dict
+from fastcvrl.config import Config, add_config_flags, config_yaml, load_config, merge, to_dict
 from fastcvrl.eval.features import unreadable
 from fastcvrl.eval.finetune import finetune
 from fastcvrl.eval.inputs import check_eval_config, match_splits
@@ -120,6 +120,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)")
     p.add_argument("--out", help="output folder for eval.json and TensorBoard (default: beside the checkpoint)")
     p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p)
     return p.parse_known_args(argv)
 
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.finetune:
         cfg = merge(cfg, {"eval": {"finetune": True}})
     check_eval_config(cfg)
+    if args.print_config:  # the resolved config (the model section is replaced by the checkpoint's at run time)
+        print(config_yaml(cfg), end="", flush=True)
+        raise SystemExit(0)
     match_splits(args.train_manifest, args.test_manifest, log=lambda s: None)  # fail on bad inputs before model work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_init:
