@@ -426,9 +426,7 @@ def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
         if not wanted(dotted):
             continue
         domain = f.metadata.get("domain")
-        if domain is None:  # a schema error: the completeness test names it
-            raise ConfigError(f"{dotted}: no value domain declared (declare it with key(default, domain, help))")
-        if not domain.allows(value):
+        if domain is not None and not domain.allows(value):  # (a key without one fails tests/test_config_domains.py)
             raise ConfigError(f"{dotted}: expected {domain.describe()}, got {value!r}")
     for r in relations():
         if wanted(r.keys[0]) and not r.holds(cfg):
