@@ -9,9 +9,11 @@ wrong type or a value outside the key's domain raises ``ConfigError`` in one lin
 Every key is declared with its default, its value domain and a one-line help (``key(...)``); relations
 between keys (``min_area <= max_area``) are declared beside the section they belong to (``RELATIONS``).
 ``load_config`` checks them all (``validate``) before it returns, so every entry point refuses a bad value
-before any work; ``config_help`` (``--help-config``) lists the same declarations. A new key is one line:
+before any work; ``config_help`` (``--help-config``) lists the same declarations. A new key is one line
+(``tests/test_config_domains.py`` names any key declared without a domain and feeds each domain's
+out-of-domain values to the loader):
 
-    synthetic_codec: str = key("vp9", one_of("vp9", "h264"), "codec of the built-in dataset")
+    num_frames: int = key(16, at_least(1), "T, frames per clip")
 """
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ class NonFiniteLoss(RuntimeError):
 # ------------------------------------------------------------------------------------------ configuration
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(prog="fastcvrl/train.py", description="CVRL video pretraining",
-                                 epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200")
+                                 epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
+                                        "(--help-config lists them all)")
     ap.add_argument("--config", default=None, help="YAML config (default: configs/synthetic_{gpu,cpu}.yaml)")
     ap.add_argument("--profile-steps", default=None, metavar="A:B",
                     help="start the CUDA profiler at step A, stop it before step B (nsys cudaProfilerApi)")
