@@ -632,20 +632,34 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file (if any) <- dotted command-line overrides, then every value checked against its
-    domain and every relation (``validate``). Errors name the key (and the file for YAML errors)."""
-    cfg = Config()
+    domain and every relation (``validate``). Errors name the key, and the file when the value came from it."""
+    cfg, from_file = Config(), {}
     if path:
         try:
-            cfg = merge(cfg, load_yaml(path))
+            from_file = load_yaml(path)
+            cfg = merge(cfg, from_file)
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(os.fspath(path)) else f"{path}: {msg}") from None
+    from_cli = {}
     if overrides:
         try:
-            cfg = merge(cfg, parse_overrides(overrides))
+            from_cli = parse_overrides(overrides)
+            cfg = merge(cfg, from_cli)
         except ConfigError as e:
             raise ConfigError(f"command line: {e}") from None
-    return validate(cfg)
+    try:
+        return validate(cfg)
+    except ConfigError as e:
+        dotted = str(e).split(":", 1)[0]
+        if path and _given(from_file, dotted) and not _given(from_cli, dotted):
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def _given(data: dict, dotted: str) -> bool:
+    section, _, name = dotted.partition(".")
+    return isinstance(data.get(section), dict) and name in data[section]
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,15 @@ def test_the_completeness_check_finds_a_key_declared_without_a_domain():
     assert undeclared_keys(Outer()) == ["extra.plain"]
 
 
+def test_an_error_names_the_file_only_when_the_value_came_from_it(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  stride: 0\n  crop_size: 64\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: data\.stride: expected >= 1, got 0$"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^data\.crop_size: expected >= 1, got 0$"):
+        load_config(p, ["--data.stride=2", "--data.crop_size=0"])  # the command line's value, not the file's
+
+
 def test_the_defaults_and_every_shipped_config_are_inside_their_domains():
     validate(Config())
     for f in sorted((REPO / "configs").glob("*.yaml")):
@@ -93,7 +103,7 @@ def test_a_value_outside_its_domain_is_refused_naming_the_key(tmp_path, key, val
     with pytest.raises(ConfigError) as e:
         load_values(tmp_path, {key: value})
     msg = str(e.value)
-    assert msg.startswith(f"{key}: expected {domain.describe()}, got ") and "\n" not in msg, msg
+    assert msg.startswith(f"{tmp_path / 'values.yaml'}: {key}: expected {domain.describe()}, got ") and "\n" not in msg, msg
 
 
 @pytest.mark.parametrize("key", [k for k, _, _ in KEYS])
@@ -111,7 +121,7 @@ def test_a_broken_relation_is_refused_naming_its_keys(tmp_path, rel):
     with pytest.raises(ConfigError) as e:
         load_values(tmp_path, rel.breach)
     msg = str(e.value)
-    assert msg.startswith(f"{rel.keys[0]}: expected {rel.rule}, got ") and "\n" not in msg, msg
+    assert msg.startswith(f"{tmp_path / 'values.yaml'}: {rel.keys[0]}: expected {rel.rule}, got ") and "\n" not in msg, msg
     assert all(k in msg for k in rel.keys)
 
 
