@@ -96,8 +96,9 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
     videos = d.synthetic_classes * d.synthetic_videos_per_class
     if d.source == "video" and not d.train_manifest and t.batch_size > videos:
-        raise ConfigError(f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the built-in "
-                          f"dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or raise those")
+        raise ConfigError(f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the "
+                          "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or "
+                          "raise those")
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
