@@ -256,9 +256,9 @@ def test_eval_print_config(tmp_path, capsys):
     from fastcvrl.eval import evaluate
 
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--random-init", "--train-manifest", "m.csv", "--test-manifest", "m.csv", "--eval.epochs=3",
+        evaluate.main(["--random-init", "--train-manifest", "m.csv", "--test-manifest", "m.csv", "--eval.epochs=7",
                        "--finetune", "--out", str(tmp_path / "out"), "--print-config"])
     assert e.value.code == 0
     printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
-    assert printed.eval.epochs == 3 and printed.eval.finetune is True
+    assert printed.eval.epochs == 7 and printed.eval.finetune is True
     assert not (tmp_path / "out").exists()
