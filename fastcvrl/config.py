@@ -352,7 +352,7 @@ class TrainConfig:
 class EvalConfig:
     """CVRL linear evaluation: frozen backbone, one linear layer, 10x3 views at test time."""
 
-    epochs: int = key(100, at_least(1), "linear probe (or fine-tuning) epochs")
+    epochs: int = key(100, at_least(1), "linear probe (or fine-tuning) epochs (0 would report an untrained head)")
     batch_size: int = key(256, at_least(1), "clips per batch")
     lr: float = key(32.0, above(0), "linear probe lr at eval.base_batch_size, scaled linearly (8 at batch 256), "
                     "as the reference")
