@@ -147,7 +147,7 @@ def _dali_version() -> str | None:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -157,7 +157,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -188,8 +188,8 @@ def environment(world_size: int = 1, device: torch.device | None = None) -> dict
         "argv": sys.argv,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cores": _usable_cores(),  # usable by this process (affinity)
+        "cpu": cpu_model(),
+        "cores": usable_cores(),  # usable by this process (affinity)
         "cpu_count": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),

@@ -214,17 +214,20 @@ class RunFolder:
         appended to ``config_changes.yaml``, the checkpoint folder made (and checked writable) and the
         temporaries of dead writers removed. ``StorageError`` naming the path on any file-system error."""
         try:
+            folder = ckpt.checkpoint_dir(self.path)
+            folder.mkdir(exist_ok=True)
+            probe = temp_path(folder / "write-test")  # a temporary's name: swept if we die right here
+            try:  # a read-only checkpoints/ fails now, not after the first train.ckpt_every steps
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+                os.unlink(probe)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, str(folder)) from e
+            for p in [*ckpt.remove_partial(self.path), *sweep(self.path)]:
+                print(f"removed an unfinished write of a stopped process: {p}", flush=True)
             if changes:
                 self.record_changes(changes, step)
             save_config(cfg, self.path / "config.yaml")
             write_env(self.path, world_size, device)
-            folder = ckpt.checkpoint_dir(self.path)
-            folder.mkdir(exist_ok=True)
-            for p in [*ckpt.remove_partial(self.path), *sweep(self.path)]:
-                print(f"removed an unfinished write of a stopped process: {p}", flush=True)
-            probe = temp_path(folder / "write-test")  # a temporary's name: swept if we die right here
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))  # a read-only checkpoints/
-            os.unlink(probe)                                                       # fails now, not at step N
         except OSError as e:
             raise storage_error(e, "cannot write to the run folder:") from None
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
-from fastcvrl.config import Config, ConfigError, load_config, save_config, to_dict
+from fastcvrl.config import Config, ConfigError, load_config, to_dict
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.manifest import ManifestError, read_manifest
 from fastcvrl.model import build_model
