@@ -118,3 +118,21 @@ def test_no_other_temp_and_rename_writer_in_the_project():
                                                                and node.args[1].id == "buf"):
                     offenders.append(f"{rel}:{node.lineno} torch.save")
     assert not offenders, offenders
+
+
+def test_eval_results_carry_the_environment_record(tmp_path):
+    import json
+
+    import torch
+
+    from fastcvrl.eval.evaluate import _write_json
+
+    _write_json({"top1": 0.5}, tmp_path / "eval.json")
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["top1"] == 0.5 and saved["env"]["torch"] == torch.__version__ and saved["env"]["cores"] >= 1
+
+
+def test_environment_record_without_a_git_checkout(tmp_path):
+    from fastcvrl.logger import git_commit
+
+    assert git_commit(tmp_path) == {"commit": None, "dirty": None}

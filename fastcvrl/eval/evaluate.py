@@ -135,9 +135,11 @@ def _default_config_path(args: argparse.Namespace) -> str | None:
 
 
 def _write_json(obj: dict, path: Path) -> None:
+    """The result with the project's environment record (as the trainer's env.json), written atomically."""
     from fastcvrl.atomic import atomic_write
+    from fastcvrl.logger import environment
 
-    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write(path, json.dumps({**obj, "env": environment()}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
