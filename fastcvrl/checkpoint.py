@@ -108,7 +108,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # in memory: any failure is the bytes' fault
-        raise CorruptCheckpoint(f"{path}: does not unpickle ({type(e).__name__}: {str(e)[:200]})") from None
+        why = str(e).split(". ")[0][:160]  # torch's first sentence (not its advice to load untrusted pickles)
+        raise CorruptCheckpoint(f"{path}: does not unpickle ({type(e).__name__}: {why})") from None
     if not isinstance(state, dict):
         raise CorruptCheckpoint(f"{path}: not a fastcvrl checkpoint (a {type(state).__name__})")
     missing = [k for k in required if k not in state]

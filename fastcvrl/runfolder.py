@@ -95,13 +95,22 @@ def _rank() -> int:
 
 
 def _holder(path: Path) -> str:
+    """Who holds the lock, from the lock file: pid, host and start time (and whether that pid is gone)."""
     try:
         text = path.read_text(encoding="utf-8").split()
     except OSError:
         text = []
-    if len(text) >= 2:
-        return f"pid {text[0]} on host {text[1]}" + (f", since {text[2]}" if len(text) > 2 else "")
-    return "a process that has not written its pid yet"
+    if len(text) < 2 or not text[0].isdigit():
+        return "a process that has not written its pid yet"
+    who = f"pid {text[0]} on host {text[1]}" + (f", since {text[2]}" if len(text) > 2 else "")
+    if text[1] == socket.gethostname():
+        try:
+            os.kill(int(text[0]), 0)
+        except ProcessLookupError:  # a process forked by it (a data worker) inherited the lock and outlived it
+            who += f"; that process has ended but a child of it still holds the lock: `fuser {path}` names it"
+        except PermissionError:
+            pass
+    return who
 
 
 @dataclass
