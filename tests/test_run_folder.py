@@ -266,3 +266,37 @@ def test_python_dash_m_runs_the_trainer(tmp_path):
                        capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     assert "done at step 2" in r.stdout and ckpt.load_latest(tmp_path)[0]["step"] == 2
+
+
+_RANK_FULL_DISK = textwrap.dedent("""
+    import errno, os, sys
+    from fastcvrl import atomic
+    real = atomic._write_all
+    def full_at_step_4(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".ckpt_000000004.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+    atomic._write_all = full_at_step_4
+    from fastcvrl.train import cli
+    sys.exit(cli(sys.argv[1:]))
+""")
+
+
+def test_two_ranks_agree_on_a_failed_checkpoint_write_and_both_stop(tmp_path):
+    """Rank 0 writes the checkpoint; when that fails, rank 1 must not wait for it at a barrier: both exit,
+    the error printed once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_RANK_FULL_DISK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(script), *_args(tmp_path / "run", "--model.sync_bn=false")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert r.returncode != 0
+    assert r.stderr.count("error: cannot write the checkpoint of step 4") == 1, r.stderr
+    assert "Traceback" not in r.stderr.split("error: cannot write")[0]  # no rank crashed before the message
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
