@@ -76,11 +76,12 @@ def writer_alive(host: str, pid: int) -> bool:
 
 def sweep(folder: str | os.PathLike, target: str | None = None, any_host: bool = False) -> list[Path]:
     """Delete the temporaries in ``folder`` (of ``target`` only, when given) whose writer is dead; with
-    ``any_host`` also those of other hosts (for a caller that holds the folder's lock). Returns what went."""
-    removed = []
+    ``any_host`` also those of other hosts (for a caller that holds the folder's lock). Returns what went.
+    Best effort: a folder that cannot be listed, or a file that cannot be removed, is left as it is."""
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
-    except FileNotFoundError:
+    except OSError:
         return removed
     for e in entries:
         who = temp_writer(e.name)
@@ -88,7 +89,7 @@ def sweep(folder: str | os.PathLike, target: str | None = None, any_host: bool =
             continue
         host, pid = who
         if (any_host and host != host_tag()) or not writer_alive(host, pid):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(e.path)
                 removed.append(Path(e.path))
     return removed
