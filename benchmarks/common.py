@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -16,57 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module, fromlist=["__version__"])
-        return str(getattr(mod, "__version__", "?"))
-    except Exception:  # noqa: BLE001 - absent or broken: record as missing
-        return None
+from fastcvrl.atomic import atomic_write  # noqa: E402
+from fastcvrl.logger import cpu_model, usable_cores  # noqa: E402,F401  (re-exported for the benchmarks)
+from fastcvrl.logger import environment as _record  # noqa: E402
 
 
 def environment() -> dict[str, Any]:
-    """Versions, CPU and GPU model, core count, load average and git commit, recorded with every result."""
-    import torch
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": usable_cores(),
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-        "numpy": _version("numpy"),
-        "av": _version("av"),
-        "dali": _version("nvidia.dali"),
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    return env
+    """The project's environment record (``fastcvrl.logger.environment``, also the trainer's env.json): versions,
+    CPU and GPU model, usable cores, load average and git commit (None outside a checkout), with every result."""
+    return _record()
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -216,6 +172,5 @@ def write_json(result: dict[str, Any], path: str | None) -> str:
     line = json.dumps(result, sort_keys=True, default=float)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(line + "\n")
+        atomic_write(path, line + "\n")
     return line

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastcvrl.atomic import atomic_write  # noqa: E402
 from fastcvrl.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict  # noqa: E402
 from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
 from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
@@ -51,6 +51,7 @@ from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
+from fastcvrl.logger import environment  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -121,14 +122,6 @@ def clearly_ahead(pretrained: list[float], random: list[float]) -> bool:
     larger of the two standard deviations across seeds."""
     (pm, ps), (rm, rs) = mean_sd(pretrained), mean_sd(random)
     return min(pretrained) > max(random) and pm - rm > 2 * max(ps, rs, 1e-9)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -249,11 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
         "num_classes": num_classes, "probe_train_videos": train_n, "probe_test_videos": test_n,
         "views_per_video": views, "probe_train_manifest": train_m, "probe_test_manifest": test_m,
         "overrides": overrides, "config": to_dict(cfg),
-        "env": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                "commit": git_commit()},
+        "env": environment(device=device),
     }
-    (out / "learning_proof.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "learning_proof.json", json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("benchmark", "clearly_ahead", "pretrained_mean", "pretrained_sd",
                                              "random_mean", "random_sd", "gap_mean", "gap_sd", "total_seconds")}))
     log(f"done in {total:.0f}s; wrote {out / 'learning_proof.json'}")

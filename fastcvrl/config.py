@@ -664,10 +664,6 @@ def _given(data: dict, dotted: str) -> bool:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically); ``load_config(path)`` gives an equal object."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config_yaml(cfg))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from fastcvrl.atomic import atomic_write
+
+    atomic_write(path, config_yaml(cfg))

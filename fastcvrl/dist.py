@@ -1,7 +1,9 @@
-"""torch.distributed plumbing: the torchrun environment, the process group, and the gather NT-Xent needs.
+"""torch.distributed plumbing: the torchrun environment, the process groups, and the gather NT-Xent needs.
 
     env = init_distributed()                      # reads RANK / WORLD_SIZE / LOCAL_RANK set by torchrun
     loss = nt_xent(z1, z2, gather=gather_with_grad)
+    if any_rank(failed): ...                      # host-side agreement (gloo), off the GPU stream
+    stop = StopFlag(env)                          # SIGTERM / Ctrl-C, agreed by all ranks between steps
 
 Without torchrun's environment this is a single process (world_size 1, no process group) and every helper
 is a no-op, so the same training code runs on a laptop CPU.
@@ -9,8 +11,9 @@ is a no-op, so the same training code runs on a laptop CPU.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -112,6 +115,65 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def world_size() -> int:
+    """Processes in the running group (1 without one)."""
+    return dist.get_world_size() if _active() else 1
+
+
+_host_group: Any = None
+
+
+def host_group() -> Any:
+    """A gloo group for small host-side agreements (the stop flag, errors), so that they never touch the GPU
+    stream; the default group where it is gloo already. Created on first use: call it on every rank."""
+    global _host_group
+    if _host_group is None and _active():
+        _host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _host_group
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (a host-side all-reduce; every rank must call it)."""
+    if not _active():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())  # CPU tensor, gloo
+    return bool(t.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (a host sync; for checkpoint-time state such as RNGs)."""
+    if not _active() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=host_group())
+    return out
+
+
+class StopFlag:
+    """SIGTERM (or a first Ctrl-C) sets a flag; the loop checks it between steps, all ranks agreeing, and
+    checkpoints before it exits. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        host_group()  # collective on first use: create it now, on every rank alike
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def check(self) -> bool:
+        return any_rank(self.raised)
+
+    def close(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
 def destroy() -> None:
+    global _host_group
+    _host_group = None
     if _active():
         dist.destroy_process_group()

@@ -22,6 +22,8 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
+from fastcvrl.atomic import atomic_write
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -136,50 +138,80 @@ def _version(dist_name: str) -> str | None:
         return None
 
 
+def _dali_version() -> str | None:
+    """The installed DALI wheel's version (any CUDA flavour), without importing DALI."""
+    for d in metadata.distributions():
+        name = (d.metadata["Name"] or "").lower()
+        if name.startswith("nvidia-dali"):
+            return d.version
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def git_commit(repo: Path = REPO_ROOT) -> dict:
-    """The source's git commit and whether the tree had local changes (None outside a checkout)."""
+    """The source's git commit and whether the tree had local changes; both None outside a git checkout
+    (an installed package, a copied tree) or without git: the record never requires one."""
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
-        return {"commit": commit, "dirty": dirty}
+        return {"commit": commit or None, "dirty": dirty if commit else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
 
 def environment(world_size: int = 1, device: torch.device | None = None) -> dict:
-    """Versions, devices and source commit: what is needed to reproduce or compare a run."""
+    """The one environment record (the trainer's env.json, evaluation, every benchmark's JSON): versions,
+    devices, CPU and load, and the source commit; what is needed to reproduce or compare a result."""
     cuda = torch.cuda.is_available()
-    env = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    git = git_commit()
+    return {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
         "argv": sys.argv,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {
-            "fastcvrl": _version("fastcvrl"),
-            "torch": torch.__version__,
-            "nvidia-dali-cuda120": _version("nvidia-dali-cuda120"),
-            "nvidia-dali-cuda130": _version("nvidia-dali-cuda130"),
-            "numpy": _version("numpy"),
-            "av": _version("av"),
-            "tensorboard": _version("tensorboard"),
-        },
+        "cpu": cpu_model(),
+        "cores": usable_cores(),  # usable by this process (affinity)
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
+        "fastcvrl": _version("fastcvrl"),
+        "torch": torch.__version__,
+        "dali": _dali_version(),
+        "numpy": _version("numpy"),
+        "av": _version("av"),
+        "tensorboard": _version("tensorboard"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
-        "device": str(device) if device is not None else None,
+        "gpu": torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
+        if cuda else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else None,
         "world_size": world_size,
-        "git": git_commit(),
+        "git_commit": git["commit"],  # None outside a git checkout
+        "git_dirty": git["dirty"],
     }
-    return env
 
 
 def write_env(run_dir: str | os.PathLike, world_size: int = 1, device: torch.device | None = None) -> Path:
-    path = Path(run_dir) / "env.json"
-    path.write_text(json.dumps(environment(world_size, device), indent=2) + "\n", encoding="utf-8")
-    return path
+    """``<run_dir>/env.json``: the environment record, written atomically."""
+    return atomic_write(Path(run_dir) / "env.json", json.dumps(environment(world_size, device), indent=2) + "\n")

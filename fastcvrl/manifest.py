@@ -12,6 +12,8 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
+from fastcvrl.atomic import atomic_open, atomic_write
+
 HEADER = ["path", "label", "num_frames", "fps", "width", "height", "codec"]
 
 
@@ -79,11 +81,10 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relative: bool = True) -> None:
-    """Write atomically (temporary file, flush, rename); paths under the manifest's folder become relative."""
+    """Write atomically (``fastcvrl.atomic``); paths under the manifest's folder become relative."""
     path = Path(path)
     root = path.resolve().parent
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(HEADER)
         for e in entries:
@@ -96,9 +97,6 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relat
                     except ValueError:
                         pass
             w.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:
@@ -108,10 +106,5 @@ def read_classes(path: str | os.PathLike) -> list[str]:
 
 
 def write_classes(path: str | os.PathLike, names: Iterable[str]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(f"{n}\n" for n in names)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``classes.txt``, atomically (``fastcvrl.atomic``)."""
+    atomic_write(path, "".join(f"{n}\n" for n in names))

@@ -4,9 +4,15 @@ The same with plain ``python`` runs one process. Without ``--config`` it runs th
 synthetic motion dataset (generated once, cached) and a small R3D, on the GPU if there is one
 (``configs/synthetic_gpu.yaml``) else on the CPU (``configs/synthetic_cpu.yaml``).
 
-Run folder (``train.out_dir``): ``config.yaml`` (resolved), ``env.json``, ``tb/`` (TensorBoard),
-``checkpoints/`` (atomic, last ``train.keep_ckpts``), ``backbone.pt`` (the trained backbone on its own).
-Restarted in the same folder a run resumes from its newest loadable checkpoint; SIGTERM checkpoints and exits.
+Also ``python -m fastcvrl.train ...``. Run folder (``train.out_dir``, ``fastcvrl.runfolder``): ``config.yaml``
+(resolved), ``env.json``, ``tb/`` (TensorBoard), ``checkpoints/`` (atomic, last ``train.keep_ckpts``),
+``backbone.pt`` (the trained backbone on its own), ``train.lock`` (one trainer at a time) and, after
+``--resume-with-changes``, ``config_changes.yaml``. Restarted in the same folder a run resumes from its newest
+loadable checkpoint if the config agrees with it; SIGTERM checkpoints and exits.
+
+The steps, each in its own module: config (``resolve_config``) -> data check (``resolve_data``) -> run folder
+lock -> model, loader, optimizer (``build_run``) -> resume rules and state (``fastcvrl.checkpoint``) -> the
+loop (``train``) -> backbone export.
 
 Profiling steps 50..59 (after the CUDA-graph capture; NVTX ranges: data, forward, backward, optimizer)::
 
@@ -18,13 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import os
-import signal
 import sys
 import time
-import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 _HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:  # run as a script: keep fastcvrl/*.py unimportable
@@ -35,16 +41,16 @@ except ImportError:  # pragma: no cover - a checkout that was not pip-installed
     sys.path.insert(0, str(_HERE.parent))
 
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
-from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, save_config, to_dict
-from fastcvrl.logger import Board, Progress, Report, write_env
+from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
+from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.manifest import ManifestError, read_manifest
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
+from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range
 from fastcvrl.datasets.synthetic import ensure_synthetic
@@ -65,6 +71,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--profile-steps", default=None, metavar="A:B",
                     help="start the CUDA profiler at step A, stop it before step B (nsys cudaProfilerApi)")
     add_config_flags(ap)
+    ap.add_argument("--resume-with-changes", action="store_true",
+                    help="resume even though keys that change the run (model, data, batch, optimizer, schedule) "
+                         "differ from the checkpoint's config; the change is appended to config_changes.yaml")
     return ap.parse_known_args(argv)
 
 
@@ -158,19 +167,6 @@ def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.Dis
     return run
 
 
-def prepare_run_dir(cfg: Config, env: dist.DistEnv) -> Path:
-    """The run folder with the resolved config and the environment record (rank 0 writes)."""
-    run_dir = Path(cfg.train.out_dir).expanduser().absolute()
-    if env.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        write_env(run_dir, env.world_size, env.device)
-        for p in ckpt.remove_partial(run_dir):
-            print(f"removed an unfinished checkpoint write: {p}", flush=True)
-    dist.barrier()
-    return run_dir
-
-
 # ------------------------------------------------------------------------------------------------ building
 def seed_everything(seed: int) -> None:
     import random
@@ -231,107 +227,112 @@ def build_optimization(cfg: Config, model: nn.Module, steps_per_epoch: int):
     return optimizer, schedule, scaler
 
 
-# ------------------------------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------------------------------- run
 @dataclasses.dataclass
-class Position:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # data epoch of the next batch
-    batch: int = 0  # batches of that epoch already consumed
+class Run:
+    """Everything the loop needs, built once (``build_run``): the config, the process, the run folder, the
+    model (as called, and unwrapped for saving), the loader, the optimization and the step."""
+
+    cfg: Config
+    env: dist.DistEnv
+    folder: RunFolder
+    model: nn.Module  # the module the step calls (DDP-wrapped when distributed)
+    plain: nn.Module  # the same CVRLModel unwrapped: what is saved and exported
+    loader: Any
+    optimizer: Any
+    schedule: WarmupCosine
+    scaler: Any
+    knn: Callable[[], dict[str, float]] | None = None  # the kNN monitor (make_knn_monitor), None when off
+    step_fn: Callable | None = None  # built after resuming (a CUDA graph captures the restored state)
+    stop: dist.StopFlag | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    @property
+    def end_step(self) -> int:
+        """Where this command stops: all epochs, or ``train.max_steps`` when set."""
+        total = self.cfg.train.epochs * self.steps_per_epoch
+        return min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+
+    def state(self, pos: ckpt.Position) -> dict:
+        """The checkpoint of this moment (collective: every rank's RNG state is gathered)."""
+        return ckpt.training_state(pos, self.plain, self.optimizer, self.schedule, self.scaler, to_dict(self.cfg),
+                                   dist.gather_objects(ckpt.rng_state()), self.steps_per_epoch)
+
+    def save(self, pos: ckpt.Position) -> None:
+        """Checkpoint ``pos`` (rank 0 writes, every rank learns whether it worked); ``StorageError`` on a
+        file-system error, the previous checkpoints untouched."""
+        agreed(functools.partial(write_checkpoint, self.state(pos), self.run_dir, pos.step, self.cfg.train.keep_ckpts),
+               rank0_only=True)
 
 
-def training_state(pos: Position, model: nn.Module, optimizer, schedule, scaler, cfg: Config) -> dict:
-    """Everything needed to continue exactly: weights, optimizer, scaler, schedule, position, RNG (all ranks)."""
-    rng = ckpt.rng_state()
-    rngs = [None] * dist_world() if dist_world() > 1 else [rng]
-    if dist_world() > 1:
-        torch_dist.all_gather_object(rngs, rng)  # note: a host sync, at checkpoint time only
-    return {
-        "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rngs,
-        "world_size": dist_world(),
-        "config": to_dict(cfg),
-    }
+def build_run(cfg: Config, env: dist.DistEnv, manifest: str, folder: RunFolder) -> Run:
+    """Model (SyncBN, channels_last, DDP), loader, optimizer, schedule and scaler; nothing written."""
+    seed_everything(cfg.train.seed + env.rank)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model, plain = build_training_model(cfg, env)
+    loader = build_loader(cfg, manifest, env)
+    optimizer, schedule, scaler = build_optimization(cfg, plain, len(loader))
+    return Run(cfg, env, folder, model, plain, loader, optimizer, schedule, scaler,
+               knn=make_knn_monitor(cfg, manifest, plain, env))
 
 
-def dist_world() -> int:
-    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
-
-
-def resume(run_dir: Path, env: dist.DistEnv, model: nn.Module, optimizer, schedule, scaler,
-           steps_per_epoch: int) -> Position:
-    """Load the newest loadable checkpoint in ``run_dir`` (skipping corrupt ones), or start at step 0."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = ckpt.load_latest(run_dir, map_location=env.device)
-    for w in caught:
-        dist.print0(f"warning: {w.message}")
+def resume(run: Run, allow_changes: bool) -> tuple[ckpt.Position, dict]:
+    """The resume rules (``RunFolder.check_resume``) and the restored state: ``(position, accepted changes)``.
+    Refusals raise ``RunFolderError`` before anything is written."""
+    found = agreed(run.folder.latest_checkpoint)
+    changes = agreed(functools.partial(run.folder.check_resume, found, run.cfg, run.steps_per_epoch, allow_changes))
     if found is None:
-        return Position()
+        return ckpt.Position(), changes
     state, path = found
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    rngs = state.get("rng") or []
-    if len(rngs) == env.world_size:
-        ckpt.set_rng_state(rngs[env.rank])
-    pos = Position(state["step"], state["epoch"], state["batch"])
-    if pos.batch >= steps_per_epoch:  # saved at an epoch's end, or the epoch length changed
-        pos = Position(pos.step, pos.epoch + pos.batch // steps_per_epoch, pos.batch % steps_per_epoch)
+
+    def load() -> ckpt.Position:
+        try:
+            return ckpt.restore(state, run.plain, run.optimizer, run.schedule, run.scaler, run.env.rank,
+                                run.env.world_size, run.steps_per_epoch)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise RunFolderError(f"{path}: the checkpoint does not fit the model or optimizer of the new config "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); set another "
+                                 "train.out_dir for a run with this config") from None
+
+    pos = agreed(load)
     dist.print0(f"resumed from {path} (step {pos.step}, epoch {pos.epoch + 1}, batch {pos.batch})")
-    return pos
+    return pos, changes
 
 
-class StopFlag:
-    """SIGTERM (or a first Ctrl-C) sets a flag; the loop checks it between steps, all ranks agreeing, and
-    checkpoints before it exits. A second Ctrl-C interrupts at once."""
-
-    def __init__(self, env: dist.DistEnv) -> None:
-        self.raised = False
-        self.env = env
-        self.group = None
-        if env.distributed:  # agree across ranks on the host, without touching the GPU stream
-            self.group = torch_dist.new_group(backend="gloo") if torch_dist.get_backend() != "gloo" else None
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.raised:
-            raise KeyboardInterrupt
-        self.raised = True
-
-    def check(self) -> bool:
-        if not self.env.distributed:
-            return self.raised
-        flag = torch.tensor([int(self.raised)])
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX, group=self.group)  # CPU tensor, gloo
-        return bool(flag.item())
-
-    def close(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+def write_checkpoint(state: dict, run_dir: Path, step: int, keep: int) -> Path:
+    """``ckpt.save_checkpoint`` with a file-system error turned into one ``StorageError`` line."""
+    try:
+        return ckpt.save_checkpoint(state, run_dir, step, keep)
+    except OSError as e:
+        try:
+            kept = ckpt.list_checkpoints(run_dir)
+        except OSError:
+            kept = []
+        last = f"The last good checkpoint, {kept[-1][1]}, is kept; " if kept else ""
+        raise storage_error(e, f"cannot write the checkpoint of step {step}:", last) from None
 
 
 # ------------------------------------------------------------------------------------------------ training
-def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_fn, pos: Position,
-          lr_tensor: torch.Tensor, stop: StopFlag, knn=None) -> Position:
+def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
     """The loop: data -> step -> metrics every log_every -> checkpoint every ckpt_every -> kNN monitor every
-    train.knn_every epochs (``knn``, from ``make_knn_monitor``); returns where it ended."""
+    train.knn_every epochs; returns where it ended."""
+    cfg, env, run_dir, loader = run.cfg, run.env, run.run_dir, run.loader
     t = cfg.train
-    steps_per_epoch = len(loader)
-    total = t.epochs * steps_per_epoch
-    end = min(total, t.max_steps) if t.max_steps else total
+    steps_per_epoch, end = run.steps_per_epoch, run.end_step
     profile = parse_profile_steps(t.profile_steps) if env.device.type == "cuda" else None
     use_nvtx = env.device.type == "cuda"
     metrics = Metrics(env.device)
     progress = Progress(end, pos.step, enabled=env.rank == 0)
     board = Board(run_dir, enabled=env.rank == 0)
-    if pos.step >= end:
-        progress.write(f"nothing to do: the run in {run_dir} is at step {pos.step} of {end}")
+    lr_tensor = run.optimizer.lr_tensor
     loader.set_epoch(pos.epoch)
     batches = loader.iter_from(pos.batch)  # resume mid-epoch: batches are a function of (seed, epoch, index)
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
@@ -350,13 +351,13 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
                 continue
             waited += time.perf_counter() - t0
             view1, view2, _ = batch
-            loss, acc = step_fn(view1, view2)
+            loss, acc = run.step_fn(view1, view2)
             metrics.add(loss, acc)
             pos.step, pos.batch, window_steps = pos.step + 1, pos.batch + 1, window_steps + 1
             if profile and pos.step == profile[1]:
                 torch.cuda.synchronize()
                 torch.cuda.profiler.stop()
-            stopping = stop.check()
+            stopping = run.stop.check()
             last = pos.step == end or stopping
             if pos.step % t.log_every == 0 or last or pos.step % t.ckpt_every == 0:
                 # note: the only host sync of the loop (every log_every steps, and before every checkpoint)
@@ -375,9 +376,9 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
                 metrics.reset()
                 window_start, window_steps, waited = time.perf_counter(), 0, 0.0
             if pos.step % t.ckpt_every == 0 or last:
-                save(run_dir, state_fn(pos), pos, t.keep_ckpts, env)
-            if knn is not None and pos.batch == steps_per_epoch and (pos.epoch + 1) % t.knn_every == 0:
-                stats = knn()  # note: host work outside the step (feature extraction), every knn_every epochs
+                run.save(pos)
+            if run.knn is not None and pos.batch == steps_per_epoch and (pos.epoch + 1) % t.knn_every == 0:
+                stats = run.knn()  # note: host work outside the step (feature extraction), every knn_every epochs
                 if stats:
                     progress.write(f"epoch {pos.epoch + 1}: kNN top-1 {stats['knn_top1']:.3f} "
                                    f"top-5 {stats['knn_top5']:.3f} ({int(stats['knn_test_size'])} videos)")
@@ -394,33 +395,31 @@ def train(cfg: Config, env: dist.DistEnv, run_dir: Path, loader, step_fn, state_
 def read_window(metrics: Metrics, lr_tensor: torch.Tensor) -> tuple[float, float, float]:
     """(loss, acc) means over the window and all ranks, and the current lr: one device->host copy."""
     mean = metrics.mean()  # (2,) loss, acc
-    if dist_world() > 1:
+    if dist.world_size() > 1:
         mean = dist.all_reduce_mean(mean)
     loss, acc, lr = torch.cat([mean, lr_tensor.detach().reshape(1).to(mean)]).tolist()
     return loss, acc, lr
-
-
-def save(run_dir: Path, state: dict, pos: Position, keep: int, env: dist.DistEnv) -> None:
-    if env.rank == 0:
-        ckpt.save_checkpoint(state, run_dir, pos.step, keep)
-    dist.barrier()
 
 
 def export_backbone(run_dir: Path, model: nn.Module, cfg: Config, step: int) -> Path:
     """The trained backbone on its own, for downstream use: ``torch.load(p)["state_dict"]`` fits
     ``fastcvrl.model.build_backbone(p["arch"], p["width"])``."""
     backbone = model.backbone
-    return ckpt.atomic_torch_save({
-        "arch": cfg.model.arch, "width": cfg.model.width, "out_dim": backbone.out_dim, "step": step,
-        "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        "config": to_dict(cfg),
-    }, run_dir / "backbone.pt")
+    try:
+        return ckpt.atomic_torch_save({
+            "arch": cfg.model.arch, "width": cfg.model.width, "out_dim": backbone.out_dim, "step": step,
+            "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+            "config": to_dict(cfg),
+        }, run_dir / "backbone.pt")
+    except OSError as e:
+        raise storage_error(e, "cannot write the trained backbone:",
+                            f"The final checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; ") from None
 
 
 # ----------------------------------------------------------------------------------------------------- main
 @dataclasses.dataclass
 class RunResult:
-    exit_code: int  # 0 finished, 143 stopped by SIGTERM or Ctrl-C (resumable)
+    exit_code: int  # 0 finished (or nothing to do), 143 stopped by SIGTERM or Ctrl-C (resumable)
     step: int
     run_dir: Path
     model: nn.Module  # the trained CVRLModel (unwrapped), for callers in the same process
@@ -437,42 +436,45 @@ def main(argv: list[str] | None = None) -> RunResult:
     if cfg.train.cuda_graph and device.type == "cuda":
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")  # NCCL collectives inside a CUDA graph
     env = dist.init_distributed()
-    stop = None
+    folder = None
+    run = None
     try:
         if not args.config:
             dist.print0(f"no --config: the built-in default {default_config_path()}")
         manifest = resolve_data(cfg, env)
-        run_dir = prepare_run_dir(cfg, env)
-        dist.print0(f"run folder: {run_dir}  (device {env.device}, {env.world_size} process(es), "
+        folder = agreed(functools.partial(RunFolder.open, cfg.train.out_dir, lock=env.rank == 0))
+        run = build_run(cfg, env, manifest, folder)
+        pos, changes = resume(run, args.resume_with_changes)
+        if folder.finished(pos.step, run.end_step):
+            dist.print0(f"nothing to do: the run in {run.run_dir} finished at step {pos.step} of {run.end_step} "
+                        f"({folder.backbone.name} exported); nothing was rewritten")
+            return RunResult(0, pos.step, run.run_dir, run.plain)
+        agreed(functools.partial(folder.start, cfg, env.world_size, env.device, changes, pos.step), rank0_only=True)
+        if changes:
+            dist.print0("resumed with changes (recorded in config_changes.yaml): "
+                        + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+        dist.print0(f"run folder: {run.run_dir}  (device {env.device}, {env.world_size} process(es), "
                     f"{cfg.model.arch}, {cfg.train.precision}, global batch {cfg.train.batch_size})")
-        seed_everything(cfg.train.seed + env.rank)
-        if env.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        model, plain = build_training_model(cfg, env)
-        loader = build_loader(cfg, manifest, env)
-        optimizer, schedule, scaler = build_optimization(cfg, plain, len(loader))
-        pos = resume(run_dir, env, plain, optimizer, schedule, scaler, len(loader))
-        step = TrainStep(model, optimizer, schedule, temperature=cfg.loss.temperature,
-                         precision=cfg.train.precision, scaler=scaler,
+        step = TrainStep(run.model, run.optimizer, run.schedule, temperature=cfg.loss.temperature,
+                         precision=cfg.train.precision, scaler=run.scaler,
                          gather=dist.gather_with_grad if env.world_size > 1 else None,
                          channels_last=cfg.train.channels_last, nvtx=env.device.type == "cuda")
-        step_fn = build_step(step, cuda_graph=cfg.train.cuda_graph, device=env.device, ddp=env.distributed,
-                             warmup=cfg.train.cuda_graph_warmup)
-        stop = StopFlag(env)
-        pos = train(cfg, env, run_dir, loader, step_fn,
-                    lambda p: training_state(p, plain, optimizer, schedule, scaler, cfg), pos,
-                    optimizer.lr_tensor, stop, knn=make_knn_monitor(cfg, manifest, plain, env))
-        if stop.raised:
-            return RunResult(143, pos.step, run_dir, plain)
-        if env.rank == 0:
-            path = export_backbone(run_dir, plain, cfg, pos.step)
-            print(f"done at step {pos.step}. Results in {run_dir}: {path.name} (the trained backbone), "
-                  f"{ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir {run_dir / 'tb'}",
-                  flush=True)
-        return RunResult(0, pos.step, run_dir, plain)
+        run.step_fn = build_step(step, cuda_graph=cfg.train.cuda_graph, device=env.device, ddp=env.distributed,
+                                 warmup=cfg.train.cuda_graph_warmup)
+        run.stop = dist.StopFlag()
+        pos = train(run, pos)
+        if run.stop.raised:
+            return RunResult(143, pos.step, run.run_dir, run.plain)
+        path = agreed(functools.partial(export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True)
+        dist.print0(f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "
+                    f"backbone), {ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir "
+                    f"{run.run_dir / 'tb'}")
+        return RunResult(0, pos.step, run.run_dir, run.plain)
     finally:
-        if stop is not None:
-            stop.close()
+        if run is not None and run.stop is not None:
+            run.stop.close()
+        if folder is not None:
+            folder.release()
         dist.destroy()
 
 
@@ -484,20 +486,26 @@ def _planned_device() -> torch.device:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``main`` with the known failures turned into one clear line and an exit code (no traceback)."""
+    """``main`` with the known failures turned into one clear line and an exit code (no traceback): 2 bad
+    input or a refused run folder, 3 a non-finite loss, 4 a file-system error, 1 another rank failed."""
     try:
         return main(argv).exit_code
     except (ConfigError, ManifestError) as e:
-        _error(f"error: {e}")
+        _error(e)
         return 2
     except NonFiniteLoss as e:
-        _error(f"error: {e}")
+        _error(e)
         return 3
+    except (RunFolderError, StorageError, PeerFailed) as e:
+        _error(e)
+        return e.exit_code
 
 
-def _error(msg: str) -> None:
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(msg, file=sys.stderr, flush=True)
+def _error(e: BaseException) -> None:
+    """Print ``e`` once: on rank 0, or (errors agreed across ranks) on the lowest rank that raised it."""
+    quiet = getattr(e, "quiet", None)
+    if (int(os.environ.get("RANK", 0)) == 0) if quiet is None else not quiet:
+        print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def test_run_folder_holds_config_env_tensorboard_checkpoints_and_backbone(refere
     import json
 
     env = json.loads((run_dir / "env.json").read_text())
-    assert env["versions"]["torch"] == torch.__version__ and env["world_size"] == 1
-    assert len(env["git"]["commit"] or "") == 40
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["cores"] >= 1
+    assert env["git_commit"] is None or len(env["git_commit"]) == 40  # a git checkout is not required
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert [s for s, _ in ckpt.list_checkpoints(run_dir)] == [10, 12]  # every 2 steps, last 2 kept
     exported = torch.load(run_dir / "backbone.pt", weights_only=True)

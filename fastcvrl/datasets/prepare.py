@@ -334,14 +334,12 @@ def _run_pool(
 
 
 def _write_rejected(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    from fastcvrl.atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason", "detail"])
         w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def prepare(

@@ -136,11 +136,11 @@ def _default_config_path(args: argparse.Namespace) -> str | None:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """The result with the project's environment record (as the trainer's env.json), written atomically."""
+    from fastcvrl.atomic import atomic_write
+    from fastcvrl.logger import environment
+
+    atomic_write(path, json.dumps({**obj, "env": environment()}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
