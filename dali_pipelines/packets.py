@@ -2,23 +2,27 @@
 
 DALI 2.4's ``fn.decoders.video`` does not seek: it decodes from the first frame of its input (DALI-NOTES.md),
 so a clip late in a video would cost the whole prefix. Instead, for each sample we cut the stream down to the
-runs of packets from the keyframe before each needed frame to that frame, and wrap them in a small in-memory
-container (IVF for VP8/VP9, concatenated JPEGs for MJPEG, Matroska otherwise). Runs start at keyframes, so the
-cut stream decodes on its own, and overlapping views share one run: every frame is decoded at most once.
+runs of packets from the keyframe before each needed frame to the last packet needed to present it (decode
+order: with B-frames that is short of the end of the group of pictures), and wrap them in a small in-memory
+container (IVF for VP8/VP9, concatenated JPEGs for MJPEG, Matroska written by ``matroska.py`` otherwise). Runs
+start at keyframes, so the cut stream decodes on its own, and overlapping views share one run: every frame is
+decoded at most once.
 
-The packet index of each file (payload byte offsets, sizes, keyframe flags) is built once per process by one
-demux pass and cached, so later samples read only the byte range they need with one ``read`` per video.
+The packet index of each file (payload byte offsets, sizes, keyframe flags, codec parameters and extradata)
+is built once per process by one demux pass and cached, so later samples read only the byte range they need
+with one ``read`` per video and write the container without opening the source again.
 """
 from __future__ import annotations
 
 import io
 import os
 import struct
-from fractions import Fraction
 from dataclasses import dataclass
 
 import av
 import numpy as np
+
+from . import matroska
 
 
 class VideoReadError(RuntimeError):
@@ -29,7 +33,6 @@ class VideoReadError(RuntimeError):
         self.path = path
 
 
-REORDERING_CODECS = ("h264", "hevc", "mpeg4", "mpeg2video")  # may present frames out of decode order
 _IVF_FOURCC = {"vp8": b"VP80", "vp9": b"VP90"}
 
 
@@ -56,6 +59,15 @@ class PacketIndex:
     def frame_of_packet(self) -> np.ndarray:
         """Presentation index of each packet (decode order)."""
         return np.arange(self.num_frames) if self.reorder is None else self.reorder
+
+    @property
+    def packet_of_frame(self) -> np.ndarray:
+        """Decode-order packet of each presentation index (the inverse of ``frame_of_packet``)."""
+        if self.reorder is None:
+            return np.arange(self.num_frames)
+        out = np.empty(self.num_frames, np.int64)
+        out[self.reorder] = np.arange(self.num_frames)
+        return out
 
     @property
     def keyframes(self) -> np.ndarray:
@@ -92,6 +104,8 @@ def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
                 located &= offset >= 0
                 rows.append((offset, p.size, bool(p.is_keyframe), pts if pts is not None else len(rows)))
             codec, width, height = ctx.name, ctx.width, ctx.height
+            if codec not in matroska.CODEC_IDS:
+                raise VideoReadError(path, f"codec {codec} cannot be trimmed (supported: {sorted(matroska.CODEC_IDS)})")
             extradata = bytes(ctx.extradata) if ctx.extradata else None
     except VideoReadError:
         raise
@@ -112,22 +126,23 @@ def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
 
 
 def keep_runs(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
-    """Presentation-index runs ``[first, last]`` to decode so every ``needed`` frame is reached.
+    """Packet runs ``[first, last]`` (decode order, inclusive) to hand the decoder so every ``needed`` frame
+    (presentation indices) is presented.
 
-    Each run starts at the keyframe at or before a needed frame; runs that touch are merged. For codecs that
-    reorder frames a run is extended to the end of its group of pictures, so no reference is missing.
+    Each run starts at the keyframe packet at or before a needed frame's packet and ends at the last needed
+    packet of that group of pictures: in decode order every reference of a packet comes before it (closed
+    groups of pictures), so nothing past the last needed packet is decoded, also for codecs that reorder
+    frames (B-frames). Runs that touch are merged. Without reordering decode order is presentation order,
+    so the runs are also frame runs.
     """
-    keys = index.keyframes
     needed = np.unique(np.asarray(needed, dtype=np.int64))
     if needed[0] < 0 or needed[-1] >= index.num_frames:
         raise ValueError(f"{index.path}: frames {needed.min()}..{needed.max()} outside 0..{index.num_frames - 1}")
-    starts = keys[np.searchsorted(keys, needed, side="right") - 1]
-    ends = needed
-    if index.codec in REORDERING_CODECS:
-        nxt = np.searchsorted(keys, needed, side="right")
-        ends = np.where(nxt < len(keys), keys[np.minimum(nxt, len(keys) - 1)] - 1, index.num_frames - 1)
+    packets = needed if index.reorder is None else np.sort(index.packet_of_frame[needed])
+    key_packets = np.flatnonzero(index.keyframe)  # decode order, ascending; packet 0 is one
+    starts = key_packets[np.searchsorted(key_packets, packets, side="right") - 1]
     runs: list[list[int]] = []
-    for s, e in zip(starts.tolist(), ends.tolist()):
+    for s, e in zip(starts.tolist(), packets.tolist()):  # packets ascending, so starts too
         if runs and s <= runs[-1][1] + 1:
             runs[-1][1] = max(runs[-1][1], e)
         else:
@@ -152,20 +167,18 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     """
     needed = np.asarray(needed, dtype=np.int64)
     runs = keep_runs(index, needed)
-    kept_frames = np.concatenate([np.arange(a, b + 1) for a, b in runs])  # presentation order
-    packet_of_frame = np.empty(index.num_frames, np.int64)
-    packet_of_frame[index.frame_of_packet] = np.arange(index.num_frames)
-    packets = np.sort(packet_of_frame[kept_frames])  # decode order
+    packets = np.concatenate([np.arange(a, b + 1) for a, b in runs])  # decode order
+    shown = index.frame_of_packet[packets]  # presentation index of each kept packet
+    kept_frames = np.sort(shown)  # what the trimmed stream presents, in order
+    positions = np.searchsorted(kept_frames, needed).astype(np.int32)
     payloads, nbytes = _read_payloads(index, packets, data)
-    new_rank = {int(f): i for i, f in enumerate(kept_frames)}
-    positions = np.array([new_rank[int(f)] for f in needed], np.int32)
     if index.codec in _IVF_FOURCC and index.reorder is None:
         encoded = _ivf(index, payloads)
     elif index.codec == "mjpeg":
         encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
     else:
-        rank = np.searchsorted(kept_frames, index.frame_of_packet[packets])
-        encoded = _matroska(index, payloads, rank, index.keyframe[packets])
+        encoded = matroska.write(index.codec, index.width, index.height, index.extradata, payloads,
+                                 np.searchsorted(kept_frames, shown), index.keyframe[packets])
     return TrimmedClip(np.frombuffer(encoded, np.uint8), positions, len(packets), nbytes)
 
 
@@ -210,19 +223,3 @@ def _ivf(index: PacketIndex, payloads: list[bytes]) -> bytes:
         parts.append(struct.pack("<IQ", len(p), i))
         parts.append(p)
     return b"".join(parts)
-
-
-def _matroska(index: PacketIndex, payloads: list[bytes], rank: np.ndarray, key: np.ndarray) -> bytes:
-    """Generic path (codecs without a trivial raw container): Matroska muxed by PyAV, frames renumbered."""
-    bio = io.BytesIO()
-    tb = Fraction(1, 25)
-    delay = int(max(0, np.max(np.arange(len(rank)) - rank))) if len(rank) else 0
-    with av.open(index.path) as src, av.open(bio, "w", format="matroska") as out:
-        stream = out.add_stream_from_template(src.streams.video[0])  # copies codec parameters (extradata)
-        for i, (p, r, k) in enumerate(zip(payloads, rank.tolist(), key.tolist())):
-            pkt = av.Packet(p)
-            pkt.stream, pkt.time_base = stream, tb
-            pkt.pts, pkt.dts = r + delay, i
-            pkt.is_keyframe = bool(k)
-            out.mux(pkt)
-    return bio.getvalue()

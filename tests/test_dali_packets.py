@@ -1,5 +1,6 @@
-"""Host-side trimming: the cut stream holds exactly the runs from a keyframe to each needed frame, decodes on
-its own to the right frames (PyAV as the reference decoder), and bad files are named."""
+"""Host-side trimming: the cut stream holds exactly the runs from a keyframe to the last packet each needed frame
+requires, decodes on its own to the right frames (PyAV as the reference decoder; H.264 with and without
+B-frames), is written without opening the source again, and bad files are named."""
 from __future__ import annotations
 
 import io
@@ -13,11 +14,12 @@ from dali_pipelines.packets import VideoReadError, build_index, keep_runs, trim
 from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, write_video
 
 
-@pytest.fixture(scope="module", params=["vp9", "mjpeg", "h264"])
+@pytest.fixture(scope="module", params=["vp9", "mjpeg", "h264", "h264-bframes"])
 def video(request, tmp_path_factory):
-    ext = {"vp9": ".webm", "mjpeg": ".avi", "h264": ".mp4"}[request.param]
+    codec, _, bf = request.param.partition("-")
+    ext = {"vp9": ".webm", "mjpeg": ".avi", "h264": ".mp4"}[codec]
     path = tmp_path_factory.mktemp("pk") / f"v{ext}"
-    write_video(path, index_frames(90, 16, 16, video_id=5), codec=request.param, gop=10)
+    write_video(path, index_frames(90, 16, 16, video_id=5), codec=codec, gop=10, bframes=3 if bf else 0)
     return str(path)
 
 
@@ -50,11 +52,67 @@ def test_trimmed_stream_decodes_to_the_needed_frames(video):
         got, vid = decode_index(frames[tc.positions])
         assert got.tolist() == needed.tolist() and (vid == 5).all()
         runs = keep_runs(idx, needed)
-        assert all(r[0] in keys for r in runs)  # every run starts at a keyframe
+        packet = idx.packet_of_frame
+        assert all(idx.keyframe[s] for s, _ in runs)  # every run starts at a keyframe
+        assert all(e in packet[needed] for _, e in runs)  # and ends at a needed frame's packet, not the GOP's end
         assert tc.frames_decoded == len(frames) == sum(e - s + 1 for s, e in runs)
-        if idx.codec != "h264":  # no reordering: runs end at the needed frames, at most one GOP-1 extra each
-            assert tc.frames_decoded <= len(np.unique(needed)) + len(runs) * (np.diff(keys).max() - 1)
+        groups = np.unique(np.searchsorted(keys, needed, side="right"))  # groups of pictures touched
+        assert tc.frames_decoded <= len(groups) * np.diff(keys).max()
         assert tc.bytes_read < os.path.getsize(video)
+
+
+def test_bframes_reorder_and_runs_stop_short_of_the_group_end(tmp_path):
+    path = str(tmp_path / "b.mp4")
+    write_video(path, index_frames(64, 16, 16, video_id=2), codec="h264", gop=16, bframes=3)
+    idx = build_index(path)
+    assert idx.reorder is not None  # decode order differs from presentation order
+    for f in range(64):  # a single frame: from its keyframe to its own packet, every frame the right one
+        tc = trim(idx, np.array([f]))
+        frames = _decode(tc.encoded)
+        assert decode_index(frames[tc.positions])[0].tolist() == [f]
+        key = (f // 16) * 16
+        assert tc.frames_decoded == idx.packet_of_frame[f] - idx.packet_of_frame[key] + 1 <= 16
+    gop_ends = sum(trim(idx, np.array([f])).frames_decoded == 16 for f in range(64))
+    assert gop_ends < 64 // 4  # most frames need less than their whole group of pictures
+
+
+def test_trimming_opens_no_container(video, monkeypatch):
+    idx = build_index(video)
+
+    def no_open(*a, **k):
+        raise AssertionError("a container was opened to trim a clip")
+
+    monkeypatch.setattr(av, "open", no_open)
+    tc = trim(idx, np.array([3, 5, 40, 42]))
+    monkeypatch.undo()
+    assert decode_index(_decode(tc.encoded)[tc.positions])[0].tolist() == [3, 5, 40, 42]
+
+
+def test_dali_decodes_the_matroska_writer(tmp_path):
+    """DALI's own demuxer reads the Matroska written by ``matroska.write`` (VP9 payloads: decodable on CPU)."""
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_pipelines import matroska
+    from dali_pipelines.packets import _read_payloads
+
+    path = str(tmp_path / "m.webm")
+    write_video(path, index_frames(48, 32, 32, video_id=4), codec="vp9", gop=8)
+    idx = build_index(path)
+    packets = np.arange(16, 30)  # a run from the keyframe at 16
+    payloads, _ = _read_payloads(idx, packets, None)
+    enc = np.frombuffer(matroska.write("vp9", idx.width, idx.height, idx.extradata, payloads,
+                                       np.arange(len(packets)), idx.keyframe[packets]), np.uint8)
+    want = np.array([1, 3, 13], np.int32)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        e = fn.external_source(source=lambda: [enc], batch=True)
+        f = fn.external_source(source=lambda: [want], batch=True)
+        return fn.decoders.video(e, device="cpu", frames=f, build_index=False)
+
+    (out,) = pipe().run()
+    got, vid = decode_index(np.asarray(out[0]))
+    assert got.tolist() == (16 + want).tolist() and (vid == 4).all()
 
 
 def test_overlapping_windows_share_one_run(video):

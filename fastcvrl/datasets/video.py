@@ -40,10 +40,12 @@ def write_video(
     codec: str = "vp9",
     gop: int | None = 16,
     quality: int | None = None,
+    bframes: int = 0,
 ) -> str:
     """Encode RGB uint8 frames ``(T, H, W, 3)`` into ``path`` with a keyframe every ``gop`` frames.
 
-    ``quality``: CRF for vp9/h264 (lower is better), qscale for mjpeg/mpeg4. Writes to a temporary name and
+    ``quality``: CRF for vp9/h264 (lower is better), qscale for mjpeg/mpeg4. ``bframes``: B-frames between
+    reference frames (h264 only; frames then reorder: decode order differs from presentation). Writes to a temporary name and
     renames, so a killed writer never leaves a half-written file under the final name.
     """
     if codec not in CODECS:
@@ -59,7 +61,7 @@ def write_video(
     h, w = first.shape[:2]
     try:
         with av.open(tmp, mode="w", container_options=BITEXACT) as out:
-            stream = add_video_stream(out, codec, w, h, rate, gop, quality)
+            stream = add_video_stream(out, codec, w, h, rate, gop, quality, bframes)
             for frame in _chain(first, it):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
                 for packet in stream.encode(vf):
@@ -81,9 +83,13 @@ def add_video_stream(
     rate: Fraction,
     gop: int | None = 16,
     quality: int | None = None,
+    bframes: int = 0,
 ) -> av.video.stream.VideoStream:
     """Add an encoder stream to ``out`` with a keyframe exactly every ``gop`` frames (no scene-cut or
-    adaptive keyframes, no B-frames, no VP9 alt-ref frames), so clip starts are predictable."""
+    adaptive keyframes, closed groups of pictures, no VP9 alt-ref frames), so clip starts are predictable.
+
+    ``bframes``: H.264 B-frames (default none: a clip's run then ends at its last frame and the decoder has
+    no reorder delay; the README's performance section gives the measured trade-off)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     encoder, pix_fmt, _ = CODECS[codec]
@@ -93,7 +99,7 @@ def add_video_stream(
     if gop:
         stream.codec_context.gop_size = int(gop)
         if codec == "h264":
-            opts.update({"keyint_min": str(gop), "sc_threshold": "0", "bf": "0"})
+            opts.update({"keyint_min": str(gop), "sc_threshold": "0"})
         if codec in ("vp9", "vp8"):
             opts.update({"kf-max-dist": str(gop), "kf-min-dist": str(gop), "auto-alt-ref": "0"})
     if codec in ("vp9", "vp8"):
@@ -101,7 +107,7 @@ def add_video_stream(
         if codec == "vp9":
             opts["row-mt"] = "1"
     elif codec == "h264":
-        opts.update({"preset": "veryfast", "crf": str(quality or 18)})
+        opts.update({"preset": "veryfast", "crf": str(quality or 18), "bf": str(int(bframes))})
     elif codec in ("mjpeg", "mpeg4"):
         stream.codec_context.qmin = stream.codec_context.qmax = int(quality or 3)
     stream.options = opts
