@@ -18,6 +18,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import av
 import numpy as np
@@ -60,19 +61,28 @@ class PacketIndex:
         """Presentation index of each packet (decode order)."""
         return np.arange(self.num_frames) if self.reorder is None else self.reorder
 
-    @property
+    @cached_property
     def packet_of_frame(self) -> np.ndarray:
         """Decode-order packet of each presentation index (the inverse of ``frame_of_packet``)."""
-        if self.reorder is None:
-            return np.arange(self.num_frames)
-        out = np.empty(self.num_frames, np.int64)
-        out[self.reorder] = np.arange(self.num_frames)
+        out = np.arange(self.num_frames)
+        if self.reorder is not None:
+            out[self.reorder] = np.arange(self.num_frames)
         return out
+
+    @cached_property
+    def key_packets(self) -> np.ndarray:
+        """Decode-order indices of the keyframe packets, ascending (packet 0 is one)."""
+        return np.flatnonzero(self.keyframe)
 
     @property
     def keyframes(self) -> np.ndarray:
         """Presentation indices of the keyframes, ascending."""
         return np.sort(self.frame_of_packet[self.keyframe])
+
+    @cached_property
+    def matroska_tracks(self) -> bytes:
+        """The Tracks element of this file's trimmed Matroska streams (the same for every clip)."""
+        return matroska.tracks(self.codec, self.width, self.height, self.extradata)
 
 
 def build_index(path: str) -> PacketIndex:
@@ -133,20 +143,40 @@ def keep_runs(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
     packet of that group of pictures: in decode order every reference of a packet comes before it (closed
     groups of pictures), so nothing past the last needed packet is decoded, also for codecs that reorder
     frames (B-frames). Runs that touch are merged. Without reordering decode order is presentation order,
-    so the runs are also frame runs.
+    so the runs are also frame runs. ``keep_runs_reference`` is the same rule as a plain loop.
     """
+    first, last = _runs(index, needed)
+    return list(zip(first.tolist(), last.tolist()))
+
+
+def _runs(index: PacketIndex, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keep_runs`` as two arrays (first packets, last packets), vectorised."""
     needed = np.unique(np.asarray(needed, dtype=np.int64))
     if needed[0] < 0 or needed[-1] >= index.num_frames:
         raise ValueError(f"{index.path}: frames {needed.min()}..{needed.max()} outside 0..{index.num_frames - 1}")
     packets = needed if index.reorder is None else np.sort(index.packet_of_frame[needed])
-    key_packets = np.flatnonzero(index.keyframe)  # decode order, ascending; packet 0 is one
-    starts = key_packets[np.searchsorted(key_packets, packets, side="right") - 1]
+    keys = index.key_packets
+    starts = keys[np.searchsorted(keys, packets, side="right") - 1]  # ascending with packets
+    new = np.empty(len(packets), bool)  # a run begins where its keyframe lies past the previous run's end + 1
+    new[0] = True
+    np.greater(starts[1:], packets[:-1] + 1, out=new[1:])
+    begin = np.flatnonzero(new)
+    ends = np.empty(len(begin), np.int64)
+    ends[:-1], ends[-1] = begin[1:] - 1, len(packets) - 1
+    return starts[begin], packets[ends]
+
+
+def keep_runs_reference(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
+    """Slow reference for ``keep_runs``: one needed frame at a time, merging into the previous run."""
+    packets = sorted(int(index.packet_of_frame[f]) for f in set(np.asarray(needed).tolist()))
+    keys = np.flatnonzero(index.keyframe).tolist()
     runs: list[list[int]] = []
-    for s, e in zip(starts.tolist(), packets.tolist()):  # packets ascending, so starts too
+    for p in packets:
+        s = max(k for k in keys if k <= p)
         if runs and s <= runs[-1][1] + 1:
-            runs[-1][1] = max(runs[-1][1], e)
+            runs[-1][1] = max(runs[-1][1], p)
         else:
-            runs.append([s, e])
+            runs.append([s, p])
     return [(a, b) for a, b in runs]
 
 
@@ -163,13 +193,22 @@ class TrimmedClip:
 def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> TrimmedClip:
     """Cut ``index.path`` down to the runs that reach ``needed`` (presentation indices, any order, repeats).
 
-    ``data``: the file's bytes if already in memory; otherwise one read of the needed byte range.
+    ``data``: the file's bytes if already in memory; otherwise one read of the needed byte range. No container
+    is opened when the index located the payloads (the usual case).
     """
     needed = np.asarray(needed, dtype=np.int64)
-    runs = keep_runs(index, needed)
-    packets = np.concatenate([np.arange(a, b + 1) for a, b in runs])  # decode order
-    shown = index.frame_of_packet[packets]  # presentation index of each kept packet
-    kept_frames = np.sort(shown)  # what the trimmed stream presents, in order
+    first, last = _runs(index, needed)
+    lengths = last - first + 1
+    if len(first) == 1:
+        packets = np.arange(first[0], last[0] + 1)  # decode order
+    else:
+        packets = np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())])
+    if index.reorder is None:
+        kept_frames, rank = packets, None  # presentation order is decode order
+    else:
+        shown = index.reorder[packets]  # presentation index of each kept packet
+        kept_frames = np.sort(shown)  # what the trimmed stream presents, in order
+        rank = np.searchsorted(kept_frames, shown)
     positions = np.searchsorted(kept_frames, needed).astype(np.int32)
     payloads, nbytes = _read_payloads(index, packets, data)
     if index.codec in _IVF_FOURCC and index.reorder is None:
@@ -177,26 +216,31 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     elif index.codec == "mjpeg":
         encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
     else:
-        encoded = matroska.write(index.codec, index.width, index.height, index.extradata, payloads,
-                                 np.searchsorted(kept_frames, shown), index.keyframe[packets])
+        encoded = matroska.write_packets(index.matroska_tracks, payloads, index.sizes[packets],
+                                         np.arange(len(packets)) if rank is None else rank, index.keyframe[packets])
     return TrimmedClip(np.frombuffer(encoded, np.uint8), positions, len(packets), nbytes)
 
 
-def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) -> tuple[list[bytes], int]:
-    """Payloads of ``packets`` (decode order): one ranged read of the file (or slices of ``data``, the whole
-    file already in memory), or a demux pass where the payloads could not be located."""
+def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) -> tuple[list, int]:
+    """Payloads of ``packets`` (decode order) as buffers: one ranged read of the file (or views of ``data``, the
+    whole file already in memory), or a demux pass where the payloads could not be located."""
     try:
         if index.offsets is not None:
-            offsets, sizes = index.offsets[packets].astype(np.int64), index.sizes[packets].astype(np.int64)
+            offsets = index.offsets[packets].astype(np.int64)
+            ends = offsets + index.sizes[packets]
             if data is not None:
-                return [data[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist())], len(data)
-            lo, hi = int(offsets.min()), int((offsets + sizes).max())
-            with open(index.path, "rb") as f:
-                f.seek(lo)
-                chunk = f.read(hi - lo)
-            if len(chunk) != hi - lo:
-                raise VideoReadError(index.path, "file is shorter than its packet index (changed on disk?)")
-            return [chunk[o - lo : o - lo + s] for o, s in zip(offsets.tolist(), sizes.tolist())], hi - lo
+                view, lo, nbytes = memoryview(data), 0, len(data)
+            else:
+                lo, hi = int(offsets.min()), int(ends.max())
+                fd = os.open(index.path, os.O_RDONLY)
+                try:
+                    chunk = os.pread(fd, hi - lo, lo)
+                finally:
+                    os.close(fd)
+                if len(chunk) != hi - lo:
+                    raise VideoReadError(index.path, "file is shorter than its packet index (changed on disk?)")
+                view, nbytes = memoryview(chunk), hi - lo
+            return [view[o:e] for o, e in zip((offsets - lo).tolist(), (ends - lo).tolist())], nbytes
         wanted = set(packets.tolist())
         out: dict[int, bytes] = {}
         with av.open(io.BytesIO(data) if data is not None else index.path) as container:
@@ -214,12 +258,19 @@ def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) 
         raise VideoReadError(index.path, f"cannot read packets ({type(e).__name__}: {e})") from e
 
 
-def _ivf(index: PacketIndex, payloads: list[bytes]) -> bytes:
+_IVF_FRAME = np.dtype([("size", "<u4"), ("pts", "<u8")])  # IVF's 12-byte frame header
+
+
+def _ivf(index: PacketIndex, payloads: list) -> bytes:
     """IVF: a 32-byte file header, then a 12-byte header (size, pts) before each frame."""
     head = struct.pack("<4sHH4sHHIIII", b"DKIF", 0, 32, _IVF_FOURCC[index.codec], index.width, index.height,
                        25, 1, len(payloads), 0)
+    hdr = np.empty(len(payloads), _IVF_FRAME)
+    hdr["size"] = [len(p) for p in payloads]
+    hdr["pts"] = np.arange(len(payloads))
+    raw = hdr.tobytes()
     parts = [head]
     for i, p in enumerate(payloads):
-        parts.append(struct.pack("<IQ", len(p), i))
+        parts.append(raw[12 * i : 12 * i + 12])
         parts.append(p)
     return b"".join(parts)

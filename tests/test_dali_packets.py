@@ -144,3 +144,20 @@ def test_truncated_file_names_the_file(tmp_path, video):
         assert "cut" in str(e)
         return
     assert idx.num_frames < 90  # demuxing stops where the file does; the index only lists what is there
+
+
+def test_fast_paths_agree_with_their_references(video):
+    from dali_pipelines import matroska
+    from dali_pipelines.packets import _read_payloads, keep_runs_reference
+
+    idx = build_index(video)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        needed = rng.integers(0, 90, rng.integers(1, 12))
+        assert keep_runs(idx, needed) == keep_runs_reference(idx, needed)
+    packets = np.arange(10, 37)
+    payloads, _ = _read_payloads(idx, packets, None)
+    rank = np.argsort(np.argsort(idx.frame_of_packet[packets]))
+    key = idx.keyframe[packets]
+    fast = matroska.write_packets(idx.matroska_tracks, payloads, idx.sizes[packets], rank, key)
+    assert fast == matroska.write(idx.codec, idx.width, idx.height, idx.extradata, payloads, rank, key)
