@@ -13,11 +13,23 @@ videos (different ones each epoch) sit out an epoch. Evaluation keeps every vide
 
 A video that cannot be demuxed or read is reported once by a warning naming the file and replaced by the next
 readable video of the shard, so one corrupt file does not end a run. The replacement's meta row says so
-(``substitute``): training keeps it (whole batches), evaluation drops it (``DaliLoader``), so an evaluation
-epoch delivers every readable video exactly once and the unreadable ones (``VideoSource.bad``) not at all.
+(``substitute``; ``skipped``: how many unreadable videos it was found past): training keeps it (whole batches),
+evaluation drops it (``DaliLoader``), so an evaluation epoch delivers every readable video exactly once and the
+unreadable ones (``VideoSource.bad``) not at all.
+
+Columns are named: ``source.columns`` lists a source's outputs in order, ``Sample[name]`` reads one, and the
+meta row's fields are ``META_FIELDS`` (``meta_field(meta, name)``). Nothing outside this module decodes a
+column by position.
+
+Worker processes. Under DALI's parallel external source each worker holds a copy of the source
+(``for_workers``): it cannot see ``set_epoch`` calls made after it started, so the copy counts epochs from the
+one it was made in (``pipeline epoch = epoch at the copy + DALI's epoch_idx``), applies ``start_step`` to its
+first epoch only, and does not log: the unreadable videos it passes over come back in the meta row
+(``skipped``) and the loader's process names them once (``note_skipped``).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections import OrderedDict
@@ -31,10 +43,16 @@ from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("fastcvrl.data")
 
-# meta column: (video index, frames decoded, first start, second start, bytes read, 1 if it stands in for an
-# unreadable video)
-META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read", "substitute")
-SUBSTITUTE = META_FIELDS.index("substitute")
+# meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the decoder),
+# first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable videos passed over
+META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read", "substitute", "skipped")
+META = {name: i for i, name in enumerate(META_FIELDS)}
+SUBSTITUTE = META["substitute"]
+
+
+def meta_field(meta: np.ndarray, name: str) -> np.ndarray:
+    """One named field of a meta row ``(len(META_FIELDS),)`` or batch ``(B, len(META_FIELDS))``."""
+    return meta[..., META[name]]
 
 
 def shard_order(num_videos: int, rank: int, world: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
@@ -49,15 +67,34 @@ def shard_order(num_videos: int, rank: int, world: int, epoch: int, seed: int, s
 
 @dataclass
 class Sample:
-    columns: tuple[np.ndarray, ...]
+    """One video's outputs by column name (``VideoSource.columns`` gives the order handed to DALI)."""
+
+    values: dict[str, np.ndarray]
     path: str
-    encoded: np.ndarray
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    @property
+    def columns(self) -> tuple[np.ndarray, ...]:
+        """The outputs in column order (what the external source hands DALI)."""
+        return tuple(self.values.values())
+
+    @property
+    def encoded(self) -> np.ndarray:
+        return self.values["encoded"]
+
+    @property
+    def video(self) -> int:
+        return int(self.values["meta"][META["video"]])
 
 
 class VideoSource:
-    """Base external source: epochs, shards, batches, bad-file substitution; subclasses plan one video."""
+    """Base external source: epochs, shards, batches, bad-file substitution; subclasses plan one video.
 
-    num_outputs = 0
+    Picklable (entries, configs and NumPy arrays only), so DALI can hand a copy to worker processes."""
+
+    columns: tuple[str, ...] = ()  # output names, in the order handed to DALI
     purpose = 0  # separates the random streams of the different pipelines
 
     def __init__(self, entries: Sequence[Any], batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
@@ -79,7 +116,34 @@ class VideoSource:
         self._index: OrderedDict[str, PacketIndex] = OrderedDict()
         self.index_cache = index_cache
         self._first_read: dict[str, bytes] = {}  # bytes read to index a file, kept for its first clip
+        self.in_worker = False  # a copy in a worker process (``for_workers``)
         self.set_epoch(0)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.columns)
+
+    def column(self, name: str) -> int:
+        """Position of output ``name`` in ``columns`` (ValueError naming it if the source has none)."""
+        try:
+            return self.columns.index(name)
+        except ValueError:
+            raise ValueError(f"{type(self).__name__} has no column {name!r}; it has {self.columns}") from None
+
+    def for_workers(self) -> "VideoSource":
+        """The copy DALI's worker processes run: it follows the pipeline's epochs from the current one (see the
+        module docstring), starts at ``start_step``, keeps the bad videos known so far, and logs nothing."""
+        clone = copy.copy(self)
+        clone.bad = set(self.bad)
+        clone.recent = OrderedDict()
+        clone._index, clone._first_read = OrderedDict(), {}
+        clone.in_worker, clone.worker_epoch0 = True, self.epoch
+        return clone
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["recent"], state["_first_read"] = OrderedDict(), {}  # per-process caches do not travel
+        return state
 
     # ------------------------------------------------------------------ epoch structure
     def set_epoch(self, epoch: int) -> None:
@@ -97,16 +161,28 @@ class VideoSource:
 
     # ------------------------------------------------------------------ external source protocol
     def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
-        step = int(getattr(info, "iteration", info)) + self.start_step
+        iteration = int(getattr(info, "iteration", info))
+        first_epoch = True
+        if self.in_worker:  # follow the pipeline's epochs (see the module docstring)
+            epoch_idx = int(getattr(info, "epoch_idx", 0))
+            first_epoch = epoch_idx == 0
+            if self.epoch != self.worker_epoch0 + epoch_idx:
+                self.set_epoch(self.worker_epoch0 + epoch_idx)
+        step = iteration + (self.start_step if first_epoch else 0)
         if step >= len(self):
             raise StopIteration
+        samples = self.batch(step)
+        return tuple(list(col) for col in zip(*(s.columns for s in samples)))
+
+    def batch(self, step: int) -> list[Sample]:
+        """The samples of ``step`` of the current epoch (kept in ``recent`` for error reports)."""
         samples = []
         for pos, video in enumerate(self.batch_videos(step)):
             samples.append(self._sample_or_substitute(step * self.batch_size + pos, int(video)))
         self.recent[step] = samples
         while len(self.recent) > 8:
             self.recent.popitem(last=False)
-        return tuple(list(col) for col in zip(*(s.columns for s in samples)))
+        return samples
 
     def _sample_or_substitute(self, pos: int, video: int) -> Sample:
         for k in range(len(self.order)):
@@ -119,16 +195,35 @@ class VideoSource:
                 self.mark_bad(v, str(e))
                 continue
             if k:
-                sample.columns[-1][SUBSTITUTE] = 1
+                sample["meta"][SUBSTITUTE] = 1
+                sample["meta"][META["skipped"]] = k
             return sample
         raise VideoReadError(self.entries[video].path, "no readable video left in this shard")
 
     def mark_bad(self, video: int, reason: str) -> None:
         if video not in self.bad:
             self.bad.add(video)
+            if self.in_worker:  # the loader's process names it, from the meta row (note_skipped)
+                return
             log.warning("skipping unreadable video %s (%s); %s", self.entries[video].path, reason,
                         "a readable video of the shard takes its place" if self.drop_last
                         else "it is left out of this evaluation")
+
+    def note_skipped(self, step: int, meta: np.ndarray) -> None:
+        """Record (and name once) the unreadable videos a worker passed over in batch ``step`` of the current
+        epoch: a sample at batch position ``b`` with ``skipped = k`` stands in for the ``k`` videos from its
+        slot on. The reason is found again here, by indexing the file in this process."""
+        for b in np.flatnonzero(meta_field(meta, "skipped")).tolist():
+            pos = step * self.batch_size + b
+            for j in range(int(meta[b, META["skipped"]])):
+                v = int(self.order[(pos + j) % len(self.order)])
+                if v not in self.bad:
+                    try:
+                        index_and_bytes(self.entries[v].path)
+                        reason = "unreadable in a loader worker"
+                    except VideoReadError as e:
+                        reason = str(e)
+                    self.mark_bad(v, reason)
 
     # ------------------------------------------------------------------ per video
     def index(self, video: int) -> PacketIndex:
@@ -160,13 +255,14 @@ class VideoSource:
         return idx, trim(idx, union, self._first_read.pop(idx.path, None)), inverse.astype(np.int32)
 
     def _meta(self, video: int, tc: Any, start1: int, start2: int) -> np.ndarray:
-        return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read, 0], np.int64)
+        return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read, 0, 0], np.int64)  # META_FIELDS
 
 
 class PretrainSource(VideoSource):
-    """Two CVRL views per video. Columns: encoded, frames, order1, order2, then per view roi_start, roi_end,
-    colour params (6,), colour op order (4,) (``spatial.color_params``) (+ blur_sigma when blurring, + solarize when solarizing), then label, meta. ``frames``: the sorted
-    union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
+    """Two CVRL views per video. Columns: ``encoded``, ``frames``, ``order1``, ``order2``, then per view ``v``
+    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``spatial.color_params``)
+    (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``: the
+    sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
     ``order1/2``: each view's frames within that union."""
 
     purpose = 1
@@ -176,9 +272,20 @@ class PretrainSource(VideoSource):
         temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
         spatial.check_view_probs("blur_prob", data_cfg.blur_prob)
         spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
-        self.view_columns = 4 + int(data_cfg.blur) + int(data_cfg.solarize)
-        self.num_outputs = 6 + 2 * self.view_columns
+        self.columns = ("encoded", "frames", "order1", "order2", *self.view_names(1), *self.view_names(2),
+                        "label", "meta")
         super().__init__(entries, batch_size, **kw)
+
+    def view_names(self, view: int) -> tuple[str, ...]:
+        """The parameter columns of view 1 or 2, in order."""
+        names = ["roi_start", "roi_end", "color", "color_order"] + ["sigma"] * bool(self.cfg.blur) \
+            + ["solarize"] * bool(self.cfg.solarize)
+        return tuple(f"{n}{view}" for n in names)
+
+    @property
+    def view_columns(self) -> int:
+        """Parameter columns per view."""
+        return len(self.view_names(1))
 
     def sample(self, video: int) -> Sample:
         c = self.cfg
@@ -188,7 +295,7 @@ class PretrainSource(VideoSource):
         s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[0]
         clips = np.stack([temporal.clip_indices(s, n, c.num_frames, c.stride) for s in (s1, s2)])  # (2, T)
         idx, tc, inverse = self._decode_plan(video, clips)
-        views = []
+        views: dict[str, np.ndarray] = {}
         for view in range(2):
             box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
                                               (c.min_aspect, c.max_aspect))
@@ -198,22 +305,27 @@ class PretrainSource(VideoSource):
             # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
             sigma = spatial.blur_sigma(rng, c.blur_prob[view]) if c.blur else 0.0
             sol = bool(c.solarize and rng.random() < c.solarize_prob[view])
-            views += [start, end, params, order]
-            views += [np.array(sigma, np.float32)] if c.blur else []
-            views += [np.array(sol)] if c.solarize else []
+            v = view + 1
+            views.update({f"roi_start{v}": start, f"roi_end{v}": end, f"color{v}": params, f"color_order{v}": order})
+            if c.blur:
+                views[f"sigma{v}"] = np.array(sigma, np.float32)
+            if c.solarize:
+                views[f"solarize{v}"] = np.array(sol)
         label = np.array(self.entries[video].label, np.int32)
-        cols = (tc.encoded, tc.positions, inverse[: c.num_frames], inverse[c.num_frames :], *views, label,
-                self._meta(video, tc, int(s1), int(s2)))
-        return Sample(cols, idx.path, tc.encoded)
+        values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[: c.num_frames],
+                  "order2": inverse[c.num_frames :], **views, "label": label,
+                  "meta": self._meta(video, tc, int(s1), int(s2))}
+        return Sample(values, idx.path)
 
 
 class LinearSource(VideoSource):
-    """One clip per video (linear evaluation): columns (encoded, frames, order, roi_start, roi_end, label, meta).
+    """One clip per video (linear evaluation): columns ``encoded``, ``frames``, ``order``, ``roi_start``,
+    ``roi_end``, ``label``, ``meta``.
 
     Training: uniform start, random resized crop and flip, no colour. Otherwise: the centre clip and the
     centre square that a resize to ``short_side`` then a ``crop_size`` centre crop would keep."""
 
-    num_outputs = 7
+    columns = ("encoded", "frames", "order", "roi_start", "roi_end", "label", "meta")
     purpose = 2
 
     def __init__(self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, data_cfg: Any, train: bool,
@@ -240,15 +352,17 @@ class LinearSource(VideoSource):
         idx, tc, inverse = self._decode_plan(video, clip)
         roi_start, roi_end = spatial.crop_roi(box, flip)
         label = np.array(self.entries[video].label, np.int32)
-        cols = (tc.encoded, tc.positions, inverse, roi_start, roi_end, label, self._meta(video, tc, start, start))
-        return Sample(cols, idx.path, tc.encoded)
+        values = {"encoded": tc.encoded, "frames": tc.positions, "order": inverse, "roi_start": roi_start,
+                  "roi_end": roi_end, "label": label, "meta": self._meta(video, tc, start, start)}
+        return Sample(values, idx.path)
 
 
 class MultiViewSource(VideoSource):
     """Test views: ``test_clips`` evenly spaced clips x ``test_crops`` crops per video, every video once, in
-    manifest order. Columns (encoded, frames, order (clips*T,), anchors (crops, 2) relative (y, x), label, meta)."""
+    manifest order. Columns ``encoded``, ``frames``, ``order`` (clips*T,), ``anchors`` (crops, 2) relative (y, x),
+    ``label``, ``meta``."""
 
-    num_outputs = 6
+    columns = ("encoded", "frames", "order", "anchors", "label", "meta")
     purpose = 3
 
     def __init__(self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, **kw: Any):
@@ -264,6 +378,6 @@ class MultiViewSource(VideoSource):
         idx, tc, inverse = self._decode_plan(video, clips)
         anchors = spatial.eval_crop_anchors(idx.height, idx.width, e.test_crops)
         label = np.array(self.entries[video].label, np.int32)
-        cols = (tc.encoded, tc.positions, inverse, anchors, label,
-                self._meta(video, tc, int(starts[0]), int(starts[-1])))
-        return Sample(cols, idx.path, tc.encoded)
+        values = {"encoded": tc.encoded, "frames": tc.positions, "order": inverse, "anchors": anchors, "label": label,
+                  "meta": self._meta(video, tc, int(starts[0]), int(starts[-1]))}
+        return Sample(values, idx.path)

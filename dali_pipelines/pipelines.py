@@ -27,7 +27,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import pipeline_def
 from nvidia.dali.pipeline import Pipeline
 
-from .host import LinearSource, MultiViewSource, PretrainSource
+from .host import LinearSource, MultiViewSource, PretrainSource, VideoSource
 from .spatial import GRAY, blur_window
 
 DEVICES = ("cpu", "gpu")
@@ -47,9 +47,25 @@ def op_devices(device: str) -> tuple[str, str]:
     return ("mixed", "gpu") if device == "gpu" else ("cpu", "cpu")
 
 
-def _settings(batch_size: int, num_threads: int, device_id: int | None, prefetch: int, seed: int) -> dict:
-    return dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                prefetch_queue_depth=prefetch, seed=seed)
+def _settings(batch_size: int, num_threads: int, device_id: int | None, prefetch: int, seed: int,
+              host_workers: int = 0, start_method: str = "fork") -> dict:
+    """Pipeline arguments. ``host_workers`` > 0: the source runs in that many worker processes (DALI's
+    parallel external source), started with ``start_method`` (``spawn`` once CUDA is initialised here)."""
+    kw = dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch,
+              seed=seed)
+    if host_workers < 0:
+        raise ValueError(f"host_workers must be >= 0, got {host_workers}")
+    if host_workers:
+        kw.update(py_num_workers=host_workers, py_start_method=start_method)
+    return kw
+
+
+def _source_columns(source: VideoSource, host_workers: int) -> dict[str, Any]:
+    """The source's outputs by name. With workers, each prepares whole batches, ``host_workers + 1`` of them in
+    flight so that every worker stays busy while the pipeline consumes one."""
+    kw = dict(parallel=True, prefetch_queue_depth=host_workers + 1) if host_workers else dict(parallel=False)
+    outs = fn.external_source(source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, **kw)
+    return dict(zip(source.columns, outs))
 
 
 def _decode(encoded: Any, frames: Any, device: str) -> Any:
@@ -153,58 +169,69 @@ def _pretrain_view(video: Any, cols: list, size: int, blur: bool, solarize: bool
     return fn.cast(dmath.clamp(x, 0.0, 1.0) * 255.0, dtype=types.UINT8)
 
 
-@pipeline_def(enable_conditionals=True)
-def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: bool, solarize: bool, augment: str):
-    cols = fn.external_source(source=source, num_outputs=source.num_outputs, batch=True, batch_info=True,
-                              parallel=False)
-    encoded, frames, order1, order2 = cols[:4]
-    k = source.view_columns
-    video = _decode(encoded, frames, device)
+def pretrain_outputs(source: PretrainSource, augment: str) -> tuple[str, ...]:
+    """Names of ``pretrain_pipeline``'s outputs, in order."""
     if augment == "torch":  # decoded frames and every parameter column, for torch_augment
-        return (video, *cols[2:])
-    v1 = _pretrain_view(video, cols[4 : 4 + k], crop_size, blur, solarize, order1, device)
-    v2 = _pretrain_view(video, cols[4 + k : 4 + 2 * k], crop_size, blur, solarize, order2, device)
-    return v1, v2, cols[-2], cols[-1]
+        return ("video", *source.columns[source.column("order1"):])
+    return ("view1", "view2", "label", "meta")
+
+
+@pipeline_def(enable_conditionals=True)
+def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: bool, solarize: bool, augment: str,
+                    host_workers: int):
+    cols = _source_columns(source, host_workers)
+    video = _decode(cols["encoded"], cols["frames"], device)
+    if augment == "torch":
+        return tuple(video if name == "video" else cols[name] for name in pretrain_outputs(source, augment))
+    v1 = _pretrain_view(video, [cols[n] for n in source.view_names(1)], crop_size, blur, solarize, cols["order1"],
+                       device)
+    v2 = _pretrain_view(video, [cols[n] for n in source.view_names(2)], crop_size, blur, solarize, cols["order2"],
+                       device)
+    return v1, v2, cols["label"], cols["meta"]
 
 
 def pretrain_pipeline(source: PretrainSource, *, device: str, crop_size: int, batch_size: int,
                       num_threads: int = 2, device_id: int | None = None, prefetch: int = 2, seed: int = 0,
-                      blur: bool = False, solarize: bool = False, augment: str = "dali") -> Pipeline:
-    """CVRL pretraining: outputs ``view1, view2`` (N, T, S, S, 3) uint8, ``label`` (N,), ``meta`` (N, 5).
+                      blur: bool = False, solarize: bool = False, augment: str = "dali", host_workers: int = 0,
+                      start_method: str = "fork") -> Pipeline:
+    """CVRL pretraining: outputs ``view1, view2`` (N, T, S, S, 3) uint8, ``label`` (N,), ``meta``
+    (N, len(META_FIELDS)); ``pretrain_outputs`` names them.
 
     ``augment="torch"``: decode only; outputs the decoded frames ``(F, H, W, 3)`` per video followed by the
-    source's columns from ``order1`` on (``torch_augment`` applies them)."""
+    source's columns from ``order1`` on (``torch_augment`` applies them). ``host_workers``: see ``_settings``
+    (the source must then be a worker copy, ``VideoSource.for_workers``)."""
     op_devices(device)
     check_augment(augment)
-    return _pretrain_graph(source, device, crop_size, blur, solarize, augment,
-                           **_settings(batch_size, num_threads, device_id, prefetch, seed))
+    return _pretrain_graph(source, device, crop_size, blur, solarize, augment, host_workers,
+                           **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
 
 
 @pipeline_def
-def _linear_graph(source: LinearSource, device: str, crop_size: int, augment: str):
-    encoded, frames, order, roi_start, roi_end, label, meta = fn.external_source(
-        source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, parallel=False)
-    video = _decode(encoded, frames, device)
+def _linear_graph(source: LinearSource, device: str, crop_size: int, augment: str, host_workers: int):
+    c = _source_columns(source, host_workers)
+    video = _decode(c["encoded"], c["frames"], device)
     if augment == "torch":
-        return video, order, roi_start, roi_end, label, meta
-    return _crop_resize(video, order, roi_start, roi_end, crop_size), label, meta
+        return video, c["order"], c["roi_start"], c["roi_end"], c["label"], c["meta"]
+    return _crop_resize(video, c["order"], c["roi_start"], c["roi_end"], crop_size), c["label"], c["meta"]
 
 
 def linear_pipeline(source: LinearSource, *, device: str, crop_size: int, batch_size: int, num_threads: int = 2,
-                    device_id: int | None = None, prefetch: int = 2, seed: int = 0, augment: str = "dali") -> Pipeline:
+                    device_id: int | None = None, prefetch: int = 2, seed: int = 0, augment: str = "dali",
+                    host_workers: int = 0, start_method: str = "fork") -> Pipeline:
     """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``, ``meta``
     (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``, ``meta``)."""
     op_devices(device)
     check_augment(augment)
-    return _linear_graph(source, device, crop_size, augment,
-                         **_settings(batch_size, num_threads, device_id, prefetch, seed))
+    return _linear_graph(source, device, crop_size, augment, host_workers,
+                         **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
 
 
 @pipeline_def
-def _multiview_graph(source: MultiViewSource, device: str, crop_size: int, short_side: int, num_crops: int):
-    encoded, frames, order, anchors, label, meta = fn.external_source(
-        source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, parallel=False)
-    video = _decode(encoded, frames, device)
+def _multiview_graph(source: MultiViewSource, device: str, crop_size: int, short_side: int, num_crops: int,
+                     host_workers: int):
+    c = _source_columns(source, host_workers)
+    order, anchors, label, meta = c["order"], c["anchors"], c["label"], c["meta"]
+    video = _decode(c["encoded"], c["frames"], device)
     video = fn.resize(video, resize_shorter=short_side, interp_type=types.INTERP_LINEAR, antialias=True)
     clips = fn.sequence_rearrange(video, new_order=order)  # (clips*T, h, w, 3)
     crops = [fn.crop(clips, crop=[crop_size, crop_size], crop_pos_y=anchors[k, 0], crop_pos_x=anchors[k, 1],
@@ -214,12 +241,12 @@ def _multiview_graph(source: MultiViewSource, device: str, crop_size: int, short
 
 def multiview_pipeline(source: MultiViewSource, *, device: str, crop_size: int, short_side: int, num_crops: int,
                        batch_size: int, num_threads: int = 2, device_id: int | None = None, prefetch: int = 2,
-                       seed: int = 0) -> Pipeline:
+                       seed: int = 0, host_workers: int = 0, start_method: str = "fork") -> Pipeline:
     """Test views: resize the short side to ``short_side``, then ``num_crops`` crops of ``crop_size`` of every
     clip, spread along the long side (the reference: 3 crops of 256 at short side 256, ``eval.test_crop_size``).
 
     Output ``views`` per video: (crops, clips*T, S, S, 3) uint8 (all views of a video together), ``label``,
     ``meta``."""
     op_devices(device)
-    return _multiview_graph(source, device, crop_size, short_side, num_crops,
-                            **_settings(batch_size, num_threads, device_id, prefetch, seed))
+    return _multiview_graph(source, device, crop_size, short_side, num_crops, host_workers,
+                            **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))

@@ -245,6 +245,8 @@ class DataConfig:
     random_videos: int = key(256, at_least(1), "data.source=random: clips per epoch")
     num_threads: int = key(2, at_least(1), "DALI CPU threads per pipeline")
     prefetch: int = key(2, at_least(1), "DALI prefetch queue depth")
+    host_workers: int = key(-1, at_least(-1), "processes preparing batches (clip plans, trimming): 0 = in the "
+                            "pipeline thread, -1 = auto (one per 4 cores of this process, at most 4)")
     # temporal sampling: T frames at stride s, two clips per video, gap from a decreasing distribution
     num_frames: int = key(16, at_least(1), "T, frames per clip")
     stride: int = key(2, at_least(1), "frame step within a clip")

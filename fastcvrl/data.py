@@ -17,6 +17,12 @@ A video the decoder fails on mid-epoch is named in a warning, dropped from the s
 to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. Training
 batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every video)
 drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the rest).
+
+Host work. With ``cfg.data.host_workers`` > 0 (``host_workers``: ``auto`` sizes it from the cores this process
+may use) the sources run in DALI's parallel external source, whole batches per worker process, started by
+``fork`` while CUDA is not initialised in this process and by ``spawn`` once it is (a forked CUDA context is
+unusable). Batches are the same as with the serial in-thread path (0; tests and debugging): a sample depends
+only on the seed, the epoch and the video.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ import torch
 
 from dali_pipelines import torch_augment
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.host import META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource
+from dali_pipelines.host import (META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource,
+                                 meta_field)
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, read_manifest
@@ -70,8 +77,10 @@ class DaliLoader:
     batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
 
     def __init__(self, source: VideoSource, make_pipeline: Callable[[VideoSource], Any], convert: Callable,
-                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1):
+                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1, host_workers: int = 0):
         self.source, self._make, self._convert = source, make_pipeline, convert
+        self.host_workers = host_workers
+        self._epoch0 = self._epochs_done = 0  # with workers: the epoch the pipeline started in, epochs since
         self.device = torch.device(device)
         self.batch_size = source.batch_size
         self.skip_corrupt = skip_corrupt
@@ -106,18 +115,22 @@ class DaliLoader:
         function of seed, epoch and video), without reading or decoding the ``start`` batches before it."""
         if not 0 <= start <= len(self):
             raise ValueError(f"start batch {start} is outside the epoch's 0..{len(self)}")
-        if start or self._pipe is None or self._dirty:
+        # workers follow the pipeline's epochs from the one they started in: another epoch needs new workers
+        elsewhere = self.host_workers and self.source.epoch != self._epoch0 + self._epochs_done
+        if start or self._pipe is None or self._dirty or elsewhere:
             self._restart(start)
         self._dirty = True
         step = start
         while step < len(self):
             outs = self._run(step)
             meta = np.asarray(outs[-1].as_tensor())  # (B, len(META_FIELDS)) int64
+            if self.host_workers:
+                self.source.note_skipped(step, meta)  # name here what the workers passed over
             self.last_meta = meta
             self.stats["videos"] += len(meta)
             self.stats["clips"] += len(meta) * self.clips_per_sample
-            self.stats["frames_decoded"] += int(meta[:, 1].sum())
-            self.stats["bytes_read"] += int(meta[:, 4].sum())
+            self.stats["frames_decoded"] += int(meta_field(meta, "frames_decoded").sum())
+            self.stats["bytes_read"] += int(meta_field(meta, "bytes_read").sum())
             batch = self._convert(outs[:-1], meta)
             if not self.source.drop_last:  # evaluation: each video once, the unreadable never (training: as is)
                 real = meta[:, SUBSTITUTE] == 0
@@ -132,12 +145,25 @@ class DaliLoader:
         except StopIteration:
             self._dirty = False
             self.source.start_step = 0
+            self._epochs_done += 1
             self._pipe.reset()
 
     def _restart(self, step: int) -> None:
+        self.close()
         self.source.start_step = step
-        self._pipe = self._make(self.source)
+        self._epoch0, self._epochs_done = self.source.epoch, 0
+        self._pipe = self._make(self.source.for_workers() if self.host_workers else self.source)
         self._dirty = False
+
+    def close(self) -> None:
+        """Shut the pipeline down (and its worker processes, if any); the next iteration builds a new one."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        pool = getattr(pipe, "_py_pool", None)  # DALI closes it when the pipeline is collected; do it now
+        pipe._shutdown()
+        if pool is not None:
+            pool.close()
 
     def _run(self, step: int) -> tuple:
         try:
@@ -145,6 +171,9 @@ class DaliLoader:
         except StopIteration:
             raise RuntimeError(f"the pipeline ended the epoch early at step {step} of {len(self)}") from None
         except RuntimeError as e:
+            if self.host_workers:  # the samples were made in the workers: make them again here to check them
+                for ahead in range(step, min(step + self.host_workers + 2, len(self))):
+                    self.source.batch(ahead)
             video = self._find_undecodable()
             if video is None:
                 paths = sorted({s.path for ss in self.source.recent.values() for s in ss})
@@ -165,7 +194,7 @@ class DaliLoader:
                         for _ in c.decode(video=0):
                             pass
                 except (av.FFmpegError, ValueError):
-                    return int(s.columns[-1][0])
+                    return s.video
         return None
 
 
@@ -281,10 +310,32 @@ def data_dtype(cfg: Config, device: torch.device) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------- builders
+def resolve_host_workers(host_workers: int) -> int:
+    """``cfg.data.host_workers`` -> worker processes for the host source (0: in the pipeline's own thread).
+
+    ``-1`` (auto): one worker per 4 cores this process may use (the usable cores shared by the ranks on this
+    node, ``LOCAL_WORLD_SIZE``), at most 4, none below 4 cores: one worker prepares several thousand clips a
+    second (README, data loading), more than a GPU consumes, and the rest of the cores decode and train."""
+    if host_workers >= 0:
+        return host_workers
+    if host_workers != -1:
+        raise ValueError(f"data.host_workers must be -1 (auto) or >= 0, got {host_workers}")
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(4, per_process // 4)
+
+
 def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict:
     device_id = (device.index if device.index is not None else torch.cuda.current_device()) if dev == "gpu" else None
+    # a forked child cannot use this process's CUDA context: spawn once CUDA is (or will be) initialised here
+    start = "spawn" if dev == "gpu" or torch.cuda.is_initialized() else "fork"
     return dict(device=dev, num_threads=cfg.data.num_threads, device_id=device_id, prefetch=cfg.data.prefetch,
-                seed=seed)
+                seed=seed, host_workers=resolve_host_workers(cfg.data.host_workers), start_method=start)
 
 
 def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
@@ -292,7 +343,7 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
     """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d.
 
     ``B = cfg.train.batch_size // world_size``; the last partial batch of an epoch is dropped."""
-    from dali_pipelines.pipelines import pretrain_pipeline
+    from dali_pipelines.pipelines import pretrain_outputs, pretrain_pipeline
 
     device = torch.device(device)
     dev = resolve_data_device(cfg.data.device)
@@ -310,13 +361,16 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         label = to_torch(outs[-1], device).to(torch.int64)
         if augment == "torch":
-            k = source.view_columns  # outputs: video, order1, order2, k columns per view, label
-            v1, v2 = torch_views(outs, [(1, 3), (2, 3 + k)], k, d.crop_size, norm, device)
+            k = source.view_columns  # outputs named by pretrain_outputs: video, order1, order2, views' columns, label
+            at = {name: i for i, name in enumerate(pretrain_outputs(source, "torch"))}
+            views = [(at["order1"], at["roi_start1"]), (at["order2"], at["roi_start2"])]
+            v1, v2 = torch_views(outs, views, k, d.crop_size, norm, device)
             return v1, v2, label
         v1, v2 = (to_torch(o, device) for o in outs[:2])
         return norm(v1), norm(v2), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2)
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2,
+                      host_workers=kw["host_workers"])
 
 
 def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, rank: int = 0, world_size: int = 1,
@@ -345,7 +399,7 @@ def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, ra
             return clip, label
         return norm(to_torch(outs[0], device)), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt)
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, host_workers=kw["host_workers"])
 
 
 def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
@@ -373,9 +427,10 @@ def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
         clips, label = (to_torch(o, device) for o in outs)  # (B, crops, clips*T, S, S, 3)
         b = clips.shape[0]
         clips = clips.reshape(b * views, e.num_frames, *clips.shape[-3:])  # free: rows stay contiguous
-        return norm(clips), label.to(torch.int64), torch.from_numpy(meta[:, 0].copy())
+        return norm(clips), label.to(torch.int64), torch.from_numpy(meta_field(meta, "video").copy())
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views)
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views,
+                      host_workers=kw["host_workers"])
 
 
 def _entries(manifest: str | Sequence[VideoEntry]) -> list[VideoEntry]:
@@ -383,4 +438,5 @@ def _entries(manifest: str | Sequence[VideoEntry]) -> list[VideoEntry]:
 
 
 __all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",
-           "build_test_loader", "keep_rows", "resolve_augment", "resolve_data_device", "to_torch", "torch_views"]
+           "build_test_loader", "keep_rows", "resolve_augment", "resolve_data_device", "resolve_host_workers",
+           "to_torch", "torch_views"]

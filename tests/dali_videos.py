@@ -56,6 +56,7 @@ def small_config(**data: object) -> Config:
     cfg = Config()
     d = cfg.data
     d.device, d.num_threads, d.prefetch = "cpu", 2, 2
+    d.host_workers = 0  # the serial in-thread source, whatever the machine's cores (worker tests set it)
     d.num_frames, d.stride, d.crop_size = 4, 2, 16
     d.color_jitter_prob, d.grayscale_prob = 0.0, 0.0
     for k, v in data.items():

@@ -124,7 +124,7 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
         src = PretrainSource(read_manifest(static_manifest), 4, cfg.data)
         for seed in range(50):
             src.seed = seed
-            if any(bool(src.sample(v).columns[-3]) for v in range(4)):
+            if any(bool(src.sample(v)["solarize2"]) for v in range(4)):
                 break
     for augment in ("dali", "torch"):
         cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, augment=augment,
@@ -151,8 +151,8 @@ def test_colour_matches_the_numpy_reference(manifest):
     checked = 0
     for v1, v2, _, meta in _epoch(loader):
         for b in range(len(meta)):
-            cols = source.sample(int(meta[b, 0])).columns  # same (seed, epoch, video) -> same draws
-            for view, (params, order) in ((v1, (cols[6], cols[7])), (v2, (cols[10], cols[11]))):
+            s = source.sample(int(meta[b, 0]))  # same (seed, epoch, video) -> same draws
+            for view, (params, order) in ((v1, (s["color1"], s["color_order1"])), (v2, (s["color2"], s["color_order2"]))):
                 video = int(meta[b, 0])
                 start = int(meta[b, 2] if view is v1 else meta[b, 3])
                 frames = clip_indices(start, LENGTHS[video], cfg.data.num_frames, cfg.data.stride)
