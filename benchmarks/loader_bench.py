@@ -2,6 +2,7 @@
 
     python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
     python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
+    python benchmarks/loader_bench.py --host-only        # the host source alone, no decoding (host_feed.py)
 
 Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults: 112x112,
 64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do the same
@@ -51,6 +52,7 @@ import av  # noqa: E402
 import torch  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
+import host_feed  # noqa: E402  (benchmarks/host_feed.py: --host-only)
 from baseline_loader import build_baseline_loader  # noqa: E402  (benchmarks/baseline_loader.py)
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.manifest import read_manifest  # noqa: E402
@@ -83,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default="", help="write the result as one JSON line to this path")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
     p.add_argument("--memory-only", default="", help=argparse.SUPPRESS)  # internal: one loader's memory pass
+    host_feed.add_arguments(p)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -358,6 +361,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.memory_only:
         memory_only(args)
         return None
+    if args.host_only:
+        result = host_feed.run(args)
+        host_feed.print_table(result)
+        line = write_json(result, args.json)
+        print(line)
+        return result
     result = run(args)
     print_table(result)
     line = write_json(result, args.json)

@@ -137,6 +137,18 @@ def test_loader_bench_dali_figures(loader_result):
         assert dali["frames_per_clip"] >= s["frames"]
 
 
+def test_loader_bench_host_only_quick(tmp_path):
+    out = tmp_path / "host.json"
+    result = loader_bench.main(["--host-only", "--quick", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=float))
+    assert set(result["host_clips_per_s"]) == {"h264", "vp9", "mjpeg"}
+    assert all(v > 0 for v in result["host_clips_per_s"].values())
+    assert set(result["host_scaling"]) == {"1", "2"} and all(v > 0 for v in result["host_scaling"].values())
+    for k in ("1", "2"):  # the workers' memory counted with this process's
+        assert result["codecs"]["h264"]["workers"][k]["peak_pss_mb"] > 0
+    assert all(f > 0 for f in result["codecs"]["vp9"]["frames_per_video"])  # transcoded files were indexed
+
+
 def test_decode_ceiling_counts_frames(loader_result):
     result, _ = loader_result
     from fastcvrl.manifest import read_manifest
