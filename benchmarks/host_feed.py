@@ -44,8 +44,9 @@ CACHE = "~/.cache/fastcvrl/host-bench"
 def add_arguments(p: Any) -> None:
     p.add_argument("--host-only", action="store_true",
                    help="measure the host source alone (no decoding) for H.264, VP9 and MJPEG; see host_feed.py")
-    p.add_argument("--host-videos", default=str(REPO.parent / "shared" / "videos"),
-                   help="--host-only: folder of source videos (transcoded by the benchmark)")
+    p.add_argument("--host-videos", default="",
+                   help="--host-only: folder of source videos (transcoded by the benchmark); default: the first "
+                        "of ../shared/videos and ../../shared/videos (from a worktree) that exists")
     p.add_argument("--host-copies", type=int, default=64, help="--host-only: times each file is listed")
     p.add_argument("--host-batch", type=int, default=32, help="--host-only: videos per batch")
     p.add_argument("--host-epochs", type=int, default=3, help="--host-only: timed epochs per repeat")
@@ -55,11 +56,15 @@ def add_arguments(p: Any) -> None:
 
 def _sources(args: Any, work: Path) -> list[str]:
     """Source videos: the real clips, or (``--quick`` or none found) small synthetic ones."""
-    folder = Path(args.host_videos)
+    candidates = [Path(args.host_videos)] if args.host_videos else [REPO.parent / "shared" / "videos",
+                                                                     REPO.parent.parent / "shared" / "videos"]
+    folder = next((c for c in candidates if c.is_dir()), candidates[0])
     exts = (".mp4", ".avi", ".mkv", ".webm", ".mov")
     found = sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in exts) if folder.is_dir() else []
     if found and not args.quick:
         return found
+    if not args.quick:
+        print(f"--host-only: no videos in {folder}; measuring on small synthetic clips instead", flush=True)
     from fastcvrl.datasets.video import write_video
 
     rng = np.random.default_rng(0)

@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch (two clips each)")
     p.add_argument("--workers", type=int, default=0, help="baseline workers and DALI threads; 0 = usable cores")
+    p.add_argument("--host-workers", type=int, default=-1,
+                   help="DALI loader: processes running the host source (data.host_workers; -1 = auto, 0 = in-thread)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per repeat")
     p.add_argument("--iters", type=int, default=15, help="timed batches per repeat")
     p.add_argument("--repeats", type=int, default=3)
@@ -121,6 +123,7 @@ def bench_config(args: argparse.Namespace) -> Config:
     cfg = Config()
     cfg.data.device = args.device
     cfg.data.num_threads = args.workers
+    cfg.data.host_workers = args.host_workers
     cfg.data.num_frames, cfg.data.stride, cfg.data.crop_size = args.frames, args.stride, args.crop
     cfg.train.batch_size = args.batch_size
     cfg.train.precision = "fp32"  # both loaders hand over float32
@@ -249,6 +252,15 @@ def memory_only(args: argparse.Namespace) -> None:
                       "idle_rss_mb": idle_rss, "idle_pss_mb": idle_pss}))
 
 
+def _host_workers(setting: int) -> int | None:
+    """The DALI loader's host worker processes for ``--host-workers`` (None where DALI is not installed)."""
+    try:
+        from fastcvrl.data import resolve_host_workers
+    except ImportError:
+        return None
+    return resolve_host_workers(setting)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = dataset(args)
     entries = read_manifest(manifest)
@@ -280,7 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "manifest": manifest,
         "videos": len(entries),
         "settings": {"frames": args.frames, "stride": args.stride, "crop": args.crop, "batch_size": args.batch_size,
-                     "workers": args.workers, "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats},
+                     "workers": args.workers, "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats,
+                     "host_workers": _host_workers(args.host_workers)},
         "ceiling": {"frames_per_s": fps, "rgb_frames_per_s": fps_rgb, "frames_per_clip": span,
                     "clips_per_s": ceil_clips, "formula": "decode frames/s / ((T-1)*s+1)",
                     "cpu_ms_per_frame": summarize([c[1] for c in ceiling])["median"],
@@ -320,7 +333,8 @@ def print_table(result: dict[str, Any]) -> None:
     s, env, c = result["settings"], result["env"], result["ceiling"]
     print(f"loader benchmark: {result['videos']} videos from {result['manifest']}")
     print(f"  {s['frames']}x{s['stride']} clips, {s['crop']}x{s['crop']} crops, batch {s['batch_size']} videos "
-          f"(2 clips each), {s['workers']} workers/threads, {s['warmup']} warm-up + {s['iters']} timed batches "
+          f"(2 clips each), {s['workers']} workers/threads, {s.get('host_workers')} host worker processes (DALI), "
+          f"{s['warmup']} warm-up + {s['iters']} timed batches "
           f"x {s['repeats']} repeats")
     print(f"  {env['cpu']} ({env['cores']} usable cores), GPU: {env['gpu'] or 'none'}; torch {env['torch']}, "
           f"DALI {env['dali']}, PyAV {env['av']}; load average {env['loadavg_1m']:.2f} at the end")
