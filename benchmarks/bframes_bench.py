@@ -47,19 +47,7 @@ def _decode(encoded: np.ndarray) -> list[np.ndarray]:
 
 
 def _transcode(src: str, dst: str, gop: int, bframes: int) -> int:
-    """prepare's transcoder with ``bframes`` B-frames (a temporary default of add_video_stream)."""
-    import fastcvrl.datasets.prepare as prepare
-
-    original = prepare.add_video_stream
-
-    def with_bframes(out, codec, w, h, rate, g, quality):
-        return original(out, codec, w, h, rate, g, quality, bframes)
-
-    prepare.add_video_stream = with_bframes
-    try:
-        probe = transcode_video(src, dst, Transcode("h264", 256, gop), threads=1)
-    finally:
-        prepare.add_video_stream = original
+    probe = transcode_video(src, dst, Transcode("h264", 256, gop, bframes=bframes), threads=1)
     if not probe.ok:
         raise SystemExit(f"cannot transcode {src}: {probe.reason} {probe.detail}")
     return probe.num_frames
