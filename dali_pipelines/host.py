@@ -89,6 +89,16 @@ class Sample:
         return int(self.values["meta"][META["video"]])
 
 
+def _batch_column(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One output column of a batch: one dense ``(B, ...)`` array where every sample has the same shape and
+    dtype (parameters, labels, meta), else the list (encoded streams, frame lists). A dense column is one
+    array to copy, to send from a worker process and to feed DALI, instead of B small ones."""
+    first = arrays[0]
+    if all(a.shape == first.shape and a.dtype == first.dtype for a in arrays):
+        return np.stack(arrays)
+    return arrays
+
+
 class VideoSource:
     """Base external source: epochs, shards, batches, bad-file substitution; subclasses plan one video.
 
@@ -132,11 +142,12 @@ class VideoSource:
 
     def for_workers(self) -> "VideoSource":
         """The copy DALI's worker processes run: it follows the pipeline's epochs from the current one (see the
-        module docstring), starts at ``start_step``, keeps the bad videos known so far, and logs nothing."""
+        module docstring), starts at ``start_step``, keeps the bad videos and packet indices known so far, and
+        logs nothing. Each worker indexes the other files itself, the first time it meets them."""
         clone = copy.copy(self)
         clone.bad = set(self.bad)
-        clone.recent = OrderedDict()
-        clone._index, clone._first_read = OrderedDict(), {}
+        clone.recent, clone._first_read = OrderedDict(), {}
+        clone._index = OrderedDict(self._index)  # the files indexed so far (a forked worker shares the pages)
         clone.in_worker, clone.worker_epoch0 = True, self.epoch
         return clone
 
@@ -172,7 +183,7 @@ class VideoSource:
         if step >= len(self):
             raise StopIteration
         samples = self.batch(step)
-        return tuple(list(col) for col in zip(*(s.columns for s in samples)))
+        return tuple(_batch_column(list(col)) for col in zip(*(s.columns for s in samples)))
 
     def batch(self, step: int) -> list[Sample]:
         """The samples of ``step`` of the current epoch (kept in ``recent`` for error reports)."""
