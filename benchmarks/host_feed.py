@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from common import REPO, PeakMemory, environment, format_table, summarize, usable_cores  # noqa: E402
+from common import REPO, PeakMemory, environment, format_table, summarize, tree_cpu_seconds, usable_cores  # noqa: E402
 
 CODECS = ("h264", "vp9", "mjpeg")
 CACHE = "~/.cache/fastcvrl/host-bench"
@@ -155,16 +155,18 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
                 pipe.reset()
             return n
 
-        epoch()  # untimed: worker start, each worker's own index of the files it meets
-        t0 = time.perf_counter()
+        epoch()  # untimed: worker start
+        c0, m0, t0 = tree_cpu_seconds(), time.process_time(), time.perf_counter()
         videos = sum(epoch() for _ in range(epochs))
         wall = time.perf_counter() - t0
+        tree, main = tree_cpu_seconds() - c0, time.process_time() - m0
         pool = getattr(pipe, "_py_pool", None)
         pipe._shutdown()
         if pool is not None:
             pool.close()
         del pipe
-    return {"clips_per_s": 2 * videos / wall, "peak_pss_mb": mem.peak_pss_mb, "peak_rss_mb": mem.peak_rss_mb}
+    return {"clips_per_s": 2 * videos / wall, "peak_pss_mb": mem.peak_pss_mb, "peak_rss_mb": mem.peak_rss_mb,
+            "cpu_ms_per_video": 1000 * tree / videos, "main_cpu_ms_per_video": 1000 * main / videos}
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -203,6 +205,9 @@ def run(args: Any) -> dict[str, Any]:
             for k in range(1, max_workers + 1):
                 runs = [_with_workers(source, k, epochs, 100 + r * (epochs + 1)) for r in range(args.repeats)]
                 row["workers"][str(k)] = {"clips_per_s": summarize([r["clips_per_s"] for r in runs]),
+                                          "cpu_ms_per_video": summarize([r["cpu_ms_per_video"] for r in runs])["median"],
+                                          "main_cpu_ms_per_video":
+                                              summarize([r["main_cpu_ms_per_video"] for r in runs])["median"],
                                           "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
                                           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
             if codec == "h264":
@@ -224,13 +229,17 @@ def print_table(result: dict[str, Any]) -> None:
     for codec, r in result["codecs"].items():
         d = r["direct"]
         rows.append([codec, "direct (this process)", d["clips_per_s"]["median"], d["clips_per_s"]["spread"],
-                     d["cpu_ms_per_video"], None, None])
+                     d["cpu_ms_per_video"], d["cpu_ms_per_video"], 2000 / d["cpu_ms_per_video"], None, None])
         for k, w in r.get("workers", {}).items():
-            rows.append([codec, f"{k} worker(s)", w["clips_per_s"]["median"], w["clips_per_s"]["spread"], None,
+            rows.append([codec, f"{k} worker(s)", w["clips_per_s"]["median"], w["clips_per_s"]["spread"],
+                         w["cpu_ms_per_video"], w["main_cpu_ms_per_video"], 2000 / w["cpu_ms_per_video"],
                          w["peak_pss_mb"], w["peak_rss_mb"]])
-    print(format_table(["codec", "where", "clips/s", "spread", "CPU ms/video", "peak PSS MB", "peak RSS MB"], rows))
+    print(format_table(["codec", "where", "clips/s", "spread", "CPU ms/video", "of it here", "clips/CPU-s",
+                        "peak PSS MB", "peak RSS MB"], rows))
     base = result["host_scaling"].get("1")
     if base:
         print("  H.264 scaling over 1 worker: " + ", ".join(
             f"{k}: {v / base:.2f}x" for k, v in result["host_scaling"].items()))
-    print("  spread = (max-min)/median over repeats; peak memory: this process and its workers (PSS splits shared pages)")
+    print("  spread = (max-min)/median over repeats; CPU ms/video: all processes (workers included), 'of it here':"
+          " the part this (the training) process pays; clips/CPU-s: clips per second of one busy core;\n  peak "
+          "memory: this process and its workers (PSS splits shared pages)")

@@ -222,25 +222,17 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
 
 
 def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) -> tuple[list, int]:
-    """Payloads of ``packets`` (decode order) as buffers: one ranged read of the file (or views of ``data``, the
-    whole file already in memory), or a demux pass where the payloads could not be located."""
+    """Payloads of ``packets`` (decode order) as buffers: ranged reads of the file, one per stretch of nearby
+    packets (or views of ``data``, the whole file already in memory), or a demux pass where the payloads could
+    not be located."""
     try:
         if index.offsets is not None:
             offsets = index.offsets[packets].astype(np.int64)
             ends = offsets + index.sizes[packets]
             if data is not None:
-                view, lo, nbytes = memoryview(data), 0, len(data)
-            else:
-                lo, hi = int(offsets.min()), int(ends.max())
-                fd = os.open(index.path, os.O_RDONLY)
-                try:
-                    chunk = os.pread(fd, hi - lo, lo)
-                finally:
-                    os.close(fd)
-                if len(chunk) != hi - lo:
-                    raise VideoReadError(index.path, "file is shorter than its packet index (changed on disk?)")
-                view, nbytes = memoryview(chunk), hi - lo
-            return [view[o:e] for o, e in zip((offsets - lo).tolist(), (ends - lo).tolist())], nbytes
+                view = memoryview(data)
+                return [view[o:e] for o, e in zip(offsets.tolist(), ends.tolist())], len(data)
+            return _ranged_reads(index.path, offsets, ends)
         wanted = set(packets.tolist())
         out: dict[int, bytes] = {}
         with av.open(io.BytesIO(data) if data is not None else index.path) as container:
@@ -256,6 +248,35 @@ def _read_payloads(index: PacketIndex, packets: np.ndarray, data: bytes | None) 
         raise
     except (av.FFmpegError, OSError, KeyError) as e:
         raise VideoReadError(index.path, f"cannot read packets ({type(e).__name__}: {e})") from e
+
+
+READ_GAP = 1 << 18  # bytes: packets closer than this in the file are read together, farther ones apart
+
+
+def _ranged_reads(path: str, offsets: np.ndarray, ends: np.ndarray) -> tuple[list, int]:
+    """Views of the byte ranges ``[offsets, ends)`` (P,) from ``path``: one ``pread`` per group of ranges that
+    lie within ``READ_GAP`` of each other (two distant clips: two reads, not the whole stretch between)."""
+    order = np.argsort(offsets, kind="stable")
+    o, e = offsets[order], ends[order]
+    reach = np.maximum.accumulate(e)
+    split = np.flatnonzero(o[1:] - reach[:-1] > READ_GAP) + 1
+    starts, stops = np.r_[0, split], np.r_[split, len(o)]
+    views: list = [None] * len(o)
+    nbytes = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            lo, hi = int(o[a]), int(reach[b - 1])
+            chunk = os.pread(fd, hi - lo, lo)
+            if len(chunk) != hi - lo:
+                raise VideoReadError(path, "file is shorter than its packet index (changed on disk?)")
+            nbytes += hi - lo
+            view = memoryview(chunk)
+            for i, x, y in zip(order[a:b].tolist(), (o[a:b] - lo).tolist(), (e[a:b] - lo).tolist()):
+                views[i] = view[x:y]
+    finally:
+        os.close(fd)
+    return views, nbytes
 
 
 _IVF_FRAME = np.dtype([("size", "<u4"), ("pts", "<u8")])  # IVF's 12-byte frame header

@@ -161,3 +161,17 @@ def test_fast_paths_agree_with_their_references(video):
     key = idx.keyframe[packets]
     fast = matroska.write_packets(idx.matroska_tracks, payloads, idx.sizes[packets], rank, key)
     assert fast == matroska.write(idx.codec, idx.width, idx.height, idx.extradata, payloads, rank, key)
+
+
+def test_distant_runs_are_read_apart(video, monkeypatch):
+    import dali_pipelines.packets as packets
+
+    idx = build_index(video)
+    needed = np.array([3, 5, 80, 82])
+    whole = trim(idx, needed)
+    monkeypatch.setattr(packets, "READ_GAP", 0)  # every gap splits the reads
+    apart = trim(idx, needed)
+    assert apart.encoded.tobytes() == whole.encoded.tobytes()
+    kept = np.concatenate([np.arange(a, b + 1) for a, b in keep_runs(idx, needed)])
+    assert whole.bytes_read >= apart.bytes_read >= int(idx.sizes[kept].sum())
+    assert decode_index(_decode(apart.encoded)[apart.positions])[0].tolist() == needed.tolist()

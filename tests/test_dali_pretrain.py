@@ -317,9 +317,11 @@ def test_views_in_the_trainers_dtype(manifest, augment):
 
 
 def test_one_read_per_video_per_epoch_and_a_bounded_index_cache(manifest, monkeypatch):
-    """Every clip costs one file read (the index is built from the same read as the first clip), also when the
-    packet-index cache is smaller than the dataset."""
+    """Every clip costs one file open (the index is built from the same read as the first clip; later clips
+    read their byte ranges through one descriptor), also when the packet-index cache is smaller than the
+    dataset."""
     import builtins
+    import os
 
     cfg = small_config()
     entries = read_manifest(manifest)
@@ -331,15 +333,28 @@ def test_one_read_per_video_per_epoch_and_a_bounded_index_cache(manifest, monkey
             reads.append(str(path))
         return real_open(path, mode, *a, **k)
 
+    real_os_open = os.open
+
+    def counting_os_open(path, flags, *a, **k):
+        if str(path) in {e.path for e in entries}:
+            reads.append(str(path))
+        return real_os_open(path, flags, *a, **k)
+
     monkeypatch.setattr(builtins, "open", counting_open)
-    src = PretrainSource(entries, 4, cfg.data, seed=0, index_cache=3)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    for cache in (3, 64):  # re-indexed on every visit / indexed once, then ranged reads
+        _count_opens(entries, cfg, cache, reads)
+
+
+def _count_opens(entries, cfg, cache, reads):
+    src = PretrainSource(entries, 4, cfg.data, seed=0, index_cache=cache)
     for epoch in range(3):
         src.set_epoch(epoch)
         reads.clear()
         for step in range(len(src)):
             src(step)
-        assert sorted(reads) == sorted(e.path for e in entries)  # each video read exactly once this epoch
-    assert len(src._index) == 3
+        assert sorted(reads) == sorted(e.path for e in entries)  # each video opened exactly once this epoch
+    assert len(src._index) == min(cache, len(entries))
 
 
 def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_path):
