@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dali_pipelines import spatial, temporal
-from dali_pipelines.host import PretrainSource
+from dali_pipelines.host import META, PretrainSource
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
 from fastcvrl.datasets.video import decode_index, index_frames, write_video
@@ -177,13 +177,14 @@ def test_draws_match_the_dali_source(index_manifest):
     for epoch in (0, 3):
         source.set_epoch(epoch)
         for video, e in enumerate(entries):
-            cols = source.sample(video).columns
-            meta = cols[-1]
+            sample = source.sample(video)
+            meta = sample["meta"]
             starts, augs = draw_video(np.random.default_rng([5, epoch, video, PRETRAIN_STREAM]), e.num_frames,
                                       e.height, e.width, cfg)
-            assert starts == (int(meta[2]), int(meta[3]))
+            assert starts == (int(meta[META["start1"]]), int(meta[META["start2"]]))
             for v, aug in enumerate(augs):
-                roi_start, roi_end, color, order = cols[4 + 4 * v: 8 + 4 * v]
+                roi_start, roi_end, color, order = (sample[f"{n}{v + 1}"]
+                                                     for n in ("roi_start", "roi_end", "color", "color_order"))
                 x0, x1 = sorted((float(roi_start[1]), float(roi_end[1])))
                 assert (float(roi_end[1]) < float(roi_start[1])) == aug.flip
                 assert abs(roi_start[0] - aug.top) <= 0.5 and abs(x0 - aug.left) <= 0.5
