@@ -77,7 +77,7 @@ class Sample:
 
     @property
     def columns(self) -> tuple[np.ndarray, ...]:
-        """The outputs in column order (what the external source hands DALI)."""
+        """The outputs in the order they were set (the sources set them in ``VideoSource.columns`` order)."""
         return tuple(self.values.values())
 
     @property
@@ -183,7 +183,7 @@ class VideoSource:
         if step >= len(self):
             raise StopIteration
         samples = self.batch(step)
-        return tuple(_batch_column(list(col)) for col in zip(*(s.columns for s in samples)))
+        return tuple(_batch_column([s[name] for s in samples]) for name in self.columns)
 
     def batch(self, step: int) -> list[Sample]:
         """The samples of ``step`` of the current epoch (kept in ``recent`` for error reports)."""
