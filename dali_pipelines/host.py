@@ -171,7 +171,7 @@ class VideoSource:
         return self.order[step * self.batch_size : (step + 1) * self.batch_size]
 
     # ------------------------------------------------------------------ external source protocol
-    def __call__(self, info: Any) -> tuple[list[np.ndarray], ...]:
+    def __call__(self, info: Any) -> tuple[np.ndarray | list[np.ndarray], ...]:
         iteration = int(getattr(info, "iteration", info))
         first_epoch = True
         if self.in_worker:  # follow the pipeline's epochs (see the module docstring)
