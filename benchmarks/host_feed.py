@@ -129,8 +129,8 @@ def _direct(source: Any, epochs: int, first_epoch: int) -> dict[str, float]:
 
 
 def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> dict[str, float]:
-    """The source in DALI's parallel external source with ``workers`` processes (built, warmed by one untimed
-    epoch, then ``epochs`` timed epochs); peak memory of the process tree meanwhile."""
+    """The source in DALI's parallel external source with ``workers`` processes: built, two untimed epochs
+    (worker start; peak memory of the process tree sampled over them), then ``epochs`` timed epochs."""
     from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(batch_size=source.batch_size, num_threads=1, device_id=None, prefetch_queue_depth=2,
@@ -141,30 +141,31 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
 
     source.set_epoch(first_epoch)
     worker_copy = source.for_workers()
-    with PeakMemory() as mem:
-        pipe = host_only()
-        pipe.build()
+    pipe = host_only()
+    pipe.build()
 
-        def epoch() -> int:
-            n = 0
-            try:
-                while True:
-                    pipe.run()
-                    n += source.batch_size
-            except StopIteration:
-                pipe.reset()
-            return n
+    def epoch() -> int:
+        n = 0
+        try:
+            while True:
+                pipe.run()
+                n += source.batch_size
+        except StopIteration:
+            pipe.reset()
+        return n
 
+    with PeakMemory() as mem:  # memory apart from the timing: the sampler reads /proc, CPU time of its own
         epoch()  # untimed: worker start
-        c0, m0, t0 = tree_cpu_seconds(), time.process_time(), time.perf_counter()
-        videos = sum(epoch() for _ in range(epochs))
-        wall = time.perf_counter() - t0
-        tree, main = tree_cpu_seconds() - c0, time.process_time() - m0
-        pool = getattr(pipe, "_py_pool", None)
-        pipe._shutdown()
-        if pool is not None:
-            pool.close()
-        del pipe
+        epoch()
+    c0, m0, t0 = tree_cpu_seconds(), time.process_time(), time.perf_counter()
+    videos = sum(epoch() for _ in range(epochs))
+    wall = time.perf_counter() - t0
+    tree, main = tree_cpu_seconds() - c0, time.process_time() - m0
+    pool = getattr(pipe, "_py_pool", None)
+    pipe._shutdown()
+    if pool is not None:
+        pool.close()
+    del pipe
     return {"clips_per_s": 2 * videos / wall, "peak_pss_mb": mem.peak_pss_mb, "peak_rss_mb": mem.peak_rss_mb,
             "cpu_ms_per_video": 1000 * tree / videos, "main_cpu_ms_per_video": 1000 * main / videos}
 
