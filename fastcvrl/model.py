@@ -19,7 +19,8 @@ conv or the stem max-pool on an even-sized input) the extra pixel goes on the fa
 right). Symmetric padding gives the same output shapes on a grid shifted by one input pixel at every strided
 layer, so weights trained by the reference (``fastcvrl.convert_tf``) reproduce its features only with ``tf``.
 ``padding="symmetric"`` (torch's usual ``k // 2``) remains for comparison; it skips one ``F.pad`` copy per
-strided layer. Layers whose padding is symmetric anyway (every stride-1 conv) never copy.
+strided conv (the max-pool gets its extra far-side cell from ``ceil_mode``, no copy). Layers whose padding is
+symmetric anyway (every stride-1 conv) never copy.
 
     backbone = r3d(50)                      # (B, 3, T, H, W) -> (B, 2048); 31.7M parameters
     model = CVRLModel(backbone, ProjectionHead(backbone.out_dim))   # -> (B, 128), not normalised
@@ -71,13 +72,21 @@ class SameConv3d(nn.Conv3d):
 
 
 class SameMaxPool3d(nn.MaxPool3d):
-    """``nn.MaxPool3d`` padded as TF ``'same'`` (padding never wins the max, as in TF)."""
+    """``nn.MaxPool3d`` padded as TF ``'same'`` (padding never wins the max, as in TF). Where the far side needs
+    one cell more than the near side, ``ceil_mode`` adds exactly that cell, so no input copy is made."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = tf_same_pad(x.shape[2:], self.kernel_size, self.stride)
-        if pad[0::2] == pad[1::2]:
-            return F.max_pool3d(x, self.kernel_size, self.stride, tuple(pad[4::-2]))
-        return F.max_pool3d(F.pad(x, pad, value=-math.inf), self.kernel_size, self.stride)
+        k, s = _triple(self.kernel_size), _triple(self.stride)
+        pad = tf_same_pad(x.shape[2:], k, s)
+        before, extra = pad[4::-2], [a - b for a, b in zip(pad[5::-2], pad[4::-2])]  # (T, H, W)
+        if all(e == 0 or (e == 1 and si > 1) for e, si in zip(extra, s)) and all(
+                b <= ki // 2 for b, ki in zip(before, k)):
+            return F.max_pool3d(x, k, s, tuple(before), ceil_mode=any(extra))
+        return F.max_pool3d(F.pad(x, pad, value=-math.inf), k, s)  # the general case (a copy)
+
+
+def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
 def _init_conv(conv: nn.Conv3d) -> None:

@@ -1,6 +1,8 @@
 """R3D backbone, projection head, memory formats, autocast and the FLOP counter."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -109,6 +111,21 @@ def test_same_conv_and_pool_windows_follow_tf():
     want = torch.stack([torch.stack([plane[r, c].max() for c in (slice(0, 3), slice(2, 4))])
                         for r in (slice(0, 3), slice(2, 4))])
     torch.testing.assert_close(pooled, want)
+
+
+@pytest.mark.parametrize("kernel, stride", [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 3, 1), (2, 3, 1)),
+                                            ((3, 2, 5), (1, 2, 3))])
+def test_same_max_pool_equals_explicit_padding(kernel, stride):
+    # the copy-free path (ceil_mode) against the obvious one: F.pad with -inf, then pool without padding
+    torch.manual_seed(0)
+    pool = SameMaxPool3d(kernel, stride)
+    for size in [(4, 4, 4), (5, 7, 6), (3, 9, 8), (6, 5, 11)]:
+        x = torch.randn(2, 3, *size)
+        ref = nn.functional.max_pool3d(nn.functional.pad(x, tf_same_pad(size, kernel, stride), value=-math.inf),
+                                       kernel, stride)
+        out = pool(x)
+        assert out.shape[2:] == tuple(-(-n // s) for n, s in zip(size, stride))
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
 def test_same_conv_symmetric_case_equals_plain_conv():
