@@ -22,7 +22,7 @@ pytest.importorskip("official.projects.video_ssl.modeling.video_ssl_model")
 
 from fastcvrl import convert_tf  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
-from fastcvrl.eval.evaluate import load_backbone  # noqa: E402
+from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.model import CVRLModel, ProjectionHead, build_backbone  # noqa: E402
 
 pytestmark = pytest.mark.reference
