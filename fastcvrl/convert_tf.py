@@ -31,7 +31,7 @@ import dataclasses
 import os
 import re
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class Converted:
 # --------------------------------------------------------------------------------------------- reading
 def import_tensorflow() -> Any:
     """TensorFlow, or a one-line ``ConvertError`` saying how to install it (an optional extra)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter (no CUDA driver, CPU flags)
     try:
         import tensorflow as tf
     except ImportError:
@@ -287,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = atomic_torch_save(backbone_file(conv), args.out)
     n = sum(v.numel() for k, v in conv.backbone.items() if not k.startswith("_") and "running" not in k
             and "num_batches" not in k)
-    head = f"; the checkpoint's projection head ({conv.head_dims}) is not exported" if conv.head else ""
+    head = ""
+    if conv.head_dims is not None:
+        hidden, layers, out_dim = conv.head_dims
+        head = f"; the checkpoint's projection head ({layers} x {hidden} -> {out_dim}) is not exported"
     print(f"{args.prefix} -> {os.fspath(path)}: {conv.arch} width {conv.width}, {n:,} parameters{head}")
     return 0
 
