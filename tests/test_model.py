@@ -1,13 +1,15 @@
 """R3D backbone, projection head, memory formats, autocast and the FLOP counter."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from fastcvrl.config import ModelConfig
-from fastcvrl.model import (Bottleneck3D, CVRLModel, ProjectionHead, build_backbone, build_model, count_params,
-                            flops_per_clip, r3d, r3d_tiny)
+from fastcvrl.model import (Bottleneck3D, CVRLModel, ProjectionHead, SameConv3d, SameMaxPool3d, build_backbone,
+                            build_model, count_params, flops_per_clip, r3d, r3d_tiny, tf_same_pad)
 
 
 def _meta(fn, *args):
@@ -77,11 +79,75 @@ def test_unknown_arch_names_the_key():
 def test_batchnorm_follows_reference():
     m = CVRLModel(r3d_tiny(), ProjectionHead(256, 64, 3, 32))
     bns = [b for b in m.backbone.modules() if isinstance(b, nn.BatchNorm3d)]
-    assert bns and all(b.momentum == pytest.approx(0.01) and b.eps == pytest.approx(1e-3) for b in bns)
+    # video_classification.py norm_activation: TF momentum 0.9 (torch 0.1), eps 1e-5
+    assert bns and all(b.momentum == pytest.approx(0.1) and b.eps == pytest.approx(1e-5) for b in bns)
     # the reference does not zero-init the last BN gamma of a residual block
     assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in bns)
     hbns = [b for b in m.head.modules() if isinstance(b, nn.BatchNorm1d)]
     assert len(hbns) == 3 and all(b.momentum == pytest.approx(0.003) and b.eps == pytest.approx(1e-5) for b in hbns)
+
+
+def test_tf_same_pad_puts_the_odd_pixel_after():
+    # F.pad order (W, H, T), each (before, after)
+    assert tf_same_pad((16, 64, 64), (5, 7, 7), (2, 2, 2)) == [2, 3, 2, 3, 1, 2]  # stem conv
+    assert tf_same_pad((8, 32, 32), (1, 3, 3), (1, 2, 2)) == [0, 1, 0, 1, 0, 0]  # stem max-pool
+    assert tf_same_pad((8, 7, 7), (1, 3, 3), (1, 2, 2)) == [1, 1, 1, 1, 0, 0]  # odd size: symmetric
+    assert tf_same_pad((8, 16, 16), (3, 1, 1), (1, 1, 1)) == [0, 0, 0, 0, 1, 1]  # stride 1: symmetric
+
+
+def test_same_conv_and_pool_windows_follow_tf():
+    # 4 x 4 input, 3 x 3 window, stride 2: TF 'same' gives 2 x 2 outputs over rows/cols [0:3] and [2:4]
+    # (one pad row/col after); a symmetric padding would centre them on rows/cols 0 and 2 instead.
+    x = -torch.arange(1.0, 17.0).reshape(1, 1, 1, 4, 4)  # all negative: a zero padding would win the max
+    conv = SameConv3d(1, 1, (1, 3, 3), (1, 2, 2), bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        out = conv(x)[0, 0, 0]
+    plane = x[0, 0, 0]
+    want = torch.tensor([[plane[0:3, 0:3].sum(), plane[0:3, 2:4].sum()],
+                         [plane[2:4, 0:3].sum(), plane[2:4, 2:4].sum()]])
+    torch.testing.assert_close(out, want)
+    pooled = SameMaxPool3d((1, 3, 3), (1, 2, 2))(x)[0, 0, 0]
+    want = torch.stack([torch.stack([plane[r, c].max() for c in (slice(0, 3), slice(2, 4))])
+                        for r in (slice(0, 3), slice(2, 4))])
+    torch.testing.assert_close(pooled, want)
+
+
+@pytest.mark.parametrize("kernel, stride", [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 3, 1), (2, 3, 1)),
+                                            ((3, 2, 5), (1, 2, 3))])
+def test_same_max_pool_equals_explicit_padding(kernel, stride):
+    # the copy-free path (ceil_mode) against the obvious one: F.pad with -inf, then pool without padding
+    torch.manual_seed(0)
+    pool = SameMaxPool3d(kernel, stride)
+    for size in [(4, 4, 4), (5, 7, 6), (3, 9, 8), (6, 5, 11)]:
+        x = torch.randn(2, 3, *size)
+        ref = nn.functional.max_pool3d(nn.functional.pad(x, tf_same_pad(size, kernel, stride), value=-math.inf),
+                                       kernel, stride)
+        out = pool(x)
+        assert out.shape[2:] == tuple(-(-n // s) for n, s in zip(size, stride))
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_same_conv_symmetric_case_equals_plain_conv():
+    torch.manual_seed(0)
+    conv = SameConv3d(3, 4, (3, 3, 3), (1, 2, 2), bias=True)
+    plain = nn.Conv3d(3, 4, (3, 3, 3), (1, 2, 2), padding=1, bias=True)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 5, 9, 9)  # odd sizes: TF 'same' pads (1, 1) everywhere
+    torch.testing.assert_close(conv(x), plain(x))
+
+
+def test_symmetric_padding_option_same_shapes_and_keys_other_grid():
+    torch.manual_seed(0)
+    tf_pad, sym = r3d_tiny(), r3d_tiny(padding="symmetric")
+    assert list(tf_pad.state_dict()) == list(sym.state_dict())
+    sym.load_state_dict(tf_pad.state_dict())
+    x = torch.randn(2, 3, 8, 32, 32)
+    a, b = tf_pad.eval()(x), sym.eval()(x)
+    assert a.shape == b.shape
+    assert not torch.allclose(a, b, rtol=1e-3, atol=1e-5)  # the grid differs at every strided layer
+    with pytest.raises(ValueError, match="padding"):
+        r3d_tiny(padding="same")
 
 
 def test_projection_head_structure():
