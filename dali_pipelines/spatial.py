@@ -14,54 +14,73 @@ op), grayscale p 0.2, Gaussian blur (sigma 0.1-2, zero padding) and solarize wit
 """
 from __future__ import annotations
 
+import functools
+import math
+import struct
+
 import numpy as np
 
 
-def crop_box_for(
+_F32 = struct.Struct("<f")
+_EPS32 = float(np.float32(1e-7))
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32. TF's kernel computes in float: an op on float32 values done in
+    double and rounded once is the float32 op exactly (+, -, *, /, sqrt: double has more than 2 x 24 + 2 bits)."""
+    return _F32.unpack(_F32.pack(x))[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _area_bounds(height: int, width: int, area: tuple[float, float], min_covered: float) -> tuple[float, float, float]:
+    """The attempt's float32 area bounds ``(lo, hi)`` and least covered area for one frame size (cached)."""
+    f = _f32
+    return f(f(f(area[0]) * width) * height), f(f(f(area[1]) * width) * height), f(f(min_covered) * f(height * width))
+
+
+def crop_attempt(
     height: int,
     width: int,
-    aspect: np.ndarray,
-    u_height: np.ndarray,
-    u_y: np.ndarray,
-    u_x: np.ndarray,
+    aspect: float,
+    u_height: float,
+    u_y: float,
+    u_x: float,
     area: tuple[float, float] = (0.3, 1.0),
     min_covered: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """TF's ``GenerateRandomCrop`` for a batch of attempts (``(A,)`` each), vectorised and deterministic.
+) -> list[int] | None:
+    """One attempt of TF's ``GenerateRandomCrop``, in Python scalars (no NumPy call: a few microseconds).
 
-    ``aspect`` is width / height; ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1) standing for TF's
-    ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``(boxes (A, 4) int64 [y0, x0, y1, x1], ok (A,))``:
-    the height is uniform over the integer heights between those of the area bounds at this aspect (nudged by
-    one pixel where rounding leaves the area outside them), the width ``rint(height * aspect)``, the offset
-    uniform over ``[0, H - h)`` (TF never places a crop flush with the far edge unless it spans the frame),
-    and an attempt fails when its area is outside the bounds or it covers less than ``min_covered`` of the
-    frame (the reference's whole-image box)."""
-    # float32 where TF's kernel computes in float, float64 where it computes in double
-    f32 = np.float32
-    r = np.asarray(aspect, f32)
-    total = f32(height) * f32(width)
-    lo, hi = f32(area[0]) * f32(width) * f32(height), f32(area[1]) * f32(width) * f32(height)
-    h = np.rint(np.sqrt(lo / r)).astype(np.int64)
-    hmax = np.rint(np.sqrt(hi / r)).astype(np.int64)
-    wide = np.rint(hmax.astype(f32) * r) > width  # the largest height would give a crop wider than the frame
-    capped = ((width + 0.5 - float(f32(1e-7))) / r.astype(np.float64)).astype(np.int64)
-    capped = np.where(np.rint(capped.astype(f32) * r) > width, capped - 1, capped)
-    hmax = np.minimum(np.where(wide, capped, hmax), height)
-    h = np.minimum(h, hmax)
-    h = h + np.floor(u_height * (hmax - h + 1)).astype(np.int64)  # uniform on [h, hmax]
-    w = np.rint(h.astype(f32) * r).astype(np.int64)
-    small = (w * h).astype(f32) < lo
-    h = np.where(small, h + 1, h)
-    w = np.where(small, np.rint(h.astype(f32) * r).astype(np.int64), w)
-    big = (w * h).astype(f32) > hi
-    h = np.where(big, h - 1, h)
-    w = np.where(big, np.rint(h.astype(f32) * r).astype(np.int64), w)
-    a = w * h
-    ok = (a.astype(f32) >= lo) & (a.astype(f32) <= hi) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
-    ok &= a >= min_covered * total
-    y0 = np.where(h < height, np.floor(u_y * (height - h)), 0).astype(np.int64)
-    x0 = np.where(w < width, np.floor(u_x * (width - w)), 0).astype(np.int64)
-    return np.stack([y0, x0, y0 + h, x0 + w], 1), ok
+    ``aspect`` is width / height (a float32 value); ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1)
+    standing for TF's ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``[y0, x0, y1, x1]`` or ``None``
+    when the attempt fails: the height is uniform over the integer heights between those of the area bounds at
+    this aspect (nudged by one pixel where rounding leaves the area outside them), the width
+    ``rint(height * aspect)``, the offset uniform over ``[0, H - h)`` (TF never places a crop flush with the far
+    edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
+    ``min_covered`` of the frame (the reference's whole-image box). ``round`` is ``rint`` (half to even)."""
+    f, r = _f32, aspect  # float32 where TF's kernel computes in float, double where it computes in double
+    lo, hi, least = _area_bounds(height, width, tuple(area), min_covered)
+    h = round(f(math.sqrt(f(lo / r))))
+    hmax = round(f(math.sqrt(f(hi / r))))
+    if round(f(hmax * r)) > width:  # the largest height would give a crop wider than the frame
+        hmax = int((width + 0.5 - _EPS32) / r)
+        if round(f(hmax * r)) > width:
+            hmax -= 1
+    hmax = min(hmax, height)
+    h = min(h, hmax)
+    h += int(u_height * (hmax - h + 1))  # uniform on [h, hmax]
+    w = round(f(h * r))
+    if f(w * h) < lo:
+        h += 1
+        w = round(f(h * r))
+    if f(w * h) > hi:
+        h -= 1
+        w = round(f(h * r))
+    a = f(w * h)
+    if not (lo <= a <= hi and 0 < w <= width and 0 < h <= height) or w * h < least:
+        return None
+    y0 = int(u_y * (height - h)) if h < height else 0
+    x0 = int(u_x * (width - w)) if w < width else 0
+    return [y0, x0, y0 + h, x0 + w]
 
 
 def random_resized_crop(
@@ -75,15 +94,20 @@ def random_resized_crop(
     """Crop box ``[y0, x0, y1, x1]`` in whole pixels (float32), as the reference's
     ``tf.image.sample_distorted_bounding_box`` (whole image as the box, ``min_object_covered`` 0.1):
     per attempt the aspect ratio (width / height) is uniform in ``aspect``, then the height uniform between
-    the heights that give the area bounds, then the offset uniform (``crop_box_for``); the first of
-    ``attempts`` that fits, else the whole frame. All attempts are drawn at once (one generator call)."""
+    the heights that give the area bounds, then the offset uniform (``crop_attempt``); the first of
+    ``attempts`` that fits, else the whole frame. All attempts' uniforms are drawn at once (one generator
+    call, ``(attempts, 4)``: aspect, height, y, x), but only attempts up to the first that fits are evaluated
+    (at the recipe's bounds nearly every first attempt fits)."""
+    height, width = int(height), int(width)
     u = rng.random((attempts, 4))
-    r = aspect[0] + (aspect[1] - aspect[0]) * u[:, 0].astype(np.float32)
-    boxes, ok = crop_box_for(height, width, r, u[:, 1], u[:, 2], u[:, 3], area)
-    hit = np.flatnonzero(ok)
-    if len(hit) == 0:
-        return np.array([0, 0, height, width], np.float32)
-    return boxes[hit[0]].astype(np.float32)
+    a0, span = _f32(aspect[0]), _f32(aspect[1] - aspect[0])
+    for i in range(attempts):
+        ua, uh, uy, ux = u[i].tolist()
+        r = _f32(a0 + _f32(span * _f32(ua)))  # float32 arithmetic, as TF's RandFloat() * (max - min) + min
+        box = crop_attempt(height, width, r, uh, uy, ux, area)
+        if box is not None:
+            return np.array(box, np.float32)
+    return np.array([0, 0, height, width], np.float32)
 
 
 def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -47,9 +47,13 @@ def _slow_attempt(height, width, r, u_height, u_y, u_x, area=(0.3, 1.0), min_cov
 
 
 def _slow_sampler(rng, height, width, area=(0.3, 1.0), aspect=(0.5, 2.0), attempts=100):
-    for _ in range(attempts):
-        r = float(np.float32(aspect[0] + (aspect[1] - aspect[0]) * rng.random()))
-        box = _slow_attempt(height, width, r, rng.random(), rng.random(), rng.random(), area)
+    """TF's sampler: up to ``attempts`` attempts, the first that fits, else the whole frame. The uniforms are
+    drawn as the fast path draws them (one ``(attempts, 4)`` call: aspect, height, y, x per attempt)."""
+    u = rng.random((attempts, 4))
+    for u_aspect, u_height, u_y, u_x in u:
+        f32 = np.float32  # TF: RandFloat() * (max - min) + min, in float
+        r = f32(u_aspect) * f32(aspect[1] - aspect[0]) + f32(aspect[0])
+        box = _slow_attempt(height, width, float(r), u_height, u_y, u_x, area)
         if box is not None:
             return box
     return [0, 0, height, width]
@@ -60,12 +64,24 @@ def test_crop_attempts_equal_the_slow_statement(size):
     rng = np.random.default_rng(0)
     u = rng.random((3000, 4))
     r = (0.5 + 1.5 * u[:, 0]).astype(np.float32)
-    boxes, ok = spatial.crop_box_for(*size, r, u[:, 1], u[:, 2], u[:, 3])
     for i in range(len(u)):
         want = _slow_attempt(*size, float(r[i]), u[i, 1], u[i, 2], u[i, 3])
-        assert (want is not None) == bool(ok[i]), (i, r[i])
-        if want is not None:
-            assert boxes[i].tolist() == want, (i, r[i])
+        assert spatial.crop_attempt(*size, float(r[i]), *u[i, 1:].tolist()) == want, (i, r[i])
+
+
+@pytest.mark.parametrize("size,area,aspect,attempts", [((256, 340), (0.3, 1.0), (0.5, 2.0), 100),
+                                                       ((20, 30), (0.3, 1.0), (0.5, 2.0), 100),
+                                                       ((50, 50), (0.6, 1.0), (1.5, 3.0), 10)])
+def test_crop_sampler_equals_the_slow_statement_draw_for_draw(size, area, aspect, attempts):
+    """Same generator state, same boxes (in the last case about 1 attempt in 9 fits: views take several
+    attempts and about a third fall back to the whole frame)."""
+    fast_rng, slow_rng = np.random.default_rng(10), np.random.default_rng(10)
+    whole = 0
+    for _ in range(500):
+        got = spatial.random_resized_crop(fast_rng, *size, area, aspect, attempts)
+        assert got.dtype == np.float32 and got.tolist() == _slow_sampler(slow_rng, *size, area, aspect, attempts)
+        whole += got.tolist() == [0, 0, *size]
+    assert (whole > 50) == (attempts == 10)
 
 
 def test_crop_sampler_is_distributed_as_the_slow_statement():
