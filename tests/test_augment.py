@@ -3,6 +3,7 @@
 and solarize. (``test_reference_recipe.py`` checks the NumPy statements against TensorFlow itself.)"""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -157,6 +158,25 @@ def test_torch_colour_jitter_matches_the_numpy_statement():
         x = torch.from_numpy(clip).float().permute(0, 3, 1, 2)  # (T, 3, H, W)
         got = torch_augment.color_jitter(x, params, order).permute(0, 2, 3, 1).double().numpy()
         worst = max(worst, float(np.abs(got - spatial.apply_color_reference(clip, params, order)).max()))
+    assert worst < 1e-5
+
+
+def test_torch_colour_jitter_in_parts_and_reused_buffers_matches_the_numpy_statement(monkeypatch):
+    """The HSV ops a few frames at a time (two here, so that small clips split unevenly), on clips of two sizes
+    one after the other (the work buffers are kept between calls): every op order (saturation and hue adjacent
+    or not), the input untouched."""
+    assert torch_augment._frames_per_part(torch.empty(16, 3, 112, 112)) < 16
+    monkeypatch.setattr(torch_augment, "_frames_per_part", lambda x: 2)
+    rng = np.random.default_rng(9)
+    worst = 0.0
+    for k, order in enumerate(itertools.permutations(range(4))):
+        clip = rng.random((5, 20, 24, 3)) if k % 2 else rng.random((3, 16, 12, 3))
+        params, _ = spatial.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 0.0)
+        x = torch.from_numpy(clip).float().permute(0, 3, 1, 2)  # (T, 3, H, W)
+        before = x.clone()
+        got = torch_augment.color_jitter(x, params, np.array(order)).permute(0, 2, 3, 1).double().numpy()
+        assert torch.equal(x, before)
+        worst = max(worst, float(np.abs(got - spatial.apply_color_reference(clip, params, np.array(order))).max()))
     assert worst < 1e-5
 
 
