@@ -10,6 +10,7 @@ is a no-op, so the same training code runs on a laptop CPU.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass
@@ -59,7 +61,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         world = dist.get_world_size()
         x = x.contiguous()
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))  # (world*N, ...)
-        dist.all_gather_into_tensor(out, x)
+        all_gather_single(out, x)
         return out
 
     @staticmethod
@@ -69,11 +71,36 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend() == "nccl":
             out = grad.new_empty((n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM)
+            reduce_scatter_single(out, grad)
             return out
         grad = grad.clone()  # gloo has no reduce-scatter: all-reduce and keep our rows
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[rank * n:(rank + 1) * n]
+
+
+def all_gather_single(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out`` (world*N, ...) <- every rank's ``x`` (N, ...) in rank order. ``dist.all_gather_single`` where
+    torch has it (2.13 deprecates ``all_gather_into_tensor`` with a FutureWarning), the old name before."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, x)
+
+
+def reduce_scatter_single(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out`` (N, ...) <- this rank's rows of the sum over ranks of ``x`` (world*N, ...);
+    ``dist.reduce_scatter_single`` where present, ``reduce_scatter_tensor`` on older torch."""
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    fn(out, x, op=dist.ReduceOp.SUM)
+
+
+def wrap_ddp(model: nn.Module, device_ids: list[int] | None, *, static_graph: bool,
+             sync_buffers: bool) -> nn.parallel.DistributedDataParallel:
+    """DDP with buffers broadcast from rank 0 every forward when ``sync_buffers``. torch 2.13 names that
+    ``forward_sync_buffers`` and warns on ``broadcast_buffers``; older torch has only ``broadcast_buffers``.
+    (Both sync buffers once at construction, as the models start from the same seed anyway.)"""
+    ddp = nn.parallel.DistributedDataParallel
+    key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+        else "broadcast_buffers"
+    return ddp(model, device_ids=device_ids, static_graph=static_graph, **{key: sync_buffers})
 
 
 class _GatherWithGrad:

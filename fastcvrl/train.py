@@ -194,9 +194,8 @@ def build_training_model(cfg: Config, env: dist.DistEnv) -> tuple[nn.Module, nn.
     # A CUDA graph needs DDP's static graph, built on a side stream (PyTorch CUDA-graphs notes, DDP section)
     stream = torch.cuda.Stream() if graphed else None
     with torch.cuda.stream(stream) if graphed else contextlib.nullcontext():
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, static_graph=graphed,
-            broadcast_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN keeps them equal
+        ddp = dist.wrap_ddp(model, ids, static_graph=graphed,
+                            sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN keeps them equal
     if graphed:
         torch.cuda.current_stream().wait_stream(stream)
     return ddp, model

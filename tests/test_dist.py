@@ -98,3 +98,66 @@ def test_single_process_fallbacks(monkeypatch):
     assert fdist.is_main()
     fdist.barrier()
     fdist.destroy()
+
+
+class _OldDDP(nn.parallel.DistributedDataParallel):
+    """DDP as torch < 2.13 presents it: no ``forward_sync_buffers`` keyword."""
+
+    def __init__(self, module, device_ids=None, static_graph=False, broadcast_buffers=True):
+        super().__init__(module, device_ids=device_ids, static_graph=static_graph, broadcast_buffers=broadcast_buffers)
+
+
+def _api_worker(rank: int, port: int, out_dir: str, old_api: bool) -> None:
+    import warnings
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    if old_api:  # hide the new names, as on older torch
+        import torch.distributed as td
+
+        for name in ("all_gather_single", "reduce_scatter_single"):
+            if hasattr(td, name):
+                delattr(td, name)
+        nn.parallel.DistributedDataParallel = _OldDDP
+    fdist.init_distributed()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = fdist.wrap_ddp(_model(), None, static_graph=False, sync_buffers=True)
+            x1, x2 = _data()
+            sl = slice(rank * N, (rank + 1) * N)
+            _step(model, x1[sl], x2[sl], fdist.gather_with_grad)
+        torch.save({"grads": [p.grad.clone() for p in model.module.parameters()],
+                    "future": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
+                    "type": type(model).__name__},
+                   os.path.join(out_dir, f"api{rank}.pt"))
+        fdist.barrier()
+    finally:
+        fdist.destroy()
+
+
+def test_current_and_older_torch_collective_names_give_the_same_gradients(tmp_path):
+    """torch 2.13 warns on all_gather_into_tensor and DDP(broadcast_buffers=...); the new names are used where
+    present (no FutureWarning) and the old ones where hidden, with the single-process gradient either way."""
+    import torch.distributed as td
+
+    model = _model()
+    x1, x2 = _data()
+    _step(model, x1, x2)
+    full = [p.grad for p in model.parameters()]
+    new_api = hasattr(td, "all_gather_single")
+    for old in (False, True):
+        out = tmp_path / ("old" if old else "new")
+        out.mkdir()
+        mp.spawn(_api_worker, args=(_free_port(), str(out), old), nprocs=WORLD, join=True)
+        for r in range(WORLD):
+            res = torch.load(out / f"api{r}.pt")
+            for g, ref in zip(res["grads"], full):
+                torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+            if not old:
+                assert res["future"] == [], res["future"]
+            else:
+                assert res["type"] == "_OldDDP"
+                if new_api:  # this torch deprecates the old names: their warnings show the fallback ran
+                    assert any("all_gather_into_tensor" in m for m in res["future"]), res["future"]
