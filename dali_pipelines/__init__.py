@@ -7,6 +7,7 @@ DALI graphs (the only package importing ``nvidia.dali`` besides ``fastcvrl.data`
 - ``host``: the host sources handed to ``fn.external_source``: epoch order, shards, clip plans, named columns.
 - ``pipelines``: the DALI graphs (pretraining, linear-evaluation training, test views), CPU or GPU.
 - ``torch_augment``: the torch twin of the augmentation, used on the CPU.
+- ``codecs``: which codecs and sizes each decoder accepts, checked from the manifest before any work.
 
 All but ``pipelines`` import without DALI.
 """

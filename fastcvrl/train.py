@@ -54,6 +54,7 @@ from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageErr
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range
 from fastcvrl.datasets.synthetic import ensure_synthetic
+from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
 
 REPO_ROOT = _HERE.parent
 
@@ -98,8 +99,6 @@ def check_config(cfg: Config) -> None:
     """What the config loader cannot know (it checks every value and relation): the device, the number of
     processes, and whether the built-in dataset this run would generate holds one batch. Each names its key."""
     t, d = cfg.train, cfg.data
-    if d.device == "gpu" and d.source == "video" and not torch.cuda.is_available():
-        raise ConfigError("data.device: 'gpu' but CUDA is not available (use data.device=cpu or auto)")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
@@ -128,6 +127,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if cfg.data.source == "random":
         return ""
     if not cfg.data.train_manifest:
+        require_cuda_for_gpu_data(cfg)  # before generating the synthetic set for a device that is not there
         d = cfg.data
         dist.print0(f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
                     "(generated once, then cached)")
@@ -140,9 +140,21 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if len(entries) < cfg.train.batch_size:
         raise ManifestError(f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
                             f"(train.batch_size={cfg.train.batch_size})")
+    checked = [(cfg.data.train_manifest, entries)]
     if cfg.train.knn_every and cfg.data.val_manifest:
-        read_manifest(cfg.data.val_manifest, check_files=True)  # fail now, not at the first kNN epoch
+        # fail now, not at the first kNN epoch
+        checked.append((cfg.data.val_manifest, read_manifest(cfg.data.val_manifest, check_files=True)))
+    decoder = decode_device(cfg.data.device, torch.cuda.is_available())
+    for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
+        for note in check_decodable(listed, decoder, path):
+            dist.print0(f"warning: {note}")
+    require_cuda_for_gpu_data(cfg)
     return cfg.data.train_manifest
+
+
+def require_cuda_for_gpu_data(cfg: Config) -> None:
+    if cfg.data.device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("data.device: 'gpu' but CUDA is not available (use data.device=cpu or auto)")
 
 
 def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.DistEnv):
@@ -489,7 +501,7 @@ def cli(argv: list[str] | None = None) -> int:
     input or a refused run folder, 3 a non-finite loss, 4 a file-system error, 1 another rank failed."""
     try:
         return main(argv).exit_code
-    except (ConfigError, ManifestError) as e:
+    except (ConfigError, ManifestError, UndecodableError) as e:
         _error(e)
         return 2
     except NonFiniteLoss as e:

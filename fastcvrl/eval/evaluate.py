@@ -107,6 +107,17 @@ def _at_epoch(loader, epoch: int):
     return loader
 
 
+def check_codecs(cfg: Config, manifest: str, entries) -> None:
+    """Every video decodable by the decoder ``data.device`` picks (``dali_pipelines.codecs``), else EvalError."""
+    from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
+
+    try:
+        for note in check_decodable(entries, decode_device(cfg.data.device, torch.cuda.is_available()), manifest):
+            print(f"eval: warning: {note}", file=sys.stderr)
+    except UndecodableError as e:
+        raise EvalError(str(e)) from None
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m fastcvrl.eval", description=__doc__.split("\n\n")[0],
@@ -152,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.print_config:  # the resolved config (the model section is replaced by the checkpoint's at run time)
         print(config_yaml(cfg), end="", flush=True)
         raise SystemExit(0)
-    match_splits(args.train_manifest, args.test_manifest, log=lambda s: None)  # fail on bad inputs before model work
+    splits = match_splits(args.train_manifest, args.test_manifest, log=lambda s: None)  # bad inputs before model work
+    for m, entries in ((args.train_manifest, splits.train), (args.test_manifest, splits.test)):
+        check_codecs(cfg, m, entries)  # every video decodable where data.device decodes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_init:
         from fastcvrl.model import build_backbone
