@@ -147,10 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     d = cfg.data
     pre_train_m, pre_test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
-                                               d.synthetic_videos_per_class, seed=0, scene=d.synthetic_scene, verbose=True)
+                                               d.synthetic_videos_per_class, seed=0, scene=d.synthetic_scene,
+                                               codec=d.synthetic_codec, size=d.synthetic_size, verbose=True)
     if args.probe_videos[0] > 0:
         train_m, test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir.rstrip("/") + "_probe"),
                                            d.synthetic_classes, args.probe_videos[0], seed=1, scene=d.synthetic_scene,
+                                           codec=d.synthetic_codec, size=d.synthetic_size,
                                            test_videos_per_class=args.probe_videos[1], verbose=True)
     else:
         train_m, test_m = pre_train_m, pre_test_m

@@ -115,6 +115,9 @@ def dataset(args: argparse.Namespace) -> str:
             root = os.path.expanduser(DEFAULT_SYNTHETIC + "-quick")
         kw = dict(scene=args.scene, num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
                   num_frames=args.video_frames, test_videos_per_class=0)
+    if args.device == "gpu":  # NVDEC: H.264 at 128 x 128 or more (VP9 at 112 is below its minimum), own folder
+        kw.update(codec="h264", size=max(128, kw.get("size", 112)))
+        root = root.rstrip("/") + "-gpu"
     train, _ = ensure_synthetic(root, **kw)
     return train
 

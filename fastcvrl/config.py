@@ -239,6 +239,9 @@ class DataConfig:
     synthetic_videos_per_class: int = key(24, at_least(1), "training videos per class of the built-in dataset")
     synthetic_scene: str = key("dots", one_of("dots", "objects"),
                                "dots (a random-dot kinematogram) | objects (see fastcvrl.datasets.synthetic)")
+    synthetic_codec: str = key("vp9", one_of("vp9", "h264", "mjpeg"),
+                               "the built-in dataset's codec: vp9 (DALI's CPU decoder) | h264 (NVDEC: the GPU default)")
+    synthetic_size: int = key(112, at_least(16), "the built-in dataset's frame side, even (NVDEC: >= 128 for vp9)")
     device: str = key("auto", one_of("auto", "cpu", "gpu"), "where DALI decodes and augments (auto: the GPU if any)")
     source: str = key("video", one_of("video", "random"),
                       "video (DALI over train_manifest) | random (random tensors, no files: tests, step benchmarks)")
@@ -277,6 +280,8 @@ class DataConfig:
                        "where crop/resize/colour run (auto: torch on cpu, dali on gpu)")
 
     RELATIONS: ClassVar[tuple[Relation, ...]] = (
+        Relation(("data.synthetic_size",), "data.synthetic_size is even (4:2:0 video)",
+                 lambda c: c.data.synthetic_size % 2 == 0, {"data.synthetic_size": 113}),
         Relation(("data.min_area", "data.max_area"), "data.min_area <= data.max_area",
                  lambda c: c.data.min_area <= c.data.max_area, {"data.min_area": 0.9, "data.max_area": 0.5}),
         Relation(("data.min_aspect", "data.max_aspect"), "data.min_aspect <= data.max_aspect",

@@ -134,6 +134,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
         # concurrent ranks serialise on ensure_synthetic's lock: one generates, the others reuse
         d.train_manifest, test_manifest = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
                                                            d.synthetic_videos_per_class, seed=0, scene=d.synthetic_scene,
+                                                           codec=d.synthetic_codec, size=d.synthetic_size,
                                                            verbose=dist.is_main())
         d.val_manifest = d.val_manifest or test_manifest  # the kNN monitor's labelled split
     entries = read_manifest(cfg.data.train_manifest, check_files=True)

@@ -153,3 +153,39 @@ def test_evaluation_checks_both_manifests_before_any_model_work(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "mjpeg" in proc.stderr and "--transcode h264" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------- the built-in sets
+def test_the_gpu_default_decodes_on_nvdec_and_the_cpu_default_is_unchanged():
+    from fastcvrl.config import load_config
+
+    gpu = load_config(REPO / "configs" / "synthetic_gpu.yaml").data
+    cpu = load_config(REPO / "configs" / "synthetic_cpu.yaml").data
+    assert codecs.refusal(gpu.synthetic_codec, gpu.synthetic_size, gpu.synthetic_size, "gpu") is None
+    assert gpu.synthetic_size >= gpu.crop_size and gpu.synthetic_dir != cpu.synthetic_dir
+    assert (cpu.synthetic_codec, cpu.synthetic_size) == ("vp9", 112)  # the CPU figures' dataset
+    assert codecs.refusal(cpu.synthetic_codec, cpu.synthetic_size, cpu.synthetic_size, "cpu") is None
+    assert codecs.refusal("vp9", 112, 112, "gpu") is not None  # why the GPU default changed
+
+
+def test_synthetic_codec_and_size_reach_the_files_and_the_cache_identity(tmp_path):
+    import av
+
+    from fastcvrl.datasets.synthetic import ensure_synthetic
+    from fastcvrl.manifest import read_manifest
+
+    kw = dict(num_classes=2, videos_per_class=1, test_videos_per_class=0, num_frames=8, workers=1)
+    train_m, _ = ensure_synthetic(tmp_path / "s", codec="h264", size=128, **kw)
+    (e,) = read_manifest(train_m)[:1]
+    assert (e.codec, e.width, e.height) == ("h264", 128, 128) and e.path.endswith(".mp4")
+    with av.open(e.path) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == ("h264", 128, 128)
+    assert codecs.undecodable(read_manifest(train_m), "gpu") == []
+    train_m, _ = ensure_synthetic(tmp_path / "s", codec="vp9", size=112, **kw)  # another identity: regenerated
+    assert {(x.codec, x.width) for x in read_manifest(train_m)} == {("vp9", 112)}
+
+
+def test_a_bad_synthetic_codec_names_the_key(tmp_path, capsys):
+    code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", "--data.synthetic_codec=hevc"])
+    assert code == 2 and "data.synthetic_codec" in capsys.readouterr().err

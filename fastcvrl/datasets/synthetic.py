@@ -70,6 +70,7 @@ _DIRECTIONS = {  # (dx, dy) per frame, image coordinates (y down)
     "move_up_left": (-math.sqrt(0.5), -math.sqrt(0.5)),
 }
 SHAPES = ("disc", "square", "triangle", "cross", "ellipse")
+SYNTHETIC_CODECS = ("vp9", "h264", "mjpeg")  # vp9: DALI's CPU decoder; h264: NVDEC on any GPU (>= 48x16)
 SCENES = ("dots", "objects")  # see the dots section; "objects": textured shapes on a textured background
 SCALE_RANGE = (0.6, 1.5)  # object scale factor, log-uniform; expand/contract sweep it as a sawtooth
 
@@ -519,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos-per-class", type=int, default=24, help="training videos per class")
     ap.add_argument("--test-videos-per-class", type=int, default=None, help="default: a third of the above")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--codec", default="vp9", choices=["vp9", "mjpeg", "h264"])
+    ap.add_argument("--codec", default="vp9", choices=list(SYNTHETIC_CODECS),
+                    help="vp9 (DALI's CPU decoder, the CPU default) or h264 (NVDEC, the GPU default)")
     ap.add_argument("--size", type=int, default=112, help="frame height and width in pixels")
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--fps", type=float, default=25.0)
