@@ -43,6 +43,7 @@ from dali_pipelines.host import (META_FIELDS, SUBSTITUTE, LinearSource, MultiVie
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, read_manifest
+from fastcvrl.normalize import Normalize
 
 log = logging.getLogger("fastcvrl.data")
 
@@ -284,23 +285,6 @@ def _torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, n
     return result
 
 
-class Normalize:
-    """uint8 ``(N, T, H, W, C)`` -> ``(N, C, T, H, W)`` channels_last_3d in ``dtype``: ``(x/255 - mean) / std``."""
-
-    def __init__(self, mean: list[float], std: list[float], dtype: torch.dtype, device: torch.device,
-                 views: int = 1, blur: bool = False, solarize: bool = False):
-        self.mean, self.std, self.views, self.blur, self.solarize = list(mean), list(std), views, blur, solarize
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device)
-        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device)
-        self.dtype = dtype
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 4, 1, 2, 3)  # (N, C, T, H, W) view, channels_last_3d strides, no copy
-        y = torch.addcmul(self.shift, x.to(torch.float32), self.scale)  # float math, keeps the channels-last layout
-        return y if self.dtype == torch.float32 else y.to(self.dtype)
-
-
 def data_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     """The dtype the trainer consumes: bf16/fp16 when it trains in them on a GPU, float32 otherwise."""
     p = cfg.train.precision
@@ -339,9 +323,12 @@ def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict
 
 
 def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
-                          device: torch.device | str = "cpu", seed: int = 0) -> DaliLoader:
-    """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d.
+                          device: torch.device | str = "cpu", seed: int = 0, normalize: bool = True) -> DaliLoader:
+    """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d on
+    ``device``, ``label`` (B,) int64 on the host (the step does not use it: no host-device copy per step).
 
+    ``normalize=False`` (the trainer): with DALI augmenting (the GPU default) the views stay DALI's uint8
+    frames, which ``TrainStep`` normalises inside its CUDA graph; the torch path is normalised either way.
     ``B = cfg.train.batch_size // world_size``; the last partial batch of an epoch is dropped."""
     from dali_pipelines.pipelines import pretrain_outputs, pretrain_pipeline
 
@@ -359,14 +346,17 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
                                  augment=augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
-        label = to_torch(outs[-1], device).to(torch.int64)
+        label = torch.from_numpy(_host(outs[-1]).astype(np.int64))  # (B,) stays on the host: no per-step sync
         if augment == "torch":
             k = source.view_columns  # outputs named by pretrain_outputs: video, order1, order2, views' columns, label
             at = {name: i for i, name in enumerate(pretrain_outputs(source, "torch"))}
             views = [(at["order1"], at["roi_start1"]), (at["order2"], at["roi_start2"])]
             v1, v2 = torch_views(outs, views, k, d.crop_size, norm, device)
             return v1, v2, label
+        # (B, T, S, S, 3) uint8 each: one asynchronous device-to-device copy on the GPU, zero-copy on the CPU
         v1, v2 = (to_torch(o, device) for o in outs[:2])
+        if not normalize:
+            return v1.permute(0, 4, 1, 2, 3), v2.permute(0, 4, 1, 2, 3), label  # (B, 3, T, S, S) uint8 views
         return norm(v1), norm(v2), label
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2,

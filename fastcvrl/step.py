@@ -4,6 +4,11 @@ One step = forward of both views as one batch -> NT-Xent (negatives gathered acr
 (DDP all-reduces the gradients) -> optimizer step (fused LARS, lr in a device tensor) -> schedule step.
 Nothing in it reads a value back to the host, so on a GPU the CPU runs ahead and, graphed, the whole step is
 one ``graph.replay()``. Metrics are summed on the device and read every ``log_every`` steps only.
+
+The views may be DALI's uint8 frames (the GPU default): the step then concatenates them (1 byte a pixel) and
+normalises the result into the model's input in one multiply-add, so under a CUDA graph the static inputs are
+the small uint8 buffers and normalisation and concatenation are captured with the rest; no float copy of a
+view exists outside the graph. Float views (the CPU path, random clips) are used as they are.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from torch import nn
 
 from fastcvrl.loss import nt_xent_with_accuracy
+from fastcvrl.normalize import Normalize
 
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,6 +52,7 @@ class TrainStep:
         gather: GatherFn | None = None,
         channels_last: bool = True,
         nvtx: bool = False,
+        normalize: Normalize | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"train.precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -56,6 +63,16 @@ class TrainStep:
         self.gather = gather
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.nvtx = nvtx
+        self.normalize = normalize  # for uint8 views: pixel values -> the model's input
+
+    def input(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        """The model's input ``(2B, 3, T, H, W)`` in ``memory_format`` from the two views (uint8 or float)."""
+        x = torch.cat([view1, view2], 0)  # cat of two channels_last_3d tensors stays channels_last_3d
+        if x.dtype == torch.uint8:
+            if self.normalize is None:
+                raise ValueError("uint8 views need TrainStep(normalize=...): the pixel mean and std")
+            x = self.normalize.apply(x)  # one pass: uint8 in, the model's dtype out
+        return x.contiguous(memory_format=self.memory_format)  # no copy when the layout already matches
 
     def _autocast(self, device_type: str) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -68,8 +85,7 @@ class TrainStep:
         nvtx = self.nvtx
         self.optimizer.zero_grad(set_to_none=True)
         with nvtx_range("forward", nvtx):
-            # (2B, 3, T, H, W); cat of two channels_last_3d tensors stays channels_last_3d (no copy below)
-            x = torch.cat([view1, view2], 0).contiguous(memory_format=self.memory_format)
+            x = self.input(view1, view2)  # (2B, 3, T, H, W)
             with self._autocast(x.device.type):
                 z = self.model(x)  # (2B, D)
             if z.dtype in (torch.float16, torch.bfloat16):
@@ -95,17 +111,22 @@ class TrainStep:
 class GraphedStep:
     """Runs ``step`` eagerly for ``warmup`` calls on a side stream, then captures it as a CUDA graph.
 
-    Each later call copies the views into static input buffers and replays the graph; the returned loss and
-    accuracy are the graph's static outputs (overwritten by the next call, so accumulate them before it).
-    On the capture call the graph is captured (which runs nothing) and then replayed once, so every call
-    trains on its own batch exactly once, as the eager step does.
+    Each later call copies the views into static input buffers (DALI's uint8 frames on the GPU default: the
+    normalisation is inside the graph) and replays the graph; the returned loss and accuracy are the graph's
+    static outputs (overwritten by the next call, so accumulate them before it). On the capture call the graph
+    is captured (which runs nothing) and then replayed once, so every call trains on its own batch exactly
+    once, as the eager step does.
 
-    Under DDP the model must be wrapped with ``static_graph=True`` on a side stream and warmed up for at
-    least 11 eager iterations before capture (PyTorch CUDA-graphs notes, "Usage with
-    DistributedDataParallel"); ``warmup`` is raised to 11 when ``ddp=True``.
+    Under DDP the model must be wrapped with ``static_graph=True`` on the side stream used for warm-up and
+    capture, and warmed up for at least 11 eager iterations before capture (PyTorch CUDA-graphs notes, "Usage
+    with DistributedDataParallel"); ``warmup`` is raised to 11 when ``ddp=True``, and ``stream`` is that
+    stream (``side_stream``). Capture uses ``capture_error_mode="thread_local"``: DALI's worker threads keep
+    creating decoders, polling events and growing memory pools during capture, which the default "global"
+    mode would count as illegal calls that invalidate the capture.
     """
 
-    def __init__(self, step: TrainStep, *, warmup: int = 3, ddp: bool = False) -> None:
+    def __init__(self, step: TrainStep, *, warmup: int = 3, ddp: bool = False,
+                 stream: "torch.cuda.Stream | None" = None) -> None:
         if step.scaler is not None:
             raise ValueError("CUDA graphs need a step without host syncs; fp16's GradScaler syncs: use bf16 "
                              "or train.cuda_graph=false")
@@ -115,7 +136,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: tuple[torch.Tensor, torch.Tensor] | None = None
         self.static_out: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.side = torch.cuda.Stream()
+        self.side = stream if stream is not None else torch.cuda.Stream()
 
     def __call__(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
@@ -140,7 +161,7 @@ class GraphedStep:
         self.step.optimizer.zero_grad(set_to_none=True)  # grads are then allocated from the graph's pool
         torch.cuda.synchronize()  # note: a deliberate one-time sync before capture
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=self.side, capture_error_mode="thread_local"):
             self.static_out = self.step(*self.static_in)
 
 
@@ -149,10 +170,21 @@ def _empty_like_strided(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
 
 
-def build_step(step: TrainStep, *, cuda_graph: bool, device: torch.device, ddp: bool = False, warmup: int = 3):
+def graphed(cuda_graph: bool, device: torch.device, precision: str) -> bool:
+    """Whether ``build_step`` will capture: asked for, on CUDA, and no GradScaler (fp16 syncs)."""
+    return cuda_graph and device.type == "cuda" and precision != "fp16"
+
+
+def side_stream(cuda_graph: bool, device: torch.device, precision: str) -> "torch.cuda.Stream | None":
+    """The one side stream DDP construction, warm-up and capture share when the step will be graphed."""
+    return torch.cuda.Stream(device) if graphed(cuda_graph, device, precision) else None
+
+
+def build_step(step: TrainStep, *, cuda_graph: bool, device: torch.device, ddp: bool = False, warmup: int = 3,
+               stream: "torch.cuda.Stream | None" = None):
     """The graphed step where asked for and possible (CUDA, no GradScaler), else the eager step itself."""
     if cuda_graph and device.type == "cuda" and step.scaler is None:
-        return GraphedStep(step, warmup=warmup, ddp=ddp)
+        return GraphedStep(step, warmup=warmup, ddp=ddp, stream=stream)
     return step
 
 

@@ -52,7 +52,8 @@ from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
-from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range
+from fastcvrl.normalize import Normalize
+from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
 
@@ -191,8 +192,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_training_model(cfg: Config, env: dist.DistEnv) -> tuple[nn.Module, nn.Module]:
-    """(module to call, plain module to save): SyncBatchNorm where asked, channels_last_3d, DDP."""
+def build_training_model(cfg: Config, env: dist.DistEnv, stream=None) -> tuple[nn.Module, nn.Module]:
+    """(module to call, plain module to save): SyncBatchNorm where asked, channels_last_3d, DDP (built on
+    ``stream``, the side stream the graphed step warms up and captures on, when it is graphed)."""
     model_cfg = cfg.model
     if model_cfg.sync_bn and env.world_size > 1 and env.device.type != "cuda":
         dist.print0("note: SyncBatchNorm needs CUDA; on CPU each rank normalises over its own batch")
@@ -202,10 +204,9 @@ def build_training_model(cfg: Config, env: dist.DistEnv) -> tuple[nn.Module, nn.
         model = model.to(memory_format=torch.channels_last_3d)
     if not env.distributed:
         return model, model
-    graphed = cfg.train.cuda_graph and env.device.type == "cuda"
+    graphed = stream is not None
     ids = [env.device.index] if env.device.type == "cuda" else None
-    # A CUDA graph needs DDP's static graph, built on a side stream (PyTorch CUDA-graphs notes, DDP section)
-    stream = torch.cuda.Stream() if graphed else None
+    # A CUDA graph needs DDP's static graph, built on the capture's side stream (PyTorch CUDA-graphs notes)
     with torch.cuda.stream(stream) if graphed else contextlib.nullcontext():
         ddp = dist.wrap_ddp(model, ids, static_graph=graphed,
                             sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN keeps them equal
@@ -225,7 +226,13 @@ def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):
     from fastcvrl.data import build_pretrain_loader
 
     return build_pretrain_loader(cfg, manifest, rank=env.rank, world_size=env.world_size, device=env.device,
-                                 seed=cfg.train.seed)
+                                 seed=cfg.train.seed, normalize=False)  # uint8 views: the step normalises
+
+
+def step_normalize(cfg: Config, device: torch.device) -> Normalize:
+    """The step's normalisation of uint8 views (``data.mean``/``data.std``) into the model's input dtype."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)  # = data_dtype
+    return Normalize(cfg.data.mean, cfg.data.std, dtype, device)
 
 
 def build_optimization(cfg: Config, model: nn.Module, steps_per_epoch: int):
@@ -256,6 +263,7 @@ class Run:
     scaler: Any
     knn: Callable[[], dict[str, float]] | None = None  # the kNN monitor (make_knn_monitor), None when off
     step_fn: Callable | None = None  # built after resuming (a CUDA graph captures the restored state)
+    side: Any = None  # graphed runs: the one side stream of DDP construction, warm-up and capture
     stop: dist.StopFlag | None = None
 
     @property
@@ -289,11 +297,12 @@ def build_run(cfg: Config, env: dist.DistEnv, manifest: str, folder: RunFolder) 
     seed_everything(cfg.train.seed + env.rank)
     if env.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model, plain = build_training_model(cfg, env)
+    side = side_stream(cfg.train.cuda_graph, env.device, cfg.train.precision)
+    model, plain = build_training_model(cfg, env, side)
     loader = build_loader(cfg, manifest, env)
     optimizer, schedule, scaler = build_optimization(cfg, plain, len(loader))
     return Run(cfg, env, folder, model, plain, loader, optimizer, schedule, scaler,
-               knn=make_knn_monitor(cfg, manifest, plain, env))
+               knn=make_knn_monitor(cfg, manifest, plain, env), side=side)
 
 
 def resume(run: Run, allow_changes: bool) -> tuple[ckpt.Position, dict]:
@@ -470,9 +479,10 @@ def main(argv: list[str] | None = None) -> RunResult:
         step = TrainStep(run.model, run.optimizer, run.schedule, temperature=cfg.loss.temperature,
                          precision=cfg.train.precision, scaler=run.scaler,
                          gather=dist.gather_with_grad if env.world_size > 1 else None,
-                         channels_last=cfg.train.channels_last, nvtx=env.device.type == "cuda")
+                         channels_last=cfg.train.channels_last, nvtx=env.device.type == "cuda",
+                         normalize=step_normalize(cfg, env.device))
         run.step_fn = build_step(step, cuda_graph=cfg.train.cuda_graph, device=env.device, ddp=env.distributed,
-                                 warmup=cfg.train.cuda_graph_warmup)
+                                 warmup=cfg.train.cuda_graph_warmup, stream=run.side)
         run.stop = dist.StopFlag()
         pos = train(run, pos)
         if run.stop.raised:

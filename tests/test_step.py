@@ -162,10 +162,11 @@ def exact_cuda():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graphed_step_equals_eager_step(precision, exact_cuda):
+@pytest.mark.parametrize("precision,uint8", [("fp32", False), ("bf16", False), ("bf16", True)])
+def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
     from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
+    from fastcvrl.normalize import Normalize
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -175,13 +176,18 @@ def test_graphed_step_equals_eager_step(precision, exact_cuda):
     runs = []
     for k, model in enumerate(models):
         opt, sched = _real_parts(model, steps)
-        eager = TrainStep(model, opt, sched, precision=precision, temperature=0.1)
-        fn = GraphedStep(eager, warmup=3) if k == 1 else eager
+        norm = Normalize([0.45] * 3, [0.225] * 3, torch.bfloat16 if precision == "bf16" else torch.float32, dev)
+        eager = TrainStep(model, opt, sched, precision=precision, temperature=0.1, normalize=norm)
+        fn = GraphedStep(eager, warmup=3, stream=torch.cuda.Stream()) if k == 1 else eager
         losses = []
         for i in range(steps):
             g = torch.Generator().manual_seed(i)
-            v1, v2 = (torch.randn(8, 3, 4, 32, 32, generator=g).to(dev).contiguous(
-                memory_format=torch.channels_last_3d) for _ in range(2))
+            if uint8:  # DALI's frames as the GPU hand-off gives them: (B, 3, T, H, W) uint8 views
+                v1, v2 = (torch.randint(0, 256, (8, 4, 32, 32, 3), generator=g, dtype=torch.uint8).to(dev)
+                          .permute(0, 4, 1, 2, 3) for _ in range(2))
+            else:
+                v1, v2 = (torch.randn(8, 3, 4, 32, 32, generator=g).to(dev).contiguous(
+                    memory_format=torch.channels_last_3d) for _ in range(2))
             loss, _ = fn(v1, v2)
             losses.append(loss.clone())
         runs.append((torch.stack(losses).cpu(), [p.detach().cpu() for p in model.parameters()],
@@ -216,3 +222,62 @@ def test_step_has_no_host_sync():
             metrics.add(*step(v1, v2))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------ capture wiring, checked with stand-ins
+class _FakeStream:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_warm_up_and_capture_share_one_side_stream_in_thread_local_mode(monkeypatch):
+    """With CUDA's entry points replaced by recorders: warm-up runs under the given side stream, capture runs
+    on that same stream with capture_error_mode="thread_local", and the step captured sees the uint8 static
+    input buffers (normalisation inside the graph)."""
+    import contextlib
+
+    from fastcvrl.normalize import Normalize
+
+    log = []
+    main = _FakeStream("main")
+    side = _FakeStream("side")
+
+    @contextlib.contextmanager
+    def stream(s):
+        log.append(("stream", s.name))
+        yield
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, capture_error_mode="global", **kw):
+        log.append(("capture", stream.name, capture_error_mode))
+        yield
+
+    class _Graph:
+        def replay(self) -> None:
+            log.append(("replay",))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: main)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    m = _model(dtype=torch.float32)
+    eager = TrainStep(m, torch.optim.SGD(m.parameters(), lr=0.1), _Counter(),
+                      normalize=Normalize([0.5] * 3, [0.25] * 3, torch.float32, "cpu"))
+    seen = []
+    real_input = eager.input
+    eager.input = lambda a, b: (seen.append((a.dtype, a.data_ptr())), real_input(a, b))[1]
+    step = build_step(eager, cuda_graph=True, device=torch.device("cuda"), warmup=2, stream=side)
+    assert isinstance(step, GraphedStep) and step.side is side
+    u = torch.randint(0, 256, (6, 4, 8, 8, 3), dtype=torch.uint8).permute(0, 4, 1, 2, 3)
+    for _ in range(4):
+        step(u, u.clone())
+    assert log[:2] == [("stream", "side"), ("stream", "side")]  # warm-up
+    assert log[2] == ("capture", "side", "thread_local")
+    assert log[3:] == [("replay",), ("replay",)]
+    assert step.static_in[0].dtype == torch.uint8
+    assert step.static_in[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert seen[2] == (torch.uint8, step.static_in[0].data_ptr())  # captured from the static uint8 buffer
