@@ -250,3 +250,18 @@ def multiview_pipeline(source: MultiViewSource, *, device: str, crop_size: int, 
     op_devices(device)
     return _multiview_graph(source, device, crop_size, short_side, num_crops, host_workers,
                             **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
+
+
+def decode_one(encoded: Any, frames: Any, *, device: str, device_id: int | None = None) -> None:
+    """Decode one trimmed stream alone (``frames``: its positions) on ``device``, as the graphs do; raises
+    what the decoder raises. The loader's failure path uses it to find the one sample of a failed batch that
+    the decoder refuses (e.g. "Failed to create video decoder"), where the host re-check decodes them all."""
+    op_devices(device)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1)
+    def _one():
+        enc, pos = fn.external_source(source=lambda: ([encoded], [frames]), num_outputs=2, batch=True)
+        return _decode(enc, pos, device)
+
+    pipe = _one()
+    pipe.run()

@@ -14,8 +14,11 @@ same-layout device-to-device copy on the GPU, never a layout change; normalising
 clip straight into a channels_last_3d batch.
 
 A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
-to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. Training
-batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every video)
+to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. The file
+is found by a host re-check (PyAV decodes each recent sample's trimmed stream), else, for a stream PyAV
+decodes but DALI's decoder refuses before decoding (a codec or size it does not take: "Failed to create video
+decoder", "not supported by the CPU variant"), by decoding each recent sample alone on the loader's decoder.
+Training batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every video)
 drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the rest).
 
 Host work. With ``cfg.data.host_workers`` > 0 (``host_workers``: ``auto`` sizes it from the cores this process
@@ -78,7 +81,8 @@ class DaliLoader:
     batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
 
     def __init__(self, source: VideoSource, make_pipeline: Callable[[VideoSource], Any], convert: Callable,
-                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1, host_workers: int = 0):
+                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1, host_workers: int = 0,
+                 decode_one: Callable[[np.ndarray, np.ndarray], None] | None = None):
         self.source, self._make, self._convert = source, make_pipeline, convert
         self.host_workers = host_workers
         self._epoch0 = self._epochs_done = 0  # with workers: the epoch the pipeline started in, epochs since
@@ -90,6 +94,7 @@ class DaliLoader:
         self.last_meta: np.ndarray | None = None
         self._pipe = None
         self._dirty = False
+        self._decode_one = decode_one  # (encoded, frames) -> None, raising as the pipeline's decoder would
         if len(source) == 0:
             raise ValueError(f"{len(source.entries)} videos over {source.world} rank(s) do not fill one batch "
                              f"of {source.batch_size}")
@@ -178,7 +183,8 @@ class DaliLoader:
             video = self._find_undecodable()
             if video is None:
                 paths = sorted({s.path for ss in self.source.recent.values() for s in ss})
-                raise RuntimeError(f"the DALI pipeline failed on a batch from {paths}: {e}") from e
+                raise RuntimeError(f"the DALI pipeline failed on a batch from {paths}, and each of these "
+                                   f"decodes alone: {_first_line(e)}") from e
             path = self.source.entries[video].path
             if not self.skip_corrupt:
                 raise VideoReadError(path, f"the video decoder cannot decode it ({_first_line(e)})") from e
@@ -187,15 +193,23 @@ class DaliLoader:
             return self._run(step)
 
     def _find_undecodable(self) -> int | None:
-        """The video of the recent batches whose trimmed stream PyAV cannot decode (host re-check)."""
-        for samples in self.source.recent.values():
-            for s in samples:
-                try:
-                    with av.open(io.BytesIO(s.encoded.tobytes())) as c:
-                        for _ in c.decode(video=0):
-                            pass
-                except (av.FFmpegError, ValueError):
-                    return s.video
+        """The video of the recent batches at fault: the first whose trimmed stream PyAV cannot decode (host
+        re-check), else the first that the pipeline's own decoder refuses when given it alone."""
+        samples = [s for ss in reversed(self.source.recent.values()) for s in ss]  # newest batch first
+        for s in samples:
+            try:
+                with av.open(io.BytesIO(s.encoded.tobytes())) as c:
+                    for _ in c.decode(video=0):
+                        pass
+            except (av.FFmpegError, ValueError):
+                return s.video
+        if self._decode_one is None:
+            return None
+        for s in samples:  # note: one small pipeline per sample, on the failure path only
+            try:
+                self._decode_one(s["encoded"], s["frames"])
+            except RuntimeError:
+                return s.video
         return None
 
 
@@ -322,6 +336,13 @@ def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict
                 seed=seed, host_workers=resolve_host_workers(cfg.data.host_workers), start_method=start)
 
 
+def _decode_one(kw: dict) -> Callable[[np.ndarray, np.ndarray], None]:
+    """Decode one trimmed stream alone on the pipelines' decoder (``kw``: ``_pipeline_kw``)."""
+    from dali_pipelines.pipelines import decode_one
+
+    return lambda encoded, frames: decode_one(encoded, frames, device=kw["device"], device_id=kw["device_id"])
+
+
 def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
                           device: torch.device | str = "cpu", seed: int = 0, normalize: bool = True) -> DaliLoader:
     """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d on
@@ -360,7 +381,7 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
         return norm(v1), norm(v2), label
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2,
-                      host_workers=kw["host_workers"])
+                      host_workers=kw["host_workers"], decode_one=_decode_one(kw))
 
 
 def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, rank: int = 0, world_size: int = 1,
@@ -389,7 +410,8 @@ def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, ra
             return clip, label
         return norm(to_torch(outs[0], device)), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, host_workers=kw["host_workers"])
+    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, host_workers=kw["host_workers"],
+                      decode_one=_decode_one(kw))
 
 
 def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
@@ -420,7 +442,7 @@ def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
         return norm(clips), label.to(torch.int64), torch.from_numpy(meta_field(meta, "video").copy())
 
     return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views,
-                      host_workers=kw["host_workers"])
+                      host_workers=kw["host_workers"], decode_one=_decode_one(kw))
 
 
 def _entries(manifest: str | Sequence[VideoEntry]) -> list[VideoEntry]:
