@@ -5,6 +5,8 @@ import logging
 
 import numpy as np
 import pytest
+pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
+pytest.importorskip("nvidia.dali")
 import torch
 
 from fastcvrl.data import build_linear_loader, build_test_loader

@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 import pytest
+pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
+pytest.importorskip("nvidia.dali")
 import torch
 
 from dali_pipelines.packets import VideoReadError

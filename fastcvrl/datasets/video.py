@@ -13,8 +13,16 @@ import os
 from fractions import Fraction
 from typing import Iterable
 
-import av
 import numpy as np
+
+try:
+    import av
+except ImportError:  # importing this module (the trainer does) needs no PyAV; reading or writing a video does
+    class _NoPyAV:
+        def __getattr__(self, name: str):
+            raise ImportError("PyAV is needed to read or write videos (pip install av)")
+
+    av = _NoPyAV()
 
 # codec name -> (PyAV encoder, pixel format, default container extension)
 CODECS = {
