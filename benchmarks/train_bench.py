@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["tflops"] = row["clips_per_s"] * flops / 1e12
         row["mfu"] = row["clips_per_s"] * flops / peak if peak else None
         result["rows"][name] = row
+        progress(result, name, row, args)
     for fused in (True, False):
         key = "fused" if fused else "reference"
         try:
@@ -267,6 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             traceback.print_exc()
             result["optimizer"][key] = {"error": f"{type(err).__name__}: {err}"}
+        progress(result, f"LARS {key}", result["optimizer"][key], args)
     opt = result["optimizer"]
     if "step_s" in opt["fused"] and "step_s" in opt["reference"]:
         opt["speedup"] = opt["reference"]["step_s"]["median"] / opt["fused"]["step_s"]["median"]
@@ -275,6 +277,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "error" not in rows[name] and "error" not in rows.get("fast", {"error": 1}):
             rows[name]["fast_speedup"] = rows["fast"]["clips_per_s"] / rows[name]["clips_per_s"]
     return result
+
+
+def progress(result: dict[str, Any], name: str, row: dict[str, Any], args: argparse.Namespace) -> None:
+    """One line per finished row, flushed at once, and the JSON so far (``"partial": true``): a run cut short
+    by a time limit keeps every row it finished."""
+    if "error" in row:
+        line = f"error: {row['error']}"
+    else:
+        line = f"step {1000 * row['step_s']['median']:.1f} ms (spread {row['step_s']['spread']:.2f})"
+        if "clips_per_s" in row:
+            mfu = f", MFU {row['mfu']:.3f}" if row.get("mfu") else ""
+            line += f", {row['clips_per_s']:.1f} clips/s{mfu}, {describe(row['flags'])}"
+    if args.json:
+        write_json({**result, "partial": True}, args.json)
+    print(f"row {name}: {line}", flush=True)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -231,3 +232,22 @@ def test_learning_proof_tiny_end_to_end(tmp_path):
     assert all(abs(a * 4 - round(a * 4)) < 1e-6 for a in result["pretrained_top1"] + result["random_top1"])
     assert result["clearly_ahead"] == learning_proof.clearly_ahead(result["pretrained_top1"], result["random_top1"])
     assert (tmp_path / "proof" / "seed0" / "backbone.pt").is_file() and (tmp_path / "proof" / "seed1" / "backbone.pt").is_file()
+
+
+def test_train_bench_prints_each_row_as_it_finishes(tmp_path):
+    """Rows appear on stdout (flushed) before the run ends, and the JSON on disk grows row by row: a run
+    killed by a time limit keeps what it finished."""
+    out = tmp_path / "t.json"
+    proc = subprocess.Popen([sys.executable, str(BENCH / "train_bench.py"), "--quick", "--device", "cpu",
+                             "--json", str(out)], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent,
+                            env={"PYTHONPATH": str(BENCH.parent), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    first = proc.stdout.readline()  # blocks until the first row is printed
+    partial = json.loads(out.read_text())  # written before the line: holds that row (and any finished since)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=600) == 0
+    assert first.startswith("row fast: step "), first
+    assert "fast" in partial["rows"] and "step_s" in partial["rows"]["fast"]
+    final = json.loads(out.read_text())
+    assert "partial" not in final and set(final["rows"]) == {name for name, _ in train_bench.rows_for("cpu")}
+    rows = [ln for ln in (first + rest).splitlines() if re.match(r"row [\w ]+: (step|error)", ln)]
+    assert len(rows) == len(train_bench.rows_for("cpu")) + 2  # each step row and both optimizer rows
