@@ -14,7 +14,7 @@ def make_index_videos(folder: Path, lengths: list[int], *, codec: str = "vp9", g
                       labels: list[int] | None = None) -> Path:
     """Index-coded videos ``v{i}`` (video id i, frame j coloured by j) and their manifest; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    ext = ".webm" if codec in ("vp9", "vp8") else ".avi"
+    ext = {"vp9": ".webm", "vp8": ".webm", "h264": ".mp4"}.get(codec, ".avi")
     entries = []
     for i, n in enumerate(lengths):
         path = folder / f"v{i}{ext}"
