@@ -172,6 +172,9 @@ def nvdec_caps(device_id: int = 0, codecs: Iterable[str] = tuple(_CODEC_ENUM)) -
 
 def nvdec_min_size(device_id: int = 0) -> dict[str, tuple[int, int]]:
     """Minimum sizes per codec: the driver's where it answers, else the table (``NVDEC_MIN_SIZE``)."""
-    caps = nvdec_caps(device_id) or {}
+    try:
+        caps = nvdec_caps(device_id) or {}
+    except (OSError, AttributeError, ValueError):  # an older driver without one of the entry points
+        caps = {}
     return {c: tuple(caps[c]["min_size"]) if c in caps and caps[c]["supported"] else NVDEC_MIN_SIZE[c]
             for c in NVDEC_MIN_SIZE}

@@ -55,7 +55,7 @@ from fastcvrl.schedule import WarmupCosine
 from fastcvrl.normalize import Normalize
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
 from fastcvrl.datasets.synthetic import ensure_synthetic
-from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
+from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
 
 REPO_ROOT = _HERE.parent
 
@@ -147,8 +147,10 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
         # fail now, not at the first kNN epoch
         checked.append((cfg.data.val_manifest, read_manifest(cfg.data.val_manifest, check_files=True)))
     decoder = decode_device(cfg.data.device, torch.cuda.is_available())
+    # the driver's minimum sizes where a GPU answers, else NVIDIA's table
+    min_size = nvdec_min_size(env.local_rank) if decoder == "gpu" and torch.cuda.is_available() else None
     for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
-        for note in check_decodable(listed, decoder, path):
+        for note in check_decodable(listed, decoder, path, min_size):
             dist.print0(f"warning: {note}")
     require_cuda_for_gpu_data(cfg)
     return cfg.data.train_manifest

@@ -189,3 +189,15 @@ def test_synthetic_codec_and_size_reach_the_files_and_the_cache_identity(tmp_pat
 def test_a_bad_synthetic_codec_names_the_key(tmp_path, capsys):
     code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", "--data.synthetic_codec=hevc"])
     assert code == 2 and "data.synthetic_codec" in capsys.readouterr().err
+
+
+def test_on_a_gpu_the_drivers_minimum_sizes_are_used(tmp_path, capsys, monkeypatch):
+    """Where CUDA is up, training asks the driver (``nvdec_min_size``) instead of trusting the table."""
+    m = _manifest(tmp_path / "h264", "h264")  # 128 x 128: fine by the table
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "nvdec_min_size", lambda dev: asked.append(dev) or {"h264": (256, 256)})
+    code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}",
+                      "--data.device=gpu"])
+    err = capsys.readouterr().err
+    assert asked == [0] and code == 2 and "below NVDEC's 256x256 minimum for h264" in err, err
