@@ -78,14 +78,14 @@ fi
 if has nvidia.dali && has av && has yaml; then
   say "smoke: python fastcvrl/train.py, 30 steps on the GPU default"
   timeout 110 $PY fastcvrl/train.py --train.max_steps=30 --train.log_every=10 --train.out_dir=/tmp/fastcvrl_smoke \
-    --data.synthetic_dir=/tmp/fastcvrl_synthetic_gpu > "$RES/smoke_train.txt" 2>&1
+    --data.synthetic_dir=/tmp/fastcvrl_synthetic-gpu > "$RES/smoke_train.txt" 2>&1
   rc=$?; grep -E "step|done|error|Error" "$RES/smoke_train.txt" | tail -n 6 | tee -a "$RES/summary.txt"
   [ $rc -eq 0 ] && grep -q "done at step 30" "$RES/smoke_train.txt" || { say "smoke exit $rc (see smoke_train.txt)"; status=1; }
 else
   say "DALI, PyAV or PyYAML not importable here: training smoke skipped (see ../shared/gpu/README.md)"
 fi
 
-# 3. loader benchmark on the GPU (H.264 synthetic set at 128 x 128; 70 s at most)
+# 3. loader benchmark on the GPU (the smoke's H.264 synthetic set at 128 x 128, reused; 70 s at most)
 if has nvidia.dali && has av && has yaml; then
   say "loader_bench --device gpu"
   timeout 70 $PY benchmarks/loader_bench.py --device gpu --synthetic-dir /tmp/fastcvrl_synthetic --batch-size 16 \
