@@ -211,7 +211,7 @@ def build_training_model(cfg: Config, env: dist.DistEnv, stream=None) -> tuple[n
     # A CUDA graph needs DDP's static graph, built on the capture's side stream (PyTorch CUDA-graphs notes)
     with torch.cuda.stream(stream) if graphed else contextlib.nullcontext():
         ddp = dist.wrap_ddp(model, ids, static_graph=graphed,
-                            sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN keeps them equal
+                            sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN: equal
     if graphed:
         torch.cuda.current_stream().wait_stream(stream)
     return ddp, model
