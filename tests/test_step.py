@@ -202,17 +202,24 @@ def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
 
 
 @pytest.mark.gpu
-def test_step_has_no_host_sync():
+@pytest.mark.parametrize("uint8", [False, True])
+def test_step_has_no_host_sync(uint8):
     from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
+    from fastcvrl.normalize import Normalize
 
     dev = torch.device("cuda")
     model = build_model(ModelConfig(arch="r3d_tiny", proj_hidden=64, sync_bn=False)).to(
         dev, memory_format=torch.channels_last_3d)
     opt, sched = _real_parts(model, 10)
-    step = TrainStep(model, opt, sched, precision="bf16")
-    v1, v2 = (torch.randn(8, 3, 4, 32, 32, device=dev).contiguous(memory_format=torch.channels_last_3d)
-              for _ in range(2))
+    step = TrainStep(model, opt, sched, precision="bf16",
+                     normalize=Normalize([0.45] * 3, [0.225] * 3, torch.bfloat16, dev))
+    if uint8:  # the GPU hand-off: DALI's frames, normalised inside the step
+        v1, v2 = (torch.randint(0, 256, (8, 4, 32, 32, 3), dtype=torch.uint8, device=dev).permute(0, 4, 1, 2, 3)
+                  for _ in range(2))
+    else:
+        v1, v2 = (torch.randn(8, 3, 4, 32, 32, device=dev).contiguous(memory_format=torch.channels_last_3d)
+                  for _ in range(2))
     step(v1, v2)  # first step allocates optimizer state
     metrics = Metrics(dev)
     torch.cuda.synchronize()
