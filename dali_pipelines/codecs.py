@@ -69,7 +69,7 @@ def refusal(codec: str, width: int, height: int, device: str,
         return f"{c or 'unknown codec'}: DALI's GPU decoder takes {', '.join(sorted(GPU_CODECS))} only"
     mw, mh = (min_size or NVDEC_MIN_SIZE).get(c, NVDEC_MIN_SIZE[c])
     if width < mw or height < mh:
-        return f"{c} {width}x{height}: below NVDEC's {mw}x{mh} minimum for {c}"
+        return f"{c} below NVDEC's {mw}x{mh} minimum"
     return None
 
 
@@ -97,18 +97,27 @@ def check_decodable(entries: Sequence, device: str, manifest: str,
     the reason, then a count, and the ``prepare --transcode`` command that fixes them. Returns the caveats."""
     bad = undecodable(entries, device, min_size)
     if bad:
-        shown = "; ".join(f"{os.path.basename(e.path)} ({why})" for e, why in bad[:SHOWN])
-        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        groups: dict[str, list] = {}  # reason -> entries
+        for e, why in bad:
+            groups.setdefault(why, []).append(e)
+        shown = "; ".join(f"{why}: {_names(es, 'below' in why)}" for why, es in list(groups.items())[:3])
+        more = f"; and {len(groups) - 3} more reasons" if len(groups) > 3 else ""
         codec = TRANSCODE_TO[device]
         folder = os.path.dirname(os.path.abspath(manifest))
         where = "the GPU (data.device=gpu)" if device == "gpu" else "the CPU (data.device=cpu)"
         size = " --short-side 144" if device == "gpu" and any("below NVDEC" in w for _, w in bad) else ""
         raise UndecodableError(
-            f"{manifest}: {len(bad)} of {len(entries)} videos cannot be decoded on {where}: {shown}{more}. "
+            f"{manifest}: {len(bad)} of {len(entries)} videos cannot be decoded on {where}. {shown}{more}. "
             f"Re-encode the collection: python -m fastcvrl.prepare SOURCE --out NEW_DIR --transcode {codec}{size} "
             f"--classes {os.path.join(folder, 'classes.txt')} (SOURCE: what {manifest} was prepared from)"
             + (", or decode on the GPU (data.device=gpu)" if device == "cpu" else ""))
     return caveats(entries, device)
+
+
+def _names(entries: list, sizes: bool) -> str:
+    """The first ``SHOWN`` file names (with their sizes where the size is the problem), then a count."""
+    names = [os.path.basename(e.path) + (f" ({e.width}x{e.height})" if sizes else "") for e in entries[:SHOWN]]
+    return ", ".join(names) + (f" and {len(entries) - SHOWN} more" if len(entries) > SHOWN else "")
 
 
 # ------------------------------------------------------------------------- the driver's own limits
