@@ -117,7 +117,7 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path, monkey
     sched = WarmupCosine(opt.lr_tensor, 0.1, 2, 8)
     step = TrainStep(model, opt, sched, normalize=Normalize(cfg.data.mean, cfg.data.std, torch.float32, "cpu"))
     env = trainer.dist.DistEnv(0, 1, 0, torch.device("cpu"), False)
-    monkeypatch.setattr(trainer, "save", lambda *a, **k: None)  # checkpoints are not the per-step path
+    monkeypatch.setattr(trainer.Run, "save", lambda self, pos: None)  # checkpoints are not the per-step path
     mode = Transfers()
 
     def counted(v1, v2):
@@ -131,13 +131,14 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path, monkey
         return real_tolist(self)
 
     monkeypatch.setattr(torch.Tensor, "tolist", tolist)
-    stop = trainer.StopFlag(env)
+    folder = type("Folder", (), {"path": tmp_path})()  # the run folder: TensorBoard only, here
+    run = trainer.Run(cfg, env, folder, model, model, _Loader(8), opt, sched, None, step_fn=counted,
+                      stop=trainer.dist.StopFlag())
     try:
         with mode:
-            pos = trainer.train(cfg, env, tmp_path, _Loader(8), counted, lambda p: {}, trainer.Position(),
-                                opt.lr_tensor, stop)
+            pos = trainer.train(run, trainer.ckpt.Position())
     finally:
-        stop.close()
+        run.stop.close()
     assert pos.step == 8
     reads = {e[1] for e in mode.events if e[0] == "read"}
     assert reads == {"step 4", "step 8"}, mode.events
