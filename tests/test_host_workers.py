@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipelines.host import META_FIELDS
+pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
+pytest.importorskip("nvidia.dali")
+from dali_pipelines.host import META_FIELDS  # noqa: E402
 from fastcvrl.data import build_linear_loader, build_pretrain_loader, resolve_host_workers
 from fastcvrl.manifest import read_manifest
 
