@@ -7,7 +7,8 @@ import numpy as np
 
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
-from fastcvrl.datasets.video import index_frames, write_video
+from fastcvrl.datasets.video import write_video
+from videos import index_frames
 
 
 def make_index_videos(folder: Path, lengths: list[int], *, codec: str = "vp9", gop: int = 8, size=(32, 48),

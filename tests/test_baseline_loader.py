@@ -14,7 +14,8 @@ from dali_pipelines import spatial, temporal
 from dali_pipelines.host import META, PretrainSource
 from fastcvrl.config import Config
 from fastcvrl.manifest import VideoEntry, write_manifest
-from fastcvrl.datasets.video import decode_index, index_frames, write_video
+from fastcvrl.datasets.video import write_video
+from videos import decode_index, index_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video  # noqa: E402

@@ -45,8 +45,7 @@ def test_tree_cpu_seconds_counts_child_processes():
         assert child.stdout.readline().strip() == "ok"
         assert common.tree_cpu_seconds() - before >= 0.25  # the child's busy loop is in the tree's total
     finally:
-        child.kill()
-        child.wait()
+        kill_and_wait(child)
 
 
 def test_tree_cpu_seconds_resolves_short_work_in_this_process():
@@ -73,8 +72,7 @@ def test_tree_memory_counts_child_processes():
         after, pss = common.tree_memory_mb()
         assert after - before > 70 and pss > 70  # the child's 80 MB are in the tree's total
     finally:
-        child.kill()
-        child.wait()
+        kill_and_wait(child)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import torch
 
 from fastcvrl import checkpoint as ckpt
 
+from processes import kill_and_wait
+
 
 def _state(step: int) -> dict:
     g = torch.Generator().manual_seed(step)
@@ -148,7 +150,7 @@ def test_sigkill_between_write_and_rename_leaves_previous_checkpoint(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        proc.kill()
+        kill_and_wait(proc)
     folder = tmp_path / ckpt.CKPT_DIR
     assert [p for p in folder.iterdir() if ".tmp." in p.name], "the interrupted write should leave only a temp file"
     state, path = ckpt.load_latest(tmp_path)
@@ -178,7 +180,7 @@ def test_sigkill_at_random_times_never_leaves_an_unloadable_checkpoint(tmp_path,
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        proc.kill()
+        kill_and_wait(proc)
     found = ckpt.list_checkpoints(tmp_path)
     assert found
     for step, path in found:  # every file with a checkpoint's name is whole

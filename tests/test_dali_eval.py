@@ -11,9 +11,10 @@ import torch
 
 from fastcvrl.data import build_linear_loader, build_test_loader
 from fastcvrl.manifest import read_manifest
-from fastcvrl.datasets.video import decode_index, write_video
+from fastcvrl.datasets.video import write_video
 
 from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
+from videos import decode_index
 
 LENGTHS = [40, 25, 4, 33, 50]  # 4 frames: shorter than one 4 x 2 clip, loops
 

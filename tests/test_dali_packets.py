@@ -11,7 +11,8 @@ import pytest
 av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 
 from dali_pipelines.packets import VideoReadError, build_index, keep_runs, trim
-from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, write_video
+from fastcvrl.datasets.video import keyframe_indices, write_video
+from videos import decode_index, index_frames
 
 
 @pytest.fixture(scope="module", params=["vp9", "mjpeg", "h264", "h264-bframes"])

@@ -14,9 +14,10 @@ from dali_pipelines.packets import VideoReadError
 from dali_pipelines.host import PretrainSource
 from fastcvrl.data import build_pretrain_loader, to_torch
 from fastcvrl.manifest import read_manifest
-from fastcvrl.datasets.video import decode_index, keyframe_indices
+from fastcvrl.datasets.video import keyframe_indices
 
 from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
+from videos import decode_index, index_color
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7]  # 5 frames: shorter than one 4 x 2 clip (7 frames span), loops
 
@@ -145,7 +146,6 @@ def test_colour_matches_the_numpy_reference(manifest):
     host-drawn parameters applied to the input colour (on a uniform clip contrast keeps it: it is its mean)."""
     from dali_pipelines.spatial import apply_color_reference
     from dali_pipelines.temporal import clip_indices
-    from fastcvrl.datasets.video import index_color
 
     cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3)
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=7)

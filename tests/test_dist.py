@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -11,13 +10,9 @@ from torch import nn
 from fastcvrl import dist as fdist
 from fastcvrl.loss import nt_xent
 
+from processes import free_port
+
 WORLD, N, D_IN = 2, 4, 10  # per-rank batch N; global batch WORLD * N
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> nn.Module:
@@ -64,7 +59,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_ranks_match_single_process_gradient(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     model = _model()

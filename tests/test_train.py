@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,8 @@ import torch
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import train
 from fastcvrl.config import load_config
+
+from processes import free_port, kill_and_wait
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
@@ -175,7 +176,7 @@ def test_sigkill_during_checkpoint_write_then_resume_matches_uninterrupted(tmp_p
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
-        proc.kill()
+        kill_and_wait(proc)
     folder = tmp_path / ckpt.CKPT_DIR
     assert [p.name for p in folder.iterdir() if ".tmp." in p.name]  # killed mid-write: a partial file
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]  # the write of step 4 never finished
@@ -198,7 +199,7 @@ def test_sigkill_at_a_random_moment_then_resume_continues_the_step_count(tmp_pat
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        proc.kill()
+        kill_and_wait(proc)
     killed_at = ckpt.load_latest(tmp_path)[0]["step"]
     r = _cli(*args, "--train.max_steps=" + str(killed_at + 3))
     assert r.returncode == 0, r.stderr
@@ -217,7 +218,7 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
-        proc.kill()
+        kill_and_wait(proc)
     assert proc.returncode == 143, err
     assert "SIGTERM" in err
     (step, _), = ckpt.list_checkpoints(tmp_path)  # ckpt_every=1000: only the SIGTERM checkpoint exists
@@ -237,17 +238,11 @@ _RANK_WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_stay_in_sync(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_RANK_WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(script), str(tmp_path),
+           f"--master_port={free_port()}", str(script), str(tmp_path),
            *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
