@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -18,8 +20,11 @@ av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collec
 from fastcvrl.datasets import prepare as prep
 from fastcvrl.manifest import read_classes, read_manifest
 from fastcvrl.datasets.prepare import JOURNAL, PrepareError, Transcode, main, prepare
-from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, read_video, write_video
+from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 from fastcvrl.datasets.videoprobe import probe_video
+
+from processes import exited, kill_and_wait, wait_exited
+from videos import decode_index, index_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -214,12 +219,15 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     while time.time() < deadline and not (journal.is_file() and journal.read_text().count("\n") >= 2):
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
+    try:
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        kill_and_wait(proc)
     assert proc.returncode == 130, stdout
     done = journal.read_text().count("\n")
     assert 2 <= done < 24
     assert not (out / "manifest.csv").exists()
-    assert not list(out.rglob("*.tmp*"))  # no half-written transcode left
+    assert not [p for p in out.rglob("*") if p.name.startswith(prep.TEMP_PREFIX)]  # no half-written transcode left
     s = prepare(src, out, transcode=Transcode("vp9", 144, 16), workers=2, quiet=True, log=lambda *_: None)
     assert s.complete and s.reused == done and s.processed == 24 - done
     assert [e.num_frames for e in read_manifest(out / "manifest.csv")] == [48] * 24
@@ -248,15 +256,6 @@ def _hang_on_b(job):
     return _real_work(job)
 
 
-def _dead(pid: int) -> bool:
-    """Exited (gone or a zombie waiting to be reaped)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
-        return True
-    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
-
-
 def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(collection, tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "_work", _hang_on_b)
     monkeypatch.setenv("HUNG_PID_FILE", str(tmp_path / "hung.pid"))
@@ -265,10 +264,7 @@ def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(col
     assert rows["b.avi"]["reason"] == "timeout" and "3 s" in rows["b.avi"]["detail"]
     assert s.complete and s.usable == 3 and s.rejected["timeout"] == 1
     pid = int((tmp_path / "hung.pid").read_text())
-    deadline = time.time() + 10
-    while not _dead(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert _dead(pid)  # the hung worker was killed, not left sleeping
+    assert not wait_exited([pid], timeout=10)  # the hung worker was killed, not left sleeping
     # a timeout is not recorded as done: the next run tries the file again
     monkeypatch.setattr(prep, "_work", _real_work)
     again = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
@@ -278,6 +274,125 @@ def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(col
 def test_bad_timeout_is_an_error():
     with pytest.raises(PrepareError, match="--timeout"):
         prepare(".", "/nonexistent/out", timeout=-1)
+
+
+# ------------------------------------------------------------------------------------------- the file system
+def test_symlink_loops_and_dangling_links_are_rejected_not_left_out(collection, tmp_path):
+    os.symlink("loop.mp4", collection / "jump" / "loop.mp4")  # points at itself
+    os.symlink("pong.avi", collection / "run" / "ping.avi")  # a loop of two
+    os.symlink("ping.avi", collection / "run" / "pong.avi")
+    os.symlink("nowhere.webm", collection / "run" / "gone.webm")  # a target that does not exist
+    s = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
+    rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "out" / "rejected.csv")}
+    for name in ("loop.mp4", "ping.avi", "pong.avi"):
+        assert (rows[name]["reason"], rows[name]["detail"]) == ("broken link", "symbolic link loop"), rows[name]
+    assert rows["gone.webm"]["reason"] == "broken link" and "nowhere.webm" in rows["gone.webm"]["detail"]
+    assert Path(rows["gone.webm"]["path"]).parent == (collection / "run").resolve()  # the link, not its target
+    assert s.usable == 4 and s.rejected["broken link"] == 4
+    # a list naming a loop: rejected too, not a crash while listing
+    (tmp_path / "list.txt").write_text(f"{collection / 'jump' / 'loop.mp4'} 0\n{collection / 'jump' / 'a.webm'} 0\n")
+    prepare(tmp_path / "list.txt", tmp_path / "out_list", workers=1, quiet=True, log=lambda *_: None)
+    assert [r["reason"] for r in _rows(tmp_path / "out_list" / "rejected.csv")] == ["broken link"]
+
+
+_real_os_open = os.open
+DENIED: set[str] = set()  # paths the patched os.open refuses, as a file without read permission does
+
+
+def _os_open_denying(path, flags, *args, **kwargs):
+    if os.fspath(path) in DENIED:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+    return _real_os_open(path, flags, *args, **kwargs)
+
+
+def _denied_then_allowed(collection: Path, out: Path, deny, allow) -> tuple:
+    """Run with ``b.avi`` unreadable, then again after ``allow``; returns both summaries and b's row."""
+    target = str((collection / "jump" / "b.avi").resolve())
+    deny(target)
+    first = prepare(collection, out, workers=2, quiet=True, log=lambda *_: None)
+    row = {Path(r["path"]).name: r for r in _rows(out / "rejected.csv")}["b.avi"]
+    allow(target)
+    second = prepare(collection, out, workers=2, quiet=True, log=lambda *_: None)
+    return first, second, row
+
+
+def test_a_permission_rejection_is_retried_by_the_next_run(collection, tmp_path, monkeypatch):
+    """Runs as any user (root reads any file whatever its mode): the worker's open is refused as chmod would."""
+    monkeypatch.setattr(os, "open", _os_open_denying)  # forked workers inherit the patch
+    first, second, row = _denied_then_allowed(collection, tmp_path / "out", DENIED.add, DENIED.discard)
+    assert row["reason"] == "unreadable" and row["detail"].startswith(prep.NO_PERMISSION), row
+    assert first.usable == 3
+    assert second.processed == 1 and second.reused == first.listed - 1  # only b.avi again: not "already done"
+    assert second.usable == 4 and "b.avi" not in {Path(r["path"]).name for r in _rows(tmp_path / "out" / "rejected.csv")}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode bits: chmod cannot deny it")
+def test_a_chmod_denied_file_is_retried_after_chmod(collection, tmp_path):
+    first, second, row = _denied_then_allowed(collection, tmp_path / "out", lambda p: os.chmod(p, 0),
+                                              lambda p: os.chmod(p, 0o644))
+    assert row["reason"] == "unreadable" and row["detail"].startswith(prep.NO_PERMISSION), row
+    assert first.usable == 3 and second.processed == 1 and second.usable == 4
+
+
+def test_long_file_names_transcode(tmp_path):
+    """A 250-character name: the temporary name must not grow with it, and the output names (a longer
+    extension, a hash to tell equal stems apart) are cut to fit the 255-byte limit."""
+    src = tmp_path / "src"
+    (src / "k").mkdir(parents=True)
+    names = ["a" * 246 + ".mp4", "b" * 246 + ".mp4", "b" * 246 + ".avi", "é" * 123 + ".avi"]  # 250 bytes
+    for i, name in enumerate(names):  # written under a short name: the writer's own temporary would not fit
+        write_video(src / "k" / f"{i}.avi", index_frames(12, 16, 16, i), codec="mjpeg")
+        os.rename(src / "k" / f"{i}.avi", src / "k" / name)
+    s = prepare(src, tmp_path / "out", transcode=Transcode("vp9", short_side=16, gop=4), workers=2, quiet=True,
+                log=lambda *_: None)
+    assert s.usable == 4, _rows(tmp_path / "out" / "rejected.csv")
+    entries = read_manifest(tmp_path / "out" / "manifest.csv")
+    outs = [Path(e.path).name for e in entries]
+    assert len(set(outs)) == 4 and all(len(n.encode()) <= 255 and n.endswith(".webm") for n in outs)
+    for e in entries:
+        idx, vid = decode_index(read_video(e.path))
+        assert idx.tolist() == list(range(12))
+    assert sorted(int(decode_index(read_video(e.path))[1][0]) for e in entries) == [0, 1, 2, 3]  # none overwritten
+    assert len(Path(prep.temp_path(str(tmp_path / ("c" * 255)))).name) < 64
+
+
+_HANG_ALL = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from fastcvrl.datasets import prepare as prep
+    def hang(job):
+        Path(os.environ["WORKER_PIDS"], str(os.getpid())).touch()
+        time.sleep(600)  # a worker busy with a long file when its parent is killed
+    prep._work = hang
+    sys.exit(prep.main(sys.argv[1:]))
+""")
+
+
+def test_workers_die_when_prepare_is_killed(collection, tmp_path):
+    pids_dir = tmp_path / "pids"
+    pids_dir.mkdir()
+    cmd = [sys.executable, "-c", _HANG_ALL, str(collection), "--out", str(tmp_path / "out"), "--workers", "2",
+           "--quiet", "--timeout", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "WORKER_PIDS": str(pids_dir), "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids_dir.iterdir())) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        workers = [int(p.name) for p in pids_dir.iterdir()]
+        assert not any(exited(p) for p in workers)  # busy before the kill
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        assert wait_exited(workers, timeout=30) == []  # gone with their parent, not decoding on
+    finally:
+        kill_and_wait(proc)
+        for pid in [int(p.name) for p in pids_dir.iterdir()]:
+            try:
+                os.kill(pid, signal.SIGKILL)  # do not leave them behind when the test fails
+            except ProcessLookupError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------- transcoding

@@ -46,7 +46,24 @@ class Source:
 
 
 def _is_video(p: Path) -> bool:
-    return p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    """A video file by its extension, or a broken symbolic link with a video's name (listed, so that probing
+    rejects it with its reason instead of leaving it out unseen)."""
+    return (p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
+            and (p.is_file() or (p.is_symlink() and not p.exists())))
+
+
+def _absolute(p: Path) -> str:
+    """``p`` resolved; a broken symbolic link (a loop, or a link to nothing) keeps its own name, so the user
+    reads the file they listed, not where it leads (a loop has no end to resolve to)."""
+    if p.is_symlink() and not p.exists():
+        try:
+            return str(p.parent.resolve() / p.name)
+        except RuntimeError:  # a loop in the folders above
+            return str(p.absolute())
+    try:
+        return str(p.resolve())
+    except RuntimeError:  # a loop further up the path
+        return str(p.absolute())
 
 
 def _labels_for(names: list[str], classes: list[str] | None, where: str) -> tuple[list[str], dict[str, int]]:
@@ -87,7 +104,7 @@ def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | No
         if exclude is not None and (d.resolve() == exclude or exclude in d.resolve().parents):
             notes.append(f"skipped {d}: it is the output folder")
             continue
-        videos = sorted(p for p in d.rglob("*") if _is_video(p) and not (exclude and exclude in p.resolve().parents))
+        videos = sorted(p for p in d.rglob("*") if _is_video(p) and not (exclude and exclude in Path(_absolute(p)).parents))
         if videos:
             found[d.name] = videos
         others = [p for p in d.rglob("*") if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS]
@@ -99,7 +116,7 @@ def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | No
     if not found:
         raise SourceError(f"{root}: no class sub-folders with video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     classes, index = _labels_for(list(found), classes, str(root))
-    items = [Item(str(p.resolve()), index[c]) for c in sorted(found, key=index.get) for p in found[c]]
+    items = [Item(_absolute(p), index[c]) for c in sorted(found, key=index.get) for p in found[c]]
     return Source("folder", items, classes, notes)
 
 
@@ -126,7 +143,7 @@ def read_kinetics(csv_path: Path, videos: Path, subset: str | None = None, class
         yid = r["youtube_id"].strip()
         stem = f"{yid}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}"
         p = by_stem.get(stem) or by_stem.get(yid) or videos / f"{stem}.mp4"  # absent: rejected as missing
-        items.append(Item(str(p.resolve()), index[r["label"].strip()]))
+        items.append(Item(_absolute(p), index[r["label"].strip()]))
     return Source("kinetics", items, classes, notes)
 
 
@@ -149,7 +166,7 @@ def read_ucf101(list_path: Path, videos: Path, classes: list[str] | None = None)
             raise SourceError(f"{list_path}:{lineno}: class {name!r} is not in {ind}")
         if len(parts) > 1 and int(parts[1]) - 1 != index[name]:
             raise SourceError(f"{list_path}:{lineno}: label {parts[1]} disagrees with classInd.txt for {name}")
-        items.append(Item(str((videos / rel).resolve()), index[name]))
+        items.append(Item(_absolute(videos / rel), index[name]))
     return Source("ucf101", items, classes, [])
 
 
@@ -169,7 +186,7 @@ def read_hmdb51(
         for line in f.read_text().splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[1] == code:
-                items.append(Item(str((videos / name / parts[0]).resolve()), index[name]))
+                items.append(Item(_absolute(videos / name / parts[0]), index[name]))
     return Source("hmdb51", items, classes, [f"split {split_id}, {subset} subset"])
 
 
@@ -205,7 +222,7 @@ def read_list(list_path: Path, videos: Path | None = None, classes: list[str] | 
     for path, label in rows:
         p = Path(path)
         p = p if p.is_absolute() else base / p
-        items.append(Item(str(p.resolve()), index[label]))
+        items.append(Item(_absolute(p), index[label]))
     return Source("list", items, classes, notes)
 
 

@@ -10,16 +10,20 @@ kept, in order; the manifest then lists the new files.
 
 Sources are never written to. Results are appended to ``DIR/.prepare-journal.jsonl`` as each file finishes,
 so an interrupted run (Ctrl-C, a crash, ``--stop-after``) is resumed by running the same command again, which
-redoes nothing already done. The manifest is written only when every file is done, atomically (temporary
-file, then rename), so it is never half-written.
+redoes nothing already done. Rejections that may be the machine's fault rather than the file's (no read
+permission, a worker failure, a timeout) are not journaled: the next run tries those files again. The manifest
+is written only when every file is done, atomically (temporary file, then rename), so it is never half-written.
+The worker processes die with the command (a parent-death signal on Linux), even when it is killed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -45,6 +49,10 @@ JOURNAL = ".prepare-journal.jsonl"
 JOURNAL_VERSION = 1
 TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # DALI 2.4's CPU decoder (see shared DALI notes)
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+NO_PERMISSION = "no permission to read"  # the detail of a rejection the next run retries
+TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
+_TEMP_RE = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")
 
 
 class PrepareError(ValueError):
@@ -83,8 +91,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
     except Exception:  # probe_video below reports why
         rate = Fraction(25)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    root, ext = os.path.splitext(dst)
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    tmp = temp_path(dst)
     pix_fmt = CODECS[opts.codec][1]
     dst_range = ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
     scaler = VideoReformatter()
@@ -134,6 +141,14 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             os.remove(tmp)
 
 
+def temp_path(dst: str) -> str:
+    """A temporary name beside ``dst`` (same folder: the rename into place is atomic) whose length does not
+    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under ``NAME_MAX``."""
+    folder, name = os.path.split(dst)
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{digest}{os.path.splitext(name)[1]}")
+
+
 Job = tuple[str, str | None, Transcode | None, int]  # (source, output, transcode options, codec threads)
 
 
@@ -143,6 +158,12 @@ def _work(job: Job) -> dict:
     An unexpected error (a full disk, an encoder failure) is reported as reason ``failed``, which is not
     journaled, so the next run tries the file again."""
     src, dst, opts, threads = job
+    try:  # a permission problem is the machine's, not the file's: said apart, retried by the next run
+        os.close(os.open(src, os.O_RDONLY | os.O_NONBLOCK))  # non-blocking: a FIFO must not hang the worker
+    except PermissionError as e:
+        return asdict(Probe(src, reason="unreadable", detail=f"{NO_PERMISSION} ({e.strerror}); retried by the next run"))
+    except OSError:
+        pass  # missing, a broken link...: probing says which
     try:
         probe = transcode_video(src, dst, opts, threads) if opts and dst else probe_video(src, threads=threads)
     except Exception as e:  # one bad file never stops the run
@@ -150,8 +171,27 @@ def _work(job: Job) -> dict:
     return asdict(probe)
 
 
-def _worker_init() -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: Ctrl-C is the parent's to handle; and the worker is killed when its parent dies (a
+    parent-death signal: even a SIGKILLed ``prepare`` leaves no worker decoding on). ``parent``: the pid
+    that created the pool; a parent that died before the signal was set is caught by the ``getppid`` check."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # not fatal: the work is still right
+            print(f"prepare: worker {os.getpid()} could not ask to die with its parent "
+                  f"({os.strerror(ctypes.get_errno())})", file=sys.stderr, flush=True)
+        if os.getppid() != parent:  # the parent is already gone: the signal would never come
+            os._exit(1)
+
+
+def _retry_later(probe: Probe) -> bool:
+    """A result that may be the machine's fault, not the file's (a worker failure, a timeout, no read
+    permission): not journaled, so the next run tries the file again."""
+    return probe.reason in ("failed", "timeout") or probe.detail.startswith(NO_PERMISSION)
 
 
 # ------------------------------------------------------------------------------------------- journal
@@ -178,7 +218,7 @@ class Journal:
 
     def lookup(self, src: str) -> Probe | None:
         rec = self.records.get(src)
-        if rec is None:
+        if rec is None or _retry_later(Probe(**rec["probe"])):
             return None
         try:
             st = os.stat(src)
@@ -228,27 +268,43 @@ class Summary:
     seconds: float = 0.0
 
 
+def _fit_name(stem: str, suffix: str, ext: str, key: str) -> str:
+    """``<stem><suffix><ext>`` within ``NAME_MAX`` bytes: a longer stem is cut (on a character boundary) and
+    tagged with a hash of ``key`` (the source path), so that two cut names stay apart."""
+    name = f"{stem}{suffix}{ext}"
+    if len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX:
+        return name
+    suffix = "-" + hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    room = NAME_MAX - len(f"{suffix}{ext}".encode("utf-8", "surrogateescape"))
+    cut = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return f"{cut}{suffix}{ext}"
+
+
 def _output_paths(items: list[Item], classes: list[str], out: Path, codec: str) -> dict[str, str]:
-    """``DIR/videos/<class>/<stem><ext>``; a short hash of the source path tells apart equal stems."""
+    """``DIR/videos/<class>/<stem><ext>``; a short hash of the source path tells apart equal stems, and names
+    longer than the file-name limit are cut (``_fit_name``)."""
     ext = CODECS[codec][2]
     names: dict[str, list[Item]] = {}
     for it in items:
         safe_class = "".join(c if c.isalnum() or c in "-_." else "_" for c in classes[it.label]) or "_"
+        safe_class = _fit_name(safe_class, "", "", safe_class)
         names.setdefault(f"{safe_class}/{Path(it.path).stem}", []).append(it)
     paths = {}
     for name, group in names.items():
+        folder, stem = name.split("/", 1)
         for it in group:
-            suffix = "" if len(group) == 1 else "-" + hashlib.sha1(it.path.encode()).hexdigest()[:8]
-            paths[it.path] = str(out / "videos" / f"{name}{suffix}{ext}")
+            suffix = "" if len(group) == 1 else "-" + hashlib.sha1(it.path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            paths[it.path] = str(out / "videos" / folder / _fit_name(stem, suffix, ext, it.path))
     return paths
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Half-written outputs of a killed run (``*.tmp<pid>.<ext>`` under ``DIR/videos``, which we own)."""
+    """Half-written outputs of a killed run under ``DIR/videos``, which we own: ``temp_path`` names, and the
+    ``<stem>.tmp<pid><ext>`` names of earlier versions."""
     videos = out / "videos"
     if videos.is_dir():
-        for p in videos.rglob("*.tmp*"):
-            if p.is_file() and p.stem.rsplit(".tmp", 1)[-1].isdigit():
+        for p in videos.rglob("*"):
+            if p.is_file() and (_TEMP_RE.match(p.name) or (".tmp" in p.stem and p.stem.rsplit(".tmp", 1)[-1].isdigit())):
                 p.unlink()
 
 
@@ -291,7 +347,7 @@ def _run_pool(
     while pending or suspects:
         if suspects:
             job = suspects.pop()
-            ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+            ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
             fut = ex.submit(_work, job)
             wait([fut], timeout=timeout)
             if not fut.done():
@@ -301,7 +357,7 @@ def _run_pool(
             on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
             ex.shutdown(wait=True)
             continue
-        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
         inflight: dict[Future, tuple] = {}  # in submission order, which is the order the workers take them
         started: dict[Future, float] = {}
         try:
@@ -429,7 +485,7 @@ def prepare(
     bar = tqdm(total=len(todo), unit="video", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True)
 
     def on_result(path: str, probe: Probe) -> None:
-        if probe.reason not in ("failed", "timeout"):  # may be ours (disk full, load): retried by the next run
+        if not _retry_later(probe):  # may be ours (disk full, load, permissions): retried by the next run
             journal.add(path, probe)
         results[path] = probe
         summary.processed += 1

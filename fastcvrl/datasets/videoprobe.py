@@ -5,6 +5,7 @@ frames are not converted to RGB, which is most of the cost of a full decode. A f
 these reasons (the detail says more):
 
 - ``missing``: the path does not exist (a list or annotation file names a video that is not there);
+- ``broken link``: a symbolic link that loops or points at nothing (the detail says which, and where to);
 - ``empty``: zero bytes;
 - ``unreadable``: not a container FFmpeg can open, or no frame decodes;
 - ``no video stream``: e.g. an audio file;
@@ -20,6 +21,7 @@ frame rate), then their average rate.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import av
 
 TRUNCATION_TOLERANCE = 0.05  # fraction of the declared frames that may be missing (edit lists, B-frame delay)
 TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
-REASONS = ("missing", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short", "timeout")
+REASONS = ("missing", "broken link", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short", "timeout")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,19 @@ def _container_cut_short(path: str, size: int) -> str:
     return ""
 
 
+def _broken_link_detail(path: str) -> str:
+    """Why the symbolic link ``path`` leads nowhere: a loop, or the (missing) target it names."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+    try:
+        return f"dangling symbolic link to {os.readlink(path)}"
+    except OSError as e:
+        return f"symbolic link that cannot be followed ({e.strerror})"
+
+
 def _declared_duration(container, stream) -> float:
     """Seconds the container claims for the stream (else for the file); 0.0 when it does not say."""
     if stream.duration and stream.time_base:
@@ -104,6 +119,8 @@ def probe_video(
     decoder threads (0: FFmpeg's choice, one per core; 1 when many files are probed in parallel processes).
     """
     path = os.fspath(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        return _reject(path, "broken link", _broken_link_detail(path))
     if not os.path.exists(path):
         return _reject(path, "missing", "no such file")
     if os.path.isdir(path):
