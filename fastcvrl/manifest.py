@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Iterable
@@ -19,6 +20,10 @@ HEADER = ["path", "label", "num_frames", "fps", "width", "height", "codec"]
 
 class ManifestError(ValueError):
     """A problem with a manifest; the message names the file (and line) at fault."""
+
+
+class ManifestWarning(UserWarning):
+    """A manifest that is usable but probably not what was meant (e.g. a video listed twice)."""
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,15 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
     """Parse ``path``; relative video paths are resolved against the manifest's folder.
 
     Raises ``ManifestError`` naming the manifest and line for a bad header or value, and (with
-    ``check_files``) naming every listed video that does not exist.
+    ``check_files``) naming every listed video that does not exist. A video listed on more than one row is
+    kept as listed (each row is a sample) with a ``ManifestWarning`` naming the video and its lines.
     """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     root = path.resolve().parent
     entries: list[VideoEntry] = []
+    lines: dict[str, list[int]] = {}  # video path -> the manifest lines listing it
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -70,14 +77,25 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
             if values["label"] < 0:
                 raise ManifestError(f"{path}:{lineno}: label must be >= 0, got {values['label']}")
             entries.append(VideoEntry(**values))
+            lines.setdefault(os.path.normpath(values["path"]), []).append(lineno)
     if not entries:
         raise ManifestError(f"{path}: no videos listed")
+    _warn_duplicates(path, lines)
     if check_files:
         missing = [e.path for e in entries if not os.path.isfile(e.path)]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise ManifestError(f"{path}: {len(missing)} listed video(s) missing: {', '.join(missing[:5])}{more}")
     return entries
+
+
+def _warn_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
+    dup = [(p, n) for p, n in lines.items() if len(n) > 1]
+    if dup:
+        named = "; ".join(f"{p} (lines {', '.join(map(str, n))})" for p, n in dup[:5])
+        more = f"; and {len(dup) - 5} more" if len(dup) > 5 else ""
+        warnings.warn(ManifestWarning(f"{path}: {len(dup)} video(s) listed more than once, each row kept as a "
+                                      f"sample: {named}{more}"), stacklevel=3)
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relative: bool = True) -> None:

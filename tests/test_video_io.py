@@ -1,11 +1,15 @@
 """PyAV helpers and the manifest format that every other part builds on."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
-from fastcvrl.manifest import HEADER, ManifestError, VideoEntry, read_manifest, write_manifest
-from fastcvrl.datasets.video import decode_index, index_frames, keyframe_indices, read_video, write_video
+from fastcvrl.manifest import HEADER, ManifestError, ManifestWarning, VideoEntry, read_manifest, write_manifest
+from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
+
+from videos import decode_index, index_frames
 
 
 @pytest.mark.parametrize("codec, ext", [("vp9", ".webm"), ("mjpeg", ".avi"), ("h264", ".mp4"), ("vp8", ".mkv")])
@@ -66,3 +70,25 @@ def test_manifest_errors_name_file_and_line(tmp_path, body, match):
     with pytest.raises(ManifestError, match=match) as e:
         read_manifest(m)
     assert str(m) in str(e.value)
+
+
+def test_manifest_duplicate_rows_warn_naming_them(tmp_path):
+    for name in ("a.webm", "b.webm", "c.webm"):
+        (tmp_path / name).write_bytes(b"x")
+    row = "{},{},40,25,64,48,vp9\n"
+    m = tmp_path / "manifest.csv"
+    # b twice (once by an absolute path: the same file), a once, c three times
+    m.write_text(",".join(HEADER) + "\n" + row.format("b.webm", 1) + row.format("a.webm", 0) + row.format("c.webm", 2)
+                 + row.format(tmp_path / "b.webm", 1) + row.format("c.webm", 2) + row.format("./c.webm", 2))
+    with pytest.warns(ManifestWarning) as record:
+        entries = read_manifest(m)
+    assert len(record) == 1
+    msg = str(record[0].message)
+    assert str(m) in msg and "2 video(s) listed more than once" in msg
+    assert f"{tmp_path / 'b.webm'} (lines 2, 5)" in msg and f"{tmp_path / 'c.webm'} (lines 4, 6, 7)" in msg
+    assert "a.webm" not in msg
+    assert len(entries) == 6  # each row is kept as listed
+    m.write_text(",".join(HEADER) + "\n" + row.format("a.webm", 0) + row.format("b.webm", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning without duplicates
+        assert len(read_manifest(m)) == 2
