@@ -301,6 +301,9 @@ class ModelConfig:
     proj_layers: int = key(3, at_least(0), "(Linear, BN, ReLU) blocks before the final Linear")
     proj_dim: int = key(128, at_least(1), "embedding size the loss compares")
     sync_bn: bool = key(True, flag(), "SyncBatchNorm across ranks (as the reference)")
+    activation_checkpointing: str = key("none", one_of("none", "stage", "block"),
+                                        "keep only each residual stage's/block's input for backward and recompute "
+                                        "the rest there (less memory, about one more forward pass)")
 
 
 @dataclass

@@ -24,16 +24,23 @@ symmetric anyway (every stride-1 conv) never copy.
 
     backbone = r3d(50)                      # (B, 3, T, H, W) -> (B, 2048); 31.7M parameters
     model = CVRLModel(backbone, ProjectionHead(backbone.out_dim))   # -> (B, 128), not normalised
+
+Activation checkpointing (``model.activation_checkpointing``: ``none`` | ``stage`` | ``block``) keeps only the
+input of each residual stage (or block) for the backward pass and recomputes the rest there: less memory for
+about one more forward pass. The recomputation leaves BN's running statistics alone (updated once per step,
+as without it), so a checkpointed step equals a plain one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 # Stage depths of the bottleneck ResNets (He et al. 2016), as RESNET_SPECS in the TF reference.
@@ -47,6 +54,7 @@ TEMPORAL_KERNELS = (1, 1, 3, 3)  # first conv of every block of res2..res5 (CVRL
 # TF BatchNormalization momentum m is torch momentum 1 - m.
 BACKBONE_BN = dict(momentum=0.1, eps=1e-5)  # video_classification.py norm_activation (0.9, 1e-5)
 HEAD_BN = dict(momentum=0.003, eps=1e-5)  # video_ssl hidden_norm_activation (0.997, 1e-5)
+CHECKPOINTING = ("none", "stage", "block")  # model.activation_checkpointing: the unit whose input alone is kept
 PADDINGS = ("tf", "symmetric")
 
 
@@ -162,11 +170,57 @@ class R3D(nn.Module):
             cin = 4 * filters
         self.res2, self.res3, self.res4, self.res5 = stages
         self.out_dim = cin
+        self.activation_checkpointing = "none"  # one of CHECKPOINTING; build_model sets it from the config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, C, T/2, H/4, W/4)
-        x = self.res5(self.res4(self.res3(self.res2(x))))  # (B, 32C, T/2, H/32, W/32)
+        for stage in (self.res2, self.res3, self.res4, self.res5):
+            x = _run_stage(stage, x, self.activation_checkpointing)  # res5: (B, 32C, T/2, H/32, W/32)
         return x.mean(dim=(2, 3, 4))  # (B, 32C)
+
+
+def _run_stage(stage: nn.Sequential, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``stage(x)``, checkpointed per stage or per block when ``mode`` asks and gradients are being recorded."""
+    if mode == "none" or not torch.is_grad_enabled():
+        return stage(x)
+    if mode == "stage":
+        return _checkpoint(stage, x)
+    if mode == "block":
+        for block in stage:
+            x = _checkpoint(block, x)
+        return x
+    raise ValueError(f"model.activation_checkpointing: expected one of {', '.join(CHECKPOINTING)}, got {mode!r}")
+
+
+def _checkpoint(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` keeping only ``x`` for the backward pass, which runs ``module`` again.
+
+    Non-reentrant (``use_reentrant=False``: no host sync, capturable in a CUDA graph); no RNG state is stashed
+    (the backbone draws no random numbers, and reading the CUDA generator's state is not allowed during
+    capture); during the recomputation BN normalises with the batch statistics as before but does not update
+    its running statistics a second time."""
+    return torch.utils.checkpoint.checkpoint(
+        module, x, use_reentrant=False, preserve_rng_state=False,
+        context_fn=lambda: (contextlib.nullcontext(), _bn_stats_frozen(module)))
+
+
+@contextlib.contextmanager
+def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BN layers of ``module`` normalise with batch statistics as usual but leave their running statistics
+    and batch count as they are: momentum 0 (running = 1 * running + 0 * batch) and no batch count to
+    increment. (Not ``track_running_stats=False``: BN would then save other tensors for its backward than the
+    forward did, which the checkpoint refuses.)"""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked) for m in bns]
+    for m in bns:
+        if m.momentum is None:  # a cumulative average would read the (absent) batch count
+            raise ValueError("activation checkpointing needs BatchNorm with a momentum (not None)")
+        m.momentum, m.num_batches_tracked = 0.0, None
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum, m.num_batches_tracked = momentum, count
 
 
 def r3d(depth: int = 50, width: int = 1, padding: str = "tf") -> R3D:
@@ -230,6 +284,10 @@ def build_model(cfg) -> CVRLModel:
     """Model from ``cfg.model`` (a ``ModelConfig``). BN becomes SyncBatchNorm when ``sync_bn`` is set and a
     multi-process group is running (SyncBatchNorm needs one)."""
     backbone = build_backbone(cfg.arch, cfg.width)
+    mode = getattr(cfg, "activation_checkpointing", "none")
+    if mode not in CHECKPOINTING:
+        raise ValueError(f"model.activation_checkpointing: expected one of {', '.join(CHECKPOINTING)}, got {mode!r}")
+    backbone.activation_checkpointing = mode
     model = CVRLModel(backbone, ProjectionHead(backbone.out_dim, cfg.proj_hidden, cfg.proj_layers, cfg.proj_dim))
     if cfg.sync_bn and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
