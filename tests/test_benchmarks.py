@@ -1,11 +1,13 @@
-"""The benchmarks' code paths in tiny mode (--quick): structure and internal consistency of their JSON results.
+"""The benchmarks' code paths in tiny mode (--quick): their JSON results and the properties their figures must have.
 
-Nothing here times anything against a target; the numbers are only checked to be well formed and consistent.
+Nothing here times anything against a target. The checks are ones a wrong benchmark would fail (timed windows
+that fit inside the run's wall time, FLOP counts that scale as a convolution's must, fake-tensor memory counts
+equal to real ones), not the benchmark's own arithmetic done again.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
@@ -13,7 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
+import torch  # noqa: E402
+
+from processes import kill_and_wait  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -24,10 +30,9 @@ import train_bench  # noqa: E402
 
 
 def _check_stats(s: dict, n: int, positive: bool = True) -> None:
-    assert s["n"] == n and 0 <= s["min"] <= s["median"] <= s["max"]
+    assert s["n"] == n and 0 <= s["min"] <= s["median"] <= s["max"] and s["spread"] >= 0
+    assert all(math.isfinite(s[k]) for k in ("min", "median", "max", "spread"))
     assert s["min"] > 0 or not positive
-    if s["median"]:
-        assert s["spread"] == pytest.approx((s["max"] - s["min"]) / s["median"])
 
 
 def test_summarize_and_table():
@@ -93,7 +98,7 @@ def test_loader_bench_json_structure(loader_result):
     c = result["ceiling"]
     assert c["frames_per_clip"] == span
     _check_stats(c["frames_per_s"], s["repeats"])
-    assert c["clips_per_s"] == pytest.approx(c["frames_per_s"]["median"] / span)
+    assert 0 < c["clips_per_s"] < c["frames_per_s"]["max"]  # a clip is several frames
     assert c["rgb_frames_per_s"]["median"] > 0 and c["cpu_ms_per_frame"] >= 0  # 10 ms ticks: may read 0 here
     assert result["env"]["torch"] and result["env"]["cores"] >= 1 and result["env"]["cpu"]
 
@@ -106,7 +111,7 @@ def test_loader_bench_baseline_figures(loader_result):
     base = result["loaders"]["baseline"]
     _check_stats(base["clips_per_s"], s["repeats"])
     _check_stats(base["cpu_ms_per_clip"], s["repeats"], positive=False)  # 10 ms ticks over a tiny window
-    assert base["fraction_of_ceiling"] == pytest.approx(base["clips_per_s"]["median"] / result["ceiling"]["clips_per_s"])
+    assert base["fraction_of_ceiling"] > 0
     # each view is decoded from the keyframe before it (synthetic gop 16) to its last frame
     assert span <= base["frames_per_clip"] <= span + 15
     assert base["shapes"] == [[B, 3, T, crop, crop], [B, 3, T, crop, crop], [B]]
@@ -118,21 +123,14 @@ def test_loader_bench_baseline_figures(loader_result):
 
 def test_loader_bench_dali_figures(loader_result):
     result, _ = loader_result
-    if importlib.util.find_spec("fastcvrl.data") is None:
-        pytest.skip("fastcvrl.data (the DALI loader) is not in this tree yet")
     s = result["settings"]
     dali = result["loaders"]["dali"]
     assert "error" not in dali, dali.get("error")
     _check_stats(dali["clips_per_s"], s["repeats"])
     assert dali["shapes"] == result["loaders"]["baseline"]["shapes"]
-    assert result["dali_over_baseline"] == pytest.approx(
-        dali["clips_per_s"]["median"] / result["loaders"]["baseline"]["clips_per_s"]["median"])
-    dali_cpu = dali["cpu_ms_per_clip"]["median"]
-    if dali_cpu > 0:
-        assert result["baseline_over_dali_cpu"] == pytest.approx(
-            result["loaders"]["baseline"]["cpu_ms_per_clip"]["median"] / dali_cpu)
-    else:  # a --quick run can finish inside one clock tick: no ratio rather than a division by zero
-        assert result["baseline_over_dali_cpu"] is None
+    assert result["dali_over_baseline"] > 0
+    if dali["cpu_ms_per_clip"]["median"] == 0:  # a --quick run can finish inside one clock tick
+        assert result["baseline_over_dali_cpu"] is None  # no ratio rather than a division by zero
     if dali["frames_per_clip"] is not None:
         assert dali["frames_per_clip"] >= s["frames"]
 
@@ -164,72 +162,79 @@ def test_decode_ceiling_counts_frames(loader_result):
 
 def test_train_bench_quick(tmp_path):
     out = tmp_path / "train.json"
+    t0 = time.perf_counter()
     result = train_bench.main(["--quick", "--device", "cpu", "--json", str(out)])
+    elapsed = time.perf_counter() - t0
     assert json.loads(out.read_text()) == json.loads(json.dumps(result, default=float))
     s = result["settings"]
     assert result["small_model_on_cpu"] and result["gpu"] is None and result["peak_flops"] is None
-    assert result["clips_per_step"] == 2 * s["batch_size"]
     assert set(result["rows"]) == {name for name, _ in train_bench.rows_for("cpu")}
-    assert result["flops_per_clip"] > 0
+    timed = 0.0
     for name, row in result["rows"].items():
         assert "error" not in row, (name, row.get("error"))
         _check_stats(row["step_s"], s["repeats"])
-        assert row["clips_per_s"] == pytest.approx(result["clips_per_step"] / row["step_s"]["median"])
-        assert row["tflops"] == pytest.approx(row["clips_per_s"] * result["flops_per_clip"] / 1e12)
         assert row["loss_finite"] and row["mfu"] is None and not row["flags"]["graph"]
+        assert row["clips_per_s"] > 0 and row["tflops"] > 0
+        timed += s["repeats"] * s["iters"] * row["step_s"]["min"]
     opt = result["optimizer"]
     for key in ("fused", "reference"):
         _check_stats(opt[key]["step_s"], s["repeats"])
-        assert opt[key]["params"] > 0
-    assert opt["speedup"] == pytest.approx(opt["reference"]["step_s"]["median"] / opt["fused"]["step_s"]["median"])
+        timed += s["repeats"] * s["opt_iters"] * opt[key]["step_s"]["min"]
+    assert opt["fused"]["params"] == opt["reference"]["params"] == train_bench.count_params(
+        train_bench.make_model(s["opt_arch"], s["proj_hidden"]))
+    assert opt["speedup"] > 0
+    # the timed windows (seconds, not milliseconds; not double-counted) fit in the run's wall time
+    assert 0 < timed < elapsed
 
 
-def test_train_bench_rows_and_peaks():
-    gpu_rows = dict(train_bench.rows_for("cuda"))
-    assert gpu_rows["fast"] == {"graph": True, "bf16": True, "channels_last": True, "fused": True}
-    assert gpu_rows["baseline"] == {"graph": False, "bf16": False, "channels_last": False, "fused": False}
-    # every other row switches exactly one optimisation off (the reference LARS cannot be graphed)
-    for name in ("eager", "fp32", "contiguous"):
-        assert sum(gpu_rows[name][k] != gpu_rows["fast"][k] for k in train_bench.ROW_FLAGS) == 1
-    assert gpu_rows["LARS reference"]["fused"] is False and gpu_rows["LARS reference"]["graph"] is False
-    assert train_bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert train_bench.peak_flops("NVIDIA H200") == 989e12
-    assert train_bench.peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert train_bench.peak_flops("Some CPU") is None
+def test_flops_per_clip_scale_as_convolutions_do():
+    """Against a hand count for one convolution, and the backbone's count doubling with the frames and
+    quadrupling with the crop area (every stage's output grows exactly so at these sizes)."""
+    from fastcvrl.model import build_backbone, flops_per_clip
+
+    conv = torch.nn.Conv3d(3, 8, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    assert flops_per_clip(conv, 4, 16) == 3 * 2 * (3 * 3) * 8 * (4 * 16 * 16)  # 3 x (2 x MACs) per output voxel
+    backbone = build_backbone("r3d_tiny")
+    base = flops_per_clip(backbone, 4, 32)
+    assert base > 0
+    assert flops_per_clip(backbone, 8, 32) == pytest.approx(2 * base, rel=1e-9)
+    assert flops_per_clip(backbone, 4, 64) == pytest.approx(4 * base, rel=1e-9)
 
 
-def test_learning_proof_verdict():
-    import learning_proof
+def test_train_bench_memory_quick(tmp_path):
+    out = tmp_path / "memory.json"
+    result = train_bench.main(["--memory", "--quick", "--json", str(out)])
+    line = json.loads(out.read_text())
+    saved = line["saved_activation_gb_per_clip"]
+    assert saved == result["saved_activation_gb_per_clip"]
+    assert 0 < saved["checkpointed"] < saved["plain"]  # checkpointing keeps less
+    assert 0 < saved["stage"] < saved["plain"] and 0 < saved["block"] < saved["plain"]
+    rec = result["recompute_gb_per_clip"]
+    assert 0 < rec["stage"] < saved["plain"] and 0 < rec["block"] < saved["plain"]
+    at = result["activation_gb_at_clips_per_gpu"]
+    assert at[result["checkpointing"]] < at["plain"]
 
-    assert learning_proof.clearly_ahead([0.9, 0.95, 0.92], [0.3, 0.25, 0.28])
-    assert not learning_proof.clearly_ahead([0.9, 0.2, 0.92], [0.3, 0.25, 0.28])  # one seed below a random one
-    # every seed ahead, but the mean gap (0.06) is not more than twice the larger spread (sd 0.05)
-    assert not learning_proof.clearly_ahead([0.40, 0.45, 0.50], [0.38, 0.39, 0.40])
-    assert learning_proof.clearly_ahead([0.6], [0.2])  # one seed: no spread to beat
 
+def test_saved_bytes_on_fake_tensors_equal_real_ones():
+    """The fast count (fake tensors: no data) against the slow obvious one (real CPU tensors, bf16 autocast):
+    the same bytes per clip in every checkpointing mode and per unit (the totals may differ by a constant of
+    a few kB: per-batch tensors such as BN's per-channel statistics, which the per-clip difference cancels);
+    and the per-clip count grows with the crop area."""
+    model = train_bench.make_model("r3d_tiny", 32)
+    b = model.backbone
+    units = {"res2": b.res2, "res5": b.res5}
 
-def test_learning_proof_tiny_end_to_end(tmp_path):
-    """Two seeds of a few pretraining steps on a tiny set: the table's inputs are the probes' own numbers, the
-    verdict follows from them, and every backbone was probed on the same test clips."""
-    import learning_proof
+    def per_clip(mode: str, fake: bool, size: int = 32) -> tuple[int, dict[str, int]]:
+        u = units if mode == "none" else None
+        (t2, u2), (t4, u4) = (train_bench.saved_bytes(model, (n, 3, 4, size, size), mode, fake, u) for n in (2, 4))
+        return (t4 - t2) // 2, {k: (u4[k] - u2[k]) // 2 for k in u2}
 
-    synth = tmp_path / "synthetic"
-    result = learning_proof.main([
-        "--seeds", "0", "1", "--out", str(tmp_path / "proof"), "--probe-videos", "0", "0",
-        f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=6",
-        "--data.num_frames=4", "--data.crop_size=32", "--train.batch_size=4", "--train.epochs=2", "--optim.warmup_epochs=1",
-        "--train.knn_every=0", "--train.log_every=1", "--eval.epochs=2", "--eval.warmup_epochs=1", "--eval.batch_size=4",
-        "--eval.test_clips=2", "--eval.feature_passes=1",
-    ])
-    assert json.loads((tmp_path / "proof" / "learning_proof.json").read_text())["seeds"] == [0, 1]
-    assert result["num_classes"] == 2 and result["probe_test_videos"] == 2 * 2  # a third of 6 per class
-    assert result["views_per_video"] == 2
-    for key in ("pretrained_top1", "random_top1", "pretrained_knn_top1", "random_knn_top1"):
-        assert len(result[key]) == 2 and all(0 <= a <= 1 for a in result[key])
-    # accuracies over 4 test videos are multiples of 1/4
-    assert all(abs(a * 4 - round(a * 4)) < 1e-6 for a in result["pretrained_top1"] + result["random_top1"])
-    assert result["clearly_ahead"] == learning_proof.clearly_ahead(result["pretrained_top1"], result["random_top1"])
-    assert (tmp_path / "proof" / "seed0" / "backbone.pt").is_file() and (tmp_path / "proof" / "seed1" / "backbone.pt").is_file()
+    for mode in ("none", "stage", "block"):
+        fake, real = per_clip(mode, True), per_clip(mode, False)
+        assert fake == real and fake[0] > 0, mode
+    assert b.activation_checkpointing == "none"  # restored
+    ratio = per_clip("none", True, 64)[0] / per_clip("none", True, 32)[0]
+    assert 3.5 < ratio <= 4.0  # activations grow 4x with the area; only the head's do not
 
 
 def test_train_bench_prints_each_row_as_it_finishes(tmp_path):
