@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -324,6 +325,20 @@ def test_a_permission_rejection_is_retried_by_the_next_run(collection, tmp_path,
     assert first.usable == 3
     assert second.processed == 1 and second.reused == first.listed - 1  # only b.avi again: not "already done"
     assert second.usable == 4 and "b.avi" not in {Path(r["path"]).name for r in _rows(tmp_path / "out" / "rejected.csv")}
+
+
+def test_permission_rejections_in_an_older_journal_are_retried(collection, tmp_path):
+    out = tmp_path / "out"
+    prepare(collection, out, workers=2, quiet=True, log=lambda *_: None)
+    target = str((collection / "jump" / "b.avi").resolve())
+    journal = (out / JOURNAL).read_text().splitlines()
+    old = [json.loads(line) for line in journal]
+    for rec in old:  # as an earlier version recorded a file it could not open
+        if rec["src"] == target:
+            rec["probe"].update(reason="unreadable", detail=f"PermissionError: [Errno 13] Permission denied: '{target}'")
+    (out / JOURNAL).write_text("".join(json.dumps(rec) + "\n" for rec in old))
+    again = prepare(collection, out, workers=2, quiet=True, log=lambda *_: None)
+    assert again.processed == 1 and again.usable == 4
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode bits: chmod cannot deny it")

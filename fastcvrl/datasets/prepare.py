@@ -190,8 +190,10 @@ def _worker_init(parent: int) -> None:
 
 def _retry_later(probe: Probe) -> bool:
     """A result that may be the machine's fault, not the file's (a worker failure, a timeout, no read
-    permission): not journaled, so the next run tries the file again."""
-    return probe.reason in ("failed", "timeout") or probe.detail.startswith(NO_PERMISSION)
+    permission): not journaled, so the next run tries the file again. (Journals of earlier versions hold
+    permission rejections as ``unreadable`` with a ``PermissionError: ...`` detail: retried too.)"""
+    return (probe.reason in ("failed", "timeout") or probe.detail.startswith(NO_PERMISSION)
+            or (probe.reason == "unreadable" and probe.detail.startswith("PermissionError")))
 
 
 # ------------------------------------------------------------------------------------------- journal
