@@ -206,16 +206,18 @@ def _checkpoint(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """BN layers of ``module`` normalise with batch statistics as usual but leave their running statistics
-    and batch count as they are: momentum 0 (running = 1 * running + 0 * batch) and no batch count to
-    increment. (Not ``track_running_stats=False``: BN would then save other tensors for its backward than the
-    forward did, which the checkpoint refuses.)"""
+    """BN layers of ``module`` (SyncBatchNorm too) normalise with batch statistics as usual but leave their
+    running statistics and batch count as they are: momentum 0 (running = 1 * running + 0 * batch), and the
+    batch count incremented in a scratch copy. (Not ``track_running_stats=False``: BN would then save other
+    tensors for its backward than the forward did, which the checkpoint refuses.)"""
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, m.num_batches_tracked) for m in bns]
     for m in bns:
-        if m.momentum is None:  # a cumulative average would read the (absent) batch count
+        if m.momentum is None:  # a cumulative average would use the batch count
             raise ValueError("activation checkpointing needs BatchNorm with a momentum (not None)")
-        m.momentum, m.num_batches_tracked = 0.0, None
+        m.momentum = 0.0
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked = m.num_batches_tracked.clone()  # () int64: the recomputation's +1 lands here
     try:
         yield
     finally:

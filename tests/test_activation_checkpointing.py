@@ -20,14 +20,18 @@ from fastcvrl.step import GraphedStep, TrainStep
 CL = torch.channels_last_3d
 
 
-def _pair(mode: str, device: str = "cpu"):
-    """A plain model and an identical copy checkpointed per ``mode`` (r3d_tiny with a small head)."""
+def _pair(mode: str, device: str = "cpu", sync_bn: bool = False):
+    """A plain model and an identical copy checkpointed per ``mode`` (r3d_tiny with a small head); with
+    ``sync_bn`` both use SyncBatchNorm (as the paper configs; without a process group it syncs nothing)."""
     torch.manual_seed(0)
     cfg = ModelConfig(arch="r3d_tiny", proj_hidden=32, proj_layers=2, proj_dim=16, sync_bn=False)
     plain = build_model(cfg).to(device, memory_format=CL)
     ckpt = build_model(ModelConfig(**{**vars(cfg), "activation_checkpointing": mode}))
     ckpt.load_state_dict(plain.state_dict())
     ckpt = ckpt.to(device, memory_format=CL)
+    if sync_bn:
+        plain, ckpt = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (plain, ckpt))
+        assert isinstance(ckpt.backbone.res2[0].body[1], torch.nn.SyncBatchNorm)
     assert ckpt.backbone.activation_checkpointing == mode and plain.backbone.activation_checkpointing == "none"
     return plain, ckpt
 
@@ -43,9 +47,9 @@ def _step(model, steps: int, precision: str):
                           temperature=0.1)
 
 
-@pytest.mark.parametrize("mode", ["stage", "block"])
-def test_checkpointed_gradients_equal_the_plain_models(mode):
-    plain, ckpt = _pair(mode)
+@pytest.mark.parametrize("mode, sync_bn", [("stage", False), ("block", False), ("block", True)])
+def test_checkpointed_gradients_equal_the_plain_models(mode, sync_bn):
+    plain, ckpt = _pair(mode, sync_bn=sync_bn)
     x = torch.cat(_views(0))  # (8, 3, 4, 32, 32), channels-last
     outs = []
     for model in (plain, ckpt):
