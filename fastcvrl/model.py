@@ -195,10 +195,10 @@ def _run_stage(stage: nn.Sequential, x: torch.Tensor, mode: str) -> torch.Tensor
 def _checkpoint(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` keeping only ``x`` for the backward pass, which runs ``module`` again.
 
-    Non-reentrant (``use_reentrant=False``: no host sync, capturable in a CUDA graph); no RNG state is stashed
-    (the backbone draws no random numbers, and reading the CUDA generator's state is not allowed during
-    capture); during the recomputation BN normalises with the batch statistics as before but does not update
-    its running statistics a second time."""
+    Non-reentrant (``use_reentrant=False``: no host sync, meant to be captured in a CUDA graph with the rest of
+    the step); no RNG state is stashed and restored (the backbone draws no random numbers, so that would only
+    add work to every step); during the recomputation BN normalises with the batch statistics as before but
+    does not update its running statistics a second time."""
     return torch.utils.checkpoint.checkpoint(
         module, x, use_reentrant=False, preserve_rng_state=False,
         context_fn=lambda: (contextlib.nullcontext(), _bn_stats_frozen(module)))
