@@ -104,6 +104,7 @@ def test_epochs_are_deterministic_and_differ(index_manifest):
     assert len(rest) == len(a) - 3 and all(torch.equal(x, y) for x, y in zip(a[3:], rest))
 
 
+@pytest.mark.filterwarnings("ignore::fastcvrl.manifest.ManifestWarning")  # one video twice: a batch of two, on purpose
 def test_static_video_stays_static_and_views_differ(tmp_path):
     rng = np.random.default_rng(0)
     texture = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((4, 4, 1))).astype(np.uint8)[None]
