@@ -187,6 +187,54 @@ def test_train_bench_quick(tmp_path):
     assert 0 < timed < elapsed
 
 
+def test_train_bench_rows_and_peaks():
+    gpu_rows = dict(train_bench.rows_for("cuda"))
+    assert gpu_rows["fast"] == {"graph": True, "bf16": True, "channels_last": True, "fused": True}
+    assert gpu_rows["baseline"] == {"graph": False, "bf16": False, "channels_last": False, "fused": False}
+    # every other row switches exactly one optimisation off (the reference LARS cannot be graphed)
+    for name in ("eager", "fp32", "contiguous"):
+        assert sum(gpu_rows[name][k] != gpu_rows["fast"][k] for k in train_bench.ROW_FLAGS) == 1
+    assert gpu_rows["LARS reference"]["fused"] is False and gpu_rows["LARS reference"]["graph"] is False
+    assert train_bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert train_bench.peak_flops("NVIDIA H200") == 989e12
+    assert train_bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert train_bench.peak_flops("Some CPU") is None
+
+
+def test_learning_proof_verdict():
+    import learning_proof
+
+    assert learning_proof.clearly_ahead([0.9, 0.95, 0.92], [0.3, 0.25, 0.28])
+    assert not learning_proof.clearly_ahead([0.9, 0.2, 0.92], [0.3, 0.25, 0.28])  # one seed below a random one
+    # every seed ahead, but the mean gap (0.06) is not more than twice the larger spread (sd 0.05)
+    assert not learning_proof.clearly_ahead([0.40, 0.45, 0.50], [0.38, 0.39, 0.40])
+    assert learning_proof.clearly_ahead([0.6], [0.2])  # one seed: no spread to beat
+
+
+def test_learning_proof_tiny_end_to_end(tmp_path):
+    """Two seeds of a few pretraining steps on a tiny set: the table's inputs are the probes' own numbers, the
+    verdict follows from them, and every backbone was probed on the same test clips."""
+    import learning_proof
+
+    synth = tmp_path / "synthetic"
+    result = learning_proof.main([
+        "--seeds", "0", "1", "--out", str(tmp_path / "proof"), "--probe-videos", "0", "0",
+        f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=6",
+        "--data.num_frames=4", "--data.crop_size=32", "--train.batch_size=4", "--train.epochs=2", "--optim.warmup_epochs=1",
+        "--train.knn_every=0", "--train.log_every=1", "--eval.epochs=2", "--eval.warmup_epochs=1", "--eval.batch_size=4",
+        "--eval.test_clips=2", "--eval.feature_passes=1",
+    ])
+    assert json.loads((tmp_path / "proof" / "learning_proof.json").read_text())["seeds"] == [0, 1]
+    assert result["num_classes"] == 2 and result["probe_test_videos"] == 2 * 2  # a third of 6 per class
+    assert result["views_per_video"] == 2
+    for key in ("pretrained_top1", "random_top1", "pretrained_knn_top1", "random_knn_top1"):
+        assert len(result[key]) == 2 and all(0 <= a <= 1 for a in result[key])
+    # accuracies over 4 test videos are multiples of 1/4
+    assert all(abs(a * 4 - round(a * 4)) < 1e-6 for a in result["pretrained_top1"] + result["random_top1"])
+    assert result["clearly_ahead"] == learning_proof.clearly_ahead(result["pretrained_top1"], result["random_top1"])
+    assert (tmp_path / "proof" / "seed0" / "backbone.pt").is_file() and (tmp_path / "proof" / "seed1" / "backbone.pt").is_file()
+
+
 def test_flops_per_clip_scale_as_convolutions_do():
     """Against a hand count for one convolution, and the backbone's count doubling with the frames and
     quadrupling with the crop area (every stage's output grows exactly so at these sizes)."""
