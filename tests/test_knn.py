@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 
 import pytest
@@ -14,6 +13,8 @@ from torch import nn
 
 from fastcvrl.eval.features import clip_features, video_features
 from fastcvrl.eval.knn import capped_rows, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
+
+from processes import free_port
 
 
 @pytest.mark.parametrize("k,chunk", [(7, 1024), (7, 3), (500, 4)])  # k > N is capped; several chunks
@@ -162,16 +163,10 @@ def _knn_worker(rank: int, port: int, train_m: str, test_m: str, out: str) -> No
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
     train_m, test_m = knn_set
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_knn_worker, args=(r, port, train_m, test_m, str(tmp_path))) for r in range(WORLD)]
     for p in procs:
         p.start()
