@@ -181,6 +181,7 @@ FREE_KEYS = frozenset({
     "train.out_dir", "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
     "train.knn_every", "train.profile_steps", "train.cuda_graph", "train.cuda_graph_warmup", "train.channels_last",
     "data.device", "data.augment", "data.num_threads", "data.prefetch", "data.skip_corrupt", "data.val_manifest",
+    "model.activation_checkpointing",  # the same step recomputed (tests/test_activation_checkpointing.py)
 })
 FREE_SECTIONS = ("eval.",)
 

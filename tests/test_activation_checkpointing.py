@@ -113,3 +113,15 @@ def test_checkpointed_step_is_captured_in_a_cuda_graph_and_equals_the_eager_plai
             torch.testing.assert_close(sc[k].float(), sp[k].float(), rtol=2e-2, atol=2e-3, msg=k)
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+
+
+def test_switching_checkpointing_is_not_a_change_of_the_run():
+    """Resuming with checkpointing switched on (say, after running out of memory) continues the same run."""
+    from fastcvrl.checkpoint import run_changes
+    from fastcvrl.config import Config, to_dict
+
+    old, new = Config(), Config()
+    new.model.activation_checkpointing = "block"
+    assert run_changes(to_dict(old), to_dict(new)) == {}
+    new.model.proj_dim = 64  # a model key that does change it, for contrast
+    assert set(run_changes(to_dict(old), to_dict(new))) == {"model.proj_dim"}

@@ -20,6 +20,8 @@ from fastcvrl import checkpoint as ckpt
 from fastcvrl import train
 from fastcvrl.config import load_config
 
+from processes import free_port, kill_and_wait
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
 TINY = [
@@ -224,7 +226,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_then_runs_once_it_is_kill
         holder.kill()  # SIGKILL: the OS releases the lock
         assert holder.wait(timeout=60) == -9
     finally:
-        holder.kill()
+        kill_and_wait(holder)
     assert train.cli(_args(tmp_path)) == 0
     assert ckpt.load_latest(tmp_path)[0]["step"] == 4
 
@@ -253,7 +255,7 @@ def test_two_trainers_on_one_folder_the_second_refused_and_the_first_unharmed(tm
         out, err = first.communicate(timeout=120)
         assert first.returncode == 143, err
     finally:
-        first.kill()
+        kill_and_wait(first)
         live_tmp_owner.stdin.close()
         live_tmp_owner.wait(timeout=60)
     state = ckpt.load_latest(tmp_path)[0]
@@ -285,11 +287,7 @@ _RANK_FULL_DISK = textwrap.dedent("""
 def test_two_ranks_agree_on_a_failed_checkpoint_write_and_both_stop(tmp_path):
     """Rank 0 writes the checkpoint; when that fails, rank 1 must not wait for it at a barrier: both exit,
     the error printed once."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = tmp_path / "worker.py"
     script.write_text(_RANK_FULL_DISK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
