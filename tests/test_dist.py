@@ -145,7 +145,7 @@ def test_current_and_older_torch_collective_names_give_the_same_gradients(tmp_pa
     for old in (False, True):
         out = tmp_path / ("old" if old else "new")
         out.mkdir()
-        mp.spawn(_api_worker, args=(_free_port(), str(out), old), nprocs=WORLD, join=True)
+        mp.spawn(_api_worker, args=(free_port(), str(out), old), nprocs=WORLD, join=True)
         for r in range(WORLD):
             res = torch.load(out / f"api{r}.pt")
             for g, ref in zip(res["grads"], full):
