@@ -255,25 +255,32 @@ READ_GAP = 1 << 18  # bytes: packets closer than this in the file are read toget
 
 def _ranged_reads(path: str, offsets: np.ndarray, ends: np.ndarray) -> tuple[list, int]:
     """Views of the byte ranges ``[offsets, ends)`` (P,) from ``path``: one ``pread`` per group of ranges that
-    lie within ``READ_GAP`` of each other (two distant clips: two reads, not the whole stretch between)."""
-    order = np.argsort(offsets, kind="stable")
-    o, e = offsets[order], ends[order]
-    reach = np.maximum.accumulate(e)
-    split = np.flatnonzero(o[1:] - reach[:-1] > READ_GAP) + 1
-    starts, stops = np.r_[0, split], np.r_[split, len(o)]
+    lie within ``READ_GAP`` of each other (two distant clips: two reads, not the whole stretch between).
+    Python lists, not NumPy calls: a clip has a few dozen packets, too few for array calls to pay off."""
+    o, e = offsets.tolist(), ends.tolist()
+    order = list(range(len(o)))
+    if any(b < a for a, b in zip(o, o[1:])):
+        order.sort(key=o.__getitem__)  # stable, as ascending offsets
+    groups: list[list[int]] = []  # packets of each read, ascending offsets
+    reach = -READ_GAP - 1
+    for i in order:
+        if o[i] - reach > READ_GAP:
+            groups.append([])
+        groups[-1].append(i)
+        reach = max(reach, e[i])
     views: list = [None] * len(o)
     nbytes = 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        for a, b in zip(starts.tolist(), stops.tolist()):
-            lo, hi = int(o[a]), int(reach[b - 1])
+        for group in groups:
+            lo, hi = o[group[0]], max(e[i] for i in group)
             chunk = os.pread(fd, hi - lo, lo)
             if len(chunk) != hi - lo:
                 raise VideoReadError(path, "file is shorter than its packet index (changed on disk?)")
             nbytes += hi - lo
             view = memoryview(chunk)
-            for i, x, y in zip(order[a:b].tolist(), (o[a:b] - lo).tolist(), (e[a:b] - lo).tolist()):
-                views[i] = view[x:y]
+            for i in group:
+                views[i] = view[o[i] - lo : e[i] - lo]
     finally:
         os.close(fd)
     return views, nbytes
