@@ -90,7 +90,8 @@ def write_packets(tracks_element: bytes, payloads: Sequence, sizes: np.ndarray, 
     hdr["id"], hdr["track"] = 0xA3, 0x81
     hdr["size"] = np.asarray(sizes, np.uint64) + np.uint64((1 << 56) + 4)
     hdr["flags"] = np.where(np.asarray(key, bool), 0x80, 0)
-    parts = [_INFO, tracks_element]
+    parts = [_HEADER, b"\x18\x53\x80\x67", b"", _INFO, tracks_element]  # [2]: the Segment's size, set below
+    segment = len(_INFO) + len(tracks_element)
     for c0 in range(0, n, _CLUSTER_FRAMES):
         c1 = min(c0 + _CLUSTER_FRAMES, n)
         base = int(stamps[c0:c1].min())
@@ -100,9 +101,11 @@ def write_packets(tracks_element: bytes, payloads: Sequence, sizes: np.ndarray, 
         blocks[0::2] = [raw[i : i + 13] for i in range(0, len(raw), 13)]
         blocks[1::2] = payloads[c0:c1]
         stamp = _uint(b"\xe7", base)
-        parts += [b"\x1f\x43\xb6\x75", _size(len(stamp) + len(raw) + int(np.sum(sizes[c0:c1]))), stamp, *blocks]
-    segment = b"".join(parts)
-    return b"".join([_HEADER, b"\x18\x53\x80\x67", _size(len(segment)), segment])
+        cluster = len(stamp) + len(raw) + int(np.sum(sizes[c0:c1]))
+        parts += [b"\x1f\x43\xb6\x75", _size(cluster), stamp, *blocks]
+        segment += 4 + 8 + cluster  # ID, 8-byte size, payload
+    parts[2] = _size(segment)
+    return b"".join(parts)  # one copy of the payloads
 
 
 def write(codec: str, width: int, height: int, extradata: bytes | None, payloads: Sequence[bytes],
