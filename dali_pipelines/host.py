@@ -285,6 +285,7 @@ class PretrainSource(VideoSource):
         spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
         self.columns = ("encoded", "frames", "order1", "order2", *self.view_names(1), *self.view_names(2),
                         "label", "meta")
+        self._view_keys = (self.view_names(1), self.view_names(2))
         super().__init__(entries, batch_size, **kw)
 
     def view_names(self, view: int) -> tuple[str, ...]:
@@ -303,29 +304,29 @@ class PretrainSource(VideoSource):
         rng = self.rng(video)
         idx = self.index(video)
         n = self.length(video, idx)
-        s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[0]
-        clips = np.stack([temporal.clip_indices(s, n, c.num_frames, c.stride) for s in (s1, s2)])  # (2, T)
-        idx, tc, inverse = self._decode_plan(video, clips)
-        views: dict[str, np.ndarray] = {}
-        for view in range(2):
+        s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[0].tolist()
+        # the two clips' frames (2T,), their sorted union and each frame's place in it, in Python lists (as
+        # ``np.unique(..., return_inverse=True)`` of ``temporal.clip_indices``, without its array calls)
+        frames = [(s + c.stride * k) % n for s in (s1, s2) for k in range(c.num_frames)]
+        union = sorted(set(frames))
+        place = {f: i for i, f in enumerate(union)}
+        inverse = np.array([place[f] for f in frames], np.int32)
+        tc = trim(idx, np.array(union, np.int64), self._first_read.pop(idx.path, None))
+        values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[: c.num_frames],
+                  "order2": inverse[c.num_frames :]}
+        for view, names in enumerate(self._view_keys):
             box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
                                               (c.min_aspect, c.max_aspect))
-            start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
-            params, order = spatial.color_params(
+            values[names[0]], values[names[1]] = spatial.crop_roi(box, rng.random() < c.flip_prob)
+            values[names[2]], values[names[3]] = spatial.color_params(
                 rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob)
             # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
-            sigma = spatial.blur_sigma(rng, c.blur_prob[view]) if c.blur else 0.0
-            sol = bool(c.solarize and rng.random() < c.solarize_prob[view])
-            v = view + 1
-            views.update({f"roi_start{v}": start, f"roi_end{v}": end, f"color{v}": params, f"color_order{v}": order})
             if c.blur:
-                views[f"sigma{v}"] = np.array(sigma, np.float32)
+                values[names[4]] = np.array(spatial.blur_sigma(rng, c.blur_prob[view]), np.float32)
             if c.solarize:
-                views[f"solarize{v}"] = np.array(sol)
-        label = np.array(self.entries[video].label, np.int32)
-        values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[: c.num_frames],
-                  "order2": inverse[c.num_frames :], **views, "label": label,
-                  "meta": self._meta(video, tc, int(s1), int(s2))}
+                values[names[-1]] = np.array(rng.random() < c.solarize_prob[view])
+        values["label"] = np.array(self.entries[video].label, np.int32)
+        values["meta"] = self._meta(video, tc, s1, s2)
         return Sample(values, idx.path)
 
 

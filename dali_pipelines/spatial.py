@@ -101,8 +101,9 @@ def random_resized_crop(
     height, width = int(height), int(width)
     u = rng.random((attempts, 4))
     a0, span = _f32(aspect[0]), _f32(aspect[1] - aspect[0])
+    area = tuple(area)
     for i in range(attempts):
-        ua, uh, uy, ux = u[i].tolist()
+        ua, uh, uy, ux = u[i].tolist()  # one row at a time: nearly always only the first is needed
         r = _f32(a0 + _f32(span * _f32(ua)))  # float32 arithmetic, as TF's RandFloat() * (max - min) + min
         box = crop_attempt(height, width, r, uh, uy, ux, area)
         if box is not None:
@@ -134,7 +135,7 @@ def color_params(
     ``[max(0, 1 - s), 1 + s]``, the hue delta in ``[-h, h]`` (a fraction of a full turn); with jitter off
     the factors are 1 and the delta 0 (identity)."""
     b, c, s, h = strength
-    u = rng.random(6)
+    u = rng.random(6).tolist()  # Python floats: the same float64 arithmetic without NumPy scalar calls
     on = u[0] < jitter_prob
     f = [max(0.0, 1 - b) + (1 + b - max(0.0, 1 - b)) * u[2],
          max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[3],
@@ -204,7 +205,7 @@ def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarra
 
 def blur_sigma(rng: np.random.Generator, prob: float, lo: float = 0.1, hi: float = 2.0) -> float:
     """Gaussian blur sigma (SimCLR: uniform 0.1-2.0) with probability ``prob``, else 0 (no blur)."""
-    u, s = rng.random(2)
+    u, s = rng.random(2).tolist()
     return float(lo + (hi - lo) * s) if u < prob else 0.0
 
 

@@ -13,6 +13,8 @@ CDF of the rule on ``[0, 1]`` (``gap_pmf``), which is what the statistical test 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 GAP_RULES = ("linear", "power", "uniform")
@@ -87,6 +89,8 @@ def sample_starts(
     Three uniforms per video (gap, first start, swap; for a video shorter than one clip the first two are the
     two starts), so a video's draws do not depend on the others'.
     """
+    if np.ndim(num_frames) == 0 and rule in ("linear", "uniform"):
+        return np.array([starts_one(rng, int(num_frames), clip_frames, stride, rule)], dtype=np.int64)
     lengths = np.atleast_1d(np.asarray(num_frames, dtype=np.int64))
     m = np.array([num_starts(int(n), clip_frames, stride) for n in lengths], dtype=np.int64)
     u = rng.random((len(lengths), 3))
@@ -98,6 +102,23 @@ def sample_starts(
     short = m == lengths  # shorter than one clip: two independent uniform starts, as the reference
     starts[short] = np.minimum(np.floor(u[short, :2] * m[short, None]).astype(np.int64), m[short, None] - 1)
     return starts
+
+
+def starts_one(rng: np.random.Generator, num_frames: int, clip_frames: int, stride: int,
+               rule: str = "linear") -> tuple[int, int]:
+    """``sample_starts`` for one video and the ``linear`` or ``uniform`` rule, in Python scalars: the same
+    three uniforms and the same float64 arithmetic (``math.sqrt`` and ``np.sqrt`` both round correctly), so
+    the same starts, without a dozen NumPy calls on one-element arrays."""
+    if rule not in ("linear", "uniform"):
+        raise ValueError(f"starts_one takes the linear or uniform rule, got {rule!r}")
+    m = num_starts(num_frames, clip_frames, stride)
+    u0, u1, u2 = rng.random(3).tolist()
+    if m == num_frames:  # shorter than one clip: two independent uniform starts, as the reference
+        return min(math.floor(u0 * m), m - 1), min(math.floor(u1 * m), m - 1)
+    x = 1.0 - math.sqrt(1.0 - u0) if rule == "linear" else u0
+    gap = min(math.floor(x * m), m - 1)
+    first = min(math.floor(u1 * (m - gap)), m - gap - 1)
+    return (first + gap, first) if u2 < 0.5 else (first, first + gap)
 
 
 def clip_indices(start: int, num_frames: int, clip_frames: int, stride: int) -> np.ndarray:
