@@ -212,7 +212,7 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     positions = np.searchsorted(kept_frames, needed).astype(np.int32)
     payloads, nbytes = _read_payloads(index, packets, data)
     if index.codec in _IVF_FOURCC and index.reorder is None:
-        encoded = _ivf(index, payloads)
+        encoded = _ivf(index, payloads, index.sizes[packets])
     elif index.codec == "mjpeg":
         encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
     else:
@@ -261,25 +261,28 @@ def _ranged_reads(path: str, offsets: np.ndarray, ends: np.ndarray) -> tuple[lis
     order = list(range(len(o)))
     if any(b < a for a, b in zip(o, o[1:])):
         order.sort(key=o.__getitem__)  # stable, as ascending offsets
-    groups: list[list[int]] = []  # packets of each read, ascending offsets
-    reach = -READ_GAP - 1
-    for i in order:
+    groups: list[tuple[int, int, int]] = []  # (first, last + 1) in ``order``, and the end of each read
+    first, reach = 0, e[order[0]]
+    for k in range(1, len(order)):
+        i = order[k]
         if o[i] - reach > READ_GAP:
-            groups.append([])
-        groups[-1].append(i)
-        reach = max(reach, e[i])
+            groups.append((first, k, reach))
+            first = k
+        if e[i] > reach:
+            reach = e[i]
+    groups.append((first, len(order), reach))
     views: list = [None] * len(o)
     nbytes = 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        for group in groups:
-            lo, hi = o[group[0]], max(e[i] for i in group)
+        for a, b, hi in groups:
+            lo = o[order[a]]
             chunk = os.pread(fd, hi - lo, lo)
             if len(chunk) != hi - lo:
                 raise VideoReadError(path, "file is shorter than its packet index (changed on disk?)")
             nbytes += hi - lo
             view = memoryview(chunk)
-            for i in group:
+            for i in order[a:b]:
                 views[i] = view[o[i] - lo : e[i] - lo]
     finally:
         os.close(fd)
@@ -289,16 +292,17 @@ def _ranged_reads(path: str, offsets: np.ndarray, ends: np.ndarray) -> tuple[lis
 _IVF_FRAME = np.dtype([("size", "<u4"), ("pts", "<u8")])  # IVF's 12-byte frame header
 
 
-def _ivf(index: PacketIndex, payloads: list) -> bytes:
-    """IVF: a 32-byte file header, then a 12-byte header (size, pts) before each frame."""
+def _ivf(index: PacketIndex, payloads: list, sizes: np.ndarray) -> bytes:
+    """IVF: a 32-byte file header, then a 12-byte header (size, pts) before each frame (``sizes`` (P,): the
+    payloads' lengths)."""
     head = struct.pack("<4sHH4sHHIIII", b"DKIF", 0, 32, _IVF_FOURCC[index.codec], index.width, index.height,
                        25, 1, len(payloads), 0)
-    hdr = np.empty(len(payloads), _IVF_FRAME)
-    hdr["size"] = [len(p) for p in payloads]
-    hdr["pts"] = np.arange(len(payloads))
+    n = len(payloads)
+    hdr = np.empty(n, _IVF_FRAME)
+    hdr["size"] = sizes
+    hdr["pts"] = np.arange(n)
     raw = hdr.tobytes()
-    parts = [head]
-    for i, p in enumerate(payloads):
-        parts.append(raw[12 * i : 12 * i + 12])
-        parts.append(p)
+    parts = [head] * (2 * n + 1)  # the file header, then a frame header and its payload per frame
+    parts[1::2] = [raw[i : i + 12] for i in range(0, 12 * n, 12)]
+    parts[2::2] = payloads
     return b"".join(parts)
