@@ -14,6 +14,7 @@ with one ``read`` per video and write the container without opening the source a
 """
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import struct
@@ -146,24 +147,27 @@ def keep_runs(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
     so the runs are also frame runs. ``keep_runs_reference`` is the same rule as a plain loop.
     """
     first, last = _runs(index, needed)
-    return list(zip(first.tolist(), last.tolist()))
+    return list(zip(first, last))
 
 
-def _runs(index: PacketIndex, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``keep_runs`` as two arrays (first packets, last packets), vectorised."""
-    needed = np.unique(np.asarray(needed, dtype=np.int64))
-    if needed[0] < 0 or needed[-1] >= index.num_frames:
-        raise ValueError(f"{index.path}: frames {needed.min()}..{needed.max()} outside 0..{index.num_frames - 1}")
-    packets = needed if index.reorder is None else np.sort(index.packet_of_frame[needed])
-    keys = index.key_packets
-    starts = keys[np.searchsorted(keys, packets, side="right") - 1]  # ascending with packets
-    new = np.empty(len(packets), bool)  # a run begins where its keyframe lies past the previous run's end + 1
-    new[0] = True
-    np.greater(starts[1:], packets[:-1] + 1, out=new[1:])
-    begin = np.flatnonzero(new)
-    ends = np.empty(len(begin), np.int64)
-    ends[:-1], ends[-1] = begin[1:] - 1, len(packets) - 1
-    return starts[begin], packets[ends]
+def _runs(index: PacketIndex, needed: np.ndarray) -> tuple[list[int], list[int]]:
+    """``keep_runs`` as two lists (first packets, last packets). Python lists and ``bisect``: a clip needs a
+    few dozen packets, too few for array calls to pay off."""
+    frames = sorted(set(np.asarray(needed, dtype=np.int64).tolist()))
+    if frames[0] < 0 or frames[-1] >= index.num_frames:
+        raise ValueError(f"{index.path}: frames {frames[0]}..{frames[-1]} outside 0..{index.num_frames - 1}")
+    packets = frames if index.reorder is None else sorted(index.packet_of_frame[frames].tolist())
+    keys = index.key_packets.tolist()
+    first: list[int] = []
+    last: list[int] = []
+    for p in packets:  # ascending
+        start = keys[bisect.bisect_right(keys, p) - 1]  # the keyframe packet at or before p
+        if first and start <= last[-1] + 1:  # reaches the previous run: extend it
+            last[-1] = p
+        else:
+            first.append(start)
+            last.append(p)
+    return first, last
 
 
 def keep_runs_reference(index: PacketIndex, needed: np.ndarray) -> list[tuple[int, int]]:
@@ -198,11 +202,7 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     """
     needed = np.asarray(needed, dtype=np.int64)
     first, last = _runs(index, needed)
-    lengths = last - first + 1
-    if len(first) == 1:
-        packets = np.arange(first[0], last[0] + 1)  # decode order
-    else:
-        packets = np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())])
+    packets = np.array([p for a, b in zip(first, last) for p in range(a, b + 1)], np.int64)  # decode order
     if index.reorder is None:
         kept_frames, rank = packets, None  # presentation order is decode order
     else:
@@ -259,8 +259,8 @@ def _ranged_reads(path: str, offsets: np.ndarray, ends: np.ndarray) -> tuple[lis
     Python lists, not NumPy calls: a clip has a few dozen packets, too few for array calls to pay off."""
     o, e = offsets.tolist(), ends.tolist()
     order = list(range(len(o)))
-    if any(b < a for a, b in zip(o, o[1:])):
-        order.sort(key=o.__getitem__)  # stable, as ascending offsets
+    if o != sorted(o):  # payloads out of file order: read them by ascending offset (a stable sort)
+        order.sort(key=o.__getitem__)
     groups: list[tuple[int, int, int]] = []  # (first, last + 1) in ``order``, and the end of each read
     first, reach = 0, e[order[0]]
     for k in range(1, len(order)):
