@@ -113,7 +113,7 @@ def random_resized_crop(
 
 def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
     """``fn.resize`` ROI ``(start, end)`` in (y, x) order; a horizontal flip swaps the x bounds."""
-    y0, x0, y1, x1 = (float(v) for v in box)
+    y0, x0, y1, x1 = np.asarray(box).tolist()  # Python numbers: no NumPy scalar per coordinate
     if flip:
         x0, x1 = x1, x0
     return np.array([y0, x0], np.float32), np.array([y1, x1], np.float32)
