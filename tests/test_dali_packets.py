@@ -202,3 +202,23 @@ def test_nvdec_decodes_trimmed_h264_to_the_needed_frames(tmp_path, bframes):
     for i, needed in enumerate(cases):
         got, vid = decode_index(np.asarray(out[i]))
         assert got.tolist() == needed.tolist() and (vid == 6).all()
+
+
+def test_ranged_reads_return_the_payloads_in_any_order(video, monkeypatch):
+    """``_ranged_reads`` (Python-list grouping) against slices of the whole file: payloads in decode order,
+    out of file order and with every gap splitting the reads, each view the right bytes."""
+    import dali_pipelines.packets as packets
+
+    idx = build_index(video)
+    with open(video, "rb") as f:
+        data = f.read()
+    rng = np.random.default_rng(5)
+    for gap in (packets.READ_GAP, 0, 200):
+        monkeypatch.setattr(packets, "READ_GAP", gap)
+        for _ in range(10):
+            chosen = rng.choice(idx.num_frames, rng.integers(1, 20), replace=False)
+            offsets = idx.offsets[chosen].astype(np.int64)
+            ends = offsets + idx.sizes[chosen]
+            views, nbytes = packets._ranged_reads(video, offsets, ends)
+            assert [bytes(v) for v in views] == [data[o:e] for o, e in zip(offsets.tolist(), ends.tolist())]
+            assert int(idx.sizes[chosen].sum()) <= nbytes <= int(ends.max() - offsets.min())

@@ -386,3 +386,42 @@ def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_p
     loader.set_epoch(2)
     again = _epoch(loader)  # a plain iter() afterwards is the whole epoch again
     assert len(again) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(full, again))
+
+
+def test_clip_plan_restates_the_array_statement(manifest):
+    """The source's clip plan (Python lists) against the array statement: the union of the two clips'
+    ``temporal.clip_indices`` by ``np.unique(..., return_inverse=True)``, trimmed by ``packets.trim``, and the
+    views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones loop)."""
+    from dali_pipelines import spatial, temporal
+    from dali_pipelines.host import meta_field
+    from dali_pipelines.packets import trim
+
+    c = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, blur=True, solarize=True).data
+    src = PretrainSource(read_manifest(manifest), 2, c, seed=7)
+    for epoch in (0, 1):
+        src.set_epoch(epoch)
+        for video in range(len(src.entries)):
+            got = src.sample(video)
+            rng, idx = src.rng(video), src.index(video)
+            n = src.length(video, idx)
+            starts = temporal.sample_starts(rng, np.array([n]), c.num_frames, c.stride)[0]
+            clips = np.stack([temporal.clip_indices(int(s), n, c.num_frames, c.stride) for s in starts])
+            union, inverse = np.unique(clips.reshape(-1), return_inverse=True)
+            tc = trim(idx, union)
+            assert np.array_equal(got["encoded"], tc.encoded) and np.array_equal(got["frames"], tc.positions)
+            assert got["order1"].dtype == np.int32
+            assert np.array_equal(np.concatenate([got["order1"], got["order2"]]), inverse)
+            assert [int(meta_field(got["meta"], "start1")), int(meta_field(got["meta"], "start2"))] == starts.tolist()
+            for view in (1, 2):
+                box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
+                                                  (c.min_aspect, c.max_aspect))
+                start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
+                params, order = spatial.color_params(rng, c.color_jitter_prob,
+                                                     (c.brightness, c.contrast, c.saturation, c.hue),
+                                                     c.grayscale_prob)
+                sigma = spatial.blur_sigma(rng, c.blur_prob[view - 1])
+                sol = bool(rng.random() < c.solarize_prob[view - 1])
+                for name, want in (("roi_start", start), ("roi_end", end), ("color", params),
+                                   ("color_order", order), ("sigma", np.array(sigma, np.float32)),
+                                   ("solarize", np.array(sol))):
+                    assert got[f"{name}{view}"].dtype == want.dtype and np.array_equal(got[f"{name}{view}"], want)

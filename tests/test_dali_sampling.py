@@ -104,3 +104,15 @@ def test_shards_partition_every_epoch(world):
     assert np.array_equal(e0, shard_order(n, 0, 1, 0, 5, True))  # deterministic for a seed
     assert not np.array_equal(e0, shard_order(n, 0, 1, 0, 6, True))
     assert shard_order(n, 0, 1, 3, 5, False).tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("rule", ["linear", "uniform"])
+def test_one_video_scalar_starts_match_the_array_path(rule):
+    """``sample_starts`` for one video takes ``starts_one`` (Python floats): the same starts, from the same
+    three uniforms, as the vectorised path over a one-video array, for long, exact and short (looping) videos."""
+    for seed in range(300):
+        n = 1 + seed % 97  # 1..97 frames: shorter than, equal to and longer than a 16 x 2 clip's 31-frame reach
+        for frames, stride in ((16, 2), (4, 2), (1, 1)):
+            scalar = temporal.sample_starts(np.random.default_rng(seed), n, frames, stride, rule)
+            array = temporal.sample_starts(np.random.default_rng(seed), np.array([n]), frames, stride, rule)
+            assert scalar.dtype == array.dtype and scalar.tolist() == array.tolist(), (seed, n, frames, stride)
