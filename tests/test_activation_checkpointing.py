@@ -6,7 +6,6 @@ CUDA graph and equals the eager plain step.
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -4,7 +4,6 @@ and solarize. (``test_reference_recipe.py`` checks the NumPy statements against 
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest

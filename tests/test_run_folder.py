@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fastcvrl import atomic
 from fastcvrl import checkpoint as ckpt
