@@ -2,7 +2,7 @@
 
 This is how peer codebases load video (seek to the keyframe before each clip, decode up to the clip's end,
 augment with torch ops in worker processes). ``benchmarks/loader_bench.py`` measures the DALI pipeline beside
-it, and it is a DALI-free fallback with the same output contract as ``fastcvrl.data.build_pretrain_loader``:
+it, and it is a DALI-free fallback with the same output contract as ``dali_pipelines.loaders.build_pretrain_loader``:
 ``(view1, view2, label)`` with views float ``(B, 3, T, H, W)`` in ``torch.channels_last_3d``.
 
 The work per video is the same as the DALI pipeline's, drawn by the same host-side functions from the same
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from dali_pipelines import spatial, temporal, torch_augment  # host-side rules and torch ops, no DALI import
 from dali_pipelines.host import PretrainSource, shard_order
 from fastcvrl.config import Config, DataConfig
-from fastcvrl.manifest import VideoEntry, read_manifest
+from dali_pipelines.manifest import VideoEntry, read_manifest
 
 PRETRAIN_STREAM = PretrainSource.purpose  # the DALI source's random stream id for pretraining draws
 
@@ -237,7 +237,7 @@ def build_baseline_loader(
     cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1, device: torch.device,
     seed: int = 0, num_workers: int | None = None,
 ) -> BaselineLoader:
-    """Same contract as ``fastcvrl.data.build_pretrain_loader``; B = ``cfg.train.batch_size // world_size``."""
+    """Same contract as ``dali_pipelines.loaders.build_pretrain_loader``; B = ``cfg.train.batch_size // world_size``."""
     entries = read_manifest(manifest)
     return BaselineLoader(
         entries, cfg.data, cfg.train.batch_size // world_size, device=device, rank=rank,

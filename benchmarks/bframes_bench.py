@@ -37,7 +37,7 @@ from dali_pipelines.host import PretrainSource  # noqa: E402
 from dali_pipelines.packets import build_index, trim  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.datasets.prepare import Transcode, transcode_video  # noqa: E402
-from fastcvrl.manifest import VideoEntry  # noqa: E402
+from dali_pipelines.manifest import VideoEntry  # noqa: E402
 
 
 def _decode(encoded: np.ndarray) -> list[np.ndarray]:

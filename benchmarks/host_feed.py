@@ -101,7 +101,7 @@ def _transcoded(codec: str, sources: list[str], cache: Path, short_side: int, go
 
 def _entries(files: list[tuple[str, int]], copies: int, folder: Path) -> list[Any]:
     """``copies`` manifest entries per file, each under its own name (a link), so each is indexed apart."""
-    from fastcvrl.manifest import VideoEntry
+    from dali_pipelines.manifest import VideoEntry
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []

@@ -49,7 +49,7 @@ from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
 from fastcvrl.eval.linear import probe_features  # noqa: E402
 from fastcvrl.eval.precision import eval_precision  # noqa: E402
 from fastcvrl.eval.weights import load_backbone  # noqa: E402
-from fastcvrl.manifest import read_manifest  # noqa: E402
+from dali_pipelines.manifest import read_manifest  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
 from fastcvrl.logger import environment  # noqa: E402
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     for bb in backbones:
         bb.to(device).requires_grad_(False)
 
-    from fastcvrl.data import build_linear_loader, build_test_loader
+    from dali_pipelines.loaders import build_linear_loader, build_test_loader
 
     t0 = time.perf_counter()
     e = cfg.eval

@@ -55,7 +55,7 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 import host_feed  # noqa: E402  (benchmarks/host_feed.py: --host-only)
 from baseline_loader import build_baseline_loader  # noqa: E402  (benchmarks/baseline_loader.py)
 from fastcvrl.config import Config  # noqa: E402
-from fastcvrl.manifest import read_manifest  # noqa: E402
+from dali_pipelines.manifest import read_manifest  # noqa: E402
 from fastcvrl.datasets.synthetic import SCENES  # noqa: E402
 
 DEFAULT_SYNTHETIC = "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
@@ -220,7 +220,7 @@ def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.N
             if name == "baseline":
                 out[name] = build_baseline_loader(cfg, manifest, device=device, seed=args.seed, num_workers=args.workers)
             elif name == "dali":
-                from fastcvrl.data import build_pretrain_loader
+                from dali_pipelines.loaders import build_pretrain_loader
 
                 out[name] = build_pretrain_loader(cfg, manifest, device=device, seed=args.seed)
             else:
@@ -258,7 +258,7 @@ def memory_only(args: argparse.Namespace) -> None:
 def _host_workers(setting: int) -> int | None:
     """The DALI loader's host worker processes for ``--host-workers`` (None where DALI is not installed)."""
     try:
-        from fastcvrl.data import resolve_host_workers
+        from dali_pipelines.loaders import resolve_host_workers
     except ImportError:
         return None
     return resolve_host_workers(setting)

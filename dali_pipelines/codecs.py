@@ -44,7 +44,7 @@ class UndecodableError(ValueError):
 
 def decode_device(setting: str, cuda_available: bool) -> str:
     """``data.device`` (auto | cpu | gpu) -> the decoder that will run: ``"gpu"`` or ``"cpu"``. Unlike
-    ``fastcvrl.data.resolve_data_device`` it does not require CUDA for ``gpu``: the codec check runs first."""
+    ``dali_pipelines.loaders.resolve_data_device`` it does not require CUDA for ``gpu``: the codec check runs first."""
     if setting == "auto":
         return "gpu" if cuda_available else "cpu"
     return setting

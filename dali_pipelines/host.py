@@ -41,7 +41,7 @@ import numpy as np
 from . import spatial, temporal
 from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
-log = logging.getLogger("fastcvrl.data")
+log = logging.getLogger("dali_pipelines.loaders")
 
 # meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the decoder),
 # first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable videos passed over

@@ -15,7 +15,7 @@ trainer wants is known (DALI has no bf16). Per-sample arguments apply to every f
 (DALI-NOTES.md), so a clip's frames share one crop, flip and colour.
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
-applies the same steps. That is the CPU default (``fastcvrl.data.resolve_augment``): DALI 2.4's CPU resize
+applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU resize
 and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this graph.
 """
 from __future__ import annotations

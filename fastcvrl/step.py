@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fastcvrl.loss import nt_xent_with_accuracy
-from fastcvrl.normalize import Normalize
+from dali_pipelines.normalize import Normalize
 
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -47,12 +47,12 @@ from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
 from fastcvrl.logger import Board, Progress, Report
-from fastcvrl.manifest import ManifestError, read_manifest
+from dali_pipelines.manifest import ManifestError, read_manifest
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
-from fastcvrl.normalize import Normalize
+from dali_pipelines.normalize import Normalize
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
@@ -225,7 +225,7 @@ def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):
         return RandomClipLoader(num_videos=cfg.data.random_videos, batch_size=cfg.train.batch_size,
                                 num_frames=cfg.data.num_frames, crop_size=cfg.data.crop_size, rank=env.rank,
                                 world_size=env.world_size, device=env.device, seed=cfg.train.seed)
-    from fastcvrl.data import build_pretrain_loader
+    from dali_pipelines.loaders import build_pretrain_loader
 
     return build_pretrain_loader(cfg, manifest, rank=env.rank, world_size=env.world_size, device=env.device,
                                  seed=cfg.train.seed, normalize=False)  # uint8 views: the step normalises

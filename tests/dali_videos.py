@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcvrl.config import Config
-from fastcvrl.manifest import VideoEntry, write_manifest
+from dali_pipelines.manifest import VideoEntry, write_manifest
 from fastcvrl.datasets.video import write_video
 from videos import index_frames
 

@@ -235,7 +235,7 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
 def test_per_view_probabilities_are_checked_and_used(tmp_path):
     from dali_pipelines.host import PretrainSource
     from fastcvrl.config import DataConfig
-    from fastcvrl.manifest import read_manifest
+    from dali_pipelines.manifest import read_manifest
 
     from dali_videos import make_static_video
 

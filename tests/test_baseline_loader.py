@@ -13,7 +13,7 @@ import torch
 from dali_pipelines import spatial, temporal
 from dali_pipelines.host import META, PretrainSource
 from fastcvrl.config import Config
-from fastcvrl.manifest import VideoEntry, write_manifest
+from dali_pipelines.manifest import VideoEntry, write_manifest
 from fastcvrl.datasets.video import write_video
 from videos import decode_index, index_frames
 
@@ -104,7 +104,7 @@ def test_epochs_are_deterministic_and_differ(index_manifest):
     assert len(rest) == len(a) - 3 and all(torch.equal(x, y) for x, y in zip(a[3:], rest))
 
 
-@pytest.mark.filterwarnings("ignore::fastcvrl.manifest.ManifestWarning")  # one video twice: a batch of two, on purpose
+@pytest.mark.filterwarnings("ignore::dali_pipelines.manifest.ManifestWarning")  # one video twice: a batch of two, on purpose
 def test_static_video_stays_static_and_views_differ(tmp_path):
     rng = np.random.default_rng(0)
     texture = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((4, 4, 1))).astype(np.uint8)[None]
@@ -171,7 +171,7 @@ def test_augment_clip_matches_reference(flip, gray):
 # ------------------------------------------------------------------------------- same work as the DALI pipeline
 def test_draws_match_the_dali_source(index_manifest):
     """Same (seed, epoch, video) -> the same clip starts, crop, flip and colour as the DALI pipeline's host side."""
-    from fastcvrl.manifest import read_manifest
+    from dali_pipelines.manifest import read_manifest
 
     manifest, _ = index_manifest
     entries = read_manifest(manifest)
@@ -198,7 +198,7 @@ def test_draws_match_the_dali_source(index_manifest):
 def test_same_batches_as_the_dali_loader(index_manifest):
     """Both loaders deliver the same frames of the same videos in the same order (colour off: index coding)."""
     pytest.importorskip("nvidia.dali")
-    from fastcvrl.data import build_pretrain_loader
+    from dali_pipelines.loaders import build_pretrain_loader
 
     manifest, _ = index_manifest
     cfg = _cfg(color=False)

@@ -149,7 +149,7 @@ def test_loader_bench_host_only_quick(tmp_path):
 
 def test_decode_ceiling_counts_frames(loader_result):
     result, _ = loader_result
-    from fastcvrl.manifest import read_manifest
+    from dali_pipelines.manifest import read_manifest
 
     entries = read_manifest(result["manifest"])
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 
 from dali_pipelines import codecs
 from fastcvrl import train
-from fastcvrl.manifest import VideoEntry, write_manifest
+from dali_pipelines.manifest import VideoEntry, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_synthetic_codec_and_size_reach_the_files_and_the_cache_identity(tmp_pat
     import av
 
     from fastcvrl.datasets.synthetic import ensure_synthetic
-    from fastcvrl.manifest import read_manifest
+    from dali_pipelines.manifest import read_manifest
 
     kw = dict(num_classes=2, videos_per_class=1, test_videos_per_class=0, num_frames=8, workers=1)
     train_m, _ = ensure_synthetic(tmp_path / "s", codec="h264", size=128, **kw)

@@ -143,7 +143,7 @@ def test_choices_agree_with_what_the_code_implements():
 
 
 def test_every_choice_is_accepted_where_it_is_used():
-    from fastcvrl.data import resolve_augment, resolve_data_device
+    from dali_pipelines.loaders import resolve_augment, resolve_data_device
     from fastcvrl.optim import build_optimizer
 
     dom = {k: f.metadata["domain"] for k, f, _ in KEYS}

@@ -9,8 +9,8 @@ pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection 
 pytest.importorskip("nvidia.dali")
 import torch
 
-from fastcvrl.data import build_linear_loader, build_test_loader
-from fastcvrl.manifest import read_manifest
+from dali_pipelines.loaders import build_linear_loader, build_test_loader
+from dali_pipelines.manifest import read_manifest
 from fastcvrl.datasets.video import write_video
 
 from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
@@ -109,7 +109,7 @@ def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(manifest_
     views = 1 if kind == "linear" else 2
     entries = read_manifest(manifest_with_bad_files)
     seen = []
-    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
         for batch_out in loader:
             clip, label = batch_out[0], batch_out[1]
             video = loader.last_meta[:, 0].tolist()

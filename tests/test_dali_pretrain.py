@@ -12,8 +12,8 @@ import torch
 
 from dali_pipelines.packets import VideoReadError
 from dali_pipelines.host import PretrainSource
-from fastcvrl.data import build_pretrain_loader, to_torch
-from fastcvrl.manifest import read_manifest
+from dali_pipelines.loaders import build_pretrain_loader, to_torch
+from dali_pipelines.manifest import read_manifest
 from fastcvrl.datasets.video import keyframe_indices
 
 from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
@@ -222,7 +222,7 @@ def test_unreadable_file_is_reported_by_name_and_skipped(tmp_path, caplog):
         f.write(b"\x1aE\xdf\xa3 this is not a video" * 10)
     cfg = small_config()
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
-    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
         vids = np.concatenate([m[:, 0] for *_, m in _epoch(loader)])
     assert 2 not in vids.tolist() and len(vids) == 4
     assert bad in caplog.text
@@ -244,7 +244,7 @@ def test_corrupt_video_mid_epoch_is_skipped_with_a_warning(tmp_path, caplog):
     corrupt_payload(bad, 0, 39)
     cfg = small_config()
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
-    with caplog.at_level(logging.WARNING, "fastcvrl.data"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
         batches = _epoch(loader)
     vids = np.concatenate([m[:, 0] for *_, m in batches]).tolist()
     assert len(batches) == 2 and 5 not in vids

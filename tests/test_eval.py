@@ -361,7 +361,7 @@ def _with_broken_file(manifest: str, row: int, folder, name: str) -> tuple[str, 
     returns (new manifest, the garbage file)."""
     import dataclasses
 
-    from fastcvrl.manifest import read_manifest, write_manifest
+    from dali_pipelines.manifest import read_manifest, write_manifest
 
     broken = folder / "broken.webm"
     broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
@@ -438,7 +438,7 @@ def test_precision_follows_the_device(monkeypatch):
 
 def _split(folder, labels: list[int], classes: list[str] | None) -> str:
     """A manifest (with ``classes.txt`` unless None) of empty files with the given labels."""
-    from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
+    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
 
     folder.mkdir(parents=True)
     entries = []

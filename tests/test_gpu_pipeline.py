@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("av")
 pytest.importorskip("nvidia.dali")
 
-from fastcvrl.data import build_pretrain_loader  # noqa: E402
+from dali_pipelines.loaders import build_pretrain_loader  # noqa: E402
 
 from dali_videos import make_index_videos, small_config  # noqa: E402
 from videos import decode_index  # noqa: E402

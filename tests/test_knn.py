@@ -201,7 +201,7 @@ def test_monitor_checks_the_splits_when_built(tmp_path):
     refused then, naming it, not at the first kNN epoch."""
     from fastcvrl.config import Config
     from fastcvrl.eval.knn import EvalError, KnnMonitor
-    from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
+    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
 
     for split, labels, names in (("train", [0, 1, 0], ["walk", "run"]), ("val", [0, 1], ["walk", "swim"])):
         folder = tmp_path / split

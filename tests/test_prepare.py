@@ -19,7 +19,7 @@ import pytest
 av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 
 from fastcvrl.datasets import prepare as prep
-from fastcvrl.manifest import read_classes, read_manifest
+from dali_pipelines.manifest import read_classes, read_manifest
 from fastcvrl.datasets.prepare import JOURNAL, PrepareError, Transcode, main, prepare
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 from fastcvrl.datasets.videoprobe import probe_video

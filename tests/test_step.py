@@ -166,7 +166,7 @@ def exact_cuda():
 def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
     from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
-    from fastcvrl.normalize import Normalize
+    from dali_pipelines.normalize import Normalize
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -206,7 +206,7 @@ def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
 def test_step_has_no_host_sync(uint8):
     from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
-    from fastcvrl.normalize import Normalize
+    from dali_pipelines.normalize import Normalize
 
     dev = torch.device("cuda")
     model = build_model(ModelConfig(arch="r3d_tiny", proj_hidden=64, sync_bn=False)).to(
@@ -246,7 +246,7 @@ def test_warm_up_and_capture_share_one_side_stream_in_thread_local_mode(monkeypa
     input buffers (normalisation inside the graph)."""
     import contextlib
 
-    from fastcvrl.normalize import Normalize
+    from dali_pipelines.normalize import Normalize
 
     log = []
     main = _FakeStream("main")

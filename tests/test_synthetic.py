@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastcvrl.datasets import synthetic
-from fastcvrl.manifest import read_classes, read_manifest
+from dali_pipelines.manifest import read_classes, read_manifest
 from fastcvrl.datasets.synthetic import MOTIONS, SCENES, SyntheticParams, ensure_synthetic, render_video
 from fastcvrl.datasets.video import keyframe_indices, read_video
 

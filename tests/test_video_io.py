@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fastcvrl.manifest import HEADER, ManifestError, ManifestWarning, VideoEntry, read_manifest, write_manifest
+from dali_pipelines.manifest import HEADER, ManifestError, ManifestWarning, VideoEntry, read_manifest, write_manifest
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 
 from videos import decode_index, index_frames

@@ -8,5 +8,5 @@
 - ``video``: small PyAV helpers to encode and decode files.
 - ``synthetic``: the built-in synthetic motion dataset (``python -m fastcvrl.synthetic``).
 
-The manifest format itself, the contract between these tools and the loaders, is ``fastcvrl.manifest``.
+The manifest format itself, the contract between these tools and the loaders, is ``dali_pipelines.manifest``.
 """

@@ -1,7 +1,7 @@
 """Check a video collection once, up front: ``python -m fastcvrl.prepare SRC --out DIR [options]``.
 
 Every listed file is decoded in parallel worker processes (``fastcvrl.datasets.videoprobe``): usable videos go to
-``DIR/manifest.csv`` (``fastcvrl.manifest`` header; the decoded frame count, not the header's claim), their
+``DIR/manifest.csv`` (``dali_pipelines.manifest`` header; the decoded frame count, not the header's claim), their
 class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason. ``--transcode``
 re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the short side scaled to
 ``--short-side``, so that a clip decodes from a nearby keyframe instead of from the start of a long GOP
@@ -40,7 +40,7 @@ from typing import Callable
 import av
 from av.video.reformatter import ColorRange, VideoReformatter
 
-from fastcvrl.manifest import VideoEntry, read_classes, write_classes, write_manifest
+from dali_pipelines.manifest import VideoEntry, read_classes, write_classes, write_manifest
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
 from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
 from fastcvrl.datasets.videoprobe import Probe, probe_video

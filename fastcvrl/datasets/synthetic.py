@@ -18,7 +18,7 @@ The second class of each mirror pair (left, up, anticlockwise, contract) is rend
 the first played backwards, so the pair differs in the direction of time only.
 
 Layout under ``root``: ``synthetic.json`` (the parameters; the commit mark), ``train/`` and ``test/``, each
-with ``manifest.csv`` (``fastcvrl.manifest`` header), ``classes.txt`` and ``videos/<class>/<n>.<ext>``.
+with ``manifest.csv`` (``dali_pipelines.manifest`` header), ``classes.txt`` and ``videos/<class>/<n>.<ext>``.
 Generation is deterministic by seed, happens once (cached by the parameter stamp), and is atomic: it writes
 into a temporary folder beside ``root`` and renames it into place, so an interrupted run never looks done.
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcvrl.manifest import VideoEntry, write_classes, write_manifest
+from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
 from fastcvrl.datasets.video import CODECS, write_video
 
 FORMAT_VERSION = 2  # bump when the rendering changes, so cached datasets are regenerated

@@ -58,8 +58,8 @@ def evaluate(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the linear protocol (or fine-tuning) with the DALI loaders of ``fastcvrl.data`` on two manifests."""
-    from fastcvrl.data import build_linear_loader, build_test_loader  # DALI only where loaders are needed
+    """Run the linear protocol (or fine-tuning) with the DALI loaders of ``dali_pipelines.loaders`` on two manifests."""
+    from dali_pipelines.loaders import build_linear_loader, build_test_loader  # DALI only where loaders are needed
 
     check_eval_config(cfg)
     splits = match_splits(train_manifest, test_manifest, log=log)

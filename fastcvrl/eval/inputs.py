@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastcvrl.config import Config, validate
-from fastcvrl.manifest import ManifestError, VideoEntry, read_classes, read_manifest
+from dali_pipelines.manifest import ManifestError, VideoEntry, read_classes, read_manifest
 from fastcvrl.eval.weights import EvalError
 
 __all__ = ["check_eval_config", "read_split", "Splits", "match_splits"]

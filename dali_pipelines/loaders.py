@@ -45,10 +45,10 @@ from dali_pipelines.host import (META_FIELDS, SUBSTITUTE, LinearSource, MultiVie
                                  meta_field)
 from dali_pipelines.spatial import blur_window
 from fastcvrl.config import Config
-from fastcvrl.manifest import VideoEntry, read_manifest
-from fastcvrl.normalize import Normalize
+from dali_pipelines.manifest import VideoEntry, read_manifest
+from dali_pipelines.normalize import Normalize
 
-log = logging.getLogger("fastcvrl.data")
+log = logging.getLogger("dali_pipelines.loaders")
 
 
 def resolve_augment(augment: str, dev: str) -> str:

@@ -2,7 +2,7 @@
 
 Where it runs: the GPU default hands DALI's uint8 views to the training step as they are, and the step
 normalises them inside its CUDA graph (``fastcvrl.step.TrainStep``: no float copy of the views outside the
-graph); evaluation loaders and the CPU path normalise in the loader (``fastcvrl.data``).
+graph); evaluation loaders and the CPU path normalise in the loader (``dali_pipelines.loaders``).
 """
 from __future__ import annotations
 
