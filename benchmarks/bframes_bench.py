@@ -36,7 +36,7 @@ from common import REPO, environment, format_table, write_json  # noqa: E402
 from dali_pipelines.host import PretrainSource  # noqa: E402
 from dali_pipelines.packets import build_index, trim  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
-from fastcvrl.datasets.prepare import Transcode, transcode_video  # noqa: E402
+from fastcvrl.datasets.transcode import Transcode, transcode_video  # noqa: E402
 from dali_pipelines.manifest import VideoEntry  # noqa: E402
 
 

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, environment, format_table, summarize, write_json  # noqa: E402
 
-from fastcvrl.datasets.prepare import Transcode, transcode_video  # noqa: E402
+from fastcvrl.datasets.transcode import Transcode, transcode_video  # noqa: E402
 from fastcvrl.datasets.video import CODECS, keyframe_indices, read_video, write_video  # noqa: E402
 
 T, STRIDE = 16, 2  # CVRL's pretraining clip

@@ -80,7 +80,7 @@ def _sources(args: Any, work: Path) -> list[str]:
 
 def _transcoded(codec: str, sources: list[str], cache: Path, short_side: int, gop: int) -> list[tuple[str, int]]:
     """(path, frames) of each source transcoded by prepare's transcoder (cached)."""
-    from fastcvrl.datasets.prepare import Transcode, transcode_video
+    from fastcvrl.datasets.transcode import Transcode, transcode_video
     from fastcvrl.datasets.video import CODECS as EXT
 
     folder = cache / f"{codec}-s{short_side}-g{gop}"

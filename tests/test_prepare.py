@@ -20,7 +20,9 @@ av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collec
 
 from fastcvrl.datasets import prepare as prep
 from dali_pipelines.manifest import read_classes, read_manifest
-from fastcvrl.datasets.prepare import JOURNAL, PrepareError, Transcode, main, prepare
+from fastcvrl.datasets.journal import JOURNAL, NO_PERMISSION
+from fastcvrl.datasets.prepare import PrepareError, main, prepare
+from fastcvrl.datasets.transcode import TEMP_PREFIX, Transcode, temp_path
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 from fastcvrl.datasets.videoprobe import probe_video
 
@@ -228,7 +230,7 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     done = journal.read_text().count("\n")
     assert 2 <= done < 24
     assert not (out / "manifest.csv").exists()
-    assert not [p for p in out.rglob("*") if p.name.startswith(prep.TEMP_PREFIX)]  # no half-written transcode left
+    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)]  # no half-written transcode left
     s = prepare(src, out, transcode=Transcode("vp9", 144, 16), workers=2, quiet=True, log=lambda *_: None)
     assert s.complete and s.reused == done and s.processed == 24 - done
     assert [e.num_frames for e in read_manifest(out / "manifest.csv")] == [48] * 24
@@ -321,7 +323,7 @@ def test_a_permission_rejection_is_retried_by_the_next_run(collection, tmp_path,
     """Runs as any user (root reads any file whatever its mode): the worker's open is refused as chmod would."""
     monkeypatch.setattr(os, "open", _os_open_denying)  # forked workers inherit the patch
     first, second, row = _denied_then_allowed(collection, tmp_path / "out", DENIED.add, DENIED.discard)
-    assert row["reason"] == "unreadable" and row["detail"].startswith(prep.NO_PERMISSION), row
+    assert row["reason"] == "unreadable" and row["detail"].startswith(NO_PERMISSION), row
     assert first.usable == 3
     assert second.processed == 1 and second.reused == first.listed - 1  # only b.avi again: not "already done"
     assert second.usable == 4 and "b.avi" not in {Path(r["path"]).name for r in _rows(tmp_path / "out" / "rejected.csv")}
@@ -345,7 +347,7 @@ def test_permission_rejections_in_an_older_journal_are_retried(collection, tmp_p
 def test_a_chmod_denied_file_is_retried_after_chmod(collection, tmp_path):
     first, second, row = _denied_then_allowed(collection, tmp_path / "out", lambda p: os.chmod(p, 0),
                                               lambda p: os.chmod(p, 0o644))
-    assert row["reason"] == "unreadable" and row["detail"].startswith(prep.NO_PERMISSION), row
+    assert row["reason"] == "unreadable" and row["detail"].startswith(NO_PERMISSION), row
     assert first.usable == 3 and second.processed == 1 and second.usable == 4
 
 
@@ -368,7 +370,7 @@ def test_long_file_names_transcode(tmp_path):
         idx, vid = decode_index(read_video(e.path))
         assert idx.tolist() == list(range(12))
     assert sorted(int(decode_index(read_video(e.path))[1][0]) for e in entries) == [0, 1, 2, 3]  # none overwritten
-    assert len(Path(prep.temp_path(str(tmp_path / ("c" * 255)))).name) < 64
+    assert len(Path(temp_path(str(tmp_path / ("c" * 255)))).name) < 64
 
 
 _HANG_ALL = textwrap.dedent("""

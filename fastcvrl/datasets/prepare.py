@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import json
 import os
-import re
 import signal
 import statistics
 import sys
@@ -32,121 +31,25 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
-from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-import av
-from av.video.reformatter import ColorRange, VideoReformatter
 
 from dali_pipelines.manifest import VideoEntry, read_classes, write_classes, write_manifest
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
-from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
-from fastcvrl.datasets.videoprobe import Probe, probe_video
+from fastcvrl.datasets.video import CODECS
+from fastcvrl.datasets.videoprobe import Probe
+from fastcvrl.datasets.journal import JOURNAL, JOURNAL_VERSION, NO_PERMISSION, Journal, _retry_later
+from fastcvrl.datasets.transcode import (TRANSCODE_CODECS, _TEMP_RE, Transcode, transcode_video)
+from fastcvrl.datasets.videoprobe import probe_video
 
-JOURNAL = ".prepare-journal.jsonl"
-JOURNAL_VERSION = 1
-TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # DALI 2.4's CPU decoder (see shared DALI notes)
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
-NO_PERMISSION = "no permission to read"  # the detail of a rejection the next run retries
-TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
-_TEMP_RE = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")
 
 
 class PrepareError(ValueError):
     """Bad arguments or paths; the message names the value at fault."""
-
-
-@dataclass(frozen=True)
-class Transcode:
-    codec: str  # h264 | vp9 | mjpeg
-    short_side: int = 256  # 0 keeps the size (rounded down to even for 4:2:0)
-    gop: int = 16  # keyframe interval in frames
-    quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.datasets.video's defaults
-    # H.264 B-frames: files about 12% smaller at the same CRF for the same frames decoded per clip, since a
-    # trimmed run ends at the last packet a clip needs (README, "Which H.264 settings"); other codecs: unused
-    bframes: int = 3
-
-
-# ------------------------------------------------------------------------------------------- transcoding
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Scale so the short side is ``short_side`` (0: keep), both sides even (4:2:0 chroma needs it)."""
-    if short_side > 0:
-        s = short_side / min(width, height)
-        width, height = width * s, height * s
-    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
-
-
-def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Probe:
-    """Re-encode every frame of ``src``, in order, into ``dst``; returns the probe of ``dst``, or of ``src``
-    when the source is unusable. The output is verified (decoded frame count equal to the source's) before it
-    is renamed into place, so ``dst`` either is complete or does not exist. ``threads``: codec threads each
-    for the decoder and the encoder (0: FFmpeg's choice)."""
-    try:
-        with av.open(src, metadata_errors="ignore") as f:
-            s = f.streams.video[0]
-            rate = Fraction(s.average_rate or s.guessed_rate or 25).limit_denominator(1001)
-    except Exception:  # probe_video below reports why
-        rate = Fraction(25)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = temp_path(dst)
-    pix_fmt = CODECS[opts.codec][1]
-    dst_range = ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
-    scaler = VideoReformatter()
-    state: dict = {}
-
-    def encode(frame: av.VideoFrame) -> None:
-        if not state:
-            w, h = output_size(frame.width, frame.height, opts.short_side)
-            state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
-            state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality,
-                                               opts.bframes)
-            state["stream"].codec_context.thread_count = threads
-            state["size"], state["n"] = (w, h), 0
-        w, h = state["size"]
-        # Say the source's range explicitly: swscale otherwise takes full-range (JPEG) input as limited.
-        src_range = frame.color_range
-        if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
-            src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
-        f2 = scaler.reformat(frame, w, h, pix_fmt, interpolation="AREA", src_color_range=src_range,
-                             dst_color_range=dst_range, threads=1)
-        f2.pts, f2.time_base = state["n"], 1 / rate  # constant frame rate: frame i at i / rate
-        f2.pict_type = av.video.frame.PictureType.NONE  # else encoders keep the source's keyframes too
-        state["n"] += 1
-        for packet in state["stream"].encode(f2):
-            state["out"].mux(packet)
-
-    try:
-        probe = probe_video(src, on_frame=encode, threads=threads)
-        if state:
-            if probe.ok:
-                for packet in state["stream"].encode():
-                    state["out"].mux(packet)
-            state["out"].close()
-            state.clear()
-        if not probe.ok:
-            return probe
-        out = probe_video(tmp, threads=threads)
-        if not out.ok or out.num_frames != probe.num_frames:
-            why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
-            return replace(probe, reason="transcode failed", detail=why)
-        os.replace(tmp, dst)
-        return replace(out, path=dst)
-    finally:
-        if state:
-            state["out"].close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def temp_path(dst: str) -> str:
-    """A temporary name beside ``dst`` (same folder: the rename into place is atomic) whose length does not
-    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under ``NAME_MAX``."""
-    folder, name = os.path.split(dst)
-    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{digest}{os.path.splitext(name)[1]}")
 
 
 Job = tuple[str, str | None, Transcode | None, int]  # (source, output, transcode options, codec threads)
@@ -186,75 +89,6 @@ def _worker_init(parent: int) -> None:
                   f"({os.strerror(ctypes.get_errno())})", file=sys.stderr, flush=True)
         if os.getppid() != parent:  # the parent is already gone: the signal would never come
             os._exit(1)
-
-
-def _retry_later(probe: Probe) -> bool:
-    """A result that may be the machine's fault, not the file's (a worker failure, a timeout, no read
-    permission): not journaled, so the next run tries the file again. (Journals of earlier versions hold
-    permission rejections as ``unreadable`` with a ``PermissionError: ...`` detail: retried too.)"""
-    return (probe.reason in ("failed", "timeout") or probe.detail.startswith(NO_PERMISSION)
-            or (probe.reason == "unreadable" and probe.detail.startswith("PermissionError")))
-
-
-# ------------------------------------------------------------------------------------------- journal
-class Journal:
-    """Append-only record of finished files (``DIR/.prepare-journal.jsonl``), one JSON line each.
-
-    A record is reused when the source's size and mtime and the run's settings are unchanged and, for a
-    transcode, the output still exists with the recorded size. A line cut short by a kill is ignored.
-    """
-
-    def __init__(self, path: Path, settings: str):
-        self.path, self.settings = path, settings
-        self.records: dict[str, dict] = {}
-        if path.is_file():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and rec.get("settings") == settings and "src" in rec:
-                        self.records[rec["src"]] = rec
-        self._file = open(path, "a", encoding="utf-8")
-
-    def lookup(self, src: str) -> Probe | None:
-        rec = self.records.get(src)
-        if rec is None or _retry_later(Probe(**rec["probe"])):
-            return None
-        try:
-            st = os.stat(src)
-            if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]):
-                return None
-        except OSError:
-            if rec["probe"]["reason"] != "missing":
-                return None
-        probe = Probe(**rec["probe"])
-        if rec.get("out_size") is not None:
-            try:
-                if os.path.getsize(probe.path) != rec["out_size"]:
-                    return None
-            except OSError:
-                return None
-        return probe
-
-    def add(self, src: str, probe: Probe) -> None:
-        try:
-            st = os.stat(src)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = None, None
-        out_size = os.path.getsize(probe.path) if probe.ok and probe.path != src else None
-        rec = {"src": src, "size": size, "mtime_ns": mtime, "settings": self.settings, "probe": asdict(probe), "out_size": out_size}
-        self.records[src] = rec
-        self._file.write(json.dumps(rec) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
 
 
 # ------------------------------------------------------------------------------------------- the run

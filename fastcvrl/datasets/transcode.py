@@ -1,0 +1,107 @@
+"""Re-encoding one video for fast clip decoding (``prepare --transcode``): every frame kept, in order, a
+keyframe every ``gop`` frames, the short side scaled; the output verified before it is renamed into place."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import av
+from av.video.reformatter import ColorRange, VideoReformatter
+
+from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
+from fastcvrl.datasets.videoprobe import Probe, probe_video
+
+TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
+TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
+_TEMP_RE = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")
+
+@dataclass(frozen=True)
+class Transcode:
+    codec: str  # h264 | vp9 | mjpeg
+    short_side: int = 256  # 0 keeps the size (rounded down to even for 4:2:0)
+    gop: int = 16  # keyframe interval in frames
+    quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.datasets.video's defaults
+    # H.264 B-frames: files about 12% smaller at the same CRF for the same frames decoded per clip, since a
+    # trimmed run ends at the last packet a clip needs (README, "Which H.264 settings"); other codecs: unused
+    bframes: int = 3
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Scale so the short side is ``short_side`` (0: keep), both sides even (4:2:0 chroma needs it)."""
+    if short_side > 0:
+        s = short_side / min(width, height)
+        width, height = width * s, height * s
+    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+
+
+def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Probe:
+    """Re-encode every frame of ``src``, in order, into ``dst``; returns the probe of ``dst``, or of ``src``
+    when the source is unusable. The output is verified (decoded frame count equal to the source's) before it
+    is renamed into place, so ``dst`` either is complete or does not exist. ``threads``: codec threads each
+    for the decoder and the encoder (0: FFmpeg's choice)."""
+    try:
+        with av.open(src, metadata_errors="ignore") as f:
+            s = f.streams.video[0]
+            rate = Fraction(s.average_rate or s.guessed_rate or 25).limit_denominator(1001)
+    except Exception:  # probe_video below reports why
+        rate = Fraction(25)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = temp_path(dst)
+    pix_fmt = CODECS[opts.codec][1]
+    dst_range = ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
+    scaler = VideoReformatter()
+    state: dict = {}
+
+    def encode(frame: av.VideoFrame) -> None:
+        if not state:
+            w, h = output_size(frame.width, frame.height, opts.short_side)
+            state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
+            state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality,
+                                               opts.bframes)
+            state["stream"].codec_context.thread_count = threads
+            state["size"], state["n"] = (w, h), 0
+        w, h = state["size"]
+        # Say the source's range explicitly: swscale otherwise takes full-range (JPEG) input as limited.
+        src_range = frame.color_range
+        if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
+            src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
+        f2 = scaler.reformat(frame, w, h, pix_fmt, interpolation="AREA", src_color_range=src_range,
+                             dst_color_range=dst_range, threads=1)
+        f2.pts, f2.time_base = state["n"], 1 / rate  # constant frame rate: frame i at i / rate
+        f2.pict_type = av.video.frame.PictureType.NONE  # else encoders keep the source's keyframes too
+        state["n"] += 1
+        for packet in state["stream"].encode(f2):
+            state["out"].mux(packet)
+
+    try:
+        probe = probe_video(src, on_frame=encode, threads=threads)
+        if state:
+            if probe.ok:
+                for packet in state["stream"].encode():
+                    state["out"].mux(packet)
+            state["out"].close()
+            state.clear()
+        if not probe.ok:
+            return probe
+        out = probe_video(tmp, threads=threads)
+        if not out.ok or out.num_frames != probe.num_frames:
+            why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
+            return replace(probe, reason="transcode failed", detail=why)
+        os.replace(tmp, dst)
+        return replace(out, path=dst)
+    finally:
+        if state:
+            state["out"].close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def temp_path(dst: str) -> str:
+    """A temporary name beside ``dst`` (same folder: the rename into place is atomic) whose length does not
+    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under ``NAME_MAX``."""
+    folder, name = os.path.split(dst)
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{digest}{os.path.splitext(name)[1]}")
