@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from fastcvrl import config as C
+from fastcvrl import domains as D
 from fastcvrl.config import Config, ConfigError, config_keys, load_config, relations, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def undeclared_keys(cfg: object) -> list[str]:
     out = []
     for section in dataclasses.fields(cfg):
         for f in dataclasses.fields(getattr(cfg, section.name)):
-            if not isinstance(f.metadata.get("domain"), C.Domain) or not f.metadata.get("help"):
+            if not isinstance(f.metadata.get("domain"), D.Domain) or not f.metadata.get("help"):
                 out.append(f"{section.name}.{f.name}")
     return out
 
@@ -64,7 +65,7 @@ def test_every_key_declares_a_domain_and_a_help_line():
 
 def test_the_completeness_check_finds_a_key_declared_without_a_domain():
     Extra = dataclasses.make_dataclass("Extra", [("plain", int, dataclasses.field(default=3)),
-                                                 ("declared", int, C.key(1, C.at_least(1), "declared"))])
+                                                 ("declared", int, D.key(1, D.at_least(1), "declared"))])
     Outer = dataclasses.make_dataclass("Outer", [("extra", Extra, dataclasses.field(default_factory=Extra))])
     assert undeclared_keys(Outer()) == ["extra.plain"]
 
@@ -92,7 +93,7 @@ def test_every_restricted_domain_generates_values_outside_it():
             continue  # named by test_every_key_declares_a_domain_and_a_help_line
         assert d.allows(default), key
         assert d.describe(), key
-        if not isinstance(d, (C.Flag, C.Text)) or d.outside():
+        if not isinstance(d, (D.Flag, D.Text)) or d.outside():
             assert d.outside(), f"{key}: its domain generates no value outside it"
             assert not any(d.allows(v) for v in d.outside()), key
 
