@@ -26,6 +26,7 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 import loader_bench  # noqa: E402
+import memory_bench  # noqa: E402
 import train_bench  # noqa: E402
 
 
@@ -249,9 +250,9 @@ def test_flops_per_clip_scale_as_convolutions_do():
     assert flops_per_clip(backbone, 4, 64) == pytest.approx(4 * base, rel=1e-9)
 
 
-def test_train_bench_memory_quick(tmp_path):
+def test_memory_bench_quick(tmp_path):
     out = tmp_path / "memory.json"
-    result = train_bench.main(["--memory", "--quick", "--json", str(out)])
+    result = memory_bench.main(["--quick", "--json", str(out)])
     line = json.loads(out.read_text())
     saved = line["saved_activation_gb_per_clip"]
     assert saved == result["saved_activation_gb_per_clip"]
@@ -274,7 +275,7 @@ def test_saved_bytes_on_fake_tensors_equal_real_ones():
 
     def per_clip(mode: str, fake: bool, size: int = 32) -> tuple[int, dict[str, int]]:
         u = units if mode == "none" else None
-        (t2, u2), (t4, u4) = (train_bench.saved_bytes(model, (n, 3, 4, size, size), mode, fake, u) for n in (2, 4))
+        (t2, u2), (t4, u4) = (memory_bench.saved_bytes(model, (n, 3, 4, size, size), mode, fake, u) for n in (2, 4))
         return (t4 - t2) // 2, {k: (u4[k] - u2[k]) // 2 for k in u2}
 
     for mode in ("none", "stage", "block"):
