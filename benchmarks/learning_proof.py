@@ -60,7 +60,7 @@ def log(msg: str) -> None:
 
 
 def default_config() -> Path:
-    return REPO / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    return REPO / "fastcvrl" / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
 
 
 # The proof's settings on top of the pretraining config, for pretraining and evaluation alike (command-line

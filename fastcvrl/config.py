@@ -1,6 +1,6 @@
 """Typed, nested configuration: YAML files mapped onto dataclasses, with dotted command-line overrides.
 
-    cfg = load_config("configs/cvrl_r3d50_k400.yaml", ["--optim.lr=0.32", "--train.epochs=200"])
+    cfg = load_config("fastcvrl/configs/cvrl_r3d50_k400.yaml", ["--optim.lr=0.32", "--train.epochs=200"])
     save_config(cfg, "run/config.yaml")            # reloads to an equal object
 
 Strict by design (unknown keys are typos, not options): an unknown key, a duplicate YAML key, a value of the

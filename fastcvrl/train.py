@@ -1,8 +1,8 @@
-"""CVRL pretraining: ``torchrun --nproc_per_node=N fastcvrl/train.py --config configs/X.yaml [--key=value ...]``.
+"""CVRL pretraining: ``torchrun --nproc_per_node=N fastcvrl/train.py --config fastcvrl/configs/X.yaml [--key=value ...]``.
 
 The same with plain ``python`` runs one process. Without ``--config`` it runs the built-in default: the
 synthetic motion dataset (generated once, cached) and a small R3D, on the GPU if there is one
-(``configs/synthetic_gpu.yaml``) else on the CPU (``configs/synthetic_cpu.yaml``).
+(``fastcvrl/configs/synthetic_gpu.yaml``) else on the CPU (``fastcvrl/configs/synthetic_cpu.yaml``).
 
 Also ``python -m fastcvrl.train ...``. Run folder (``train.out_dir``, ``fastcvrl.runfolder``): ``config.yaml``
 (resolved), ``env.json``, ``tb/`` (TensorBoard), ``checkpoints/`` (atomic, last ``train.keep_ckpts``),
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(prog="fastcvrl/train.py", description="CVRL video pretraining",
                                  epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
                                         "(--help-config lists them all)")
-    ap.add_argument("--config", default=None, help="YAML config (default: configs/synthetic_{gpu,cpu}.yaml)")
+    ap.add_argument("--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)")
     ap.add_argument("--profile-steps", default=None, metavar="A:B",
                     help="start the CUDA profiler at step A, stop it before step B (nsys cudaProfilerApi)")
     add_config_flags(ap)
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return REPO_ROOT / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    return REPO_ROOT / "fastcvrl" / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:

@@ -160,8 +160,8 @@ def test_evaluation_checks_both_manifests_before_any_model_work(tmp_path):
 def test_the_gpu_default_decodes_on_nvdec_and_the_cpu_default_is_unchanged():
     from fastcvrl.config import load_config
 
-    gpu = load_config(REPO / "configs" / "synthetic_gpu.yaml").data
-    cpu = load_config(REPO / "configs" / "synthetic_cpu.yaml").data
+    gpu = load_config(REPO / "fastcvrl" / "configs" / "synthetic_gpu.yaml").data
+    cpu = load_config(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml").data
     assert codecs.refusal(gpu.synthetic_codec, gpu.synthetic_size, gpu.synthetic_size, "gpu") is None
     assert gpu.synthetic_size >= gpu.crop_size and gpu.synthetic_dir != cpu.synthetic_dir
     assert (cpu.synthetic_codec, cpu.synthetic_size) == ("vp9", 112)  # the CPU figures' dataset

@@ -7,7 +7,7 @@ import pytest
 
 from fastcvrl.config import Config, ConfigError, load_config, parse_overrides, save_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "fastcvrl" / "configs"
 
 
 def write(tmp_path: Path, text: str) -> Path:

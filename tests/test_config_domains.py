@@ -81,7 +81,7 @@ def test_an_error_names_the_file_only_when_the_value_came_from_it(tmp_path):
 
 def test_the_defaults_and_every_shipped_config_are_inside_their_domains():
     validate(Config())
-    for f in sorted((REPO / "configs").glob("*.yaml")):
+    for f in sorted((REPO / "fastcvrl" / "configs").glob("*.yaml")):
         load_config(f)  # raises on a value outside its domain
 
 

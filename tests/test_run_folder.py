@@ -33,7 +33,7 @@ TINY = [
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
+    return ["--config", str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
 
 
 def _snapshot(run_dir: Path) -> dict[str, tuple[int, bytes]]:

@@ -34,7 +34,7 @@ TINY = [
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
+    return ["--config", str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
 
 
 def _assert_same_state(a: dict, b: dict) -> None:

@@ -2,7 +2,7 @@
 
     python -m fastcvrl.eval --checkpoint runs/default/backbone.pt \\
         --train-manifest data/ucf101/train/manifest.csv --test-manifest data/ucf101/test/manifest.csv \\
-        [--config configs/X.yaml] [--finetune] [--random-init] [--out DIR] [--eval.epochs=100 ...]
+        [--config fastcvrl/configs/X.yaml] [--finetune] [--random-init] [--out DIR] [--eval.epochs=100 ...]
 
 Linear protocol (Qian et al. 2021, Sec. 4.1; ``fastcvrl.eval.linear``): the backbone is frozen with BatchNorm
 in eval mode; its pooled features are L2-normalised and one linear layer is trained on them with SGD
