@@ -2,7 +2,8 @@
 
 This is how peer codebases load video (seek to the keyframe before each clip, decode up to the clip's end,
 augment with torch ops in worker processes). ``benchmarks/loader_bench.py`` measures the DALI pipeline beside
-it, and it is a DALI-free fallback with the same output contract as ``dali_pipelines.loaders.build_pretrain_loader``:
+it, and it is a DALI-free fallback with the same output contract as
+``dali_pipelines.loaders.build_pretrain_loader``:
 ``(view1, view2, label)`` with views float ``(B, 3, T, H, W)`` in ``torch.channels_last_3d``.
 
 The work per video is the same as the DALI pipeline's, drawn by the same host-side functions from the same
@@ -10,28 +11,31 @@ random streams (``dali_pipelines.temporal`` / ``spatial``, seeded by (seed, epoc
 epoch order (``shard_order``): two clips of T frames at stride s placed by CVRL's temporal sampling (Qian et
 al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized crop (area 0.3-1, aspect
 0.5-2), horizontal flip (p 0.5), the reference's colour jitter (p 0.8; ``torch_augment.color_jitter``) and
-grayscale (p 0.2), clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as peers
+grayscale (p 0.2), clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as
+peers
 do; ``frames_decoded`` counts every frame the decoder produced.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset
 
 from dali_pipelines import spatial, temporal, torch_augment  # host-side rules and torch ops, no DALI import
 from dali_pipelines.host import PretrainSource, shard_order
-from fastcvrl.config import Config, DataConfig
 from dali_pipelines.manifest import VideoEntry, read_manifest
+from fastcvrl.config import Config, DataConfig
 
 PRETRAIN_STREAM = PretrainSource.purpose  # the DALI source's random stream id for pretraining draws
+
 
 # ------------------------------------------------------------------------------------------ decoding
 def decode_frames(path: str, indices: np.ndarray, fps: float | None = None) -> tuple[np.ndarray, int]:
@@ -93,14 +97,21 @@ def draw_video(
     """The two clip starts and the two clips' augmentations of one video, drawn exactly as the DALI
     pipeline's host side draws them (``dali_pipelines.host.PretrainSource.sample``: same functions, same
     order, so the same generator state gives the same clips); the crop box is rounded to whole pixels."""
-    s1, s2 = temporal.sample_starts(rng, num_frames, cfg.num_frames, cfg.stride, cfg.gap_distribution, cfg.gap_power)[0]
+    s1, s2 = temporal.sample_starts(
+        rng, num_frames, cfg.num_frames, cfg.stride, cfg.gap_distribution, cfg.gap_power
+    )[0]
     augs = []
     for _ in range(2):
         y0, x0, y1, x1 = spatial.random_resized_crop(
-            rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect))
+            rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect)
+        )
         flip = bool(rng.random() < cfg.flip_prob)
-        color, order = spatial.color_params(rng, cfg.color_jitter_prob,
-                                            (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue), cfg.grayscale_prob)
+        color, order = spatial.color_params(
+            rng,
+            cfg.color_jitter_prob,
+            (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
+            cfg.grayscale_prob,
+        )
         top, left = min(int(round(y0)), height - 1), min(int(round(x0)), width - 1)
         h = max(1, min(int(round(y1)), height) - top)
         w = max(1, min(int(round(x1)), width) - left)
@@ -112,8 +123,9 @@ def augment_clip(
     frames: torch.Tensor, aug: ClipAug, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """``frames`` uint8 ``(T, H, W, 3)`` -> float32 ``(T, size, size, 3)``: crop, bilinear resize, flip,
-    colour jitter and grayscale, clamp to [0, 1], normalise. One set of parameters for every frame of the clip."""
-    x = frames[:, aug.top:aug.top + aug.height, aug.left:aug.left + aug.width, :]
+    colour jitter and grayscale, clamp to [0, 1], normalise. One set of parameters for every frame of the
+    clip."""
+    x = frames[:, aug.top : aug.top + aug.height, aug.left : aug.left + aug.width, :]
     x = x.permute(0, 3, 1, 2).float()  # (T, 3, h, w), channels-last in memory
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     x = x.permute(0, 2, 3, 1)  # (T, S, S, 3)
@@ -138,7 +150,9 @@ class TwoViewDataset(Dataset):
         if not entries:
             raise ValueError("baseline loader: the manifest lists no videos")
         if cfg.blur or cfg.solarize:
-            raise ValueError("baseline loader: data.blur and data.solarize are not implemented here; set them false")
+            raise ValueError(
+                "baseline loader: data.blur and data.solarize are not implemented here; set them false"
+            )
         self.entries, self.cfg, self.seed, self.epoch = list(entries), cfg, seed, 0
 
     def __len__(self) -> int:
@@ -162,8 +176,10 @@ class TwoViewDataset(Dataset):
             idx = temporal.clip_indices(start, entry.num_frames, c.num_frames, c.stride)
             frames, n = decode_frames(entry.path, idx, entry.fps)  # (T, H, W, 3) uint8
             if frames.shape[1:3] != (entry.height, entry.width):
-                raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the manifest says "
-                                 f"{entry.width}x{entry.height}")
+                raise ValueError(
+                    f"frames are {frames.shape[2]}x{frames.shape[1]}, the manifest says "
+                    f"{entry.width}x{entry.height}"
+                )
             decoded += n
             views.append(augment_clip(torch.from_numpy(frames), aug, c.crop_size, c.mean, c.std))
         return views[0], views[1], entry.label, decoded
@@ -185,17 +201,34 @@ class BaselineLoader:
     """
 
     def __init__(
-        self, entries: Sequence[VideoEntry], cfg: DataConfig, batch_size: int, *, device: torch.device,
-        rank: int = 0, world_size: int = 1, seed: int = 0, num_workers: int | None = None,
+        self,
+        entries: Sequence[VideoEntry],
+        cfg: DataConfig,
+        batch_size: int,
+        *,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_workers: int | None = None,
     ):
         self.dataset = TwoViewDataset(entries, cfg, seed)
-        self.batch_size, self.device, self.rank, self.world_size, self.seed = batch_size, device, rank, world_size, seed
+        self.batch_size, self.device, self.rank, self.world_size, self.seed = (
+            batch_size,
+            device,
+            rank,
+            world_size,
+            seed,
+        )
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.epoch = 0
         self.frames_decoded = 0
         self.videos = 0
         if len(self) == 0:
-            raise ValueError(f"baseline loader: {len(entries)} videos over {world_size} ranks give no batch of {batch_size}")
+            raise ValueError(
+                f"baseline loader: {len(entries)} videos over {world_size} ranks give no batch of "
+                f"{batch_size}"
+            )
 
     def __len__(self) -> int:
         return len(self.dataset) // self.world_size // self.batch_size
@@ -205,7 +238,9 @@ class BaselineLoader:
 
     def _indices(self) -> list[int]:
         """The DALI loader's epoch order (``shard_order``): the same videos in the same batches."""
-        order = shard_order(len(self.dataset), self.rank, self.world_size, self.epoch, self.seed, shuffle=True)
+        order = shard_order(
+            len(self.dataset), self.rank, self.world_size, self.epoch, self.seed, shuffle=True
+        )
         return order[: len(self) * self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -215,14 +250,23 @@ class BaselineLoader:
         """The epoch's batches from batch ``start`` on (the same ones ``iter()`` yields there)."""
         self.dataset.epoch = self.epoch  # forked workers copy it
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self._indices()[start * self.batch_size:], num_workers=self.num_workers,
-            collate_fn=collate_views, pin_memory=self.device.type == "cuda", drop_last=True,
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self._indices()[start * self.batch_size :],
+            num_workers=self.num_workers,
+            collate_fn=collate_views,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
         )
         for v1, v2, label, decoded in loader:
             self.frames_decoded += int(decoded.sum())
             self.videos += len(label)
             nb = self.device.type == "cuda"
-            yield v1.to(self.device, non_blocking=nb), v2.to(self.device, non_blocking=nb), label.to(self.device, non_blocking=nb)
+            yield (
+                v1.to(self.device, non_blocking=nb),
+                v2.to(self.device, non_blocking=nb),
+                label.to(self.device, non_blocking=nb),
+            )
 
 
 def default_workers() -> int:
@@ -234,12 +278,25 @@ def default_workers() -> int:
 
 
 def build_baseline_loader(
-    cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1, device: torch.device,
-    seed: int = 0, num_workers: int | None = None,
+    cfg: Config,
+    manifest: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device,
+    seed: int = 0,
+    num_workers: int | None = None,
 ) -> BaselineLoader:
-    """Same contract as ``dali_pipelines.loaders.build_pretrain_loader``; B = ``cfg.train.batch_size // world_size``."""
+    """Same contract as ``dali_pipelines.loaders.build_pretrain_loader``; B = ``cfg.train.batch_size //
+    world_size``."""
     entries = read_manifest(manifest)
     return BaselineLoader(
-        entries, cfg.data, cfg.train.batch_size // world_size, device=device, rank=rank,
-        world_size=world_size, seed=seed, num_workers=num_workers,
+        entries,
+        cfg.data,
+        cfg.train.batch_size // world_size,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        num_workers=num_workers,
     )

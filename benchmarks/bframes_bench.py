@@ -1,4 +1,5 @@
-"""Which H.264 settings ``prepare --transcode h264`` should use for clip decoding: B-frames or not, keyframe spacing.
+"""Which H.264 settings ``prepare --transcode h264`` should use for clip decoding: B-frames or not, keyframe
+spacing.
 
     python benchmarks/bframes_bench.py [--videos DIR] [--gops 8 16 32] [--bframes 0 3] [--json OUT]
 
@@ -17,6 +18,7 @@ video's packets as the pipelines do. Reported per setting:
 Before timing, every trimmed stream's needed frames are checked against a full decode of the file.
 Prints a table and one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, environment, format_table, write_json  # noqa: E402
 
 from dali_pipelines.host import PretrainSource  # noqa: E402
+from dali_pipelines.manifest import VideoEntry  # noqa: E402
 from dali_pipelines.packets import build_index, trim  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.datasets.transcode import Transcode, transcode_video  # noqa: E402
-from dali_pipelines.manifest import VideoEntry  # noqa: E402
 
 
 def _decode(encoded: np.ndarray) -> list[np.ndarray]:
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--plans", type=int, default=8, help="epochs of clip plans over the files")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    sources = sorted(str(p) for p in args.videos.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm"))
+    sources = sorted(
+        str(p) for p in args.videos.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm")
+    )
     if not sources:
         raise SystemExit(f"no videos in {args.videos}")
     cfg = Config().data
@@ -110,14 +114,28 @@ def main(argv: list[str] | None = None) -> dict:
                 "reorders": any(build_index(e.path).reorder is not None for e in entries),
             }
             r = result["settings"][key]
-            rows.append([gop, bf, r["bytes_per_frame"], r["frames_per_clip"], r["decode_ms_per_clip"],
-                         r["host_ms_per_video"]])
+            rows.append(
+                [
+                    gop,
+                    bf,
+                    r["bytes_per_frame"],
+                    r["frames_per_clip"],
+                    r["decode_ms_per_clip"],
+                    r["host_ms_per_video"],
+                ]
+            )
     result["env"] = environment()
     env = result["env"]
-    print(f"H.264 (CRF 18, veryfast) at short side 256, {len(sources)} clips x {args.plans} plans; {env['cpu']}, "
-          f"load average {env['loadavg_1m']:.2f} (CPU times: steadier than wall time on a shared machine)")
-    print(format_table(["GOP", "B-frames", "bytes/frame", "frames/clip", "decode ms/clip (CPU)", "host ms/video"],
-                       rows))
+    print(
+        f"H.264 (CRF 18, veryfast) at short side 256, {len(sources)} clips x {args.plans} plans; "
+        f"{env['cpu']}, "
+        f"load average {env['loadavg_1m']:.2f} (CPU times: steadier than wall time on a shared machine)"
+    )
+    print(
+        format_table(
+            ["GOP", "B-frames", "bytes/frame", "frames/clip", "decode ms/clip (CPU)", "host ms/video"], rows
+        )
+    )
     print(write_json(result, args.json))
     return result
 

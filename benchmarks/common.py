@@ -1,4 +1,6 @@
-"""Shared benchmark helpers: the environment record, repeat statistics, process-tree memory, table and JSON."""
+"""Shared benchmark helpers: the environment record, repeat statistics, process-tree memory, table and
+JSON."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +9,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
@@ -20,8 +23,10 @@ from fastcvrl.logger import environment as _record  # noqa: E402
 
 
 def environment() -> dict[str, Any]:
-    """The project's environment record (``fastcvrl.logger.environment``, also the trainer's env.json): versions,
-    CPU and GPU model, usable cores, load average and git commit (None outside a checkout), with every result."""
+    """The project's environment record (``fastcvrl.logger.environment``, also the trainer's env.json):
+    versions,
+    CPU and GPU model, usable cores, load average and git commit (None outside a checkout), with every
+    result."""
     return _record()
 
 
@@ -29,8 +34,13 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     """Median and spread (min, max, and (max - min) / median) of repeated measurements."""
     vals = sorted(float(v) for v in values)
     med = statistics.median(vals)
-    return {"median": med, "min": vals[0], "max": vals[-1],
-            "spread": (vals[-1] - vals[0]) / med if med else 0.0, "n": len(vals)}
+    return {
+        "median": med,
+        "min": vals[0],
+        "max": vals[-1],
+        "spread": (vals[-1] - vals[0]) / med if med else 0.0,
+        "n": len(vals),
+    }
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -121,7 +131,8 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 
 class PeakMemory:
-    """Samples ``tree_memory_mb`` every ``interval`` s in a thread; ``peak_rss_mb``/``peak_pss_mb`` after exit."""
+    """Samples ``tree_memory_mb`` every ``interval`` s in a thread; ``peak_rss_mb``/``peak_pss_mb`` after
+    exit."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
@@ -137,7 +148,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._sample()
         self._thread.start()
         return self
@@ -161,9 +172,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells
+    ]
     return "\n".join(lines)
 
 

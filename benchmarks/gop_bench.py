@@ -1,4 +1,5 @@
-"""What a short keyframe interval buys in clip decoding (``prepare --transcode ... --gop 16``), on CPU with PyAV.
+"""What a short keyframe interval buys in clip decoding (``prepare --transcode ... --gop 16``), on CPU with
+PyAV.
 
     python benchmarks/gop_bench.py [--videos DIR] [--codecs vp9 h264] [--clips 16] [--repeats 3]
                                    [--short-side 256] [--json OUT]
@@ -6,7 +7,8 @@
 Each source video (default: the real clips in ``../shared/videos``; without them, synthetic 250-frame videos)
 is transcoded with prepare's own transcoder twice per codec at the same short side: once with the encoder's
 default keyframe placement (``default``) and once with a keyframe every 16 frames (``gop16``). Then, for the
-same random clip positions, a CVRL clip (16 frames at stride 2) is decoded with PyAV on one thread in two ways:
+same random clip positions, a CVRL clip (16 frames at stride 2) is decoded with PyAV on one thread in two
+ways:
 
 - ``seek``: open, seek to the keyframe before the clip, decode up to the clip's last frame (what a loader that
   seeks does; what DALI does when handed only the packets from that keyframe on);
@@ -17,6 +19,7 @@ The clip's 16 frames are converted to RGB in both. Every decoded clip is checked
 ``--repeats`` timed passes; the table gives medians over passes of the mean time per clip, and the frames
 decoded per clip. Prints a table and one JSON line (with the environment).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +72,12 @@ def _sources(folder: Path | None, scratch: Path) -> list[Path]:
     out = []
     for k in range(3):  # smooth moving noise, 250 frames (a 10 s Kinetics clip at 25 fps)
         base = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)
-        frames = np.stack([np.kron(np.roll(base, t, axis=1), np.ones((8, 8, 1), np.uint8)) for t in range(250)])
-        out.append(Path(write_video(scratch / f"synthetic{k}.mp4", frames[:, :256, :320], codec="h264", gop=250)))
+        frames = np.stack(
+            [np.kron(np.roll(base, t, axis=1), np.ones((8, 8, 1), np.uint8)) for t in range(250)]
+        )
+        out.append(
+            Path(write_video(scratch / f"synthetic{k}.mp4", frames[:, :256, :320], codec="h264", gop=250))
+        )
     return out
 
 
@@ -123,8 +130,13 @@ def main(argv: list[str] | None = None) -> int:
                     assert np.array_equal(np.stack(clip), full[s : s + T * STRIDE : STRIDE]), (v, s, seek)
         keys = [np.diff(keyframe_indices(v) + [lengths[Path(v).name.split(".")[0]]]).mean() for v in vids]
         size_kb = np.mean([os.path.getsize(v) for v in vids]) / 1024
-        entry = {"codec": codec, "keyframes": name, "mean_keyframe_interval": float(np.mean(keys)),
-                 "mean_size_kb": float(size_kb), "clips": len(jobs)}
+        entry = {
+            "codec": codec,
+            "keyframes": name,
+            "mean_keyframe_interval": float(np.mean(keys)),
+            "mean_size_kb": float(size_kb),
+            "clips": len(jobs),
+        }
         for mode, seek in (("seek", True), ("start", False)):
             for v, s in jobs[:: max(1, len(jobs) // 8)]:  # warm-up
                 decode_clip(v, s, seek)
@@ -137,20 +149,57 @@ def main(argv: list[str] | None = None) -> int:
             entry[f"{mode}_ms_per_clip"] = summarize(per_pass)
             entry[f"{mode}_frames_decoded_per_clip"] = float(np.mean(decoded))
         results.append(entry)
-        rows.append([codec, name, entry["mean_keyframe_interval"], entry["mean_size_kb"],
-                     entry["seek_ms_per_clip"]["median"], entry["seek_frames_decoded_per_clip"],
-                     entry["start_ms_per_clip"]["median"], entry["start_frames_decoded_per_clip"]])
-    print(f"{len(sources)} source videos ({', '.join(f'{k}: {v} frames' for k, v in lengths.items())}), "
-          f"{a.clips} clips of {T}x{STRIDE} each, short side {a.short_side}, PyAV one thread per decode")
-    print(format_table(["codec", "keyframes", "key_interval", "size_kB", "seek_ms/clip", "seek_frames/clip",
-                        "start_ms/clip", "start_frames/clip"], rows))
+        rows.append(
+            [
+                codec,
+                name,
+                entry["mean_keyframe_interval"],
+                entry["mean_size_kb"],
+                entry["seek_ms_per_clip"]["median"],
+                entry["seek_frames_decoded_per_clip"],
+                entry["start_ms_per_clip"]["median"],
+                entry["start_frames_decoded_per_clip"],
+            ]
+        )
+    print(
+        f"{len(sources)} source videos ({', '.join(f'{k}: {v} frames' for k, v in lengths.items())}), "
+        f"{a.clips} clips of {T}x{STRIDE} each, short side {a.short_side}, PyAV one thread per decode"
+    )
+    print(
+        format_table(
+            [
+                "codec",
+                "keyframes",
+                "key_interval",
+                "size_kB",
+                "seek_ms/clip",
+                "seek_frames/clip",
+                "start_ms/clip",
+                "start_frames/clip",
+            ],
+            rows,
+        )
+    )
     for codec in a.codecs:
         d = next(r for r in results if r["codec"] == codec and r["keyframes"] == "default")
         g = next(r for r in results if r["codec"] == codec and r["keyframes"] == "gop16")
-        print(f"{codec}: gop16 vs default, seek: {d['seek_ms_per_clip']['median'] / g['seek_ms_per_clip']['median']:.2f}x faster; "
-              f"gop16 seek vs default from start: {d['start_ms_per_clip']['median'] / g['seek_ms_per_clip']['median']:.2f}x")
-    print(write_json({"benchmark": "gop_bench", "results": results, "env": environment(),
-                      "args": {k: str(v) for k, v in vars(a).items()}}, a.json))
+        print(
+            f"{codec}: gop16 vs default, seek: "
+            f"{d['seek_ms_per_clip']['median'] / g['seek_ms_per_clip']['median']:.2f}x faster; "
+            "gop16 seek vs default from start: "
+            f"{d['start_ms_per_clip']['median'] / g['seek_ms_per_clip']['median']:.2f}x"
+        )
+    print(
+        write_json(
+            {
+                "benchmark": "gop_bench",
+                "results": results,
+                "env": environment(),
+                "args": {k: str(v) for k, v in vars(a).items()},
+            },
+            a.json,
+        )
+    )
     for p in scratch.iterdir():
         p.unlink()
     scratch.rmdir()

@@ -1,4 +1,5 @@
-"""The host source alone (``loader_bench.py --host-only``): clips/s of the pretraining source without decoding.
+"""The host source alone (``loader_bench.py --host-only``): clips/s of the pretraining source without
+decoding.
 
     python benchmarks/loader_bench.py --host-only [--host-videos DIR] [--max-workers N] [--json OUT]
 
@@ -24,6 +25,7 @@ Two measurements per codec, ``--repeats`` each (median):
 Also the CPU time per video of the direct path (``time.process_time``: steadier than wall time on a machine
 shared with other work) and the peak PSS/RSS of the process tree (workers included) while the workers run.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from common import REPO, PeakMemory, environment, format_table, summarize, tree_cpu_seconds, usable_cores  # noqa: E402
 
 CODECS = ("h264", "vp9", "mjpeg")
@@ -42,22 +43,33 @@ CACHE = "~/.cache/fastcvrl/host-bench"
 
 
 def add_arguments(p: Any) -> None:
-    p.add_argument("--host-only", action="store_true",
-                   help="measure the host source alone (no decoding) for H.264, VP9 and MJPEG; see host_feed.py")
-    p.add_argument("--host-videos", default="",
-                   help="--host-only: folder of source videos (transcoded by the benchmark); default: the first "
-                        "of ../shared/videos and ../../shared/videos (from a worktree) that exists")
+    p.add_argument(
+        "--host-only",
+        action="store_true",
+        help="measure the host source alone (no decoding) for H.264, VP9 and MJPEG; see host_feed.py",
+    )
+    p.add_argument(
+        "--host-videos",
+        default="",
+        help="--host-only: folder of source videos (transcoded by the benchmark); default: the first "
+        "of ../shared/videos and ../../shared/videos (from a worktree) that exists",
+    )
     p.add_argument("--host-copies", type=int, default=64, help="--host-only: times each file is listed")
     p.add_argument("--host-batch", type=int, default=32, help="--host-only: videos per batch")
     p.add_argument("--host-epochs", type=int, default=3, help="--host-only: timed epochs per repeat")
-    p.add_argument("--max-workers", type=int, default=0, help="--host-only: 1..N worker processes; 0 = usable cores")
+    p.add_argument(
+        "--max-workers", type=int, default=0, help="--host-only: 1..N worker processes; 0 = usable cores"
+    )
     p.add_argument("--scaling-codecs", default="h264", help="--host-only: codecs measured with workers")
 
 
 def _sources(args: Any, work: Path) -> list[str]:
     """Source videos: the real clips, or (``--quick`` or none found) small synthetic ones."""
-    candidates = [Path(args.host_videos)] if args.host_videos else [REPO.parent / "shared" / "videos",
-                                                                     REPO.parent.parent / "shared" / "videos"]
+    candidates = (
+        [Path(args.host_videos)]
+        if args.host_videos
+        else [REPO.parent / "shared" / "videos", REPO.parent.parent / "shared" / "videos"]
+    )
     folder = next((c for c in candidates if c.is_dir()), candidates[0])
     exts = (".mp4", ".avi", ".mkv", ".webm", ".mov")
     found = sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in exts) if folder.is_dir() else []
@@ -78,7 +90,9 @@ def _sources(args: Any, work: Path) -> list[str]:
     return out
 
 
-def _transcoded(codec: str, sources: list[str], cache: Path, short_side: int, gop: int) -> list[tuple[str, int]]:
+def _transcoded(
+    codec: str, sources: list[str], cache: Path, short_side: int, gop: int
+) -> list[tuple[str, int]]:
     """(path, frames) of each source transcoded by prepare's transcoder (cached)."""
     from fastcvrl.datasets.transcode import Transcode, transcode_video
     from fastcvrl.datasets.video import CODECS as EXT
@@ -124,8 +138,11 @@ def _direct(source: Any, epochs: int, first_epoch: int) -> dict[str, float]:
             source(step)
             videos += source.batch_size
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"clips_per_s": 2 * videos / wall, "cpu_ms_per_video": 1000 * cpu / videos,
-            "cpu_clips_per_s": 2 * videos / cpu if cpu > 0 else None}
+    return {
+        "clips_per_s": 2 * videos / wall,
+        "cpu_ms_per_video": 1000 * cpu / videos,
+        "cpu_clips_per_s": 2 * videos / cpu if cpu > 0 else None,
+    }
 
 
 def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> dict[str, float]:
@@ -133,11 +150,25 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
     (worker start; peak memory of the process tree sampled over them), then ``epochs`` timed epochs."""
     from nvidia.dali import fn, pipeline_def
 
-    @pipeline_def(batch_size=source.batch_size, num_threads=1, device_id=None, prefetch_queue_depth=2,
-                  py_num_workers=workers, py_start_method="fork")
+    @pipeline_def(
+        batch_size=source.batch_size,
+        num_threads=1,
+        device_id=None,
+        prefetch_queue_depth=2,
+        py_num_workers=workers,
+        py_start_method="fork",
+    )
     def host_only():
-        return tuple(fn.external_source(source=worker_copy, num_outputs=source.num_outputs, batch=True,
-                                        batch_info=True, parallel=True, prefetch_queue_depth=workers + 1))
+        return tuple(
+            fn.external_source(
+                source=worker_copy,
+                num_outputs=source.num_outputs,
+                batch=True,
+                batch_info=True,
+                parallel=True,
+                prefetch_queue_depth=workers + 1,
+            )
+        )
 
     source.set_epoch(first_epoch)
     worker_copy = source.for_workers()
@@ -148,10 +179,10 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
         n = 0
         try:
             while True:
-                pipe.run()
+                pipe.run()  # noqa: F821 (bound above; ruff misreads the decorated def)
                 n += source.batch_size
         except StopIteration:
-            pipe.reset()
+            pipe.reset()  # noqa: F821
         return n
 
     with PeakMemory() as mem:  # memory apart from the timing: the sampler reads /proc, CPU time of its own
@@ -166,8 +197,13 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
     if pool is not None:
         pool.close()
     del pipe
-    return {"clips_per_s": 2 * videos / wall, "peak_pss_mb": mem.peak_pss_mb, "peak_rss_mb": mem.peak_rss_mb,
-            "cpu_ms_per_video": 1000 * tree / videos, "main_cpu_ms_per_video": 1000 * main / videos}
+    return {
+        "clips_per_s": 2 * videos / wall,
+        "peak_pss_mb": mem.peak_pss_mb,
+        "peak_rss_mb": mem.peak_rss_mb,
+        "cpu_ms_per_video": 1000 * tree / videos,
+        "main_cpu_ms_per_video": 1000 * main / videos,
+    }
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -183,11 +219,22 @@ def run(args: Any) -> dict[str, Any]:
     sources = _sources(args, work)
     cfg = Config().data  # CVRL's recipe: 16 x 2 clips, crops and colour drawn per view
     result: dict[str, Any] = {
-        "benchmark": "loader_host", "sources": sources,
-        "settings": {"short_side": 256, "gop": 16, "batch_size": batch, "copies": copies, "epochs": epochs,
-                     "repeats": args.repeats, "frames": cfg.num_frames, "stride": cfg.stride,
-                     "max_workers": max_workers},
-        "codecs": {}, "host_clips_per_s": {}, "host_scaling": {},
+        "benchmark": "loader_host",
+        "sources": sources,
+        "settings": {
+            "short_side": 256,
+            "gop": 16,
+            "batch_size": batch,
+            "copies": copies,
+            "epochs": epochs,
+            "repeats": args.repeats,
+            "frames": cfg.num_frames,
+            "stride": cfg.stride,
+            "max_workers": max_workers,
+        },
+        "codecs": {},
+        "host_clips_per_s": {},
+        "host_scaling": {},
     }
     for codec in CODECS:
         files = _transcoded(codec, sources, work / "transcoded", 256, 16)
@@ -196,21 +243,25 @@ def run(args: Any) -> dict[str, Any]:
         _direct(source, 1, 0)  # untimed: every file indexed once, as in the steady state of training
         direct = [_direct(source, epochs, 1 + r * epochs) for r in range(args.repeats)]
         row: dict[str, Any] = {
-            "videos": len(entries), "frames_per_video": [f for _, f in files],
-            "direct": {"clips_per_s": summarize([d["clips_per_s"] for d in direct]),
-                       "cpu_ms_per_video": summarize([d["cpu_ms_per_video"] for d in direct])["median"]},
+            "videos": len(entries),
+            "frames_per_video": [f for _, f in files],
+            "direct": {
+                "clips_per_s": summarize([d["clips_per_s"] for d in direct]),
+                "cpu_ms_per_video": summarize([d["cpu_ms_per_video"] for d in direct])["median"],
+            },
         }
         result["host_clips_per_s"][codec] = row["direct"]["clips_per_s"]["median"]
         if codec in scaling:
             row["workers"] = {}
             for k in range(1, max_workers + 1):
                 runs = [_with_workers(source, k, epochs, 100 + r * (epochs + 1)) for r in range(args.repeats)]
-                row["workers"][str(k)] = {"clips_per_s": summarize([r["clips_per_s"] for r in runs]),
-                                          "cpu_ms_per_video": summarize([r["cpu_ms_per_video"] for r in runs])["median"],
-                                          "main_cpu_ms_per_video":
-                                              summarize([r["main_cpu_ms_per_video"] for r in runs])["median"],
-                                          "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
-                                          "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+                row["workers"][str(k)] = {
+                    "clips_per_s": summarize([r["clips_per_s"] for r in runs]),
+                    "cpu_ms_per_video": summarize([r["cpu_ms_per_video"] for r in runs])["median"],
+                    "main_cpu_ms_per_video": summarize([r["main_cpu_ms_per_video"] for r in runs])["median"],
+                    "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                }
             if codec == "h264":
                 result["host_scaling"] = {k: v["clips_per_s"]["median"] for k, v in row["workers"].items()}
         result["codecs"][codec] = row
@@ -222,25 +273,67 @@ def run(args: Any) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     s, env = result["settings"], result["env"]
-    print(f"host source alone (no decoding): {len(result['sources'])} source clips x {s['copies']} copies, "
-          f"short side {s['short_side']}, keyframe every {s['gop']}; batches of {s['batch_size']} videos, "
-          f"{s['frames']} x {s['stride']} clips (2 per video); {s['epochs']} epochs x {s['repeats']} repeats")
+    print(
+        f"host source alone (no decoding): {len(result['sources'])} source clips x {s['copies']} copies, "
+        f"short side {s['short_side']}, keyframe every {s['gop']}; batches of {s['batch_size']} videos, "
+        f"{s['frames']} x {s['stride']} clips (2 per video); {s['epochs']} epochs x {s['repeats']} repeats"
+    )
     print(f"  {env['cpu']} ({env['cores']} usable cores); load average {env['loadavg_1m']:.2f} at the end")
     rows = []
     for codec, r in result["codecs"].items():
         d = r["direct"]
-        rows.append([codec, "direct (this process)", d["clips_per_s"]["median"], d["clips_per_s"]["spread"],
-                     d["cpu_ms_per_video"], d["cpu_ms_per_video"], 2000 / d["cpu_ms_per_video"], None, None])
+        rows.append(
+            [
+                codec,
+                "direct (this process)",
+                d["clips_per_s"]["median"],
+                d["clips_per_s"]["spread"],
+                d["cpu_ms_per_video"],
+                d["cpu_ms_per_video"],
+                2000 / d["cpu_ms_per_video"],
+                None,
+                None,
+            ]
+        )
         for k, w in r.get("workers", {}).items():
-            rows.append([codec, f"{k} worker(s)", w["clips_per_s"]["median"], w["clips_per_s"]["spread"],
-                         w["cpu_ms_per_video"], w["main_cpu_ms_per_video"], 2000 / w["cpu_ms_per_video"],
-                         w["peak_pss_mb"], w["peak_rss_mb"]])
-    print(format_table(["codec", "where", "clips/s", "spread", "CPU ms/video", "of it here", "clips/CPU-s",
-                        "peak PSS MB", "peak RSS MB"], rows))
+            rows.append(
+                [
+                    codec,
+                    f"{k} worker(s)",
+                    w["clips_per_s"]["median"],
+                    w["clips_per_s"]["spread"],
+                    w["cpu_ms_per_video"],
+                    w["main_cpu_ms_per_video"],
+                    2000 / w["cpu_ms_per_video"],
+                    w["peak_pss_mb"],
+                    w["peak_rss_mb"],
+                ]
+            )
+    print(
+        format_table(
+            [
+                "codec",
+                "where",
+                "clips/s",
+                "spread",
+                "CPU ms/video",
+                "of it here",
+                "clips/CPU-s",
+                "peak PSS MB",
+                "peak RSS MB",
+            ],
+            rows,
+        )
+    )
     base = result["host_scaling"].get("1")
     if base:
-        print("  H.264 scaling over 1 worker: " + ", ".join(
-            f"{k}: {v / base:.2f}x" for k, v in result["host_scaling"].items()))
-    print("  spread = (max-min)/median over repeats; CPU ms/video: all processes (workers included), 'of it here':"
-          " the part this (the training) process pays; clips/CPU-s: clips per second of one busy core;\n  peak "
-          "memory: this process and its workers (PSS splits shared pages)")
+        print(
+            "  H.264 scaling over 1 worker: "
+            + ", ".join(f"{k}: {v / base:.2f}x" for k, v in result["host_scaling"].items())
+        )
+    print(
+        "  spread = (max-min)/median over repeats; CPU ms/video: all processes (workers included), 'of it "
+        "here':"
+        " the part this (the training) process pays; clips/CPU-s: clips per second of one busy core;\n  peak "
+        "memory: this process and its workers (PSS splits shared pages)"
+    )

@@ -3,7 +3,8 @@
     python benchmarks/learning_proof.py [--seeds 0 1 2] [--out runs/learning_proof] [--config C.yaml]
                                         [--reuse] [--section.key=value ...]
 
-On the built-in synthetic motion dataset (``fastcvrl.datasets.synthetic``: classes differ only by motion; the default
+On the built-in synthetic motion dataset (``fastcvrl.datasets.synthetic``: classes differ only by motion; the
+default
 ``dots`` scene, or ``--data.synthetic_scene=objects`` for the scene where it fails, see the README), for every
 seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless ``--config``;
 dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
@@ -24,11 +25,11 @@ command line. The probe follows
 the reference's protocol (lr 32 per 1024 scaled to ``eval.batch_size``: 1.0 at 32; 5 warm-up epochs, then
 cosine). CPU figures: the trainer's budget, not the paper's 800 epochs.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dali_pipelines.manifest import read_manifest  # noqa: E402
 from fastcvrl.atomic import atomic_write  # noqa: E402
 from fastcvrl.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict  # noqa: E402
 from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
@@ -48,11 +50,10 @@ from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
 from fastcvrl.eval.linear import probe_features  # noqa: E402
 from fastcvrl.eval.precision import eval_precision  # noqa: E402
-from fastcvrl.eval.weights import load_backbone  # noqa: E402
-from dali_pipelines.manifest import read_manifest  # noqa: E402
-from fastcvrl.model import build_backbone  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
+from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.logger import environment  # noqa: E402
+from fastcvrl.model import build_backbone  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -60,13 +61,19 @@ def log(msg: str) -> None:
 
 
 def default_config() -> Path:
-    return REPO / "fastcvrl" / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    return (
+        REPO
+        / "fastcvrl"
+        / "configs"
+        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    )
 
 
 # The proof's settings on top of the pretraining config, for pretraining and evaluation alike (command-line
 # overrides win). Why each: see the module docstring.
 PROOF_OVERRIDES: list[str] = [
-    "--data.flip_prob=0",  # the synthetic classes come in mirror pairs: a flip turns move_right into move_left
+    # the synthetic classes come in mirror pairs: a flip turns move_right into move_left
+    "--data.flip_prob=0",
     "--eval.batch_size=32",  # the linear loader drops the last partial batch: keep it well under 192 videos
     "--eval.test_clips=4",  # 4 temporal views per test video (CVRL: 10), for the CPU budget
     "--eval.test_crops=1",  # the synthetic frames are square: CVRL's 3 crops along the long side coincide
@@ -80,8 +87,11 @@ def resolve(args: argparse.Namespace, overrides: list[str]) -> Config:
     follow = {k: getattr(cfg.data, k) for k in ("num_frames", "stride", "crop_size") if k not in given}
     if "short_side" not in given:  # the short side is 256/224 of the training crop, as CVRL's
         follow["short_side"] = round(follow.get("crop_size", cfg.eval.crop_size) * 256 / 224)
-    if "test_crop_size" not in given:  # test crops of the training crop's size: with test crops as large as the
-        # short side (CVRL's 256 at 256) r3d_tiny's probe fell to 60.5 +- 22.0% and random init to chance (README)
+    if (
+        "test_crop_size" not in given
+    ):  # test crops of the training crop's size: with test crops as large as the
+        # short side (CVRL's 256 at 256) r3d_tiny's probe fell to 60.5 +- 22.0% and random init to chance
+        # (README)
         follow["test_crop_size"] = follow.get("crop_size", cfg.eval.crop_size)
     cfg = merge(cfg, {"eval": follow})
     check_eval_config(cfg)
@@ -100,18 +110,28 @@ def pretrain(cfg_path: str | None, seed: int, run_dir: Path, overrides: list[str
         r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     if r.returncode != 0:
         tail = (run_dir / "train.log").read_text()[-3000:]
-        raise SystemExit(f"pretraining seed {seed} failed (exit {r.returncode}); {run_dir / 'train.log'}:\n{tail}")
+        raise SystemExit(
+            f"pretraining seed {seed} failed (exit {r.returncode}); {run_dir / 'train.log'}:\n{tail}"
+        )
     return time.perf_counter() - t0
 
 
-def knn_top1(train: ClipFeatures, i: int, test: ClipFeatures, num_videos: int, num_classes: int, cfg: Config) -> float:
+def knn_top1(
+    train: ClipFeatures, i: int, test: ClipFeatures, num_videos: int, num_classes: int, cfg: Config
+) -> float:
     """Weighted kNN of per-video mean test features against the train-pass features of backbone ``i``."""
     avg = ViewAverager(num_videos, test.feats[i].shape[1])
     avg.add(test.feats[i], test.video)
     labels = torch.full((num_videos,), -1, dtype=torch.long)
     labels[test.video] = test.labels
-    scores = knn_predict(train.feats[i], train.labels, avg.mean(), num_classes,
-                         k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+    scores = knn_predict(
+        train.feats[i],
+        train.labels,
+        avg.mean(),
+        num_classes,
+        k=cfg.eval.knn_k,
+        temperature=cfg.eval.knn_temperature,
+    )
     return topk_accuracy(scores, labels, (1,))[1]
 
 
@@ -131,10 +151,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/learning_proof")
     ap.add_argument("--config", default=None, help="pretraining config (default: the trainer's built-in one)")
-    ap.add_argument("--reuse", action="store_true", help="skip pretraining where OUT/seed<S>/backbone.pt exists")
-    ap.add_argument("--probe-videos", type=int, nargs=2, default=[48, 32], metavar=("TRAIN", "TEST"),
-                    help="labelled probe set per class, generated once beside the pretraining set with another "
-                         "seed (disjoint videos); 0 0 = probe on the pretraining set's own train/test split")
+    ap.add_argument(
+        "--reuse", action="store_true", help="skip pretraining where OUT/seed<S>/backbone.pt exists"
+    )
+    ap.add_argument(
+        "--probe-videos",
+        type=int,
+        nargs=2,
+        default=[48, 32],
+        metavar=("TRAIN", "TEST"),
+        help="labelled probe set per class, generated once beside the pretraining set with another "
+        "seed (disjoint videos); 0 0 = probe on the pretraining set's own train/test split",
+    )
     args, overrides = ap.parse_known_args(argv)
     overrides = PROOF_OVERRIDES + overrides  # later ones win
     cfg = resolve(args, overrides)
@@ -148,20 +176,38 @@ def main(argv: list[str] | None = None) -> dict:
     from fastcvrl.datasets.synthetic import ensure_synthetic
 
     d = cfg.data
-    pre_train_m, pre_test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
-                                               d.synthetic_videos_per_class, seed=0, scene=d.synthetic_scene,
-                                               codec=d.synthetic_codec, size=d.synthetic_size, verbose=True)
+    pre_train_m, pre_test_m = ensure_synthetic(
+        os.path.expanduser(d.synthetic_dir),
+        d.synthetic_classes,
+        d.synthetic_videos_per_class,
+        seed=0,
+        scene=d.synthetic_scene,
+        codec=d.synthetic_codec,
+        size=d.synthetic_size,
+        verbose=True,
+    )
     if args.probe_videos[0] > 0:
-        train_m, test_m = ensure_synthetic(os.path.expanduser(d.synthetic_dir.rstrip("/") + "_probe"),
-                                           d.synthetic_classes, args.probe_videos[0], seed=1, scene=d.synthetic_scene,
-                                           codec=d.synthetic_codec, size=d.synthetic_size,
-                                           test_videos_per_class=args.probe_videos[1], verbose=True)
+        train_m, test_m = ensure_synthetic(
+            os.path.expanduser(d.synthetic_dir.rstrip("/") + "_probe"),
+            d.synthetic_classes,
+            args.probe_videos[0],
+            seed=1,
+            scene=d.synthetic_scene,
+            codec=d.synthetic_codec,
+            size=d.synthetic_size,
+            test_videos_per_class=args.probe_videos[1],
+            verbose=True,
+        )
     else:
         train_m, test_m = pre_train_m, pre_test_m
     train_n, test_n = len(read_manifest(train_m)), len(read_manifest(test_m))
     num_classes = max(e.label for e in read_manifest(train_m)) + 1
-    log(f"pretraining on {len(read_manifest(pre_train_m))} synthetic videos ({Path(pre_train_m).parent.parent}); "
-        f"probe: {train_n} train / {test_n} test videos, {num_classes} classes ({Path(train_m).parent.parent})")
+    log(
+        f"pretraining on {len(read_manifest(pre_train_m))} synthetic videos "
+        f"({Path(pre_train_m).parent.parent}); "
+        f"probe: {train_n} train / {test_n} test videos, {num_classes} classes "
+        f"({Path(train_m).parent.parent})"
+    )
 
     # 1. pretraining, one run per seed
     pretrain_s = {}
@@ -198,20 +244,38 @@ def main(argv: list[str] | None = None) -> dict:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(p)
         train_passes.append(clip_features(backbones, loader, device, precision))
-        log(f"train features pass {p + 1}/{passes}: {train_passes[-1].labels.numel()} clips x {len(backbones)} backbones")
+        log(
+            f"train features pass {p + 1}/{passes}: {train_passes[-1].labels.numel()} clips x "
+            f"{len(backbones)} backbones"
+        )
     test = clip_features(backbones, build_test_loader(eval_cfg, test_m, device=device), device, precision)
     views = test.labels.numel() // test_n
-    log(f"test features: {test.labels.numel()} clips ({views} views per video); features took {time.perf_counter() - t0:.0f}s")
+    log(
+        f"test features: {test.labels.numel()} clips ({views} views per video); features took "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
 
     # 3. one linear probe per backbone (probe seed = the run's seed), and the kNN read-out
     rows = {}
     for i, (kind, s) in enumerate(names):
-        res, _ = probe_features([tp.feats[i] for tp in train_passes], [tp.labels for tp in train_passes], test, i,
-                                num_classes=num_classes, num_test_videos=test_n, cfg=cfg, device=device, seed=s)
+        res, _ = probe_features(
+            [tp.feats[i] for tp in train_passes],
+            [tp.labels for tp in train_passes],
+            test,
+            i,
+            num_classes=num_classes,
+            num_test_videos=test_n,
+            cfg=cfg,
+            device=device,
+            seed=s,
+        )
         res["knn_top1"] = knn_top1(train_passes[0], i, test, test_n, num_classes, cfg)
         rows[(kind, s)] = res
-        log(f"{kind:10s} seed {s}: probe top-1 {100 * res['top1']:.1f}%  train top-1 {100 * res['train_top1']:.1f}%  "
-            f"kNN top-1 {100 * res['knn_top1']:.1f}%")
+        log(
+            f"{kind:10s} seed {s}: probe top-1 {100 * res['top1']:.1f}%  train top-1 "
+            f"{100 * res['train_top1']:.1f}%  "
+            f"kNN top-1 {100 * res['knn_top1']:.1f}%"
+        )
 
     pre = [rows[("pretrained", s)]["top1"] for s in args.seeds]
     rnd = [rows[("random", s)]["top1"] for s in args.seeds]
@@ -222,35 +286,73 @@ def main(argv: list[str] | None = None) -> dict:
     clearly = clearly_ahead(pre, rnd)
 
     print()
-    print(f"Linear probe top-1 (%) on the synthetic motion test set: {test_n} videos x {views} views, "
-          f"{num_classes} classes (chance {100 / num_classes:.1f}%)")
-    print(f"| seed | pretrained | random init | gap | pretrained kNN | random kNN |")
-    print(f"| --- | --- | --- | --- | --- | --- |")
+    print(
+        f"Linear probe top-1 (%) on the synthetic motion test set: {test_n} videos x {views} views, "
+        f"{num_classes} classes (chance {100 / num_classes:.1f}%)"
+    )
+    print("| seed | pretrained | random init | gap | pretrained kNN | random kNN |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for s, a, b in zip(args.seeds, pre, rnd):
-        print(f"| {s} | {100 * a:.1f} | {100 * b:.1f} | {100 * (a - b):+.1f} | "
-              f"{100 * rows[('pretrained', s)]['knn_top1']:.1f} | {100 * rows[('random', s)]['knn_top1']:.1f} |")
-    print(f"| mean ± sd | {100 * pm:.1f} ± {100 * ps:.1f} | {100 * rm:.1f} ± {100 * rs:.1f} | "
-          f"{100 * gm:+.1f} ± {100 * gs:.1f} | {100 * knn_pre[0]:.1f} ± {100 * knn_pre[1]:.1f} | "
-          f"{100 * knn_rnd[0]:.1f} ± {100 * knn_rnd[1]:.1f} |")
+        print(
+            f"| {s} | {100 * a:.1f} | {100 * b:.1f} | {100 * (a - b):+.1f} | "
+            f"{100 * rows[('pretrained', s)]['knn_top1']:.1f} | {100 * rows[('random', s)]['knn_top1']:.1f} |"
+        )
+    print(
+        f"| mean ± sd | {100 * pm:.1f} ± {100 * ps:.1f} | {100 * rm:.1f} ± {100 * rs:.1f} | "
+        f"{100 * gm:+.1f} ± {100 * gs:.1f} | {100 * knn_pre[0]:.1f} ± {100 * knn_pre[1]:.1f} | "
+        f"{100 * knn_rnd[0]:.1f} ± {100 * knn_rnd[1]:.1f} |"
+    )
     verdict = "pretrained clearly ahead" if clearly else "NOT clearly ahead"
-    print(f"{verdict}: every pretrained seed above every random one: {min(pre) > max(rnd)}; "
-          f"mean gap {100 * gm:.1f} vs 2 x larger sd {200 * max(ps, rs):.1f}")
+    print(
+        f"{verdict}: every pretrained seed above every random one: {min(pre) > max(rnd)}; "
+        f"mean gap {100 * gm:.1f} vs 2 x larger sd {200 * max(ps, rs):.1f}"
+    )
     total = time.perf_counter() - t_start
     result = {
-        "benchmark": "learning_proof", "clearly_ahead": clearly, "seeds": args.seeds,
-        "pretrained_top1": pre, "random_top1": rnd, "gap_mean": gm, "gap_sd": gs,
-        "pretrained_mean": pm, "pretrained_sd": ps, "random_mean": rm, "random_sd": rs,
+        "benchmark": "learning_proof",
+        "clearly_ahead": clearly,
+        "seeds": args.seeds,
+        "pretrained_top1": pre,
+        "random_top1": rnd,
+        "gap_mean": gm,
+        "gap_sd": gs,
+        "pretrained_mean": pm,
+        "pretrained_sd": ps,
+        "random_mean": rm,
+        "random_sd": rs,
         "pretrained_knn_top1": [rows[("pretrained", s)]["knn_top1"] for s in args.seeds],
         "random_knn_top1": [rows[("random", s)]["knn_top1"] for s in args.seeds],
-        "pretrain_seconds": pretrain_s, "total_seconds": round(total, 1),
-        "num_classes": num_classes, "probe_train_videos": train_n, "probe_test_videos": test_n,
-        "views_per_video": views, "probe_train_manifest": train_m, "probe_test_manifest": test_m,
-        "overrides": overrides, "config": to_dict(cfg),
+        "pretrain_seconds": pretrain_s,
+        "total_seconds": round(total, 1),
+        "num_classes": num_classes,
+        "probe_train_videos": train_n,
+        "probe_test_videos": test_n,
+        "views_per_video": views,
+        "probe_train_manifest": train_m,
+        "probe_test_manifest": test_m,
+        "overrides": overrides,
+        "config": to_dict(cfg),
         "env": environment(device=device),
     }
     atomic_write(out / "learning_proof.json", json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("benchmark", "clearly_ahead", "pretrained_mean", "pretrained_sd",
-                                             "random_mean", "random_sd", "gap_mean", "gap_sd", "total_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "benchmark",
+                    "clearly_ahead",
+                    "pretrained_mean",
+                    "pretrained_sd",
+                    "random_mean",
+                    "random_sd",
+                    "gap_mean",
+                    "gap_sd",
+                    "total_seconds",
+                )
+            }
+        )
+    )
     log(f"done in {total:.0f}s; wrote {out / 'learning_proof.json'}")
     return result
 

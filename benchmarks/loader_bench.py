@@ -1,10 +1,12 @@
-"""Loader throughput: the DALI CVRL pipeline beside the PyAV + torch DataLoader baseline, and the decode ceiling.
+"""Loader throughput: the DALI CVRL pipeline beside the PyAV + torch DataLoader baseline, and the decode
+ceiling.
 
     python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
     python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
     python benchmarks/loader_bench.py --host-only        # the host source alone, no decoding (host_feed.py)
 
-Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults: 112x112,
+Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults:
+112x112,
 64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do the same
 work per video: two clips placed by CVRL's temporal sampling, each cropped, flipped, colour-jittered with one
 3x3 colour matrix, grayscaled, normalised, handed to torch as float ``(B, 3, T, S, S)`` channels_last_3d.
@@ -31,6 +33,7 @@ own torch/DALI imports part of it (PSS splits pages that forked workers share, s
 CPU ms/clip is the user + system CPU time of the whole process tree (workers, DALI threads, the ceiling's
 decoder processes) per clip delivered: on a machine shared with other work it moves much less than clips/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,44 +44,82 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    PeakMemory, environment, format_table, ratio, summarize, tree_cpu_seconds, tree_memory_mb, usable_cores, write_json)
-
 import av  # noqa: E402
+import host_feed  # noqa: E402  (benchmarks/host_feed.py: --host-only)
 import torch  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
-
-import host_feed  # noqa: E402  (benchmarks/host_feed.py: --host-only)
 from baseline_loader import build_baseline_loader  # noqa: E402  (benchmarks/baseline_loader.py)
-from fastcvrl.config import Config  # noqa: E402
+from common import (  # noqa: E402
+    PeakMemory,
+    environment,
+    format_table,
+    ratio,
+    summarize,
+    tree_cpu_seconds,
+    tree_memory_mb,
+    usable_cores,
+    write_json,
+)
+
 from dali_pipelines.manifest import read_manifest  # noqa: E402
+from fastcvrl.config import Config  # noqa: E402
 from fastcvrl.datasets.synthetic import SCENES  # noqa: E402
 
-DEFAULT_SYNTHETIC = "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
-QUICK = dict(classes=2, videos_per_class=4, size=32, video_frames=24, crop=32, frames=4, stride=2, batch_size=2,
-             warmup=1, iters=2, repeats=2, ceiling_frames=200)
+DEFAULT_SYNTHETIC = (
+    "~/.cache/fastcvrl/synthetic"  # DataConfig.synthetic_dir: the same cached set as the trainer
+)
+QUICK = dict(
+    classes=2,
+    videos_per_class=4,
+    size=32,
+    video_frames=24,
+    crop=32,
+    frames=4,
+    stride=2,
+    batch_size=2,
+    warmup=1,
+    iters=2,
+    repeats=2,
+    ceiling_frames=200,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI decodes and augments")
     p.add_argument("--manifest", default="", help="manifest.csv; default: the built-in synthetic dataset")
-    p.add_argument("--synthetic-dir", default=DEFAULT_SYNTHETIC,
-                   help="where the synthetic set lives (the trainer's default; --quick uses a -quick sibling)")
-    p.add_argument("--scene", default="dots", choices=list(SCENES),
-                   help="synthetic scene (data.synthetic_scene; the trainer's default: dots)")
+    p.add_argument(
+        "--synthetic-dir",
+        default=DEFAULT_SYNTHETIC,
+        help="where the synthetic set lives (the trainer's default; --quick uses a -quick sibling)",
+    )
+    p.add_argument(
+        "--scene",
+        default="dots",
+        choices=list(SCENES),
+        help="synthetic scene (data.synthetic_scene; the trainer's default: dots)",
+    )
     p.add_argument("--loaders", default="baseline,dali", help="comma-separated subset of baseline,dali")
     p.add_argument("--crop", type=int, default=112)
     p.add_argument("--frames", type=int, default=16, help="T, frames per clip")
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8, help="videos per batch (two clips each)")
-    p.add_argument("--workers", type=int, default=0, help="baseline workers and DALI threads; 0 = usable cores")
-    p.add_argument("--host-workers", type=int, default=-1,
-                   help="DALI loader: processes running the host source (data.host_workers; -1 = auto, 0 = in-thread)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="baseline workers and DALI threads; 0 = usable cores"
+    )
+    p.add_argument(
+        "--host-workers",
+        type=int,
+        default=-1,
+        help="DALI loader: processes running the host source (data.host_workers; -1 = auto, 0 = in-thread)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per repeat")
     p.add_argument("--iters", type=int, default=15, help="timed batches per repeat")
     p.add_argument("--repeats", type=int, default=3)
@@ -108,14 +149,24 @@ def dataset(args: argparse.Namespace) -> str:
 
     kw = {"scene": args.scene}
     root = os.path.expanduser(args.synthetic_dir)
-    if args.scene != "dots" and args.synthetic_dir == DEFAULT_SYNTHETIC:  # leave the trainer's default set alone
+    if (
+        args.scene != "dots" and args.synthetic_dir == DEFAULT_SYNTHETIC
+    ):  # leave the trainer's default set alone
         root = os.path.expanduser(f"{DEFAULT_SYNTHETIC}-{args.scene}")
     if args.quick:
         if args.synthetic_dir == DEFAULT_SYNTHETIC:  # never regenerate the trainer's cached default set
             root = os.path.expanduser(DEFAULT_SYNTHETIC + "-quick")
-        kw = dict(scene=args.scene, num_classes=args.classes, videos_per_class=args.videos_per_class, size=args.size,
-                  num_frames=args.video_frames, test_videos_per_class=0)
-    if args.device == "gpu":  # NVDEC: H.264 at 128 x 128 or more (VP9 at 112 is below its minimum), own folder
+        kw = dict(
+            scene=args.scene,
+            num_classes=args.classes,
+            videos_per_class=args.videos_per_class,
+            size=args.size,
+            num_frames=args.video_frames,
+            test_videos_per_class=0,
+        )
+    if (
+        args.device == "gpu"
+    ):  # NVDEC: H.264 at 128 x 128 or more (VP9 at 112 is below its minimum), own folder
         kw.update(codec="h264", size=max(128, kw.get("size", 112)))
         root = root.rstrip("/") + "-gpu"
     train, _ = ensure_synthetic(root, **kw)
@@ -148,8 +199,9 @@ def _decode_file(job: tuple[str, bool]) -> int:
     return n
 
 
-def decode_ceiling(paths: list[str], frames_per_file: list[int], procs: int, min_frames: int,
-                   rgb: bool) -> tuple[float, float]:
+def decode_ceiling(
+    paths: list[str], frames_per_file: list[int], procs: int, min_frames: int, rgb: bool
+) -> tuple[float, float]:
     """(frames/s, CPU ms per frame) of plain whole-file decoding over ``paths`` (cycled to at least
     ``min_frames`` frames), one process per core, one decoder thread each."""
     jobs, total, i = [], 0, 0
@@ -180,7 +232,9 @@ def decode_counts(loader) -> tuple[int, int] | None:
         return int(loader.frames_decoded), int(loader.videos)
     stats = getattr(loader, "stats", None)
     if isinstance(stats, dict) and "frames_decoded" in stats and "clips" in stats:
-        return int(stats["frames_decoded"]), int(stats["clips"])  # the pretrain loader counts samples (videos)
+        return int(stats["frames_decoded"]), int(
+            stats["clips"]
+        )  # the pretrain loader counts samples (videos)
     return None
 
 
@@ -205,10 +259,17 @@ def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[],
     per_clip = None
     if before is not None and after is not None and after[1] > before[1]:
         per_clip = (after[0] - before[0]) / (2 * (after[1] - before[1]))  # two clips per video
-    return {"clips_per_s": clips / dt, "seconds": dt, "frames_per_clip": per_clip, "cpu_ms_per_clip": 1000 * cpu / clips,
-            "peak_rss_mb": mem.peak_rss_mb, "peak_pss_mb": mem.peak_pss_mb,
-            "shapes": [list(v1.shape), list(v2.shape), list(label.shape)], "dtype": str(v1.dtype),
-            "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d))}
+    return {
+        "clips_per_s": clips / dt,
+        "seconds": dt,
+        "frames_per_clip": per_clip,
+        "cpu_ms_per_clip": 1000 * cpu / clips,
+        "peak_rss_mb": mem.peak_rss_mb,
+        "peak_pss_mb": mem.peak_pss_mb,
+        "shapes": [list(v1.shape), list(v2.shape), list(label.shape)],
+        "dtype": str(v1.dtype),
+        "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d)),
+    }
 
 
 def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -218,7 +279,9 @@ def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.N
     for name in names:
         try:
             if name == "baseline":
-                out[name] = build_baseline_loader(cfg, manifest, device=device, seed=args.seed, num_workers=args.workers)
+                out[name] = build_baseline_loader(
+                    cfg, manifest, device=device, seed=args.seed, num_workers=args.workers
+                )
             elif name == "dali":
                 from dali_pipelines.loaders import build_pretrain_loader
 
@@ -236,7 +299,15 @@ def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.N
 def memory_pass(name: str, manifest: str, args: argparse.Namespace) -> dict[str, Any]:
     """Peak memory of one loader in a fresh process (its own workers included, nothing else loaded in it
     but what the loader imports), so neither loader's memory is charged to the other."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--manifest", manifest, "--memory-only", name]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *args.argv,
+        "--manifest",
+        manifest,
+        "--memory-only",
+        name,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -251,8 +322,16 @@ def memory_only(args: argparse.Namespace) -> None:
         raise SystemExit(loader)
     sync = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
     r = time_loader(loader, args.warmup, min(args.iters, 8), 0, sync)
-    print(json.dumps({"peak_rss_mb": r["peak_rss_mb"], "peak_pss_mb": r["peak_pss_mb"],
-                      "idle_rss_mb": idle_rss, "idle_pss_mb": idle_pss}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": r["peak_rss_mb"],
+                "peak_pss_mb": r["peak_pss_mb"],
+                "idle_rss_mb": idle_rss,
+                "idle_pss_mb": idle_pss,
+            }
+        )
+    )
 
 
 def _host_workers(setting: int) -> int | None:
@@ -294,13 +373,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "manifest": manifest,
         "videos": len(entries),
-        "settings": {"frames": args.frames, "stride": args.stride, "crop": args.crop, "batch_size": args.batch_size,
-                     "workers": args.workers, "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats,
-                     "host_workers": _host_workers(args.host_workers)},
-        "ceiling": {"frames_per_s": fps, "rgb_frames_per_s": fps_rgb, "frames_per_clip": span,
-                    "clips_per_s": ceil_clips, "formula": "decode frames/s / ((T-1)*s+1)",
-                    "cpu_ms_per_frame": summarize([c[1] for c in ceiling])["median"],
-                    "rgb_cpu_ms_per_frame": summarize([c[1] for c in ceiling_rgb])["median"]},
+        "settings": {
+            "frames": args.frames,
+            "stride": args.stride,
+            "crop": args.crop,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "repeats": args.repeats,
+            "host_workers": _host_workers(args.host_workers),
+        },
+        "ceiling": {
+            "frames_per_s": fps,
+            "rgb_frames_per_s": fps_rgb,
+            "frames_per_clip": span,
+            "clips_per_s": ceil_clips,
+            "formula": "decode frames/s / ((T-1)*s+1)",
+            "cpu_ms_per_frame": summarize([c[1] for c in ceiling])["median"],
+            "rgb_cpu_ms_per_frame": summarize([c[1] for c in ceiling_rgb])["median"],
+        },
         "idle_memory_mb": {"rss": idle_rss, "pss": idle_pss},
         "loaders": {},
         "env": environment(),
@@ -325,28 +417,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     ok = {n: v for n, v in result["loaders"].items() if "error" not in v}
     if "baseline" in ok and "dali" in ok:
-        result["dali_over_baseline"] = ok["dali"]["clips_per_s"]["median"] / ok["baseline"]["clips_per_s"]["median"]
+        result["dali_over_baseline"] = (
+            ok["dali"]["clips_per_s"]["median"] / ok["baseline"]["clips_per_s"]["median"]
+        )
         # None where DALI's CPU time stayed below the clock's resolution (a --quick run's few tiny clips)
-        result["baseline_over_dali_cpu"] = ratio(ok["baseline"]["cpu_ms_per_clip"]["median"],
-                                                 ok["dali"]["cpu_ms_per_clip"]["median"])
+        result["baseline_over_dali_cpu"] = ratio(
+            ok["baseline"]["cpu_ms_per_clip"]["median"], ok["dali"]["cpu_ms_per_clip"]["median"]
+        )
     return result
 
 
 def print_table(result: dict[str, Any]) -> None:
     s, env, c = result["settings"], result["env"], result["ceiling"]
     print(f"loader benchmark: {result['videos']} videos from {result['manifest']}")
-    print(f"  {s['frames']}x{s['stride']} clips, {s['crop']}x{s['crop']} crops, batch {s['batch_size']} videos "
-          f"(2 clips each), {s['workers']} workers/threads, {s.get('host_workers')} host worker processes (DALI), "
-          f"{s['warmup']} warm-up + {s['iters']} timed batches "
-          f"x {s['repeats']} repeats")
-    print(f"  {env['cpu']} ({env['cores']} usable cores), GPU: {env['gpu'] or 'none'}; torch {env['torch']}, "
-          f"DALI {env['dali']}, PyAV {env['av']}; load average {env['loadavg_1m']:.2f} at the end")
+    print(
+        f"  {s['frames']}x{s['stride']} clips, {s['crop']}x{s['crop']} crops, batch {s['batch_size']} videos "
+        f"(2 clips each), {s['workers']} workers/threads, {s.get('host_workers')} host worker processes "
+        "(DALI), "
+        f"{s['warmup']} warm-up + {s['iters']} timed batches "
+        f"x {s['repeats']} repeats"
+    )
+    print(
+        f"  {env['cpu']} ({env['cores']} usable cores), GPU: {env['gpu'] or 'none'}; torch {env['torch']}, "
+        f"DALI {env['dali']}, PyAV {env['av']}; load average {env['loadavg_1m']:.2f} at the end"
+    )
     span = c["frames_per_clip"]
-    rows = [["decode ceiling (no rgb)", c["clips_per_s"], None, c["frames_per_s"]["spread"], 1.0, float(span),
-             c["cpu_ms_per_frame"] * span, None, None],
-            ["decode ceiling (+rgb)", c["rgb_frames_per_s"]["median"] / span, None, c["rgb_frames_per_s"]["spread"],
-             c["rgb_frames_per_s"]["median"] / c["frames_per_s"]["median"], float(span),
-             c["rgb_cpu_ms_per_frame"] * span, None, None]]
+    rows = [
+        [
+            "decode ceiling (no rgb)",
+            c["clips_per_s"],
+            None,
+            c["frames_per_s"]["spread"],
+            1.0,
+            float(span),
+            c["cpu_ms_per_frame"] * span,
+            None,
+            None,
+        ],
+        [
+            "decode ceiling (+rgb)",
+            c["rgb_frames_per_s"]["median"] / span,
+            None,
+            c["rgb_frames_per_s"]["spread"],
+            c["rgb_frames_per_s"]["median"] / c["frames_per_s"]["median"],
+            float(span),
+            c["rgb_cpu_ms_per_frame"] * span,
+            None,
+            None,
+        ],
+    ]
     for name, r in result["loaders"].items():
         label = f"{name} ({result['device']})" if name == "dali" else f"{name} (PyAV+DataLoader)"
         if "error" in r:
@@ -354,23 +473,57 @@ def print_table(result: dict[str, Any]) -> None:
             continue
         cps = r["clips_per_s"]
         mem = r["memory_mb"]
-        rows.append([label, cps["median"], cps["median"] / 2, cps["spread"], r["fraction_of_ceiling"],
-                     r["frames_per_clip"], r["cpu_ms_per_clip"]["median"], mem.get("peak_pss_mb"),
-                     mem.get("peak_rss_mb")])
-    print(format_table(["loader", "clips/s", "videos/s", "spread", "of ceiling", "frames/clip", "CPU ms/clip",
-                        "peak PSS MB", "peak RSS MB"], rows))
-    print(f"  ceiling: {c['frames_per_s']['median']:.0f} decoded frames/s ({c['rgb_frames_per_s']['median']:.0f} "
-          f"with RGB conversion) / {c['frames_per_clip']} frames per clip; spread = (max-min)/median over repeats; "
-          f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS;\n  peak memory: each loader alone in a fresh process, summed over it and its workers")
+        rows.append(
+            [
+                label,
+                cps["median"],
+                cps["median"] / 2,
+                cps["spread"],
+                r["fraction_of_ceiling"],
+                r["frames_per_clip"],
+                r["cpu_ms_per_clip"]["median"],
+                mem.get("peak_pss_mb"),
+                mem.get("peak_rss_mb"),
+            ]
+        )
+    print(
+        format_table(
+            [
+                "loader",
+                "clips/s",
+                "videos/s",
+                "spread",
+                "of ceiling",
+                "frames/clip",
+                "CPU ms/clip",
+                "peak PSS MB",
+                "peak RSS MB",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"  ceiling: {c['frames_per_s']['median']:.0f} decoded frames/s "
+        f"({c['rgb_frames_per_s']['median']:.0f} "
+        f"with RGB conversion) / {c['frames_per_clip']} frames per clip; spread = (max-min)/median over "
+        "repeats; "
+        f"idle process memory {result['idle_memory_mb']['pss']:.0f} MB PSS;\n  peak memory: each loader "
+        "alone in a fresh process, summed over it and its workers"
+    )
     for name, r in result["loaders"].items():
         if "error" in r:
             print(f"  {name} unavailable: {r['error']}")
-    print("  CPU ms/clip: CPU time of the whole process tree per clip delivered (steadier than clips/s when "
-          "other work shares the cores)")
+    print(
+        "  CPU ms/clip: CPU time of the whole process tree per clip delivered (steadier than clips/s when "
+        "other work shares the cores)"
+    )
     if "dali_over_baseline" in result:
         cpu = result["baseline_over_dali_cpu"]
-        print(f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x; CPU time per clip, baseline / DALI: "
-              + (f"{cpu:.2f}x" if cpu is not None else "n/a (DALI's CPU time below the clock's resolution)"))
+        print(
+            f"  DALI / baseline clips/s: {result['dali_over_baseline']:.2f}x; CPU time per clip, baseline / "
+            "DALI: "
+            + (f"{cpu:.2f}x" if cpu is not None else "n/a (DALI's CPU time below the clock's resolution)")
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """Training-step throughput on synthetic device tensors: each fast path beside its baseline, in one process.
 
     python benchmarks/train_bench.py --json results/train_gpu.json                     # GPU: R3D-50, 16x224^2
-    python benchmarks/train_bench.py --device cpu --json results/train_cpu.json        # CPU: r3d_tiny, small clips
+    python benchmarks/train_bench.py --device cpu --json results/train_cpu.json        # CPU: r3d_tiny, small
+    clips
 
 One step = forward of both views as one batch of 2B clips, NT-Xent, backward, LARS, schedule (the trainer's
 ``fastcvrl.step.TrainStep``; graphed by its ``GraphedStep``). Rows: the fast configuration (CUDA graph, bf16,
@@ -16,6 +17,7 @@ Warm-up steps (cuDNN autotuning, graph capture) are untimed; each row is ``--rep
 ``--iters`` steps; CUDA events time GPU windows.
 Saved activations per clip (with and without activation checkpointing): ``benchmarks/memory_bench.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,28 +26,64 @@ import gc
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, format_table, summarize, write_json  # noqa: E402
-
 import torch  # noqa: E402
+from common import environment, format_table, summarize, write_json  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fastcvrl.model import CVRLModel, ProjectionHead, build_backbone, count_params, flops_per_clip  # noqa: E402
 
 # dense bf16 tensor-core peak FLOP/s by device name (vendor datasheets); first match wins
 PEAK_BF16 = [
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H200", 989e12), ("H100", 989e12),
-    ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("L4", 121e12),
 ]
 
-GPU_DEFAULTS = dict(arch="r3d50", opt_arch="r3d50", frames=16, size=224, batch_size=16, warmup=6, iters=10, repeats=3,
-                    opt_iters=5, proj_hidden=2048)
-CPU_DEFAULTS = {**GPU_DEFAULTS, "arch": "r3d_tiny", "frames": 8, "size": 64, "batch_size": 4, "warmup": 2, "iters": 3}
-QUICK = {**CPU_DEFAULTS, "opt_arch": "r3d_tiny", "frames": 4, "size": 32, "batch_size": 2, "warmup": 1, "iters": 1,
-         "repeats": 2, "opt_iters": 2, "proj_hidden": 64}
+GPU_DEFAULTS = dict(
+    arch="r3d50",
+    opt_arch="r3d50",
+    frames=16,
+    size=224,
+    batch_size=16,
+    warmup=6,
+    iters=10,
+    repeats=3,
+    opt_iters=5,
+    proj_hidden=2048,
+)
+CPU_DEFAULTS = {
+    **GPU_DEFAULTS,
+    "arch": "r3d_tiny",
+    "frames": 8,
+    "size": 64,
+    "batch_size": 4,
+    "warmup": 2,
+    "iters": 3,
+}
+QUICK = {
+    **CPU_DEFAULTS,
+    "opt_arch": "r3d_tiny",
+    "frames": 4,
+    "size": 32,
+    "batch_size": 2,
+    "warmup": 1,
+    "iters": 1,
+    "repeats": 2,
+    "opt_iters": 2,
+    "proj_hidden": 64,
+}
 
 
 def peak_flops(name: str | None) -> float | None:
@@ -56,21 +94,33 @@ def peak_flops(name: str | None) -> float | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--arch", default=None, help="step model; default r3d50 on GPU, r3d_tiny on CPU")
-    p.add_argument("--opt-arch", default=None, help="model whose parameters the optimizer-alone rows use (r3d50)")
+    p.add_argument(
+        "--opt-arch", default=None, help="model whose parameters the optimizer-alone rows use (r3d50)"
+    )
     p.add_argument("--frames", type=int, default=None, help="T; default 16 on GPU, 8 on CPU")
     p.add_argument("--size", type=int, default=None, help="crop size; default 224 on GPU, 64 on CPU")
-    p.add_argument("--batch-size", type=int, default=None, help="videos per step (2 clips each); GPU default 16")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="videos per step (2 clips each); GPU default 16"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per row (GPU default 6)")
     p.add_argument("--iters", type=int, default=None, help="timed steps per window (GPU default 10)")
     p.add_argument("--repeats", type=int, default=None, help="windows per row (default 3)")
     p.add_argument("--opt-iters", type=int, default=None, help="timed optimizer steps per window (5)")
     p.add_argument("--proj-hidden", type=int, default=None, help="projection head width (CVRL: 2048)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0 = torch's default); 1 avoids OpenMP barrier stalls on a busy machine")
-    p.add_argument("--rows", default="", help="comma-separated subset of row names (default: all for the device)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default); 1 avoids OpenMP barrier stalls on a busy machine",
+    )
+    p.add_argument(
+        "--rows", default="", help="comma-separated subset of row names (default: all for the device)"
+    )
     p.add_argument("--json", default="", help="write the result as one JSON line to this path")
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
     args = p.parse_args(argv)
@@ -109,9 +159,14 @@ def rows_for(device: str) -> list[tuple[str, dict[str, bool]]]:
 
 
 def describe(flags: dict[str, bool]) -> str:
-    return ", ".join([
-        "graph" if flags["graph"] else "eager", "bf16" if flags["bf16"] else "fp32",
-        "CL" if flags["channels_last"] else "contig", "fused LARS" if flags["fused"] else "ref LARS"])
+    return ", ".join(
+        [
+            "graph" if flags["graph"] else "eager",
+            "bf16" if flags["bf16"] else "fp32",
+            "CL" if flags["channels_last"] else "contig",
+            "fused LARS" if flags["fused"] else "ref LARS",
+        ]
+    )
 
 
 def make_optimizer(params, fused: bool) -> torch.optim.Optimizer:
@@ -140,8 +195,14 @@ def make_step(model: nn.Module, optimizer, flags: dict[str, bool], device: torch
     """The trainer's step (``fastcvrl.step``), graphed when asked; the disabled path is the eager step."""
     from fastcvrl.step import TrainStep, build_step
 
-    step = TrainStep(model, optimizer, make_schedule(optimizer), temperature=0.1,
-                     precision="bf16" if flags["bf16"] else "fp32", channels_last=flags["channels_last"])
+    step = TrainStep(
+        model,
+        optimizer,
+        make_schedule(optimizer),
+        temperature=0.1,
+        precision="bf16" if flags["bf16"] else "fp32",
+        channels_last=flags["channels_last"],
+    )
     return build_step(step, cuda_graph=flags["graph"], device=device, warmup=3)
 
 
@@ -193,14 +254,20 @@ def bench_row(flags: dict[str, bool], args: argparse.Namespace, device: torch.de
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     step_s = summarize([t / args.iters for t in times])
-    return {"flags": flags, "step_s": step_s, "clips_per_s": 2 * args.batch_size / step_s["median"],
-            "loss_finite": finite, "peak_gpu_mem_gib": peak_mem}
+    return {
+        "flags": flags,
+        "step_s": step_s,
+        "clips_per_s": 2 * args.batch_size / step_s["median"],
+        "loss_finite": finite,
+        "peak_gpu_mem_gib": peak_mem,
+    }
 
 
 def bench_optimizer(arch: str, fused: bool, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The optimizer step alone on ``arch``'s parameters, every step on the same random gradients.
 
-    The fused LARS overwrites ``.grad`` with its update, so the gradients are restored before each step, outside
+    The fused LARS overwrites ``.grad`` with its update, so the gradients are restored before each step,
+    outside
     the timed window (each step is its own window), for both variants alike.
     """
     torch.manual_seed(0)
@@ -240,13 +307,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_flops(gpu)
     flops = flops_per_clip(make_model(args.arch, args.proj_hidden), args.frames, args.size)
     result: dict[str, Any] = {
-        "benchmark": "train", "device": args.device, "gpu": gpu,
+        "benchmark": "train",
+        "device": args.device,
+        "gpu": gpu,
         "small_model_on_cpu": device.type == "cpu" and args.arch == "r3d_tiny",
         "cpu_threads": torch.get_num_threads(),
-        "settings": {k: getattr(args, k) for k in ("arch", "opt_arch", "frames", "size", "batch_size", "warmup",
-                                                   "iters", "repeats", "opt_iters", "proj_hidden")},
-        "clips_per_step": 2 * args.batch_size, "flops_per_clip": flops, "peak_flops": peak,
-        "rows": {}, "optimizer": {}, "env": env,
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "arch",
+                "opt_arch",
+                "frames",
+                "size",
+                "batch_size",
+                "warmup",
+                "iters",
+                "repeats",
+                "opt_iters",
+                "proj_hidden",
+            )
+        },
+        "clips_per_step": 2 * args.batch_size,
+        "flops_per_clip": flops,
+        "peak_flops": peak,
+        "rows": {},
+        "optimizer": {},
+        "env": env,
     }
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
     for name, flags in rows_for(args.device):
@@ -300,17 +386,34 @@ def print_table(result: dict[str, Any]) -> None:
     where = result["gpu"] or f"CPU {env['cpu']} ({env['cores']} cores, {result['cpu_threads']} torch threads)"
     print(f"train-step benchmark on {where}; torch {env['torch']}")
     note = " (small model: CPU run)" if result["small_model_on_cpu"] else ""
-    print(f"  {s['arch']}{note}, {s['frames']}x{s['size']}^2, batch {s['batch_size']} videos = "
-          f"{result['clips_per_step']} clips per step, {result['flops_per_clip'] / 1e9:.1f} GFLOP per training clip; "
-          f"{s['warmup']} warm-up + {s['repeats']} x {s['iters']} timed steps")
+    print(
+        f"  {s['arch']}{note}, {s['frames']}x{s['size']}^2, batch {s['batch_size']} videos = "
+        f"{result['clips_per_step']} clips per step, {result['flops_per_clip'] / 1e9:.1f} GFLOP per training "
+        "clip; "
+        f"{s['warmup']} warm-up + {s['repeats']} x {s['iters']} timed steps"
+    )
     rows = []
     for name, r in result["rows"].items():
         if "error" in r:
             rows.append([name, describe(r["flags"]), "error", None, None, None, None, None])
             continue
-        rows.append([name, describe(r["flags"]), 1000 * r["step_s"]["median"], r["step_s"]["spread"],
-                     r["clips_per_s"], r["tflops"], r["mfu"], r.get("fast_speedup")])
-    print(format_table(["row", "configuration", "step ms", "spread", "clips/s", "TFLOP/s", "MFU", "fast/row"], rows))
+        rows.append(
+            [
+                name,
+                describe(r["flags"]),
+                1000 * r["step_s"]["median"],
+                r["step_s"]["spread"],
+                r["clips_per_s"],
+                r["tflops"],
+                r["mfu"],
+                r.get("fast_speedup"),
+            ]
+        )
+    print(
+        format_table(
+            ["row", "configuration", "step ms", "spread", "clips/s", "TFLOP/s", "MFU", "fast/row"], rows
+        )
+    )
     if result["peak_flops"]:
         print(f"  MFU against {result['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16 peak")
     opt = result["optimizer"]
@@ -320,8 +423,14 @@ def print_table(result: dict[str, Any]) -> None:
         if "error" in o:
             orows.append([f"LARS {key}", None, "error", None])
         else:
-            orows.append([f"LARS {key}", f"{o['arch']} ({o['params'] / 1e6:.1f}M params)", 1000 * o["step_s"]["median"],
-                          o["step_s"]["spread"]])
+            orows.append(
+                [
+                    f"LARS {key}",
+                    f"{o['arch']} ({o['params'] / 1e6:.1f}M params)",
+                    1000 * o["step_s"]["median"],
+                    o["step_s"]["spread"],
+                ]
+            )
     print(format_table(["optimizer step alone", "parameters", "ms", "spread"], orows))
     if "speedup" in opt:
         print(f"  fused LARS is {opt['speedup']:.2f}x the per-parameter reference")

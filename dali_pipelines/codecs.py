@@ -1,7 +1,8 @@
 """Which videos DALI's decoders accept, checked from the manifest before any work (pure Python, no DALI).
 
     problems = undecodable(entries, "gpu")           # [(entry, reason), ...]
-    check_decodable(entries, "gpu", "train/manifest.csv")   # raises UndecodableError naming a few, then a count
+    check_decodable(entries, "gpu", "train/manifest.csv")   # raises UndecodableError naming a few, then a
+    count
 
 CPU (``fn.decoders.video(device="cpu")``, DALI 2.4's bundled libavcodec): VP8, VP9 and MJPEG only; H.264,
 HEVC, MPEG-4 and AV1 are disabled there ("Codec 27 (h264) is not supported by the CPU variant").
@@ -14,26 +15,40 @@ driver itself where a GPU and ``libnvcuvid`` are at hand. Two cases decode on so
 accepted with a warning: AV1 (NVDEC has it from Ampere on) and MPEG-4 Part 2 from AVI (packed B-frames need
 the ``mpeg4_unpack_bframes`` filter, which the Matroska remux of a trimmed clip does not carry).
 """
+
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4"})
 # (min width, min height) in pixels per codec, 8-bit 4:2:0 (NVDEC support matrix, Turing..Hopper)
-NVDEC_MIN_SIZE = {"h264": (48, 16), "hevc": (144, 144), "vp8": (48, 16), "vp9": (128, 128), "av1": (128, 128),
-                  "mpeg4": (48, 16)}
+NVDEC_MIN_SIZE = {
+    "h264": (48, 16),
+    "hevc": (144, 144),
+    "vp8": (48, 16),
+    "vp9": (128, 128),
+    "av1": (128, 128),
+    "mpeg4": (48, 16),
+}
 GPU_CAVEATS = {
     "av1": "AV1 decodes on NVDEC from Ampere (A100, RTX 30xx) on; older GPUs fail at the first batch",
     "mpeg4": "MPEG-4 Part 2 from AVI may carry packed B-frames that decode wrongly once remuxed; "
-             "prefer --transcode h264",
+    "prefer --transcode h264",
 }
 # decoder names PyAV may record for the same codec
-ALIASES = {"libdav1d": "av1", "libaom-av1": "av1", "av1_cuvid": "av1", "h265": "hevc", "libvpx": "vp8",
-           "libvpx-vp9": "vp9", "avc": "h264"}
+ALIASES = {
+    "libdav1d": "av1",
+    "libaom-av1": "av1",
+    "av1_cuvid": "av1",
+    "h265": "hevc",
+    "libvpx": "vp8",
+    "libvpx-vp9": "vp9",
+    "avc": "h264",
+}
 TRANSCODE_TO = {"cpu": "vp9", "gpu": "h264"}
 SHOWN = 5  # offenders named in a message; the rest are counted
 
@@ -44,7 +59,8 @@ class UndecodableError(ValueError):
 
 def decode_device(setting: str, cuda_available: bool) -> str:
     """``data.device`` (auto | cpu | gpu) -> the decoder that will run: ``"gpu"`` or ``"cpu"``. Unlike
-    ``dali_pipelines.loaders.resolve_data_device`` it does not require CUDA for ``gpu``: the codec check runs first."""
+    ``dali_pipelines.loaders.resolve_data_device`` it does not require CUDA for ``gpu``: the codec check runs
+    first."""
     if setting == "auto":
         return "gpu" if cuda_available else "cpu"
     return setting
@@ -55,9 +71,11 @@ def codec_name(codec: str) -> str:
     return ALIASES.get(c, c)
 
 
-def refusal(codec: str, width: int, height: int, device: str,
-            min_size: dict[str, tuple[int, int]] | None = None) -> str | None:
-    """Why the ``device`` decoder refuses a ``codec`` video of ``width`` x ``height``, or None if it accepts it."""
+def refusal(
+    codec: str, width: int, height: int, device: str, min_size: dict[str, tuple[int, int]] | None = None
+) -> str | None:
+    """Why the ``device`` decoder refuses a ``codec`` video of ``width`` x ``height``, or None if it accepts
+    it."""
     c = codec_name(codec)
     if device == "cpu":
         if c not in CPU_CODECS:
@@ -74,7 +92,8 @@ def refusal(codec: str, width: int, height: int, device: str,
 
 
 def undecodable(entries: Iterable, device: str, min_size: dict[str, tuple[int, int]] | None = None) -> list:
-    """``[(entry, reason)]`` for the manifest entries (``codec``, ``width``, ``height``) ``device`` refuses."""
+    """``[(entry, reason)]`` for the manifest entries (``codec``, ``width``, ``height``) ``device``
+    refuses."""
     out = []
     for e in entries:
         why = refusal(e.codec, int(e.width), int(e.height), device, min_size)
@@ -91,8 +110,9 @@ def caveats(entries: Iterable, device: str) -> list[str]:
     return [f"{GPU_CAVEATS[c]} ({c} videos in the manifest)" for c in sorted(found & set(GPU_CAVEATS))]
 
 
-def check_decodable(entries: Sequence, device: str, manifest: str,
-                    min_size: dict[str, tuple[int, int]] | None = None) -> list[str]:
+def check_decodable(
+    entries: Sequence, device: str, manifest: str, min_size: dict[str, tuple[int, int]] | None = None
+) -> list[str]:
     """Raise ``UndecodableError`` if any entry cannot be decoded on ``device``: the first ``SHOWN`` named with
     the reason, then a count, and the ``prepare --transcode`` command that fixes them. Returns the caveats."""
     bad = undecodable(entries, device, min_size)
@@ -108,15 +128,19 @@ def check_decodable(entries: Sequence, device: str, manifest: str,
         size = " --short-side 144" if device == "gpu" and any("below NVDEC" in w for _, w in bad) else ""
         raise UndecodableError(
             f"{manifest}: {len(bad)} of {len(entries)} videos cannot be decoded on {where}. {shown}{more}. "
-            f"Re-encode the collection: python -m fastcvrl.prepare SOURCE --out NEW_DIR --transcode {codec}{size} "
+            "Re-encode the collection: python -m fastcvrl.prepare SOURCE --out NEW_DIR --transcode "
+            f"{codec}{size} "
             f"--classes {os.path.join(folder, 'classes.txt')} (SOURCE: what {manifest} was prepared from)"
-            + (", or decode on the GPU (data.device=gpu)" if device == "cpu" else ""))
+            + (", or decode on the GPU (data.device=gpu)" if device == "cpu" else "")
+        )
     return caveats(entries, device)
 
 
 def _names(entries: list, sizes: bool) -> str:
     """The first ``SHOWN`` file names (with their sizes where the size is the problem), then a count."""
-    names = [os.path.basename(e.path) + (f" ({e.width}x{e.height})" if sizes else "") for e in entries[:SHOWN]]
+    names = [
+        os.path.basename(e.path) + (f" ({e.width}x{e.height})" if sizes else "") for e in entries[:SHOWN]
+    ]
     return ", ".join(names) + (f" and {len(entries) - SHOWN} more" if len(entries) > SHOWN else "")
 
 
@@ -127,12 +151,24 @@ _CODEC_ENUM = {"mpeg4": 2, "h264": 4, "hevc": 8, "vp8": 9, "vp9": 10, "av1": 11}
 class _DecodeCaps(ctypes.Structure):
     """``CUVIDDECODECAPS`` (cuviddec.h)."""
 
-    _fields_ = [("eCodecType", ctypes.c_int), ("eChromaFormat", ctypes.c_int), ("nBitDepthMinus8", ctypes.c_uint),
-                ("reserved1", ctypes.c_uint * 3), ("bIsSupported", ctypes.c_ubyte), ("nNumNVDECs", ctypes.c_ubyte),
-                ("nOutputFormatMask", ctypes.c_ushort), ("nMaxWidth", ctypes.c_uint), ("nMaxHeight", ctypes.c_uint),
-                ("nMaxMBCount", ctypes.c_uint), ("nMinWidth", ctypes.c_ushort), ("nMinHeight", ctypes.c_ushort),
-                ("bIsHistogramSupported", ctypes.c_ubyte), ("nCounterBitDepth", ctypes.c_ubyte),
-                ("nMaxHistogramBins", ctypes.c_ushort), ("reserved3", ctypes.c_uint * 10)]
+    _fields_ = [
+        ("eCodecType", ctypes.c_int),
+        ("eChromaFormat", ctypes.c_int),
+        ("nBitDepthMinus8", ctypes.c_uint),
+        ("reserved1", ctypes.c_uint * 3),
+        ("bIsSupported", ctypes.c_ubyte),
+        ("nNumNVDECs", ctypes.c_ubyte),
+        ("nOutputFormatMask", ctypes.c_ushort),
+        ("nMaxWidth", ctypes.c_uint),
+        ("nMaxHeight", ctypes.c_uint),
+        ("nMaxMBCount", ctypes.c_uint),
+        ("nMinWidth", ctypes.c_ushort),
+        ("nMinHeight", ctypes.c_ushort),
+        ("bIsHistogramSupported", ctypes.c_ubyte),
+        ("nCounterBitDepth", ctypes.c_ubyte),
+        ("nMaxHistogramBins", ctypes.c_ushort),
+        ("reserved3", ctypes.c_uint * 10),
+    ]
 
 
 def find_nvcuvid() -> str | None:
@@ -167,11 +203,16 @@ def nvdec_caps(device_id: int = 0, codecs: Iterable[str] = tuple(_CODEC_ENUM)) -
             return None
         try:
             for c in codecs:
-                caps = _DecodeCaps(eCodecType=_CODEC_ENUM[c], eChromaFormat=1, nBitDepthMinus8=0)  # 4:2:0, 8 bit
+                caps = _DecodeCaps(
+                    eCodecType=_CODEC_ENUM[c], eChromaFormat=1, nBitDepthMinus8=0
+                )  # 4:2:0, 8 bit
                 if cuvid.cuvidGetDecoderCaps(ctypes.byref(caps)):
                     continue
-                out[c] = {"supported": bool(caps.bIsSupported), "min_size": (caps.nMinWidth, caps.nMinHeight),
-                          "max_size": (caps.nMaxWidth, caps.nMaxHeight)}
+                out[c] = {
+                    "supported": bool(caps.bIsSupported),
+                    "min_size": (caps.nMinWidth, caps.nMinHeight),
+                    "max_size": (caps.nMaxWidth, caps.nMaxHeight),
+                }
         finally:
             cuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
     finally:
@@ -185,5 +226,7 @@ def nvdec_min_size(device_id: int = 0) -> dict[str, tuple[int, int]]:
         caps = nvdec_caps(device_id) or {}
     except (OSError, AttributeError, ValueError):  # an older driver without one of the entry points
         caps = {}
-    return {c: tuple(caps[c]["min_size"]) if c in caps and caps[c]["supported"] else NVDEC_MIN_SIZE[c]
-            for c in NVDEC_MIN_SIZE}
+    return {
+        c: tuple(caps[c]["min_size"]) if c in caps and caps[c]["supported"] else NVDEC_MIN_SIZE[c]
+        for c in NVDEC_MIN_SIZE
+    }

@@ -2,19 +2,24 @@
 
 A source is the callable handed to ``fn.external_source(batch=True, batch_info=True)``: for step ``i`` of the
 epoch it returns one batch of columns (trimmed encoded video, frame positions, augmentation parameters,
-label, bookkeeping). Every random draw for a video comes from ``default_rng([seed, epoch, video, stream])``, so
+label, bookkeeping). Every random draw for a video comes from ``default_rng([seed, epoch, video, stream])``,
+so
 a clip's frames and augmentation depend only on the seed, the epoch and the video, not on the rank, the
 batch or the process that made it.
 
-Sharding: each epoch a seeded permutation of all videos is dealt out round-robin, ``perm[rank::world]``, so the
+Sharding: each epoch a seeded permutation of all videos is dealt out round-robin, ``perm[rank::world]``, so
+the
 shards partition the epoch (no video twice, none lost). Training drops the last partial batch and runs the
-same ``(N // world) // B`` steps on every rank, so collectives stay in step; at most ``world * (B - 1) + N % world``
+same ``(N // world) // B`` steps on every rank, so collectives stay in step; at most ``world * (B - 1) + N %
+world``
 videos (different ones each epoch) sit out an epoch. Evaluation keeps every video (a short last batch).
 
 A video that cannot be demuxed or read is reported once by a warning naming the file and replaced by the next
 readable video of the shard, so one corrupt file does not end a run. The replacement's meta row says so
-(``substitute``; ``skipped``: how many unreadable videos it was found past): training keeps it (whole batches),
-evaluation drops it (``DaliLoader``), so an evaluation epoch delivers every readable video exactly once and the
+(``substitute``; ``skipped``: how many unreadable videos it was found past): training keeps it (whole
+batches),
+evaluation drops it (``DaliLoader``), so an evaluation epoch delivers every readable video exactly once and
+the
 unreadable ones (``VideoSource.bad``) not at all.
 
 Columns are named: ``source.columns`` lists a source's outputs in order, ``Sample[name]`` reads one, and the
@@ -27,14 +32,16 @@ one it was made in (``pipeline epoch = epoch at the copy + DALI's epoch_idx``), 
 first epoch only, and does not log: the unreadable videos it passes over come back in the meta row
 (``skipped``) and the loader's process names them once (``note_skipped``).
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +50,10 @@ from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("dali_pipelines.loaders")
 
-# meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the decoder),
-# first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable videos passed over
+# meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the
+# decoder),
+# first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable videos passed
+# over
 META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read", "substitute", "skipped")
 META = {name: i for i, name in enumerate(META_FIELDS)}
 SUBSTITUTE = META["substitute"]
@@ -107,8 +116,18 @@ class VideoSource:
     columns: tuple[str, ...] = ()  # output names, in the order handed to DALI
     purpose = 0  # separates the random streams of the different pipelines
 
-    def __init__(self, entries: Sequence[Any], batch_size: int, *, rank: int = 0, world: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, index_cache: int = 65536):
+    def __init__(
+        self,
+        entries: Sequence[Any],
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        index_cache: int = 65536,
+    ):
         if not entries:
             raise ValueError("no videos to load")
         if batch_size <= 0:
@@ -140,8 +159,9 @@ class VideoSource:
         except ValueError:
             raise ValueError(f"{type(self).__name__} has no column {name!r}; it has {self.columns}") from None
 
-    def for_workers(self) -> "VideoSource":
-        """The copy DALI's worker processes run: it follows the pipeline's epochs from the current one (see the
+    def for_workers(self) -> VideoSource:
+        """The copy DALI's worker processes run: it follows the pipeline's epochs from the current one (see
+        the
         module docstring), starts at ``start_step``, keeps the bad videos and packet indices known so far, and
         logs nothing. Each worker indexes the other files itself, the first time it meets them."""
         clone = copy.copy(self)
@@ -159,7 +179,9 @@ class VideoSource:
     # ------------------------------------------------------------------ epoch structure
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
-        self.order = shard_order(len(self.entries), self.rank, self.world, self.epoch, self.seed, self.shuffle)
+        self.order = shard_order(
+            len(self.entries), self.rank, self.world, self.epoch, self.seed, self.shuffle
+        )
 
     def __len__(self) -> int:
         """Steps per epoch on this rank (equal on all ranks when dropping the last batch)."""
@@ -216,9 +238,14 @@ class VideoSource:
             self.bad.add(video)
             if self.in_worker:  # the loader's process names it, from the meta row (note_skipped)
                 return
-            log.warning("skipping unreadable video %s (%s); %s", self.entries[video].path, reason,
-                        "a readable video of the shard takes its place" if self.drop_last
-                        else "it is left out of this evaluation")
+            log.warning(
+                "skipping unreadable video %s (%s); %s",
+                self.entries[video].path,
+                reason,
+                "a readable video of the shard takes its place"
+                if self.drop_last
+                else "it is left out of this evaluation",
+            )
 
     def note_skipped(self, step: int, meta: np.ndarray) -> None:
         """Record (and name once) the unreadable videos a worker passed over in batch ``step`` of the current
@@ -266,13 +293,16 @@ class VideoSource:
         return idx, trim(idx, union, self._first_read.pop(idx.path, None)), inverse.astype(np.int32)
 
     def _meta(self, video: int, tc: Any, start1: int, start2: int) -> np.ndarray:
-        return np.array([video, tc.frames_decoded, start1, start2, tc.bytes_read, 0, 0], np.int64)  # META_FIELDS
+        return np.array(
+            [video, tc.frames_decoded, start1, start2, tc.bytes_read, 0, 0], np.int64
+        )  # META_FIELDS
 
 
 class PretrainSource(VideoSource):
     """Two CVRL views per video. Columns: ``encoded``, ``frames``, ``order1``, ``order2``, then per view ``v``
     ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``spatial.color_params``)
-    (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``: the
+    (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``:
+    the
     sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
     ``order1/2``: each view's frames within that union."""
 
@@ -283,15 +313,26 @@ class PretrainSource(VideoSource):
         temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
         spatial.check_view_probs("blur_prob", data_cfg.blur_prob)
         spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
-        self.columns = ("encoded", "frames", "order1", "order2", *self.view_names(1), *self.view_names(2),
-                        "label", "meta")
+        self.columns = (
+            "encoded",
+            "frames",
+            "order1",
+            "order2",
+            *self.view_names(1),
+            *self.view_names(2),
+            "label",
+            "meta",
+        )
         self._view_keys = (self.view_names(1), self.view_names(2))
         super().__init__(entries, batch_size, **kw)
 
     def view_names(self, view: int) -> tuple[str, ...]:
         """The parameter columns of view 1 or 2, in order."""
-        names = ["roi_start", "roi_end", "color", "color_order"] + ["sigma"] * bool(self.cfg.blur) \
+        names = (
+            ["roi_start", "roi_end", "color", "color_order"]
+            + ["sigma"] * bool(self.cfg.blur)
             + ["solarize"] * bool(self.cfg.solarize)
+        )
         return tuple(f"{n}{view}" for n in names)
 
     @property
@@ -304,7 +345,9 @@ class PretrainSource(VideoSource):
         rng = self.rng(video)
         idx = self.index(video)
         n = self.length(video, idx)
-        s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[0].tolist()
+        s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[
+            0
+        ].tolist()
         # the two clips' frames (2T,), their sorted union and each frame's place in it, in Python lists (as
         # ``np.unique(..., return_inverse=True)`` of ``temporal.clip_indices``, without its array calls)
         frames = [(s + c.stride * k) % n for s in (s1, s2) for k in range(c.num_frames)]
@@ -312,14 +355,20 @@ class PretrainSource(VideoSource):
         place = {f: i for i, f in enumerate(union)}
         inverse = np.array([place[f] for f in frames], np.int32)
         tc = trim(idx, np.array(union, np.int64), self._first_read.pop(idx.path, None))
-        values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[: c.num_frames],
-                  "order2": inverse[c.num_frames :]}
+        values = {
+            "encoded": tc.encoded,
+            "frames": tc.positions,
+            "order1": inverse[: c.num_frames],
+            "order2": inverse[c.num_frames :],
+        }
         for view, names in enumerate(self._view_keys):
-            box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
-                                              (c.min_aspect, c.max_aspect))
+            box = spatial.random_resized_crop(
+                rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
+            )
             values[names[0]], values[names[1]] = spatial.crop_roi(box, rng.random() < c.flip_prob)
             values[names[2]], values[names[3]] = spatial.color_params(
-                rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob)
+                rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob
+            )
             # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
             if c.blur:
                 values[names[4]] = np.array(spatial.blur_sigma(rng, c.blur_prob[view]), np.float32)
@@ -340,8 +389,9 @@ class LinearSource(VideoSource):
     columns = ("encoded", "frames", "order", "roi_start", "roi_end", "label", "meta")
     purpose = 2
 
-    def __init__(self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, data_cfg: Any, train: bool,
-                 **kw: Any):
+    def __init__(
+        self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, data_cfg: Any, train: bool, **kw: Any
+    ):
         self.ecfg, self.cfg, self.train = eval_cfg, data_cfg, train
         super().__init__(entries, batch_size, shuffle=train, drop_last=train, **kw)
 
@@ -352,8 +402,9 @@ class LinearSource(VideoSource):
         n = self.length(video, idx)
         if self.train:
             start = temporal.uniform_start(rng, n, e.num_frames, e.stride)
-            box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
-                                              (c.min_aspect, c.max_aspect))
+            box = spatial.random_resized_crop(
+                rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
+            )
             flip = bool(rng.random() < c.flip_prob)
         else:
             start = int(temporal.even_starts(n, e.num_frames, e.stride, 1)[0])
@@ -364,14 +415,22 @@ class LinearSource(VideoSource):
         idx, tc, inverse = self._decode_plan(video, clip)
         roi_start, roi_end = spatial.crop_roi(box, flip)
         label = np.array(self.entries[video].label, np.int32)
-        values = {"encoded": tc.encoded, "frames": tc.positions, "order": inverse, "roi_start": roi_start,
-                  "roi_end": roi_end, "label": label, "meta": self._meta(video, tc, start, start)}
+        values = {
+            "encoded": tc.encoded,
+            "frames": tc.positions,
+            "order": inverse,
+            "roi_start": roi_start,
+            "roi_end": roi_end,
+            "label": label,
+            "meta": self._meta(video, tc, start, start),
+        }
         return Sample(values, idx.path)
 
 
 class MultiViewSource(VideoSource):
     """Test views: ``test_clips`` evenly spaced clips x ``test_crops`` crops per video, every video once, in
-    manifest order. Columns ``encoded``, ``frames``, ``order`` (clips*T,), ``anchors`` (crops, 2) relative (y, x),
+    manifest order. Columns ``encoded``, ``frames``, ``order`` (clips*T,), ``anchors`` (crops, 2) relative (y,
+    x),
     ``label``, ``meta``."""
 
     columns = ("encoded", "frames", "order", "anchors", "label", "meta")
@@ -390,6 +449,12 @@ class MultiViewSource(VideoSource):
         idx, tc, inverse = self._decode_plan(video, clips)
         anchors = spatial.eval_crop_anchors(idx.height, idx.width, e.test_crops)
         label = np.array(self.entries[video].label, np.int32)
-        values = {"encoded": tc.encoded, "frames": tc.positions, "order": inverse, "anchors": anchors, "label": label,
-                  "meta": self._meta(video, tc, int(starts[0]), int(starts[-1]))}
+        values = {
+            "encoded": tc.encoded,
+            "frames": tc.positions,
+            "order": inverse,
+            "anchors": anchors,
+            "label": label,
+            "meta": self._meta(video, tc, int(starts[0]), int(starts[-1])),
+        }
         return Sample(values, idx.path)

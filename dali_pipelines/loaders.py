@@ -9,7 +9,8 @@
 Hand-off. With ``data.augment=dali`` (the GPU default) DALI hands over uint8 N-T-H-W-C batches; viewed as
 (N, C, T, H, W) they are already channels_last_3d, so the hand-off is zero-copy on the CPU (DLPack) and one
 same-layout device-to-device copy on the GPU, never a layout change; normalising to the trainer's dtype
-(float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``data.augment=torch`` (the CPU default,
+(float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``data.augment=torch`` (the CPU
+default,
 ``resolve_augment``) DALI hands over each video's decoded frames zero-copy and ``torch_augment`` writes every
 clip straight into a channels_last_3d batch.
 
@@ -18,7 +19,8 @@ to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the er
 is found by a host re-check (PyAV decodes each recent sample's trimmed stream), else, for a stream PyAV
 decodes but DALI's decoder refuses before decoding (a codec or size it does not take: "Failed to create video
 decoder", "not supported by the CPU variant"), by decoding each recent sample alone on the loader's decoder.
-Training batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every video)
+Training batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every
+video)
 drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the rest).
 
 Host work. With ``cfg.data.host_workers`` > 0 (``host_workers``: ``auto`` sizes it from the cores this process
@@ -27,32 +29,42 @@ may use) the sources run in DALI's parallel external source, whole batches per w
 unusable). Batches are the same as with the serial in-thread path (0; tests and debugging): a sample depends
 only on the seed, the epoch and the video.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
 import os
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import av
 import numpy as np
 import torch
 
 from dali_pipelines import torch_augment
-from dali_pipelines.packets import VideoReadError
-from dali_pipelines.host import (META_FIELDS, SUBSTITUTE, LinearSource, MultiViewSource, PretrainSource, VideoSource,
-                                 meta_field)
-from dali_pipelines.spatial import blur_window
-from fastcvrl.config import Config
+from dali_pipelines.host import (
+    META_FIELDS,
+    SUBSTITUTE,
+    LinearSource,
+    MultiViewSource,
+    PretrainSource,
+    VideoSource,
+    meta_field,
+)
 from dali_pipelines.manifest import VideoEntry, read_manifest
 from dali_pipelines.normalize import Normalize
+from dali_pipelines.packets import VideoReadError
+from dali_pipelines.spatial import blur_window
+from fastcvrl.config import Config
 
 log = logging.getLogger("dali_pipelines.loaders")
 
 
 def resolve_augment(augment: str, dev: str) -> str:
-    """``cfg.data.augment`` -> ``"dali"`` | ``"torch"``. ``auto``: torch on the CPU, where DALI 2.4's CPU resize
+    """``cfg.data.augment`` -> ``"dali"`` | ``"torch"``. ``auto``: torch on the CPU, where DALI 2.4's CPU
+    resize
     and colour-matrix kernels are several times slower than torch's (``dali_pipelines/torch_augment.py``)."""
     if augment == "auto":
         return "torch" if dev == "cpu" else "dali"
@@ -76,13 +88,22 @@ class DaliLoader:
     """Iterates one DALI pipeline over a ``VideoSource``; ``len()`` steps per epoch, ``set_epoch`` reseeds.
 
     ``stats``: running totals since construction: ``videos`` (samples), ``clips`` (views delivered: two per
-    video when pretraining), ``frames_decoded`` (packets handed to the decoder, an upper bound on the frames it
+    video when pretraining), ``frames_decoded`` (packets handed to the decoder, an upper bound on the frames
+    it
     decodes), ``bytes_read``; also as attributes ``videos`` and ``frames_decoded``. ``last_meta``: the last
     batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
 
-    def __init__(self, source: VideoSource, make_pipeline: Callable[[VideoSource], Any], convert: Callable,
-                 device: torch.device, skip_corrupt: bool = True, clips_per_sample: int = 1, host_workers: int = 0,
-                 decode_one: Callable[[np.ndarray, np.ndarray], None] | None = None):
+    def __init__(
+        self,
+        source: VideoSource,
+        make_pipeline: Callable[[VideoSource], Any],
+        convert: Callable,
+        device: torch.device,
+        skip_corrupt: bool = True,
+        clips_per_sample: int = 1,
+        host_workers: int = 0,
+        decode_one: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ):
         self.source, self._make, self._convert = source, make_pipeline, convert
         self.host_workers = host_workers
         self._epoch0 = self._epochs_done = 0  # with workers: the epoch the pipeline started in, epochs since
@@ -96,8 +117,10 @@ class DaliLoader:
         self._dirty = False
         self._decode_one = decode_one  # (encoded, frames) -> None, raising as the pipeline's decoder would
         if len(source) == 0:
-            raise ValueError(f"{len(source.entries)} videos over {source.world} rank(s) do not fill one batch "
-                             f"of {source.batch_size}")
+            raise ValueError(
+                f"{len(source.entries)} videos over {source.world} rank(s) do not fill one batch "
+                f"of {source.batch_size}"
+            )
 
     def __len__(self) -> int:
         return len(self.source)
@@ -138,7 +161,9 @@ class DaliLoader:
             self.stats["frames_decoded"] += int(meta_field(meta, "frames_decoded").sum())
             self.stats["bytes_read"] += int(meta_field(meta, "bytes_read").sum())
             batch = self._convert(outs[:-1], meta)
-            if not self.source.drop_last:  # evaluation: each video once, the unreadable never (training: as is)
+            if (
+                not self.source.drop_last
+            ):  # evaluation: each video once, the unreadable never (training: as is)
                 real = meta[:, SUBSTITUTE] == 0
                 if not real.all():
                     batch = keep_rows(batch, real)
@@ -183,8 +208,10 @@ class DaliLoader:
             video = self._find_undecodable()
             if video is None:
                 paths = sorted({s.path for ss in self.source.recent.values() for s in ss})
-                raise RuntimeError(f"the DALI pipeline failed on a batch from {paths}, and each of these "
-                                   f"decodes alone: {_first_line(e)}") from e
+                raise RuntimeError(
+                    f"the DALI pipeline failed on a batch from {paths}, and each of these "
+                    f"decodes alone: {_first_line(e)}"
+                ) from e
             path = self.source.entries[video].path
             if not self.skip_corrupt:
                 raise VideoReadError(path, f"the video decoder cannot decode it ({_first_line(e)})") from e
@@ -255,11 +282,13 @@ def _host(out: Any) -> np.ndarray:
     return np.asarray(out.as_tensor())
 
 
-def torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: "Normalize",
-                device: torch.device) -> list[torch.Tensor]:
+def torch_views(
+    outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: Normalize, device: torch.device
+) -> list[torch.Tensor]:
     """Apply ``torch_augment`` to the decoded frames ``outs[0]``. ``views``: per view, the output index of its
     ``order`` column and of its first parameter column; ``k`` parameter columns per view:
-    ``roi_start, roi_end[, colour params, colour order[, sigma][, solarize]]`` (two columns: crop and flip only)."""
+    ``roi_start, roi_end[, colour params, colour order[, sigma][, solarize]]`` (two columns: crop and flip
+    only)."""
     with _one_torch_thread(device):
         return _torch_views(outs, views, k, size, norm, device)
 
@@ -279,22 +308,31 @@ def _one_torch_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _torch_views(outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: "Normalize",
-                 device: torch.device) -> list[torch.Tensor]:
+def _torch_views(
+    outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: Normalize, device: torch.device
+) -> list[torch.Tensor]:
     n = len(outs[0])
     videos = [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) uint8 each
     result = []
     for order_col, first in views:
         order = _host(outs[order_col])  # (B, T)
         c = [_host(o) for o in outs[first : first + k]]
-        out = torch.empty((n, 3, order.shape[1], size, size), dtype=norm.dtype, device=device,
-                          memory_format=torch.channels_last_3d)  # (B, 3, T, S, S)
+        out = torch.empty(
+            (n, 3, order.shape[1], size, size),
+            dtype=norm.dtype,
+            device=device,
+            memory_format=torch.channels_last_3d,
+        )  # (B, 3, T, S, S)
         for i in range(n):
-            clip = torch_augment.crop_resize(videos[i], order[i], c[0][i], c[1][i], size)  # (T, 3, S, S) uint8
+            clip = torch_augment.crop_resize(
+                videos[i], order[i], c[0][i], c[1][i], size
+            )  # (T, 3, S, S) uint8
             m, t = (c[2][i], c[3][i]) if k > 2 else (None, None)  # colour params (6,), op order (4,)
             sigma = float(c[4][i]) if norm.blur else 0.0
             sol = bool(c[-1][i]) if norm.solarize else False
-            torch_augment.color_normalize(clip, m, t, norm.mean, norm.std, out[i], sigma, sol, blur_window(size))
+            torch_augment.color_normalize(
+                clip, m, t, norm.mean, norm.std, out[i], sigma, sol, blur_window(size)
+            )
         result.append(out)
     return result
 
@@ -329,11 +367,20 @@ def resolve_host_workers(host_workers: int) -> int:
 
 
 def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict:
-    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if dev == "gpu" else None
+    device_id = (
+        (device.index if device.index is not None else torch.cuda.current_device()) if dev == "gpu" else None
+    )
     # a forked child cannot use this process's CUDA context: spawn once CUDA is (or will be) initialised here
     start = "spawn" if dev == "gpu" or torch.cuda.is_initialized() else "fork"
-    return dict(device=dev, num_threads=cfg.data.num_threads, device_id=device_id, prefetch=cfg.data.prefetch,
-                seed=seed, host_workers=resolve_host_workers(cfg.data.host_workers), start_method=start)
+    return dict(
+        device=dev,
+        num_threads=cfg.data.num_threads,
+        device_id=device_id,
+        prefetch=cfg.data.prefetch,
+        seed=seed,
+        host_workers=resolve_host_workers(cfg.data.host_workers),
+        start_method=start,
+    )
 
 
 def _decode_one(kw: dict) -> Callable[[np.ndarray, np.ndarray], None]:
@@ -343,8 +390,16 @@ def _decode_one(kw: dict) -> Callable[[np.ndarray, np.ndarray], None]:
     return lambda encoded, frames: decode_one(encoded, frames, device=kw["device"], device_id=kw["device_id"])
 
 
-def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_size: int = 1,
-                          device: torch.device | str = "cpu", seed: int = 0, normalize: bool = True) -> DaliLoader:
+def build_pretrain_loader(
+    cfg: Config,
+    manifest: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    normalize: bool = True,
+) -> DaliLoader:
     """CVRL two-view loader: yields ``(view1, view2, label)``, views ``(B, 3, T, S, S)`` channels_last_3d on
     ``device``, ``label`` (B,) int64 on the host (the step does not use it: no host-device copy per step).
 
@@ -360,16 +415,27 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
     kw = _pipeline_kw(cfg, dev, device, seed)
     augment = resolve_augment(cfg.data.augment, dev)
     d = cfg.data
-    norm = Normalize(d.mean, d.std, data_dtype(cfg, device), device, views=2, blur=d.blur, solarize=d.solarize)
+    norm = Normalize(
+        d.mean, d.std, data_dtype(cfg, device), device, views=2, blur=d.blur, solarize=d.solarize
+    )
 
     def make(src: VideoSource) -> Any:
-        return pretrain_pipeline(src, crop_size=d.crop_size, batch_size=batch, blur=d.blur, solarize=d.solarize,
-                                 augment=augment, **kw)
+        return pretrain_pipeline(
+            src,
+            crop_size=d.crop_size,
+            batch_size=batch,
+            blur=d.blur,
+            solarize=d.solarize,
+            augment=augment,
+            **kw,
+        )
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         label = torch.from_numpy(_host(outs[-1]).astype(np.int64))  # (B,) stays on the host: no per-step sync
         if augment == "torch":
-            k = source.view_columns  # outputs named by pretrain_outputs: video, order1, order2, views' columns, label
+            k = (
+                source.view_columns
+            )  # outputs named by pretrain_outputs: video, order1, order2, views' columns, label
             at = {name: i for i, name in enumerate(pretrain_outputs(source, "torch"))}
             views = [(at["order1"], at["roi_start1"]), (at["order2"], at["roi_start2"])]
             v1, v2 = torch_views(outs, views, k, d.crop_size, norm, device)
@@ -380,12 +446,28 @@ def build_pretrain_loader(cfg: Config, manifest: str, *, rank: int = 0, world_si
             return v1.permute(0, 4, 1, 2, 3), v2.permute(0, 4, 1, 2, 3), label  # (B, 3, T, S, S) uint8 views
         return norm(v1), norm(v2), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=2,
-                      host_workers=kw["host_workers"], decode_one=_decode_one(kw))
+    return DaliLoader(
+        source,
+        make,
+        convert,
+        device,
+        cfg.data.skip_corrupt,
+        clips_per_sample=2,
+        host_workers=kw["host_workers"],
+        decode_one=_decode_one(kw),
+    )
 
 
-def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, rank: int = 0, world_size: int = 1,
-                        device: torch.device | str = "cpu", seed: int = 0, train: bool = True) -> DaliLoader:
+def build_linear_loader(
+    cfg: Config,
+    manifest: str | Sequence[VideoEntry],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    train: bool = True,
+) -> DaliLoader:
     """One clip per video (``cfg.eval.num_frames`` x ``cfg.eval.stride``), crop and flip only when training:
     yields ``(clip (B, 3, T, S, S), label (B,))``. Training drops the last partial batch; evaluation keeps it.
     ``manifest``: a path, or entries already read (a subset, or labels renumbered)."""
@@ -394,8 +476,9 @@ def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, ra
     device = torch.device(device)
     dev = resolve_data_device(cfg.data.device)
     batch = cfg.eval.batch_size // world_size
-    source = LinearSource(_entries(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size,
-                          seed=seed)
+    source = LinearSource(
+        _entries(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size, seed=seed
+    )
     kw = _pipeline_kw(cfg, dev, device, seed)
     augment = resolve_augment(cfg.data.augment, dev)
     norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
@@ -406,20 +489,31 @@ def build_linear_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *, ra
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         label = to_torch(outs[-1], device).to(torch.int64)
         if augment == "torch":
-            (clip,) = torch_views(outs, [(1, 2)], 2, cfg.eval.crop_size, norm, device)  # video, order, roi, label
+            (clip,) = torch_views(
+                outs, [(1, 2)], 2, cfg.eval.crop_size, norm, device
+            )  # video, order, roi, label
             return clip, label
         return norm(to_torch(outs[0], device)), label
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, host_workers=kw["host_workers"],
-                      decode_one=_decode_one(kw))
+    return DaliLoader(
+        source,
+        make,
+        convert,
+        device,
+        cfg.data.skip_corrupt,
+        host_workers=kw["host_workers"],
+        decode_one=_decode_one(kw),
+    )
 
 
-def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
-                      device: torch.device | str = "cpu") -> DaliLoader:
+def build_test_loader(
+    cfg: Config, manifest: str | Sequence[VideoEntry], *, device: torch.device | str = "cpu"
+) -> DaliLoader:
     """Test views: yields ``(clips (B*V, 3, T, S, S), label (B,), video_index (B,))`` with
     ``V = cfg.eval.test_clips * cfg.eval.test_crops`` views of each video contiguous (rows ``i*V..(i+1)*V-1``
     belong to ``video_index[i]``, its row in the manifest). Every video once, manifest order. Frames resized
-    to short side ``eval.short_side``, crops of ``S = eval.test_crop_size``. ``manifest``: a path or entries."""
+    to short side ``eval.short_side``, crops of ``S = eval.test_crop_size``. ``manifest``: a path or
+    entries."""
     from dali_pipelines.pipelines import multiview_pipeline
 
     device = torch.device(device)
@@ -432,8 +526,14 @@ def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
     norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
 
     def make(src: VideoSource) -> Any:
-        return multiview_pipeline(src, crop_size=e.test_crop_size, short_side=e.short_side, num_crops=e.test_crops,
-                                  batch_size=batch, **kw)
+        return multiview_pipeline(
+            src,
+            crop_size=e.test_crop_size,
+            short_side=e.short_side,
+            num_crops=e.test_crops,
+            batch_size=batch,
+            **kw,
+        )
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         clips, label = (to_torch(o, device) for o in outs)  # (B, crops, clips*T, S, S, 3)
@@ -441,14 +541,33 @@ def build_test_loader(cfg: Config, manifest: str | Sequence[VideoEntry], *,
         clips = clips.reshape(b * views, e.num_frames, *clips.shape[-3:])  # free: rows stay contiguous
         return norm(clips), label.to(torch.int64), torch.from_numpy(meta_field(meta, "video").copy())
 
-    return DaliLoader(source, make, convert, device, cfg.data.skip_corrupt, clips_per_sample=views,
-                      host_workers=kw["host_workers"], decode_one=_decode_one(kw))
+    return DaliLoader(
+        source,
+        make,
+        convert,
+        device,
+        cfg.data.skip_corrupt,
+        clips_per_sample=views,
+        host_workers=kw["host_workers"],
+        decode_one=_decode_one(kw),
+    )
 
 
 def _entries(manifest: str | Sequence[VideoEntry]) -> list[VideoEntry]:
     return read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
 
 
-__all__ = ["DaliLoader", "META_FIELDS", "Normalize", "build_linear_loader", "build_pretrain_loader",
-           "build_test_loader", "keep_rows", "resolve_augment", "resolve_data_device", "resolve_host_workers",
-           "to_torch", "torch_views"]
+__all__ = [
+    "DaliLoader",
+    "META_FIELDS",
+    "Normalize",
+    "build_linear_loader",
+    "build_pretrain_loader",
+    "build_test_loader",
+    "keep_rows",
+    "resolve_augment",
+    "resolve_data_device",
+    "resolve_host_workers",
+    "to_torch",
+    "torch_views",
+]

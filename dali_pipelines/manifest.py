@@ -4,14 +4,15 @@ Header: ``path,label,num_frames,fps,width,height,codec``. Paths are relative to 
 absolute; ``num_frames`` is the decoded frame count (not the container's claim), which the pipelines need to
 place clips before decoding.
 """
+
 from __future__ import annotations
 
 import csv
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Iterable
 
 from fastcvrl.atomic import atomic_open, atomic_write
 
@@ -73,7 +74,9 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
             p = Path(values["path"])
             values["path"] = str(p if p.is_absolute() else root / p)
             if values["num_frames"] <= 0:
-                raise ManifestError(f"{path}:{lineno}: num_frames must be positive, got {values['num_frames']}")
+                raise ManifestError(
+                    f"{path}:{lineno}: num_frames must be positive, got {values['num_frames']}"
+                )
             if values["label"] < 0:
                 raise ManifestError(f"{path}:{lineno}: label must be >= 0, got {values['label']}")
             entries.append(VideoEntry(**values))
@@ -85,7 +88,9 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
         missing = [e.path for e in entries if not os.path.isfile(e.path)]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise ManifestError(f"{path}: {len(missing)} listed video(s) missing: {', '.join(missing[:5])}{more}")
+            raise ManifestError(
+                f"{path}: {len(missing)} listed video(s) missing: {', '.join(missing[:5])}{more}"
+            )
     return entries
 
 
@@ -94,8 +99,12 @@ def _warn_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
     if dup:
         named = "; ".join(f"{p} (lines {', '.join(map(str, n))})" for p, n in dup[:5])
         more = f"; and {len(dup) - 5} more" if len(dup) > 5 else ""
-        warnings.warn(ManifestWarning(f"{path}: {len(dup)} video(s) listed more than once, each row kept as a "
-                                      f"sample: {named}{more}"), stacklevel=3)
+        warnings.warn(
+            ManifestWarning(
+                f"{path}: {len(dup)} video(s) listed more than once, each row kept as a sample: {named}{more}"
+            ),
+            stacklevel=3,
+        )
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relative: bool = True) -> None:

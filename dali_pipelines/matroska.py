@@ -10,10 +10,11 @@ rank (25 fps), so decoders that reorder frames (B-frames) present them in the ri
 Layout reference: the Matroska/EBML specifications (RFC 8794, RFC 9559). Elements are written with their
 sizes known (the whole file is built in memory).
 """
+
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,17 +45,24 @@ def _uint(eid: bytes, v: int) -> bytes:
     return _el(eid, v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big"))
 
 
-_HEADER = _el(b"\x1a\x45\xdf\xa3", b"".join([
-    _uint(b"\x42\x86", 1),  # EBMLVersion
-    _uint(b"\x42\xf7", 1),  # EBMLReadVersion
-    _uint(b"\x42\xf2", 4),  # EBMLMaxIDLength
-    _uint(b"\x42\xf3", 8),  # EBMLMaxSizeLength
-    _el(b"\x42\x82", b"matroska"),  # DocType
-    _uint(b"\x42\x87", 4),  # DocTypeVersion
-    _uint(b"\x42\x85", 2),  # DocTypeReadVersion
-]))
-_INFO = _el(b"\x15\x49\xa9\x66", _uint(b"\x2a\xd7\xb1", 1_000_000) + _el(b"\x4d\x80", b"fastcvrl")
-            + _el(b"\x57\x41", b"fastcvrl"))  # TimestampScale 1 ms, MuxingApp, WritingApp
+_HEADER = _el(
+    b"\x1a\x45\xdf\xa3",
+    b"".join(
+        [
+            _uint(b"\x42\x86", 1),  # EBMLVersion
+            _uint(b"\x42\xf7", 1),  # EBMLReadVersion
+            _uint(b"\x42\xf2", 4),  # EBMLMaxIDLength
+            _uint(b"\x42\xf3", 8),  # EBMLMaxSizeLength
+            _el(b"\x42\x82", b"matroska"),  # DocType
+            _uint(b"\x42\x87", 4),  # DocTypeVersion
+            _uint(b"\x42\x85", 2),  # DocTypeReadVersion
+        ]
+    ),
+)
+_INFO = _el(
+    b"\x15\x49\xa9\x66",
+    _uint(b"\x2a\xd7\xb1", 1_000_000) + _el(b"\x4d\x80", b"fastcvrl") + _el(b"\x57\x41", b"fastcvrl"),
+)  # TimestampScale 1 ms, MuxingApp, WritingApp
 
 
 def tracks(codec: str, width: int, height: int, extradata: bytes | None) -> bytes:
@@ -78,10 +86,12 @@ def tracks(codec: str, width: int, height: int, extradata: bytes | None) -> byte
 _BLOCK = np.dtype([("id", "u1"), ("size", ">u8"), ("track", "u1"), ("stamp", ">i2"), ("flags", "u1")])  # 13 B
 
 
-def write_packets(tracks_element: bytes, payloads: Sequence, sizes: np.ndarray, rank: np.ndarray,
-                  key: np.ndarray) -> bytes:
+def write_packets(
+    tracks_element: bytes, payloads: Sequence, sizes: np.ndarray, rank: np.ndarray, key: np.ndarray
+) -> bytes:
     """A Matroska file of ``payloads`` (decode order, bytes-like, ``sizes`` (P,) their lengths);
-    ``tracks_element``: ``tracks(...)`` of the file (built once per file); ``rank``: (P,) presentation position
+    ``tracks_element``: ``tracks(...)`` of the file (built once per file); ``rank``: (P,) presentation
+    position
     of each packet in the trimmed stream (0..P-1); ``key``: (P,) keyframe flags. Byte-identical to ``write``
     (the plain reference), with the block headers built as one array instead of one ``struct.pack`` each."""
     n = len(payloads)
@@ -108,8 +118,15 @@ def write_packets(tracks_element: bytes, payloads: Sequence, sizes: np.ndarray, 
     return b"".join(parts)  # one copy of the payloads
 
 
-def write(codec: str, width: int, height: int, extradata: bytes | None, payloads: Sequence[bytes],
-          rank: np.ndarray, key: np.ndarray) -> bytes:
+def write(
+    codec: str,
+    width: int,
+    height: int,
+    extradata: bytes | None,
+    payloads: Sequence[bytes],
+    rank: np.ndarray,
+    key: np.ndarray,
+) -> bytes:
     """Reference writer (one element at a time): a Matroska file of ``payloads`` (decode order); ``rank``:
     (P,) presentation position of each packet in the trimmed stream (0..P-1); ``key``: (P,) keyframe flags."""
     parts = [_INFO, tracks(codec, width, height, extradata)]
@@ -119,7 +136,9 @@ def write(codec: str, width: int, height: int, extradata: bytes | None, payloads
         base = min(stamps[c0 : c0 + _CLUSTER_FRAMES])
         blocks = [_uint(b"\xe7", base)]  # cluster Timestamp
         for i in range(c0, min(c0 + _CLUSTER_FRAMES, len(payloads))):
-            head = struct.pack(">BhB", 0x81, stamps[i] - base, 0x80 if keys[i] else 0)  # track 1, stamp, flags
+            head = struct.pack(
+                ">BhB", 0x81, stamps[i] - base, 0x80 if keys[i] else 0
+            )  # track 1, stamp, flags
             blocks.append(b"\xa3" + _size(len(head) + len(payloads[i])) + head)  # SimpleBlock
             blocks.append(bytes(payloads[i]))
         parts.append(_el(b"\x1f\x43\xb6\x75", b"".join(blocks)))

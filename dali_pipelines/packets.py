@@ -12,6 +12,7 @@ The packet index of each file (payload byte offsets, sizes, keyframe flags, code
 is built once per process by one demux pass and cached, so later samples read only the byte range they need
 with one ``read`` per video and write the container without opening the source again.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -50,7 +51,9 @@ class PacketIndex:
     offsets: np.ndarray | None  # (P,) uint32/int64 payload byte offsets in the file; None: not locatable
     sizes: np.ndarray  # (P,) uint32
     keyframe: np.ndarray  # (P,) bool
-    reorder: np.ndarray | None  # (P,) int32 presentation index of each packet; None: decode order = presentation
+    reorder: (
+        np.ndarray | None
+    )  # (P,) int32 presentation index of each packet; None: decode order = presentation
     extradata: bytes | None
 
     @property
@@ -116,7 +119,9 @@ def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
                 rows.append((offset, p.size, bool(p.is_keyframe), pts if pts is not None else len(rows)))
             codec, width, height = ctx.name, ctx.width, ctx.height
             if codec not in matroska.CODEC_IDS:
-                raise VideoReadError(path, f"codec {codec} cannot be trimmed (supported: {sorted(matroska.CODEC_IDS)})")
+                raise VideoReadError(
+                    path, f"codec {codec} cannot be trimmed (supported: {sorted(matroska.CODEC_IDS)})"
+                )
             extradata = bytes(ctx.extradata) if ctx.extradata else None
     except VideoReadError:
         raise
@@ -130,9 +135,22 @@ def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
     frame_of_packet = np.empty(len(pts), np.int32)
     frame_of_packet[np.argsort(pts, kind="stable")] = np.arange(len(pts))
     reorder = None if np.array_equal(frame_of_packet, np.arange(len(pts))) else frame_of_packet
-    offsets = (offsets.astype(np.uint32) if offsets.max() < 2**32 else offsets.astype(np.int64)) if located else None
-    index = PacketIndex(path, codec, int(width), int(height), offsets, sizes.astype(np.uint32), key.astype(bool),
-                        reorder, extradata)
+    offsets = (
+        (offsets.astype(np.uint32) if offsets.max() < 2**32 else offsets.astype(np.int64))
+        if located
+        else None
+    )
+    index = PacketIndex(
+        path,
+        codec,
+        int(width),
+        int(height),
+        offsets,
+        sizes.astype(np.uint32),
+        key.astype(bool),
+        reorder,
+        extradata,
+    )
     return index, data
 
 
@@ -216,8 +234,13 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     elif index.codec == "mjpeg":
         encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
     else:
-        encoded = matroska.write_packets(index.matroska_tracks, payloads, index.sizes[packets],
-                                         np.arange(len(packets)) if rank is None else rank, index.keyframe[packets])
+        encoded = matroska.write_packets(
+            index.matroska_tracks,
+            payloads,
+            index.sizes[packets],
+            np.arange(len(packets)) if rank is None else rank,
+            index.keyframe[packets],
+        )
     return TrimmedClip(np.frombuffer(encoded, np.uint8), positions, len(packets), nbytes)
 
 
@@ -295,8 +318,19 @@ _IVF_FRAME = np.dtype([("size", "<u4"), ("pts", "<u8")])  # IVF's 12-byte frame 
 def _ivf(index: PacketIndex, payloads: list, sizes: np.ndarray) -> bytes:
     """IVF: a 32-byte file header, then a 12-byte header (size, pts) before each frame (``sizes`` (P,): the
     payloads' lengths)."""
-    head = struct.pack("<4sHH4sHHIIII", b"DKIF", 0, 32, _IVF_FOURCC[index.codec], index.width, index.height,
-                       25, 1, len(payloads), 0)
+    head = struct.pack(
+        "<4sHH4sHHIIII",
+        b"DKIF",
+        0,
+        32,
+        _IVF_FOURCC[index.codec],
+        index.width,
+        index.height,
+        25,
+        1,
+        len(payloads),
+        0,
+    )
     n = len(payloads)
     hdr = np.empty(n, _IVF_FRAME)
     hdr["size"] = sizes

@@ -15,16 +15,17 @@ trainer wants is known (DALI has no bf16). Per-sample arguments apply to every f
 (DALI-NOTES.md), so a clip's frames share one crop, flip and colour.
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
-applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU resize
+applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU
+resize
 and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this graph.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import nvidia.dali.math as dmath
-from nvidia.dali import fn, types
-from nvidia.dali import pipeline_def
+from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from .host import LinearSource, MultiViewSource, PretrainSource, VideoSource
@@ -47,12 +48,24 @@ def op_devices(device: str) -> tuple[str, str]:
     return ("mixed", "gpu") if device == "gpu" else ("cpu", "cpu")
 
 
-def _settings(batch_size: int, num_threads: int, device_id: int | None, prefetch: int, seed: int,
-              host_workers: int = 0, start_method: str = "fork") -> dict:
+def _settings(
+    batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    prefetch: int,
+    seed: int,
+    host_workers: int = 0,
+    start_method: str = "fork",
+) -> dict:
     """Pipeline arguments. ``host_workers`` > 0: the source runs in that many worker processes (DALI's
     parallel external source), started with ``start_method`` (``spawn`` once CUDA is initialised here)."""
-    kw = dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch,
-              seed=seed)
+    kw = dict(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=prefetch,
+        seed=seed,
+    )
     if host_workers < 0:
         raise ValueError(f"host_workers must be >= 0, got {host_workers}")
     if host_workers:
@@ -61,10 +74,13 @@ def _settings(batch_size: int, num_threads: int, device_id: int | None, prefetch
 
 
 def _source_columns(source: VideoSource, host_workers: int) -> dict[str, Any]:
-    """The source's outputs by name. With workers, each prepares whole batches, ``host_workers + 1`` of them in
+    """The source's outputs by name. With workers, each prepares whole batches, ``host_workers + 1`` of them
+    in
     flight so that every worker stays busy while the pipeline consumes one."""
     kw = dict(parallel=True, prefetch_queue_depth=host_workers + 1) if host_workers else dict(parallel=False)
-    outs = fn.external_source(source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, **kw)
+    outs = fn.external_source(
+        source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, **kw
+    )
     return dict(zip(source.columns, outs))
 
 
@@ -76,8 +92,15 @@ def _decode(encoded: Any, frames: Any, device: str) -> Any:
 def _crop_resize(video: Any, order: Any, roi_start: Any, roi_end: Any, size: int) -> Any:
     """One clip's frames, cropped (flipped when the x bounds are swapped) and resized: ``(T, S, S, 3)``."""
     clip = fn.sequence_rearrange(video, new_order=order)
-    return fn.resize(clip, roi_start=roi_start, roi_end=roi_end, roi_relative=False, size=[size, size],
-                     interp_type=types.INTERP_LINEAR, antialias=False)
+    return fn.resize(
+        clip,
+        roi_start=roi_start,
+        roi_end=roi_end,
+        roi_relative=False,
+        size=[size, size],
+        interp_type=types.INTERP_LINEAR,
+        antialias=False,
+    )
 
 
 def _channel_max_min(x: Any) -> tuple[Any, Any]:
@@ -93,8 +116,10 @@ def _saturation(x: Any, f: Any) -> Any:
 
 
 def _hue(x: Any, delta: Any) -> Any:
-    """HSV hue plus ``delta`` turns (wrapping), saturation and value kept: the hue in sixths from the max channel
-    (ties resolved R, G, B as TF's kernel), shifted, then each channel ``v - chroma * clamp(min(k, 4 - k), 0, 1)``
+    """HSV hue plus ``delta`` turns (wrapping), saturation and value kept: the hue in sixths from the max
+    channel
+    (ties resolved R, G, B as TF's kernel), shifted, then each channel ``v - chroma * clamp(min(k, 4 - k), 0,
+    1)``
     with ``k = (n + hue) mod 6``, ``n`` = 5, 3, 1 for R, G, B."""
     r, g, b = x[:, :, :, 0], x[:, :, :, 1], x[:, :, :, 2]  # (T, S, S) each
     v = dmath.max(r, dmath.max(g, b))
@@ -102,7 +127,9 @@ def _hue(x: Any, delta: Any) -> Any:
     safe = dmath.max(chroma, 1e-12)
     is_r = (r == v) * 1.0
     is_g = (g == v) * (1.0 - is_r)
-    h6 = is_r * ((g - b) / safe) + is_g * ((b - r) / safe + 2.0) + (1.0 - is_r - is_g) * ((r - g) / safe + 4.0)
+    h6 = (
+        is_r * ((g - b) / safe) + is_g * ((b - r) / safe + 2.0) + (1.0 - is_r - is_g) * ((r - g) / safe + 4.0)
+    )
     h6 = h6 + 6.0 * delta
     chans = []
     for n in (5.0, 3.0, 1.0):
@@ -132,7 +159,8 @@ def _fhwc(x: Any) -> Any:
 
 
 def _color(x: Any, params: Any, order: Any, values: Any) -> Any:
-    """The reference's colour jitter (four ops in the clip's random ``order``, a clip after each) and grayscale
+    """The reference's colour jitter (four ops in the clip's random ``order``, a clip after each) and
+    grayscale
     on a float clip in [0, 1]. ``params`` (CPU) decides the branches, ``values`` (on the op device) scales."""
     if params[0] > 0.5:
         for i in range(4):
@@ -147,13 +175,21 @@ def _blur(x: Any, sigma: Any, size: int) -> Any:
     (``fn.gaussian_blur`` mirrors its borders, which then only see the zeros), cut the padding off."""
     window = blur_window(size)
     r = window // 2
-    x = fn.slice(x, start=[-r, -r], shape=[size + 2 * r, size + 2 * r], axes=[1, 2],
-                 out_of_bounds_policy="pad", fill_values=0.0)
+    x = fn.slice(
+        x,
+        start=[-r, -r],
+        shape=[size + 2 * r, size + 2 * r],
+        axes=[1, 2],
+        out_of_bounds_policy="pad",
+        fill_values=0.0,
+    )
     x = fn.gaussian_blur(x, sigma=sigma, window_size=window)
     return _fhwc(fn.slice(x, start=[r, r], shape=[size, size], axes=[1, 2]))
 
 
-def _pretrain_view(video: Any, cols: list, size: int, blur: bool, solarize: bool, order: Any, device: str) -> Any:
+def _pretrain_view(
+    video: Any, cols: list, size: int, blur: bool, solarize: bool, order: Any, device: str
+) -> Any:
     roi_start, roi_end, params, color_order = cols[:4]
     sigma = cols[4] if blur else None
     sol = cols[-1] if solarize else None
@@ -172,28 +208,49 @@ def _pretrain_view(video: Any, cols: list, size: int, blur: bool, solarize: bool
 def pretrain_outputs(source: PretrainSource, augment: str) -> tuple[str, ...]:
     """Names of ``pretrain_pipeline``'s outputs, in order."""
     if augment == "torch":  # decoded frames and every parameter column, for torch_augment
-        return ("video", *source.columns[source.column("order1"):])
+        return ("video", *source.columns[source.column("order1") :])
     return ("view1", "view2", "label", "meta")
 
 
 @pipeline_def(enable_conditionals=True)
-def _pretrain_graph(source: PretrainSource, device: str, crop_size: int, blur: bool, solarize: bool, augment: str,
-                    host_workers: int):
+def _pretrain_graph(
+    source: PretrainSource,
+    device: str,
+    crop_size: int,
+    blur: bool,
+    solarize: bool,
+    augment: str,
+    host_workers: int,
+):
     cols = _source_columns(source, host_workers)
     video = _decode(cols["encoded"], cols["frames"], device)
     if augment == "torch":
         return tuple(video if name == "video" else cols[name] for name in pretrain_outputs(source, augment))
-    v1 = _pretrain_view(video, [cols[n] for n in source.view_names(1)], crop_size, blur, solarize, cols["order1"],
-                       device)
-    v2 = _pretrain_view(video, [cols[n] for n in source.view_names(2)], crop_size, blur, solarize, cols["order2"],
-                       device)
+    v1 = _pretrain_view(
+        video, [cols[n] for n in source.view_names(1)], crop_size, blur, solarize, cols["order1"], device
+    )
+    v2 = _pretrain_view(
+        video, [cols[n] for n in source.view_names(2)], crop_size, blur, solarize, cols["order2"], device
+    )
     return v1, v2, cols["label"], cols["meta"]
 
 
-def pretrain_pipeline(source: PretrainSource, *, device: str, crop_size: int, batch_size: int,
-                      num_threads: int = 2, device_id: int | None = None, prefetch: int = 2, seed: int = 0,
-                      blur: bool = False, solarize: bool = False, augment: str = "dali", host_workers: int = 0,
-                      start_method: str = "fork") -> Pipeline:
+def pretrain_pipeline(
+    source: PretrainSource,
+    *,
+    device: str,
+    crop_size: int,
+    batch_size: int,
+    num_threads: int = 2,
+    device_id: int | None = None,
+    prefetch: int = 2,
+    seed: int = 0,
+    blur: bool = False,
+    solarize: bool = False,
+    augment: str = "dali",
+    host_workers: int = 0,
+    start_method: str = "fork",
+) -> Pipeline:
     """CVRL pretraining: outputs ``view1, view2`` (N, T, S, S, 3) uint8, ``label`` (N,), ``meta``
     (N, len(META_FIELDS)); ``pretrain_outputs`` names them.
 
@@ -202,8 +259,16 @@ def pretrain_pipeline(source: PretrainSource, *, device: str, crop_size: int, ba
     (the source must then be a worker copy, ``VideoSource.for_workers``)."""
     op_devices(device)
     check_augment(augment)
-    return _pretrain_graph(source, device, crop_size, blur, solarize, augment, host_workers,
-                           **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
+    return _pretrain_graph(
+        source,
+        device,
+        crop_size,
+        blur,
+        solarize,
+        augment,
+        host_workers,
+        **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
+    )
 
 
 @pipeline_def
@@ -215,41 +280,88 @@ def _linear_graph(source: LinearSource, device: str, crop_size: int, augment: st
     return _crop_resize(video, c["order"], c["roi_start"], c["roi_end"], crop_size), c["label"], c["meta"]
 
 
-def linear_pipeline(source: LinearSource, *, device: str, crop_size: int, batch_size: int, num_threads: int = 2,
-                    device_id: int | None = None, prefetch: int = 2, seed: int = 0, augment: str = "dali",
-                    host_workers: int = 0, start_method: str = "fork") -> Pipeline:
-    """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``, ``meta``
+def linear_pipeline(
+    source: LinearSource,
+    *,
+    device: str,
+    crop_size: int,
+    batch_size: int,
+    num_threads: int = 2,
+    device_id: int | None = None,
+    prefetch: int = 2,
+    seed: int = 0,
+    augment: str = "dali",
+    host_workers: int = 0,
+    start_method: str = "fork",
+) -> Pipeline:
+    """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``,
+    ``meta``
     (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``, ``meta``)."""
     op_devices(device)
     check_augment(augment)
-    return _linear_graph(source, device, crop_size, augment, host_workers,
-                         **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
+    return _linear_graph(
+        source,
+        device,
+        crop_size,
+        augment,
+        host_workers,
+        **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
+    )
 
 
 @pipeline_def
-def _multiview_graph(source: MultiViewSource, device: str, crop_size: int, short_side: int, num_crops: int,
-                     host_workers: int):
+def _multiview_graph(
+    source: MultiViewSource, device: str, crop_size: int, short_side: int, num_crops: int, host_workers: int
+):
     c = _source_columns(source, host_workers)
     order, anchors, label, meta = c["order"], c["anchors"], c["label"], c["meta"]
     video = _decode(c["encoded"], c["frames"], device)
     video = fn.resize(video, resize_shorter=short_side, interp_type=types.INTERP_LINEAR, antialias=True)
     clips = fn.sequence_rearrange(video, new_order=order)  # (clips*T, h, w, 3)
-    crops = [fn.crop(clips, crop=[crop_size, crop_size], crop_pos_y=anchors[k, 0], crop_pos_x=anchors[k, 1],
-                     out_of_bounds_policy="pad") for k in range(num_crops)]
+    crops = [
+        fn.crop(
+            clips,
+            crop=[crop_size, crop_size],
+            crop_pos_y=anchors[k, 0],
+            crop_pos_x=anchors[k, 1],
+            out_of_bounds_policy="pad",
+        )
+        for k in range(num_crops)
+    ]
     return fn.stack(*crops), label, meta
 
 
-def multiview_pipeline(source: MultiViewSource, *, device: str, crop_size: int, short_side: int, num_crops: int,
-                       batch_size: int, num_threads: int = 2, device_id: int | None = None, prefetch: int = 2,
-                       seed: int = 0, host_workers: int = 0, start_method: str = "fork") -> Pipeline:
+def multiview_pipeline(
+    source: MultiViewSource,
+    *,
+    device: str,
+    crop_size: int,
+    short_side: int,
+    num_crops: int,
+    batch_size: int,
+    num_threads: int = 2,
+    device_id: int | None = None,
+    prefetch: int = 2,
+    seed: int = 0,
+    host_workers: int = 0,
+    start_method: str = "fork",
+) -> Pipeline:
     """Test views: resize the short side to ``short_side``, then ``num_crops`` crops of ``crop_size`` of every
-    clip, spread along the long side (the reference: 3 crops of 256 at short side 256, ``eval.test_crop_size``).
+    clip, spread along the long side (the reference: 3 crops of 256 at short side 256,
+    ``eval.test_crop_size``).
 
     Output ``views`` per video: (crops, clips*T, S, S, 3) uint8 (all views of a video together), ``label``,
     ``meta``."""
     op_devices(device)
-    return _multiview_graph(source, device, crop_size, short_side, num_crops, host_workers,
-                            **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method))
+    return _multiview_graph(
+        source,
+        device,
+        crop_size,
+        short_side,
+        num_crops,
+        host_workers,
+        **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
+    )
 
 
 def decode_one(encoded: Any, frames: Any, *, device: str, device_id: int | None = None) -> None:

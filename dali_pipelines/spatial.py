@@ -12,6 +12,7 @@ heights, 100 attempts), flip p 0.5, colour jitter p 0.8 (brightness, contrast, s
 random order, HSV saturation and hue, contrast around the clip's per-channel mean, a clip to [0, 1] after each
 op), grayscale p 0.2, Gaussian blur (sigma 0.1-2, zero padding) and solarize with per-view probabilities.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,22 +21,28 @@ import struct
 
 import numpy as np
 
-
 _F32 = struct.Struct("<f")
 _EPS32 = float(np.float32(1e-7))
 
 
 def _f32(x: float) -> float:
     """``x`` rounded to the nearest float32. TF's kernel computes in float: an op on float32 values done in
-    double and rounded once is the float32 op exactly (+, -, *, /, sqrt: double has more than 2 x 24 + 2 bits)."""
+    double and rounded once is the float32 op exactly (+, -, *, /, sqrt: double has more than 2 x 24 + 2
+    bits)."""
     return _F32.unpack(_F32.pack(x))[0]
 
 
 @functools.lru_cache(maxsize=256)
-def _area_bounds(height: int, width: int, area: tuple[float, float], min_covered: float) -> tuple[float, float, float]:
+def _area_bounds(
+    height: int, width: int, area: tuple[float, float], min_covered: float
+) -> tuple[float, float, float]:
     """The attempt's float32 area bounds ``(lo, hi)`` and least covered area for one frame size (cached)."""
     f = _f32
-    return f(f(f(area[0]) * width) * height), f(f(f(area[1]) * width) * height), f(f(min_covered) * f(height * width))
+    return (
+        f(f(f(area[0]) * width) * height),
+        f(f(f(area[1]) * width) * height),
+        f(f(min_covered) * f(height * width)),
+    )
 
 
 def crop_attempt(
@@ -51,10 +58,12 @@ def crop_attempt(
     """One attempt of TF's ``GenerateRandomCrop``, in Python scalars (no NumPy call: a few microseconds).
 
     ``aspect`` is width / height (a float32 value); ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1)
-    standing for TF's ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``[y0, x0, y1, x1]`` or ``None``
+    standing for TF's ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``[y0, x0, y1, x1]`` or
+    ``None``
     when the attempt fails: the height is uniform over the integer heights between those of the area bounds at
     this aspect (nudged by one pixel where rounding leaves the area outside them), the width
-    ``rint(height * aspect)``, the offset uniform over ``[0, H - h)`` (TF never places a crop flush with the far
+    ``rint(height * aspect)``, the offset uniform over ``[0, H - h)`` (TF never places a crop flush with the
+    far
     edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
     ``min_covered`` of the frame (the reference's whole-image box). ``round`` is ``rint`` (half to even)."""
     f, r = _f32, aspect  # float32 where TF's kernel computes in float, double where it computes in double
@@ -137,10 +146,12 @@ def color_params(
     b, c, s, h = strength
     u = rng.random(6).tolist()  # Python floats: the same float64 arithmetic without NumPy scalar calls
     on = u[0] < jitter_prob
-    f = [max(0.0, 1 - b) + (1 + b - max(0.0, 1 - b)) * u[2],
-         max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[3],
-         max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[4],
-         -h + 2 * h * u[5]]
+    f = [
+        max(0.0, 1 - b) + (1 + b - max(0.0, 1 - b)) * u[2],
+        max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[3],
+        max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[4],
+        -h + 2 * h * u[5],
+    ]
     order = rng.permutation(4).astype(np.int32)
     if not on:
         f = [1.0, 1.0, 1.0, 0.0]
@@ -149,7 +160,8 @@ def color_params(
 
 
 def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    """Textbook RGB -> HSV on ``(..., 3)`` in [0, 1], hue in [0, 1) (the tie order of TF's kernel: R, G, B)."""
+    """Textbook RGB -> HSV on ``(..., 3)`` in [0, 1], hue in [0, 1) (the tie order of TF's kernel: R, G,
+    B)."""
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     v = x.max(-1)
     c = v - x.min(-1)
@@ -175,7 +187,8 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
 
 
 def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Slow NumPy statement of the reference's colour jitter and grayscale on one clip ``(T, H, W, 3)`` float in
+    """Slow NumPy statement of the reference's colour jitter and grayscale on one clip ``(T, H, W, 3)`` float
+    in
     [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
     brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation
     ``S * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
@@ -237,7 +250,8 @@ def check_view_probs(name: str, probs: list[float]) -> None:
 
 
 def eval_crop_anchors(height: int, width: int, num_crops: int) -> np.ndarray:
-    """``(num_crops, 2)`` relative (y, x) crop anchors: evenly along the long side, centred on the short side."""
+    """``(num_crops, 2)`` relative (y, x) crop anchors: evenly along the long side, centred on the short
+    side."""
     along = np.linspace(0.0, 1.0, num_crops) if num_crops > 1 else np.array([0.5])
     centre = np.full(num_crops, 0.5)
     pos = np.stack([centre, along], 1) if width >= height else np.stack([along, centre], 1)

@@ -1,16 +1,19 @@
 """CVRL temporal sampling on the host: where the two clips of a video start (NumPy, no DALI).
 
 CVRL (Qian et al., CVPR 2021, Sec. 3.2 and the reference ``sample_ssl_sequence``): a clip is ``T`` frames at
-stride ``s``. With ``L`` frames and ``M = L - (T-1)*s`` possible starts, the gap between the two starts is drawn
+stride ``s``. With ``L`` frames and ``M = L - (T-1)*s`` possible starts, the gap between the two starts is
+drawn
 from a density that decreases with the gap (``M - gap`` for the default ``linear`` rule; ``1 - (gap/M)^p`` in
 general; ``uniform`` as the ablation), the first start is uniform on ``[0, M - gap)``, the second is
-``first + gap`` and the order of the two is swapped at random. A video shorter than one clip (``L <= (T-1)*s``)
+``first + gap`` and the order of the two is swapped at random. A video shorter than one clip (``L <=
+(T-1)*s``)
 has ``M = L``: its two starts are independent uniforms on ``[0, L)`` and its clips loop its frames, as the
 reference code does.
 
 Gaps are continuous draws floored to whole frames, so ``P(gap = k) = F((k+1)/M) - F(k/M)`` with ``F`` the
 CDF of the rule on ``[0, 1]`` (``gap_pmf``), which is what the statistical test checks against.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,8 +107,9 @@ def sample_starts(
     return starts
 
 
-def starts_one(rng: np.random.Generator, num_frames: int, clip_frames: int, stride: int,
-               rule: str = "linear") -> tuple[int, int]:
+def starts_one(
+    rng: np.random.Generator, num_frames: int, clip_frames: int, stride: int, rule: str = "linear"
+) -> tuple[int, int]:
     """``sample_starts`` for one video and the ``linear`` or ``uniform`` rule, in Python scalars: the same
     three uniforms and the same float64 arithmetic (``math.sqrt`` and ``np.sqrt`` both round correctly), so
     the same starts, without a dozen NumPy calls on one-element arrays."""

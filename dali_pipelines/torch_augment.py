@@ -7,11 +7,12 @@ cost for the same 112x112 clips, so the CPU loader decodes with DALI and augment
 augments in DALI. Tests check that both give the same clips and that both agree with the slow NumPy
 statement of the reference's colour jitter (``spatial.apply_color_reference``).
 """
+
 from __future__ import annotations
 
 import math
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,32 +21,48 @@ import torch.nn.functional as F
 from .spatial import GRAY
 
 
-def crop_resize(video: torch.Tensor, order: np.ndarray, roi_start: np.ndarray, roi_end: np.ndarray,
-                size: int) -> torch.Tensor:
-    """One clip: frames ``order`` of ``video`` (F, H, W, 3) uint8, cropped to the integer ROI (x bounds swapped
+def crop_resize(
+    video: torch.Tensor, order: np.ndarray, roi_start: np.ndarray, roi_end: np.ndarray, size: int
+) -> torch.Tensor:
+    """One clip: frames ``order`` of ``video`` (F, H, W, 3) uint8, cropped to the integer ROI (x bounds
+    swapped
     = flipped), bilinearly resized (no antialiasing, half-pixel centres, as ``fn.resize``).
     Returns ``(T, 3, S, S)`` uint8 with channels-last strides (the memory of a ``(T, S, S, 3)`` clip)."""
     (y0, x0), (y1, x1) = roi_start.tolist(), roi_end.tolist()
     flip = x0 > x1
     x0, x1 = min(x0, x1), max(x0, x1)
     idx = torch.from_numpy(np.asarray(order, np.int64)).to(video.device)
-    clip = video[:, int(y0) : int(y1), int(x0) : int(x1)].index_select(0, idx)  # (T, h, w, 3): copies the crop only
+    clip = video[:, int(y0) : int(y1), int(x0) : int(x1)].index_select(
+        0, idx
+    )  # (T, h, w, 3): copies the crop only
     clip = clip.permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides: torch's fast uint8 path
     if clip.shape[-2:] != (size, size):
         if clip.is_cuda:  # CUDA has no uint8 bilinear kernel
             clip = F.interpolate(clip.float(), size=(size, size), mode="bilinear", align_corners=False)
             clip = clip.round_().clamp_(0, 255).to(torch.uint8)
         else:
-            clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+            clip = F.interpolate(
+                clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+            )
     return clip.flip(-1) if flip else clip
 
 
-def color_normalize(clip: torch.Tensor, params: np.ndarray | None, order: np.ndarray | None, mean: Sequence[float],
-                    std: Sequence[float], out: torch.Tensor, blur_sigma: float = 0.0, solarize: bool = False,
-                    blur_window: int = 3) -> None:
-    """``clip`` (T, 3, S, S) uint8 -> ``out`` (3, T, S, S) (a channels-last view of the batch, any float dtype).
+def color_normalize(
+    clip: torch.Tensor,
+    params: np.ndarray | None,
+    order: np.ndarray | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out: torch.Tensor,
+    blur_sigma: float = 0.0,
+    solarize: bool = False,
+    blur_window: int = 3,
+) -> None:
+    """``clip`` (T, 3, S, S) uint8 -> ``out`` (3, T, S, S) (a channels-last view of the batch, any float
+    dtype).
 
-    To [0, 1], the reference's colour jitter and grayscale (``params``, ``order`` from ``spatial.color_params``;
+    To [0, 1], the reference's colour jitter and grayscale (``params``, ``order`` from
+    ``spatial.color_params``;
     ``None``: no colour change), a zero-padded Gaussian blur and solarize where asked, a clip to [0, 1], then
     ``(y - mean) / std``. Without colour, blur or solarize and with one mean and std for every channel the
     normalisation is one multiply-add on the uint8 clip."""
@@ -60,8 +77,12 @@ def color_normalize(clip: torch.Tensor, params: np.ndarray | None, order: np.nda
         y = _color_jitter_(y, params, order)
     if blur_sigma > 0:
         y = _blur(y, blur_sigma, blur_window)
-    if solarize:  # 1 - y from 0.5 on: y - max(2y - 1, 0), exact, and several times cheaper than torch.where here
-        y = y.sub_(torch.mul(y, 2.0, out=_scratch("solarize", y.shape, y.dtype, y.device)).sub_(1.0).clamp_(min=0.0))
+    if (
+        solarize
+    ):  # 1 - y from 0.5 on: y - max(2y - 1, 0), exact, and several times cheaper than torch.where here
+        y = y.sub_(
+            torch.mul(y, 2.0, out=_scratch("solarize", y.shape, y.dtype, y.device)).sub_(1.0).clamp_(min=0.0)
+        )
     y = y.clamp_(0.0, 1.0)
     std_t = torch.tensor(std, dtype=torch.float32, device=y.device).view(1, 3, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=y.device).view(1, 3, 1, 1)
@@ -69,7 +90,8 @@ def color_normalize(clip: torch.Tensor, params: np.ndarray | None, order: np.nda
 
 
 def color_jitter(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> torch.Tensor:
-    """The reference's colour jitter and grayscale on one clip ``x`` (T, 3, H, W) float in [0, 1]: with jitter on
+    """The reference's colour jitter and grayscale on one clip ``x`` (T, 3, H, W) float in [0, 1]: with jitter
+    on
     (``params[0]``), brightness, contrast (around the clip's per-channel mean), HSV saturation and HSV hue in
     ``order``, each followed by a clip to [0, 1]; then grayscale (``params[5]``). Returns a new (T, 3, H, W)
     tensor with contiguous channel planes; ``x`` is left alone. Saturation and hue use the closed forms of
@@ -84,8 +106,10 @@ _SCRATCH = threading.local()
 def _scratch(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A work tensor of ``shape`` kept per thread and name between calls (its contents are garbage).
 
-    On the CPU a fresh tensor of a clip's size is fresh pages from the kernel: the page faults cost about as much
-    as the arithmetic on it. The buffer grows to the largest shape asked for (a few clips' worth per thread)."""
+    On the CPU a fresh tensor of a clip's size is fresh pages from the kernel: the page faults cost about as
+    much
+    as the arithmetic on it. The buffer grows to the largest shape asked for (a few clips' worth per
+    thread)."""
     cache = _SCRATCH.__dict__
     n = math.prod(shape)
     buf = cache.get(name)
@@ -105,7 +129,8 @@ def _color_jitter_(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> to
 
     Every op is in place or writes (T, 1, H, W) planes: full-size temporaries and boolean masks (torch.where,
     comparisons) cost several times the arithmetic on one CPU thread. Saturation and hue next to each other in
-    ``order`` run as one op: both keep the HSV value, hue keeps the chroma and saturation the hue, so the pair is
+    ``order`` run as one op: both keep the HSV value, hue keeps the chroma and saturation the hue, so the pair
+    is
     the hue rotation with the chroma scaled (the clip between them changes nothing: both stay in [0, 1])."""
     on, fb, fc, fs, dh, gray = (float(v) for v in params)
     if on > 0.5:
@@ -133,13 +158,16 @@ def _color_jitter_(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> to
     if gray > 0.5:
         w = GRAY.tolist()
         (g,) = _planes(x, 1)
-        torch.mul(x[:, 0:1], w[0], out=g).add_(x[:, 1:2], alpha=w[1]).add_(x[:, 2:3], alpha=w[2])  # (T, 1, H, W)
+        torch.mul(x[:, 0:1], w[0], out=g).add_(x[:, 1:2], alpha=w[1]).add_(
+            x[:, 2:3], alpha=w[2]
+        )  # (T, 1, H, W)
         x.copy_(g.expand_as(x))
     return x
 
 
 def _frames_per_part(x: torch.Tensor) -> int:
-    """Frames of ``x`` (T, 3, H, W) per part for the per-pixel HSV ops: about 64k pixels, whose planes fit in a
+    """Frames of ``x`` (T, 3, H, W) per part for the per-pixel HSV ops: about 64k pixels, whose planes fit in
+    a
     CPU core's L2 cache (about 15% faster than whole clips at 16 x 112 x 112, one thread, measured)."""
     return max(1, (1 << 16) // (x.shape[2] * x.shape[3])) if x.device.type == "cpu" else x.shape[0]
 
@@ -151,20 +179,25 @@ def _saturation_(x: torch.Tensor, factor: float) -> None:
     v, k = _planes(x, 2)  # (T, 1, H, W)
     torch.amax(x, 1, keepdim=True, out=v)
     torch.amin(x, 1, keepdim=True, out=k)
-    torch.sub(v, k, out=k).clamp_(min=1e-12)  # chroma (clamp_min_ and clamp_max_ run several times slower than clamp_)
+    torch.sub(v, k, out=k).clamp_(
+        min=1e-12
+    )  # chroma (clamp_min_ and clamp_max_ run several times slower than clamp_)
     torch.div(v, k, out=k).clamp_(max=factor).neg_().add_(1.0)  # 1 - k
     x.lerp_(v.expand_as(x), k.expand_as(x))
 
 
 def _hue_(x: torch.Tensor, delta: float, saturation: float | None = None) -> None:
     """HSV hue plus ``delta`` turns in place on (T, 3, H, W) planes, in closed form (``pipelines._hue``); with
-    ``saturation``, the HSV saturation times it (capped at 1) as well: the chroma becomes ``min(chroma * f, v)``.
+    ``saturation``, the HSV saturation times it (capped at 1) as well: the chroma becomes ``min(chroma * f,
+    v)``.
 
     Hue in sixths ``h6`` (-1 to 5) from the channel that holds the max (ties: R, then G, then B, as TF), then
-    channel ``c`` is ``v - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n_c + h6 + 6 delta) mod 6`` with ``n`` =
+    channel ``c`` is ``v - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n_c + h6 + 6 delta) mod 6`` with
+    ``n`` =
     (5, 3, 1). The masks are 0/1 floats (``sign(max - channel)``) and select by ``lerp`` (exact with weights 0
     and 1); the modulo is folded into the shape: with ``s_c = (n_c + 6 delta) mod 6`` on the host,
-    ``k' = h6 + s_c`` lies in [-1, 11) and its distance to the nearest of 2 and 8 (2 + 6Z) is ``|3 - |k' - 5||``;
+    ``k' = h6 + s_c`` lies in [-1, 11) and its distance to the nearest of 2 and 8 (2 + 6Z) is ``|3 - |k' -
+    5||``;
     ``clamp(2 - that, 0, 1)`` is the same triangle as ``clamp(min(k, 4 - k), 0, 1)``."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (T, 1, H, W) views
     v, chroma, not_r, not_g, h6, t = _planes(x, 6)  # (T, 1, H, W) each

@@ -16,6 +16,7 @@ power loss) leaves only such a file, never the final name; ``sweep`` removes tho
 (same host, process gone), and every write sweeps its own target's leftovers, so a live writer's temporary
 is never touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ import io
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _TMP = ".tmp."
 _MAX_NAME = 255  # bytes in a file name on ext4, xfs, btrfs, tmpfs
@@ -52,7 +53,7 @@ def temp_writer(name: str) -> tuple[str, int] | None:
     i = name.rfind(_TMP)
     if i < 0:
         return None
-    tail = name[i + len(_TMP):]
+    tail = name[i + len(_TMP) :]
     host, _, pid = tail.rpartition(".")
     if not pid.isdigit():
         return None
@@ -64,7 +65,9 @@ def writer_alive(host: str, pid: int) -> bool:
     if host != host_tag():
         return True
     if pid == os.getpid():
-        return False  # our pid on an old file: a previous process reused it (containers); we write nothing yet
+        return (
+            False  # our pid on an old file: a previous process reused it (containers); we write nothing yet
+        )
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -117,7 +120,8 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview | str) -> Path:
-    """Replace ``path`` with ``data`` (a str is written as UTF-8): temporary file, fsync, rename, folder fsync.
+    """Replace ``path`` with ``data`` (a str is written as UTF-8): temporary file, fsync, rename, folder
+    fsync.
 
     An ``OSError`` names ``path`` (not the temporary) and leaves ``path`` as it was, with no temporary."""
     path = Path(path)
@@ -146,8 +150,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview |
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = None,
-                encoding: str = "utf-8") -> Iterator[io.IOBase]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", newline: str | None = None, encoding: str = "utf-8"
+) -> Iterator[io.IOBase]:
     """A buffer (``"w"``: text, ``"wb"``: binary) whose content replaces ``path`` atomically when the block
     ends without an exception; nothing is written if it raises."""
     if mode not in ("w", "wb"):

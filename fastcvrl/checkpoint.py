@@ -11,6 +11,7 @@ permission or I/O error while listing or reading is not corruption: it raises ``
 the run stops, so a good checkpoint is never taken for missing. Rotation keeps the newest ``keep`` by step
 and never deletes the checkpoint just written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ import os
 import random
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +60,8 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of the finished checkpoints in ``run_dir``, oldest first; [] without the folder.
+    """``[(step, path), ...]`` of the finished checkpoints in ``run_dir``, oldest first; [] without the
+    folder.
 
     Raises ``CheckpointAccessError`` when the folder exists but cannot be read."""
     folder = checkpoint_dir(run_dir)
@@ -93,7 +96,9 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike, step: int, keep: in
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required: Iterable[str] = ("step",)) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", required: Iterable[str] = ("step",)
+) -> dict:
     """Load one checkpoint (tensors and plain containers only: ``weights_only=True``).
 
     Raises ``CheckpointAccessError`` if the file cannot be read (permission, I/O) and ``CorruptCheckpoint``
@@ -118,8 +123,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", required
     return state
 
 
-def load_latest(run_dir: str | os.PathLike, map_location: Any = "cpu",
-                required: Iterable[str] = ("step",)) -> tuple[dict, Path] | None:
+def load_latest(
+    run_dir: str | os.PathLike, map_location: Any = "cpu", required: Iterable[str] = ("step",)
+) -> tuple[dict, Path] | None:
     """The newest checkpoint in ``run_dir`` that passes the integrity check, or None; corrupt ones are skipped
     with a warning. An access error (``CheckpointAccessError``) is raised, not skipped."""
     required = tuple(required)
@@ -139,12 +145,22 @@ class Position:
     batch: int = 0  # batches of that epoch already consumed
 
 
-def training_state(pos: Position, model: torch.nn.Module, optimizer, schedule, scaler, config: dict,
-                   rngs: list[dict], steps_per_epoch: int) -> dict:
+def training_state(
+    pos: Position,
+    model: torch.nn.Module,
+    optimizer,
+    schedule,
+    scaler,
+    config: dict,
+    rngs: list[dict],
+    steps_per_epoch: int,
+) -> dict:
     """Everything needed to continue exactly: weights, optimizer, scaler, schedule, position, every rank's RNG
     (``rngs``, in rank order), the config it was trained under and the epoch length it saw."""
     return {
-        "step": pos.step, "epoch": pos.epoch, "batch": pos.batch,
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "batch": pos.batch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
@@ -156,9 +172,18 @@ def training_state(pos: Position, model: torch.nn.Module, optimizer, schedule, s
     }
 
 
-def restore(state: dict, model: torch.nn.Module, optimizer, schedule, scaler, rank: int, world_size: int,
-            steps_per_epoch: int) -> Position:
-    """Load ``state`` into the live objects; the position to continue from (normalised to the epoch length)."""
+def restore(
+    state: dict,
+    model: torch.nn.Module,
+    optimizer,
+    schedule,
+    scaler,
+    rank: int,
+    world_size: int,
+    steps_per_epoch: int,
+) -> Position:
+    """Load ``state`` into the live objects; the position to continue from (normalised to the epoch
+    length)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -168,7 +193,9 @@ def restore(state: dict, model: torch.nn.Module, optimizer, schedule, scaler, ra
     if len(rngs) == world_size:
         set_rng_state(rngs[rank])
     pos = Position(state["step"], state["epoch"], state["batch"])
-    if pos.batch >= steps_per_epoch:  # saved at an epoch's end (or, with --resume-with-changes, a shorter epoch)
+    if (
+        pos.batch >= steps_per_epoch
+    ):  # saved at an epoch's end (or, with --resume-with-changes, a shorter epoch)
         pos = Position(pos.step, pos.epoch + pos.batch // steps_per_epoch, pos.batch % steps_per_epoch)
     return pos
 
@@ -177,12 +204,27 @@ def restore(state: dict, model: torch.nn.Module, optimizer, schedule, scaler, ra
 # Keys that may differ between a checkpoint and the command resuming it: where and how often things are
 # written or logged, how fast the same computation runs, when to stop early, and the evaluation settings.
 # Every other key (model, data, batch, loss, optimizer, schedule, seed, precision) changes the run.
-FREE_KEYS = frozenset({
-    "train.out_dir", "train.max_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
-    "train.knn_every", "train.profile_steps", "train.cuda_graph", "train.cuda_graph_warmup", "train.channels_last",
-    "data.device", "data.augment", "data.num_threads", "data.prefetch", "data.skip_corrupt", "data.val_manifest",
-    "model.activation_checkpointing",  # the same step recomputed (tests/test_activation_checkpointing.py)
-})
+FREE_KEYS = frozenset(
+    {
+        "train.out_dir",
+        "train.max_steps",
+        "train.log_every",
+        "train.ckpt_every",
+        "train.keep_ckpts",
+        "train.knn_every",
+        "train.profile_steps",
+        "train.cuda_graph",
+        "train.cuda_graph_warmup",
+        "train.channels_last",
+        "data.device",
+        "data.augment",
+        "data.num_threads",
+        "data.prefetch",
+        "data.skip_corrupt",
+        "data.val_manifest",
+        "model.activation_checkpointing",  # the same step recomputed (tests/test_activation_checkpointing.py)
+    }
+)
 FREE_SECTIONS = ("eval.",)
 
 
@@ -198,11 +240,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def run_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (old, new)}`` for the keys that change the run and differ between the config a checkpoint was
-    trained under (``saved``) and ``current`` (both as ``config.to_dict`` gives them). A key the checkpoint does
+    trained under (``saved``) and ``current`` (both as ``config.to_dict`` gives them). A key the checkpoint
+    does
     not know (added since) is not compared."""
     old, new = _flatten(saved), _flatten(current)
-    return {k: (old[k], new[k]) for k in sorted(new)
-            if k in old and old[k] != new[k] and k not in FREE_KEYS and not k.startswith(FREE_SECTIONS)}
+    return {
+        k: (old[k], new[k])
+        for k in sorted(new)
+        if k in old and old[k] != new[k] and k not in FREE_KEYS and not k.startswith(FREE_SECTIONS)
+    }
 
 
 # -------------------------------------------------------------------------------------------- RNG states

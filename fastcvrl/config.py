@@ -12,6 +12,7 @@ between keys) is ``fastcvrl.domains``. This module loads, checks and prints: ``l
 and relation (``validate``) before it returns, so every entry point refuses a bad value before any work;
 ``config_help`` (``--help-config``) lists the same declarations.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,8 @@ import dataclasses
 import os
 import re
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -27,15 +29,35 @@ from fastcvrl.domains import ConfigError, Relation
 from fastcvrl.schema import Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [  # the config API: the keys (fastcvrl.schema) and the loading machinery below
-    "Config", "ConfigError", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig",
-    "Relation", "add_config_flags", "config_help", "config_keys", "config_yaml", "get_value", "load_config", "load_yaml",
-    "merge", "parse_overrides", "relations", "save_config", "to_dict", "validate",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "Relation",
+    "add_config_flags",
+    "config_help",
+    "config_keys",
+    "config_yaml",
+    "get_value",
+    "load_config",
+    "load_yaml",
+    "merge",
+    "parse_overrides",
+    "relations",
+    "save_config",
+    "to_dict",
+    "validate",
 ]
 
 
 # -------------------------------------------------------------------------------------------- validation
 def config_keys(cfg: Config | None = None) -> list[tuple[str, dataclasses.Field, Any]]:
-    """``(dotted key, field, value)`` of every key, in declaration order (values of ``cfg`` or the defaults)."""
+    """``(dotted key, field, value)`` of every key, in declaration order (values of ``cfg`` or the
+    defaults)."""
     cfg = Config() if cfg is None else cfg
     out = []
     for section in dataclasses.fields(cfg):
@@ -56,9 +78,12 @@ def get_value(cfg: Config, dotted: str) -> Any:
 
 
 def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
-    """Check every key against its domain, then every relation; raise ``ConfigError`` (one line naming the key,
-    its value and what is allowed) at the first violation. Returns ``cfg`` unchanged. ``sections``: only the keys
+    """Check every key against its domain, then every relation; raise ``ConfigError`` (one line naming the
+    key,
+    its value and what is allowed) at the first violation. Returns ``cfg`` unchanged. ``sections``: only the
+    keys
     of these sections (and the relations whose first key is one of them), e.g. ``("eval",)``."""
+
     def wanted(dotted: str) -> bool:
         return sections is None or dotted.split(".", 1)[0] in sections
 
@@ -66,7 +91,9 @@ def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
         if not wanted(dotted):
             continue
         domain = f.metadata.get("domain")
-        if domain is not None and not domain.allows(value):  # (a key without one fails tests/test_config_domains.py)
+        if domain is not None and not domain.allows(
+            value
+        ):  # (a key without one fails tests/test_config_domains.py)
             raise ConfigError(f"{dotted}: expected {domain.describe()}, got {value!r}")
     for r in relations():
         if wanted(r.keys[0]) and not r.holds(cfg):
@@ -81,11 +108,20 @@ def config_help() -> str:
     rows = []
     for dotted, f, value in config_keys():
         domain = f.metadata.get("domain")
-        rows.append((dotted, _type_name(f.type), _yaml_scalar(value),
-                     domain.describe() if domain else "(undeclared)", f.metadata.get("help", "")))
+        rows.append(
+            (
+                dotted,
+                _type_name(f.type),
+                _yaml_scalar(value),
+                domain.describe() if domain else "(undeclared)",
+                f.metadata.get("help", ""),
+            )
+        )
     w = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["Config keys: set in a YAML file (section: key: value) or on the command line (--section.key=VALUE).",
-             f"{'key':{w[0]}}  {'type':{w[1]}}  {'default':{w[2]}}  {'allowed':{w[3]}}  meaning"]
+    lines = [
+        "Config keys: set in a YAML file (section: key: value) or on the command line (--section.key=VALUE).",
+        f"{'key':{w[0]}}  {'type':{w[1]}}  {'default':{w[2]}}  {'allowed':{w[3]}}  meaning",
+    ]
     lines += [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d:{w[3]}}  {e}".rstrip() for a, b, c, d, e in rows]
     lines += ["", "Relations between keys:"] + [f"  {r.rule}" for r in relations()]
     return "\n".join(lines)
@@ -107,18 +143,29 @@ def config_yaml(cfg: Config) -> str:
 
 
 class _HelpConfig(argparse.Action):
-    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None):
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None
+    ):
         print(config_help())
         parser.exit()
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """``--help-config`` (list every key, its default and allowed values, then exit) and ``--print-config``
-    (the caller prints the resolved config of the command line, ``config_yaml``, and exits without running)."""
-    parser.add_argument("--help-config", action=_HelpConfig, nargs=0, default=argparse.SUPPRESS,
-                        help="list every config key with its default and allowed values, and exit")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config of this command line (YAML) and exit without running")
+    (the caller prints the resolved config of the command line, ``config_yaml``, and exits without
+    running)."""
+    parser.add_argument(
+        "--help-config",
+        action=_HelpConfig,
+        nargs=0,
+        default=argparse.SUPPRESS,
+        help="list every config key with its default and allowed values, and exit",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config of this command line (YAML) and exit without running",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- YAML I/O
@@ -139,7 +186,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string; accept YAML 1.2 floats so `weight_decay: 1e-6` works.
+# PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string; accept YAML 1.2 floats so `weight_decay: 1e-6`
+# works.
 _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -148,7 +196,8 @@ _StrictLoader.add_implicit_resolver(
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    """Field name -> resolved type of a config dataclass (class-level declarations such as RELATIONS left out)."""
+    """Field name -> resolved type of a config dataclass (class-level declarations such as RELATIONS left
+    out)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -217,7 +266,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 def parse_overrides(args: Sequence[str]) -> dict:
-    """``["--optim.lr=0.32", "--train.cuda_graph", "false"]`` -> nested dict, values parsed as YAML scalars."""
+    """``["--optim.lr=0.32", "--train.cuda_graph", "false"]`` -> nested dict, values parsed as YAML
+    scalars."""
     out: dict = {}
     args = list(args)
     i = 0
@@ -270,7 +320,8 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file (if any) <- dotted command-line overrides, then every value checked against its
-    domain and every relation (``validate``). Errors name the key, and the file when the value came from it."""
+    domain and every relation (``validate``). Errors name the key, and the file when the value came from
+    it."""
     cfg, from_file = Config(), {}
     if path:
         try:

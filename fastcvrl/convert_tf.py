@@ -24,6 +24,7 @@ present with the right shape, else nothing is written and the error names them.
 The file written is the one the trainer exports (``fastcvrl.train.export_backbone``): ``arch``, ``width``,
 ``out_dim``, ``step``, ``state_dict`` (fits ``build_backbone(arch, width)``) and ``config``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,8 @@ import dataclasses
 import os
 import re
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,12 +48,21 @@ _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _MODEL_BACKBONE = "model/layer_with_weights-0/"
 _BACKBONE = "backbone/"
 _BLOCK_LAYERS = {  # BottleneckBlock3D attribute -> our Bottleneck3D module
-    "_shortcut_conv": "shortcut.0", "_norm0": "shortcut.1",
-    "_temporal_conv": "body.0", "_norm1": "body.1",
-    "_spatial_conv": "body.3", "_norm2": "body.4",
-    "_expand_conv": "body.6", "_norm3": "body.7",
+    "_shortcut_conv": "shortcut.0",
+    "_norm0": "shortcut.1",
+    "_temporal_conv": "body.0",
+    "_norm1": "body.1",
+    "_spatial_conv": "body.3",
+    "_norm2": "body.4",
+    "_expand_conv": "body.6",
+    "_norm3": "body.7",
 }
-_BN_VARS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+_BN_VARS = {
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
 _LAYER = re.compile(r"^layer_with_weights-(\d+)/")
 
 
@@ -63,6 +74,7 @@ class ConvertError(ValueError):
 class Converted:
     """A reference checkpoint in fastcvrl's terms: ``build_backbone(arch, width)`` fits ``backbone``;
     ``ProjectionHead(out_dim, *head_dims)`` fits ``head`` when the checkpoint held the whole model."""
+
     arch: str
     width: int
     backbone: dict[str, torch.Tensor]
@@ -93,8 +105,10 @@ def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     tf = import_tensorflow()
     try:
         reader = tf.train.load_checkpoint(prefix)
-        keys = [k for k in reader.get_variable_to_shape_map() if k.endswith(_VALUE) and ".OPTIMIZER_SLOT" not in k]
-        return {k[:-len(_VALUE)]: reader.get_tensor(k) for k in keys}
+        keys = [
+            k for k in reader.get_variable_to_shape_map() if k.endswith(_VALUE) and ".OPTIMIZER_SLOT" not in k
+        ]
+        return {k[: -len(_VALUE)]: reader.get_tensor(k) for k in keys}
     except (tf.errors.OpError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(f"{prefix}: cannot read a TensorFlow checkpoint there ({first})") from None
@@ -106,9 +120,9 @@ def _layers(variables: Mapping[str, np.ndarray], root: str) -> dict[int, dict[st
     out: dict[int, dict[str, np.ndarray]] = {}
     for key, value in variables.items():
         if key.startswith(root):
-            m = _LAYER.match(key[len(root):])
+            m = _LAYER.match(key[len(root) :])
             if m:
-                out.setdefault(int(m.group(1)), {})[key[len(root) + m.end():]] = value
+                out.setdefault(int(m.group(1)), {})[key[len(root) + m.end() :]] = value
     return out
 
 
@@ -116,7 +130,9 @@ def _conv(kernel: np.ndarray) -> torch.Tensor:
     arr = np.asarray(kernel, dtype=np.float32)
     if arr.ndim != 5:  # a shape error is reported by the caller with names; keep the array as is
         return torch.from_numpy(arr.copy())
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(4, 3, 0, 1, 2)))  # (T,H,W,in,out) -> (out,in,T,H,W)
+    return torch.from_numpy(
+        np.ascontiguousarray(arr.transpose(4, 3, 0, 1, 2))
+    )  # (T,H,W,in,out) -> (out,in,T,H,W)
 
 
 def _dense(kernel: np.ndarray) -> torch.Tensor:
@@ -128,12 +144,20 @@ def _vector(v: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(v, dtype=np.float32))
 
 
-def _map_layer(tf_vars: Mapping[str, np.ndarray], tf_name: str, ours: str, kind: str,
-               out: dict[str, tuple[str, torch.Tensor]], expect: dict[str, str]) -> None:
+def _map_layer(
+    tf_vars: Mapping[str, np.ndarray],
+    tf_name: str,
+    ours: str,
+    kind: str,
+    out: dict[str, tuple[str, torch.Tensor]],
+    expect: dict[str, str],
+) -> None:
     """Add ``ours.<param>`` -> (TF path, tensor) for the variables of one conv / BN / dense layer found under
     ``tf_name``; ``expect`` gets every TF path the layer should have (for naming the missing ones)."""
     if kind == "bn":
-        pairs = [(f"{tf_name}/{tf_var}", f"{ours}.{torch_var}", _vector) for tf_var, torch_var in _BN_VARS.items()]
+        pairs = [
+            (f"{tf_name}/{tf_var}", f"{ours}.{torch_var}", _vector) for tf_var, torch_var in _BN_VARS.items()
+        ]
     else:
         pairs = [(f"{tf_name}/kernel", f"{ours}.weight", _conv if kind == "conv" else _dense)]
         if kind == "dense":
@@ -148,8 +172,10 @@ def _infer_arch(blocks: list[dict[str, np.ndarray]], stem_out: int, where: str) 
     """(arch, width) from the blocks' stage boundaries (a ``_shortcut_conv`` starts a stage) and the stem."""
     starts = [i for i, b in enumerate(blocks) if "_shortcut_conv/kernel" in b]
     if not blocks or not starts or starts[0] != 0:
-        raise ConvertError(f"{where}: no R3D bottleneck blocks found (expected layer_with_weights-2.../"
-                           "_temporal_conv, _spatial_conv, _expand_conv, _shortcut_conv)")
+        raise ConvertError(
+            f"{where}: no R3D bottleneck blocks found (expected layer_with_weights-2.../"
+            "_temporal_conv, _spatial_conv, _expand_conv, _shortcut_conv)"
+        )
     stages = tuple(b - a for a, b in zip(starts, starts[1:] + [len(blocks)]))
     for depth, spec in DEPTHS.items():
         if stages == spec and stem_out % 64 == 0 and stem_out >= 64:
@@ -157,29 +183,46 @@ def _infer_arch(blocks: list[dict[str, np.ndarray]], stem_out: int, where: str) 
     if stages == (1, 1, 1, 1) and stem_out % 8 == 0 and stem_out >= 8:
         return "r3d_tiny", stem_out // 8
     known = ", ".join(f"r3d{d} {list(s)}" for d, s in DEPTHS.items())
-    raise ConvertError(f"{where}: blocks per stage {list(stages)} with a {stem_out}-channel stem match no fastcvrl "
-                       f"backbone ({known}, with 64 x width stem channels)")
+    raise ConvertError(
+        f"{where}: blocks per stage {list(stages)} with a {stem_out}-channel stem match no fastcvrl "
+        f"backbone ({known}, with 64 x width stem channels)"
+    )
 
 
-def _check(expected: Mapping[str, torch.Tensor], found: dict[str, tuple[str, torch.Tensor]], tf_paths: dict[str, str],
-           unused: Sequence[str], where: str, what: str) -> dict[str, torch.Tensor]:
-    """The state dict for ``expected`` (a module's ``state_dict()``) out of ``found``, or a ConvertError naming
+def _check(
+    expected: Mapping[str, torch.Tensor],
+    found: dict[str, tuple[str, torch.Tensor]],
+    tf_paths: dict[str, str],
+    unused: Sequence[str],
+    where: str,
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """The state dict for ``expected`` (a module's ``state_dict()``) out of ``found``, or a ConvertError
+    naming
     the missing and mis-shaped variables (checkpoint path, and ours)."""
-    missing = [f"{tf_paths.get(k, '?')} (for {k})" for k in expected
-               if k not in found and not k.endswith("num_batches_tracked")]
-    bad = [f"{found[k][0]} {tuple(found[k][1].shape)} for {k} {tuple(expected[k].shape)}"
-           for k in expected if k in found and found[k][1].shape != expected[k].shape]
+    missing = [
+        f"{tf_paths.get(k, '?')} (for {k})"
+        for k in expected
+        if k not in found and not k.endswith("num_batches_tracked")
+    ]
+    bad = [
+        f"{found[k][0]} {tuple(found[k][1].shape)} for {k} {tuple(expected[k].shape)}"
+        for k in expected
+        if k in found and found[k][1].shape != expected[k].shape
+    ]
     if missing or bad or unused:
         parts = []
         if missing:
             parts.append(f"{len(missing)} variables missing (e.g. {', '.join(missing[:4])})")
         if bad:
-            parts.append(f"{len(bad)} with mismatched shapes (checkpoint vs expected, e.g. {'; '.join(bad[:3])})")
+            parts.append(
+                f"{len(bad)} with mismatched shapes (checkpoint vs expected, e.g. {'; '.join(bad[:3])})"
+            )
         if unused:
             parts.append(f"{len(unused)} checkpoint variables unused (e.g. {', '.join(unused[:4])})")
         raise ConvertError(f"{where}: does not fit the {what}: " + "; ".join(parts))
     state = {}
-    for k, v in expected.items():
+    for k in expected:
         state[k] = torch.zeros((), dtype=torch.long) if k.endswith("num_batches_tracked") else found[k][1]
     return state
 
@@ -187,13 +230,19 @@ def _check(expected: Mapping[str, torch.Tensor], found: dict[str, tuple[str, tor
 def _convert_backbone(variables: Mapping[str, np.ndarray], root: str, where: str) -> tuple[str, int, dict]:
     layers = _layers(variables, root)
     if 0 not in layers or "kernel" not in layers[0] or np.ndim(layers[0]["kernel"]) != 5:
-        raise ConvertError(f"{where}: no stem convolution at {root}layer_with_weights-0/kernel (not a CVRL R3D)")
+        raise ConvertError(
+            f"{where}: no stem convolution at {root}layer_with_weights-0/kernel (not a CVRL R3D)"
+        )
     stem_out = int(np.shape(layers[0]["kernel"])[-1])
     blocks = [layers[i] for i in sorted(layers) if i >= 2]
     arch, width = _infer_arch(blocks, stem_out, where)
     with torch.device("meta"):  # shapes only
         model = build_backbone(arch, width)
-    names = [f"{stage}.{j}" for stage in ("res2", "res3", "res4", "res5") for j in range(len(getattr(model, stage)))]
+    names = [
+        f"{stage}.{j}"
+        for stage in ("res2", "res3", "res4", "res5")
+        for j in range(len(getattr(model, stage)))
+    ]
     found: dict[str, tuple[str, torch.Tensor]] = {}
     paths: dict[str, str] = {}
     flat = {f"{root}layer_with_weights-{n}/{rest}": v for n, sub in layers.items() for rest, v in sub.items()}
@@ -201,15 +250,28 @@ def _convert_backbone(variables: Mapping[str, np.ndarray], root: str, where: str
     _map_layer(flat, f"{root}layer_with_weights-1", "stem.1", "bn", found, paths)
     for n, ours in zip(sorted(i for i in layers if i >= 2), names):
         for attr, sub in _BLOCK_LAYERS.items():
-            _map_layer(flat, f"{root}layer_with_weights-{n}/{attr}", f"{ours}.{sub}",
-                       "bn" if "_norm" in attr else "conv", found, paths)
+            _map_layer(
+                flat,
+                f"{root}layer_with_weights-{n}/{attr}",
+                f"{ours}.{sub}",
+                "bn" if "_norm" in attr else "conv",
+                found,
+                paths,
+            )
     used = {tf_key for tf_key, _ in found.values()}
     unused = sorted(k for k in flat if k not in used)
-    return arch, width, _check(model.state_dict(), found, paths, unused, where, f"{arch} width {width} backbone")
+    return (
+        arch,
+        width,
+        _check(model.state_dict(), found, paths, unused, where, f"{arch} width {width} backbone"),
+    )
 
 
-def _convert_head(variables: Mapping[str, np.ndarray], where: str, in_dim: int) -> tuple[dict, tuple[int, int, int]]:
-    """The projection head of a whole-model checkpoint: model/layer_with_weights-1.. = Dense, BN, ..., Dense."""
+def _convert_head(
+    variables: Mapping[str, np.ndarray], where: str, in_dim: int
+) -> tuple[dict, tuple[int, int, int]]:
+    """The projection head of a whole-model checkpoint: model/layer_with_weights-1.. = Dense, BN, ...,
+    Dense."""
     layers = {n: v for n, v in _layers(variables, "model/").items() if n >= 1}
     order = sorted(layers)
     dense = [n for n in order if "kernel" in layers[n] and np.ndim(layers[n]["kernel"]) == 2]
@@ -225,13 +287,29 @@ def _convert_head(variables: Mapping[str, np.ndarray], where: str, in_dim: int) 
     paths: dict[str, str] = {}
     for n, (i, m) in zip(order, mods):
         kind = "dense" if isinstance(m, nn.Linear) else "bn"
-        _map_layer({f"model/layer_with_weights-{n}/{k}": v for k, v in layers[n].items()},
-                   f"model/layer_with_weights-{n}", f"mlp.{i}", kind, found, paths)
+        _map_layer(
+            {f"model/layer_with_weights-{n}/{k}": v for k, v in layers[n].items()},
+            f"model/layer_with_weights-{n}",
+            f"mlp.{i}",
+            kind,
+            found,
+            paths,
+        )
     used = {tf_key for tf_key, _ in found.values()}
-    unused = sorted(f"model/layer_with_weights-{n}/{k}" for n in order for k in layers[n]
-                    if f"model/layer_with_weights-{n}/{k}" not in used)
-    state = _check(head.state_dict(), found, paths, unused, where,
-                   f"projection head ({n_hidden} x {hidden} -> {out_dim})")
+    unused = sorted(
+        f"model/layer_with_weights-{n}/{k}"
+        for n in order
+        for k in layers[n]
+        if f"model/layer_with_weights-{n}/{k}" not in used
+    )
+    state = _check(
+        head.state_dict(),
+        found,
+        paths,
+        unused,
+        where,
+        f"projection head ({n_hidden} x {hidden} -> {out_dim})",
+    )
     return state, (hidden or out_dim, n_hidden, out_dim)
 
 
@@ -250,9 +328,11 @@ def convert_variables(variables: Mapping[str, np.ndarray], where: str = "checkpo
         head, dims = None, None
     else:
         sample = ", ".join(sorted(variables)[:4]) or "none"
-        raise ConvertError(f"{where}: not a CVRL checkpoint: no variables under '{_MODEL_BACKBONE}' (a "
-                           f"tf.train.Checkpoint(model=...)) or '{_BACKBONE}' (tf.train.Checkpoint(backbone=...)); "
-                           f"found e.g. {sample}")
+        raise ConvertError(
+            f"{where}: not a CVRL checkpoint: no variables under '{_MODEL_BACKBONE}' (a "
+            f"tf.train.Checkpoint(model=...)) or '{_BACKBONE}' (tf.train.Checkpoint(backbone=...)); "
+            f"found e.g. {sample}"
+        )
     step = np.asarray(variables.get("global_step", 0)).reshape(-1)  # the reference trainer's step, if saved
     return Converted(arch, width, backbone, head, dims, int(step[0]) if step.size else 0, _out_dim(backbone))
 
@@ -269,8 +349,14 @@ def backbone_file(conv: Converted) -> dict:
     if conv.head_dims is not None:
         model.update(proj_hidden=conv.head_dims[0], proj_layers=conv.head_dims[1], proj_dim=conv.head_dims[2])
     cfg = merge(Config(), {"model": model})
-    return {"arch": conv.arch, "width": conv.width, "out_dim": conv.out_dim, "step": conv.step,
-            "state_dict": conv.backbone, "config": to_dict(cfg)}
+    return {
+        "arch": conv.arch,
+        "width": conv.width,
+        "out_dim": conv.out_dim,
+        "step": conv.step,
+        "state_dict": conv.backbone,
+        "config": to_dict(cfg),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,8 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     path = atomic_torch_save(backbone_file(conv), args.out)
-    n = sum(v.numel() for k, v in conv.backbone.items() if not k.startswith("_") and "running" not in k
-            and "num_batches" not in k)
+    n = sum(
+        v.numel()
+        for k, v in conv.backbone.items()
+        if not k.startswith("_") and "running" not in k and "num_batches" not in k
+    )
     head = ""
     if conv.head_dims is not None:
         hidden, layers, out_dim = conv.head_dims

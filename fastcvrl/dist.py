@@ -8,13 +8,14 @@
 Without torchrun's environment this is a single process (world_size 1, no process group) and every helper
 is a no-op, so the same training code runs on a laptop CPU.
 """
+
 from __future__ import annotations
 
 import inspect
 import os
 import signal
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,7 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(backend: Optional[str] = None) -> DistEnv:
+def init_distributed(backend: str | None = None) -> DistEnv:
     """Join the process group torchrun describes (nccl on CUDA, gloo on CPU); single process otherwise."""
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -75,7 +76,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
             return out
         grad = grad.clone()  # gloo has no reduce-scatter: all-reduce and keep our rows
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[rank * n:(rank + 1) * n]
+        return grad[rank * n : (rank + 1) * n]
 
 
 def all_gather_single(out: torch.Tensor, x: torch.Tensor) -> None:
@@ -92,14 +93,18 @@ def reduce_scatter_single(out: torch.Tensor, x: torch.Tensor) -> None:
     fn(out, x, op=dist.ReduceOp.SUM)
 
 
-def wrap_ddp(model: nn.Module, device_ids: list[int] | None, *, static_graph: bool,
-             sync_buffers: bool) -> nn.parallel.DistributedDataParallel:
+def wrap_ddp(
+    model: nn.Module, device_ids: list[int] | None, *, static_graph: bool, sync_buffers: bool
+) -> nn.parallel.DistributedDataParallel:
     """DDP with buffers broadcast from rank 0 every forward when ``sync_buffers``. torch 2.13 names that
     ``forward_sync_buffers`` and warns on ``broadcast_buffers``; older torch has only ``broadcast_buffers``.
     (Both sync buffers once at construction, as the models start from the same seed anyway.)"""
     ddp = nn.parallel.DistributedDataParallel
-    key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters \
+    key = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else "broadcast_buffers"
+    )
     return ddp(model, device_ids=device_ids, static_graph=static_graph, **{key: sync_buffers})
 
 

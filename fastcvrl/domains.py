@@ -1,10 +1,13 @@
 """The validation language of the config: value domains (``Range``, ``OneOf``, ``Text``, ...), relations
 between keys, and ``key(...)``, the declaration of one config key with its default, domain and help."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key (and file) at fault."""
@@ -12,8 +15,10 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------------------------------- value domains
 class Domain:
-    """The values one key allows. ``allows`` decides, ``describe`` says it in words (errors, ``--help-config``),
-    ``outside`` gives values of the key's type that it refuses (the generated tests feed them to the loader)."""
+    """The values one key allows. ``allows`` decides, ``describe`` says it in words (errors,
+    ``--help-config``),
+    ``outside`` gives values of the key's type that it refuses (the generated tests feed them to the
+    loader)."""
 
     def allows(self, value: Any) -> bool:
         raise NotImplementedError
@@ -54,7 +59,9 @@ class Range(Domain):
 
     def inside(self) -> float:
         """One value it allows."""
-        return next(v for v in (self.lo, self.hi, 0, 1, (self.lo or 0) + 1, (self.hi or 0) - 1) if self.allows(v))
+        return next(
+            v for v in (self.lo, self.hi, 0, 1, (self.lo or 0) + 1, (self.hi or 0) - 1) if self.allows(v)
+        )
 
     def outside(self) -> list[Any]:
         step = 1 if all(isinstance(b, int) for b in (self.lo, self.hi) if b is not None) else 0.5
@@ -146,13 +153,20 @@ class Numbers(Domain):
     item: Range
 
     def allows(self, value: Any) -> bool:
-        return isinstance(value, (list, tuple)) and len(value) == self.length and all(map(self.item.allows, value))
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == self.length
+            and all(map(self.item.allows, value))
+        )
 
     def describe(self) -> str:
         return f"{self.length} numbers, each {self.item.describe()}"
 
     def outside(self) -> list[Any]:
-        return [[self.item.inside()] * (self.length - 1), *([bad] * self.length for bad in self.item.outside())]
+        return [
+            [self.item.inside()] * (self.length - 1),
+            *([bad] * self.length for bad in self.item.outside()),
+        ]
 
 
 def numbers(length: int, item: Range) -> Numbers:

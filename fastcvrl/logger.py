@@ -4,6 +4,7 @@ Only rank 0 logs. The progress line is a tqdm bar on a terminal and one plain li
 (log files stay readable); both show epoch, step, loss, contrastive accuracy, lr, clips/s, the fraction of
 time spent waiting for data, and the ETA.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,24 +52,33 @@ def format_eta(seconds: float) -> str:
 
 
 def format_report(r: Report) -> str:
-    return (f"ep {r.epoch + 1}/{r.epochs} step {r.step}/{r.total_steps} loss {r.loss:.4f} acc {r.acc:.3f} "
-            f"lr {r.lr:.3g} {r.clips_per_s:.0f} clips/s wait {100 * r.data_wait:.0f}% eta {format_eta(r.eta_s)}")
+    return (
+        f"ep {r.epoch + 1}/{r.epochs} step {r.step}/{r.total_steps} loss {r.loss:.4f} acc {r.acc:.3f} "
+        f"lr {r.lr:.3g} {r.clips_per_s:.0f} clips/s wait {100 * r.data_wait:.0f}% eta {format_eta(r.eta_s)}"
+    )
 
 
 class Progress:
     """A tqdm bar when ``stream`` is a terminal, else one printed line per ``update``."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, stream: TextIO | None = None,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, total_steps: int, start_step: int = 0, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.bar = None
         if enabled and self.stream.isatty():
-            # the width from shutil (which falls back where the terminal reports 0 columns); the bar comes last
+            # the width from shutil (which falls back where the terminal reports 0 columns); the bar comes
+            # last
             # so that a narrow terminal cuts the bar, not the numbers
-            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
-                            ncols=shutil.get_terminal_size((100, 20)).columns,
-                            bar_format="{desc} {bar:10}", leave=True)
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                file=self.stream,
+                ncols=shutil.get_terminal_size((100, 20)).columns,
+                bar_format="{desc} {bar:10}",
+                leave=True,
+            )
         self.step = start_step
 
     def update(self, r: Report) -> None:
@@ -168,10 +178,23 @@ def git_commit(repo: Path = REPO_ROOT) -> dict:
     """The source's git commit and whether the tree had local changes; both None outside a git checkout
     (an installed package, a copied tree) or without git: the record never requires one."""
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit or None, "dirty": dirty if commit else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -203,7 +226,8 @@ def environment(world_size: int = 1, device: torch.device | None = None) -> dict
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
         "gpu": torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
-        if cuda else None,
+        if cuda
+        else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "device": str(device) if device is not None else None,
         "world_size": world_size,
@@ -214,4 +238,6 @@ def environment(world_size: int = 1, device: torch.device | None = None) -> dict
 
 def write_env(run_dir: str | os.PathLike, world_size: int = 1, device: torch.device | None = None) -> Path:
     """``<run_dir>/env.json``: the environment record, written atomically."""
-    return atomic_write(Path(run_dir) / "env.json", json.dumps(environment(world_size, device), indent=2) + "\n")
+    return atomic_write(
+        Path(run_dir) / "env.json", json.dumps(environment(world_size, device), indent=2) + "\n"
+    )

@@ -1,14 +1,16 @@
 """NT-Xent, the SimCLR/CVRL contrastive loss (Chen et al. 2020, Eq. 1; Qian et al. 2021, Eq. 1).
 
 Embeddings are L2-normalised; for each clip the other view of the same video is the positive and every other
-clip of both views (over all ranks when ``gather`` is given) is a negative; self-similarity is excluded. The two
+clip of both views (over all ranks when ``gather`` is given) is a negative; self-similarity is excluded. The
+two
 directions (view 1 -> view 2 and view 2 -> view 1) are summed, each the mean over the local batch, as the TF
 reference (``simclr/objective.py``) does. Pure tensor math: cross-rank communication comes in as ``gather``
 (``fastcvrl.dist.gather_with_grad``), so this module never touches ``torch.distributed``.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ Gather = Callable[[torch.Tensor], torch.Tensor]  # local (N, D) -> (world*N, D),
 _MASK = -1e9  # logit of the excluded self-similarity (finite: no inf - inf in the backward)
 
 
-def _resolve_rank(gather: Optional[Gather], rank: Optional[int]) -> int:
+def _resolve_rank(gather: Gather | None, rank: int | None) -> int:
     if gather is None:
         return 0
     if rank is None:
@@ -28,12 +30,16 @@ def _resolve_rank(gather: Optional[Gather], rank: Optional[int]) -> int:
     return int(rank)
 
 
-def _logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: Optional[Gather],
-            rank: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked logits (2N, 2M) of every local clip against every clip of both views, and the positives (2N,)."""
+def _logits(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: Gather | None, rank: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked logits (2N, 2M) of every local clip against every clip of both views, and the positives
+    (2N,)."""
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent expects two (N, D) tensors of the same shape, got {tuple(z1.shape)} "
-                         f"and {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent expects two (N, D) tensors of the same shape, got {tuple(z1.shape)} "
+            f"and {tuple(z2.shape)}"
+        )
     r = _resolve_rank(gather, rank)
     n = z1.shape[0]
     with torch.autocast(z1.device.type, enabled=False):  # tiny matmul; fp32 keeps exp(1/t) well resolved
@@ -46,15 +52,23 @@ def _logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: Opti
         q = torch.cat([q1, q2])  # (2N, D): view-1 clips, then view-2 clips
         k = torch.cat([k1, k2])  # (2M, D)
         logits = q @ k.t() / temperature  # (2N, 2M)
-    local = torch.arange(n, device=z1.device) + r * n  # this rank's rows within one view of the gathered batch
+    local = (
+        torch.arange(n, device=z1.device) + r * n
+    )  # this rank's rows within one view of the gathered batch
     self_col = torch.cat([local, local + m])  # (2N,)
     pos_col = torch.cat([local + m, local])  # the other view of the same video
     logits = logits.scatter(1, self_col[:, None], _MASK)
     return logits, pos_col
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather: Optional[Gather] = None,
-            *, rank: Optional[int] = None) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    gather: Gather | None = None,
+    *,
+    rank: int | None = None,
+) -> torch.Tensor:
     """NT-Xent of two views' embeddings ``z1``, ``z2`` (N, D), un-normalised. Returns a 0-dim tensor (fp32 for
     half-precision inputs).
 
@@ -64,9 +78,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather
     return nt_xent_with_accuracy(z1, z2, temperature, gather, rank=rank)[0]
 
 
-def nt_xent_with_accuracy(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1,
-                          gather: Optional[Gather] = None, *,
-                          rank: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nt_xent_with_accuracy(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    gather: Gather | None = None,
+    *,
+    rank: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, acc): acc is the fraction of local clips (both views) whose positive is the most similar of all
     candidates, a 0-dim device tensor (no host sync)."""
     logits, pos = _logits(z1, z2, temperature, gather, rank)

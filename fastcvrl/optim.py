@@ -13,9 +13,10 @@ reference config's optimizer. The step is a handful of ``torch._foreach_*`` call
 learning rate lives in the 0-dim device tensor ``lr_tensor`` (written by ``fastcvrl.schedule``), so the step
 can be captured in a CUDA graph.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -31,9 +32,19 @@ class LARS(Optimizer):
     groups; write into it in place to change the learning rate (graph-safe). ``step()`` overwrites ``.grad``
     with the applied update (read gradients before it, as the trainer's metrics do)."""
 
-    def __init__(self, params: Iterable, lr: float | torch.Tensor, momentum: float = 0.9,
-                 weight_decay: float = 1e-6, eta: float = 0.001, trust: bool = True, exclude_1d: bool = True):
-        defaults = dict(momentum=momentum, weight_decay=weight_decay, eta=eta, trust=trust, exclude_1d=exclude_1d)
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | torch.Tensor,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        eta: float = 0.001,
+        trust: bool = True,
+        exclude_1d: bool = True,
+    ):
+        defaults = dict(
+            momentum=momentum, weight_decay=weight_decay, eta=eta, trust=trust, exclude_1d=exclude_1d
+        )
         super().__init__(params, defaults)
         device = self.param_groups[0]["params"][0].device
         if isinstance(lr, torch.Tensor):
@@ -63,7 +74,8 @@ class LARS(Optimizer):
                 gs.append(p.grad)
                 vs.append(state["momentum_buffer"])
             m, wd = group["momentum"], group["weight_decay"]
-            # Every op below is in place: no model-sized temporaries (on CPU, fresh large allocations cost page
+            # Every op below is in place: no model-sized temporaries (on CPU, fresh large allocations cost
+            # page
             # faults that made an allocating version slower than the per-parameter loop). The gradients are
             # overwritten with the update direction; backward writes new ones before the next step.
             if ad_p:
@@ -73,7 +85,9 @@ class LARS(Optimizer):
                     w_norm = torch.stack(torch._foreach_norm(ad_p))  # (P,)
                     g_norm = torch.stack(torch._foreach_norm(ad_g))
                     ok = (w_norm > 0) & (g_norm > 0)
-                    trust = torch.where(ok, group["eta"] * w_norm / g_norm.clamp_min(1e-38), torch.ones_like(w_norm))
+                    trust = torch.where(
+                        ok, group["eta"] * w_norm / g_norm.clamp_min(1e-38), torch.ones_like(w_norm)
+                    )
                     torch._foreach_mul_(ad_g, list((trust * lr).unbind(0)))  # lr * trust * g'
                 else:
                     torch._foreach_mul_(ad_g, lr)
@@ -109,12 +123,30 @@ class LARS(Optimizer):
 
 
 class LARSReference(Optimizer):
-    """Per-parameter loop with the same semantics as ``LARS`` (host-side norms; for tests). lr in the groups."""
+    """Per-parameter loop with the same semantics as ``LARS`` (host-side norms; for tests). lr in the
+    groups."""
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
-                 eta: float = 0.001, trust: bool = True, exclude_1d: bool = True):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, trust=trust,
-                                      exclude_1d=exclude_1d))
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        eta: float = 0.001,
+        trust: bool = True,
+        exclude_1d: bool = True,
+    ):
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                eta=eta,
+                trust=trust,
+                exclude_1d=exclude_1d,
+            ),
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -142,5 +174,11 @@ def build_optimizer(cfg, model: nn.Module, global_batch_size: int) -> LARS:
         raise ValueError(f"optim.name: unknown optimizer {cfg.name!r} (choose lars or sgd)")
     lr = cfg.lr * global_batch_size / cfg.base_batch_size
     params = [p for p in model.parameters() if p.requires_grad]
-    return LARS(params, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
-                trust=cfg.name == "lars")
+    return LARS(
+        params,
+        lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        eta=cfg.eta,
+        trust=cfg.name == "lars",
+    )

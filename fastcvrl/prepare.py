@@ -1,4 +1,5 @@
 """Stable command: ``python -m fastcvrl.prepare``. The code lives in ``fastcvrl.datasets.prepare``."""
+
 import sys
 
 from fastcvrl.datasets.prepare import main

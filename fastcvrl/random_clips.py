@@ -4,9 +4,10 @@ For tests and step benchmarks (``data.source: random``): fully deterministic in 
 resumed run sees exactly the batches the uninterrupted run saw. Video ``i`` is a fixed random clip; its two
 views are that clip plus independent noise, so the contrastive task is learnable and the loss falls.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -18,9 +19,20 @@ class RandomClipLoader:
     Views are float32 ``(B, 3, T, H, W)`` in ``channels_last_3d`` on ``device``; labels int64 ``(B,)``.
     """
 
-    def __init__(self, *, num_videos: int, batch_size: int, num_frames: int, crop_size: int,
-                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", seed: int = 0,
-                 num_classes: int = 8, noise: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        num_videos: int,
+        batch_size: int,
+        num_frames: int,
+        crop_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        num_classes: int = 8,
+        noise: float = 0.5,
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"train.batch_size={batch_size} is not divisible by the world size {world_size}")
         self.batch_size = batch_size // world_size  # per rank
@@ -31,7 +43,9 @@ class RandomClipLoader:
         self.seed, self.num_classes, self.noise = seed, num_classes, noise
         self.epoch = 0
         if len(self) == 0:
-            raise ValueError(f"data.random_videos={num_videos} is smaller than one global batch ({batch_size})")
+            raise ValueError(
+                f"data.random_videos={num_videos} is smaller than one global batch ({batch_size})"
+            )
 
     def __len__(self) -> int:
         return self.num_videos // self.global_batch
@@ -48,9 +62,11 @@ class RandomClipLoader:
 
     def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The epoch's batches from batch ``start`` on (the same ones ``iter()`` yields there)."""
-        order = torch.randperm(self.num_videos, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        order = torch.randperm(
+            self.num_videos, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        )
         for b in range(start, len(self)):
-            ids = order[b * self.global_batch:(b + 1) * self.global_batch][self.rank::self.world_size]
+            ids = order[b * self.global_batch : (b + 1) * self.global_batch][self.rank :: self.world_size]
             v1, v2 = [], []
             for i in ids.tolist():
                 base = self._clip(self.seed * 1_000_003 + i)

@@ -9,6 +9,7 @@ The lock is ``fcntl.flock`` on ``<run>/train.lock``, held for the process's life
 the process dies (SIGKILL included); the file names the holder (pid, host, start time) for the refusal
 message. It is advisory: it binds fastcvrl trainers, not other programs.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,9 +17,10 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -41,7 +43,8 @@ class RunFolderError(RuntimeError):
 
 
 class StorageError(RuntimeError):
-    """A file-system error (permission, read-only, full disk, I/O): the message names the path and what to do."""
+    """A file-system error (permission, read-only, full disk, I/O): the message names the path and what to
+    do."""
 
     exit_code = 4
 
@@ -63,8 +66,10 @@ def storage_error(e: OSError, doing: str, after: str = "") -> StorageError:
         todo = f"make {where} writable (and readable) for this user, or set train.out_dir elsewhere"
     else:
         todo = f"check the disk and file system holding {path}"
-    return StorageError(f"{doing} {path}: {e.strerror or e}{f' ({code})' if code else ''}. {after}"
-                        f"{todo}, then rerun the same command (it resumes from the last good checkpoint).")
+    return StorageError(
+        f"{doing} {path}: {e.strerror or e}{f' ({code})' if code else ''}. {after}"
+        f"{todo}, then rerun the same command (it resumes from the last good checkpoint)."
+    )
 
 
 def agreed(fn: Callable[[], T], rank0_only: bool = False) -> T | None:
@@ -106,7 +111,9 @@ def _holder(path: Path) -> str:
     if text[1] == socket.gethostname():
         try:
             os.kill(int(text[0]), 0)
-        except ProcessLookupError:  # a process forked by it (a data worker) inherited the lock and outlived it
+        except (
+            ProcessLookupError
+        ):  # a process forked by it (a data worker) inherited the lock and outlived it
             who += f"; that process has ended but a child of it still holds the lock: `fuser {path}` names it"
         except PermissionError:
             pass
@@ -120,7 +127,7 @@ class RunFolder:
 
     # ---------------------------------------------------------------------------------------------- lock
     @classmethod
-    def open(cls, out_dir: str | os.PathLike, lock: bool = True) -> "RunFolder":
+    def open(cls, out_dir: str | os.PathLike, lock: bool = True) -> RunFolder:
         """Create the folder and take its lock; ``RunFolderError`` naming the holder's pid and host if another
         trainer has it, ``StorageError`` if the folder cannot be created or written."""
         path = Path(out_dir).expanduser().absolute()
@@ -143,14 +150,20 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(f"{self.path} is in use by another trainer ({_holder(lock_path)}; lock file "
-                                 f"{lock_path}): wait for it to end or stop it, or set another train.out_dir") from None
+            raise RunFolderError(
+                f"{self.path} is in use by another trainer ({_holder(lock_path)}; lock file "
+                f"{lock_path}): wait for it to end or stop it, or set another train.out_dir"
+            ) from None
         except OSError as e:
             os.close(fd)
             raise storage_error(e, "cannot lock the run folder's lock file") from None
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(), 0)
+            os.pwrite(
+                fd,
+                f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(),
+                0,
+            )
         except OSError as e:
             os.close(fd)
             raise storage_error(e, "cannot write the run folder's lock file") from None
@@ -168,7 +181,8 @@ class RunFolder:
         return self.path / BACKBONE_NAME
 
     def latest_checkpoint(self, map_location: Any = "cpu") -> tuple[dict, Path] | None:
-        """The newest checkpoint that passes the integrity check (corrupt ones skipped with a warning printed);
+        """The newest checkpoint that passes the integrity check (corrupt ones skipped with a warning
+        printed);
         ``StorageError`` if the checkpoints cannot be listed or read."""
         import warnings
 
@@ -177,15 +191,18 @@ class RunFolder:
             try:
                 found = ckpt.load_latest(self.path, map_location=map_location, required=ckpt.TRAINING_KEYS)
             except ckpt.CheckpointAccessError as e:
-                raise storage_error(e, "cannot read the checkpoints:",
-                                    "Nothing was changed (a checkpoint that cannot be read is not taken for "
-                                    "missing). ") from None
+                raise storage_error(
+                    e,
+                    "cannot read the checkpoints:",
+                    "Nothing was changed (a checkpoint that cannot be read is not taken for missing). ",
+                ) from None
         for w in caught:
             dist.print0(f"warning: {w.message}")
         return found
 
-    def check_resume(self, found: tuple[dict, Path] | None, cfg: Config, steps_per_epoch: int,
-                     allow_changes: bool) -> dict[str, tuple[Any, Any]]:
+    def check_resume(
+        self, found: tuple[dict, Path] | None, cfg: Config, steps_per_epoch: int, allow_changes: bool
+    ) -> dict[str, tuple[Any, Any]]:
         """The rules for continuing in this folder, checked before anything is written. Returns the changes
         that ``allow_changes`` accepted (``{key: (old, new)}``); raises ``RunFolderError`` when:
         - the folder holds a finished run's ``backbone.pt`` but no loadable checkpoint (it would restart at
@@ -197,7 +214,8 @@ class RunFolder:
                 raise RunFolderError(
                     f"{self.path} holds a finished run ({BACKBONE_NAME}) but no loadable checkpoint in "
                     f"{ckpt.CKPT_DIR}/ to resume from; it is not restarted from step 0 over it. Use another "
-                    f"train.out_dir for a new run, or move {self.backbone} away to train here from scratch")
+                    f"train.out_dir for a new run, or move {self.backbone} away to train here from scratch"
+                )
             return {}
         state, path = found
         changes = ckpt.run_changes(state["config"], to_dict(cfg))
@@ -208,8 +226,10 @@ class RunFolder:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
             raise RunFolderError(
                 f"{path} (step {state['step']}) was trained under another config: {listed}. Rerun with the "
-                "checkpoint's values, set another train.out_dir for a new run, or add --resume-with-changes to "
-                f"continue under the new values (recorded in {self.path / CHANGES_NAME})")
+                "checkpoint's values, set another train.out_dir for a new run, or add --resume-with-changes "
+                "to "
+                f"continue under the new values (recorded in {self.path / CHANGES_NAME})"
+            )
         return changes
 
     def finished(self, step: int, end_step: int) -> bool:
@@ -218,7 +238,9 @@ class RunFolder:
         return step >= end_step and self.backbone.is_file()
 
     # ----------------------------------------------------------------------------------------- writing
-    def start(self, cfg: Config, world_size: int, device, changes: dict[str, tuple[Any, Any]], step: int) -> None:
+    def start(
+        self, cfg: Config, world_size: int, device, changes: dict[str, tuple[Any, Any]], step: int
+    ) -> None:
         """Rank 0, once the checks passed: the resolved config, the environment record, the accepted changes
         appended to ``config_changes.yaml``, the checkpoint folder made (and checked writable) and the
         temporaries of dead writers removed. ``StorageError`` naming the path on any file-system error."""
@@ -244,7 +266,10 @@ class RunFolder:
         """Append one YAML document (time, step, ``key: {old, new}``) to ``config_changes.yaml``."""
         path = self.path / CHANGES_NAME
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
-        doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_at_step": step,
-               "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()}}
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resumed_at_step": step,
+            "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()},
+        }
         text = yaml.safe_dump(doc, sort_keys=False, explicit_start=True)
         return atomic_write(path, old + text)

@@ -5,6 +5,7 @@ CUDA graph that contains ``step()`` advances the schedule on every replay.
     sched = WarmupCosine(opt.lr_tensor, base_lr, warmup_steps, total_steps)   # lr_tensor = value_at(0)
     for ...: loss.backward(); opt.step(); sched.step()                        # k-th step() -> value_at(k)
 """
+
 from __future__ import annotations
 
 import math
@@ -14,15 +15,24 @@ import torch
 
 class WarmupCosine:
     """lr(s) = base * (s + 1) / warmup for s < warmup (from ~0 up to base), then
-    min + (base - min) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2, and min from ``total_steps`` on."""
+    min + (base - min) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2, and min from ``total_steps``
+    on."""
 
-    def __init__(self, lr_tensor: torch.Tensor, base_lr: float, warmup_steps: int, total_steps: int,
-                 min_lr: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr_tensor: torch.Tensor,
+        base_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        min_lr: float = 0.0,
+    ) -> None:
         if lr_tensor.dim() != 0:
             raise ValueError(f"WarmupCosine: lr_tensor must be 0-dim, got shape {tuple(lr_tensor.shape)}")
         if not 0 <= warmup_steps <= total_steps or total_steps <= 0:
-            raise ValueError(f"WarmupCosine: need 0 <= warmup_steps ({warmup_steps}) <= total_steps "
-                             f"({total_steps}) and total_steps > 0")
+            raise ValueError(
+                f"WarmupCosine: need 0 <= warmup_steps ({warmup_steps}) <= total_steps "
+                f"({total_steps}) and total_steps > 0"
+            )
         if min_lr > base_lr:
             raise ValueError(f"WarmupCosine: min_lr ({min_lr}) exceeds base_lr ({base_lr})")
         self.lr_tensor = lr_tensor

@@ -10,16 +10,17 @@ normalises the result into the model's input in one multiply-add, so under a CUD
 the small uint8 buffers and normalisation and concatenation are captured with the rest; no float copy of a
 view exists outside the graph. Float views (the CPU path, random clips) are used as they are.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from fastcvrl.loss import nt_xent_with_accuracy
 from dali_pipelines.normalize import Normalize
+from fastcvrl.loss import nt_xent_with_accuracy
 
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -125,11 +126,19 @@ class GraphedStep:
     mode would count as illegal calls that invalidate the capture.
     """
 
-    def __init__(self, step: TrainStep, *, warmup: int = 3, ddp: bool = False,
-                 stream: "torch.cuda.Stream | None" = None) -> None:
+    def __init__(
+        self,
+        step: TrainStep,
+        *,
+        warmup: int = 3,
+        ddp: bool = False,
+        stream: torch.cuda.Stream | None = None,
+    ) -> None:
         if step.scaler is not None:
-            raise ValueError("CUDA graphs need a step without host syncs; fp16's GradScaler syncs: use bf16 "
-                             "or train.cuda_graph=false")
+            raise ValueError(
+                "CUDA graphs need a step without host syncs; fp16's GradScaler syncs: use bf16 "
+                "or train.cuda_graph=false"
+            )
         self.step = step
         self.warmup = max(warmup, 11 if ddp else 1)
         self.calls = 0
@@ -175,13 +184,20 @@ def graphed(cuda_graph: bool, device: torch.device, precision: str) -> bool:
     return cuda_graph and device.type == "cuda" and precision != "fp16"
 
 
-def side_stream(cuda_graph: bool, device: torch.device, precision: str) -> "torch.cuda.Stream | None":
+def side_stream(cuda_graph: bool, device: torch.device, precision: str) -> torch.cuda.Stream | None:
     """The one side stream DDP construction, warm-up and capture share when the step will be graphed."""
     return torch.cuda.Stream(device) if graphed(cuda_graph, device, precision) else None
 
 
-def build_step(step: TrainStep, *, cuda_graph: bool, device: torch.device, ddp: bool = False, warmup: int = 3,
-               stream: "torch.cuda.Stream | None" = None):
+def build_step(
+    step: TrainStep,
+    *,
+    cuda_graph: bool,
+    device: torch.device,
+    ddp: bool = False,
+    warmup: int = 3,
+    stream: torch.cuda.Stream | None = None,
+):
     """The graphed step where asked for and possible (CUDA, no GradScaler), else the eager step itself."""
     if cuda_graph and device.type == "cuda" and step.scaler is None:
         return GraphedStep(step, warmup=warmup, ddp=ddp, stream=stream)
@@ -189,7 +205,8 @@ def build_step(step: TrainStep, *, cuda_graph: bool, device: torch.device, ddp: 
 
 
 class Metrics:
-    """Sums (loss, accuracy) on the device; ``read()`` is the only host sync and runs every log_every steps."""
+    """Sums (loss, accuracy) on the device; ``read()`` is the only host sync and runs every log_every
+    steps."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(2, device=device, dtype=torch.float64)  # (loss, acc)
@@ -206,4 +223,3 @@ class Metrics:
     def reset(self) -> None:
         self.sums.zero_()
         self.count = 0
-

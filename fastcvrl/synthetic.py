@@ -1,4 +1,5 @@
 """Stable command: ``python -m fastcvrl.synthetic``. The code lives in ``fastcvrl.datasets.synthetic``."""
+
 import sys
 
 from fastcvrl.datasets.synthetic import main

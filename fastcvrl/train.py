@@ -1,4 +1,5 @@
-"""CVRL pretraining: ``torchrun --nproc_per_node=N fastcvrl/train.py --config fastcvrl/configs/X.yaml [--key=value ...]``.
+"""CVRL pretraining: ``torchrun --nproc_per_node=N fastcvrl/train.py --config fastcvrl/configs/X.yaml
+[--key=value ...]``.
 
 The same with plain ``python`` runs one process. Without ``--config`` it runs the built-in default: the
 synthetic motion dataset (generated once, cached) and a small R3D, on the GPU if there is one
@@ -16,9 +17,12 @@ loop (``train``) -> backbone export.
 
 Profiling steps 50..59 (after the CUDA-graph capture; NVTX ranges: data, forward, backward, optimizer)::
 
-    nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda,nvtx,cudnn,cublas,osrt \
-        --cuda-graph-trace=node -o cvrl_steps50-60 python fastcvrl/train.py --config C.yaml --profile-steps 50:60
+    nsys profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda,nvtx,cudnn,cublas,osrt
+    \
+        --cuda-graph-trace=node -o cvrl_steps50-60 python fastcvrl/train.py --config C.yaml --profile-steps
+        50:60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +33,14 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:  # run as a script: keep fastcvrl/*.py unimportable
-    sys.path.pop(0)                                            # as top-level modules
+# run as a script: keep fastcvrl/*.py unimportable as top-level modules
+if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
+    sys.path.pop(0)
 try:
     import fastcvrl  # noqa: F401  (installed, or run from the repo root)
 except ImportError:  # pragma: no cover - a checkout that was not pip-installed
@@ -43,19 +49,19 @@ except ImportError:  # pragma: no cover - a checkout that was not pip-installed
 import torch
 from torch import nn
 
+from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
+from dali_pipelines.manifest import ManifestError, read_manifest
+from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
+from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.logger import Board, Progress, Report
-from dali_pipelines.manifest import ManifestError, read_manifest
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
-from dali_pipelines.normalize import Normalize
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
-from fastcvrl.datasets.synthetic import ensure_synthetic
-from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
 
 REPO_ROOT = _HERE.parent
 
@@ -66,22 +72,39 @@ class NonFiniteLoss(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ configuration
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    ap = argparse.ArgumentParser(prog="fastcvrl/train.py", description="CVRL video pretraining",
-                                 epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
-                                        "(--help-config lists them all)")
-    ap.add_argument("--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)")
-    ap.add_argument("--profile-steps", default=None, metavar="A:B",
-                    help="start the CUDA profiler at step A, stop it before step B (nsys cudaProfilerApi)")
+    ap = argparse.ArgumentParser(
+        prog="fastcvrl/train.py",
+        description="CVRL video pretraining",
+        epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
+        "(--help-config lists them all)",
+    )
+    ap.add_argument(
+        "--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)"
+    )
+    ap.add_argument(
+        "--profile-steps",
+        default=None,
+        metavar="A:B",
+        help="start the CUDA profiler at step A, stop it before step B (nsys cudaProfilerApi)",
+    )
     add_config_flags(ap)
-    ap.add_argument("--resume-with-changes", action="store_true",
-                    help="resume even though keys that change the run (model, data, batch, optimizer, schedule) "
-                         "differ from the checkpoint's config; the change is appended to config_changes.yaml")
+    ap.add_argument(
+        "--resume-with-changes",
+        action="store_true",
+        help="resume even though keys that change the run (model, data, batch, optimizer, schedule) "
+        "differ from the checkpoint's config; the change is appended to config_changes.yaml",
+    )
     return ap.parse_known_args(argv)
 
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return REPO_ROOT / "fastcvrl" / "configs" / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    return (
+        REPO_ROOT
+        / "fastcvrl"
+        / "configs"
+        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
+    )
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:
@@ -98,16 +121,19 @@ def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch
 
 def check_config(cfg: Config) -> None:
     """What the config loader cannot know (it checks every value and relation): the device, the number of
-    processes, and whether the built-in dataset this run would generate holds one batch. Each names its key."""
+    processes, and whether the built-in dataset this run would generate holds one batch. Each names its
+    key."""
     t, d = cfg.train, cfg.data
     world = int(os.environ.get("WORLD_SIZE", 1))
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
     videos = d.synthetic_classes * d.synthetic_videos_per_class
     if d.source == "video" and not d.train_manifest and t.batch_size > videos:
-        raise ConfigError(f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the "
-                          "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or "
-                          "raise those")
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the "
+            "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or "
+            "raise those"
+        )
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
@@ -130,18 +156,28 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if not cfg.data.train_manifest:
         require_cuda_for_gpu_data(cfg)  # before generating the synthetic set for a device that is not there
         d = cfg.data
-        dist.print0(f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
-                    "(generated once, then cached)")
+        dist.print0(
+            f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
+            "(generated once, then cached)"
+        )
         # concurrent ranks serialise on ensure_synthetic's lock: one generates, the others reuse
-        d.train_manifest, test_manifest = ensure_synthetic(os.path.expanduser(d.synthetic_dir), d.synthetic_classes,
-                                                           d.synthetic_videos_per_class, seed=0, scene=d.synthetic_scene,
-                                                           codec=d.synthetic_codec, size=d.synthetic_size,
-                                                           verbose=dist.is_main())
+        d.train_manifest, test_manifest = ensure_synthetic(
+            os.path.expanduser(d.synthetic_dir),
+            d.synthetic_classes,
+            d.synthetic_videos_per_class,
+            seed=0,
+            scene=d.synthetic_scene,
+            codec=d.synthetic_codec,
+            size=d.synthetic_size,
+            verbose=dist.is_main(),
+        )
         d.val_manifest = d.val_manifest or test_manifest  # the kNN monitor's labelled split
     entries = read_manifest(cfg.data.train_manifest, check_files=True)
     if len(entries) < cfg.train.batch_size:
-        raise ManifestError(f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
-                            f"(train.batch_size={cfg.train.batch_size})")
+        raise ManifestError(
+            f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
+            f"(train.batch_size={cfg.train.batch_size})"
+        )
     checked = [(cfg.data.train_manifest, entries)]
     if cfg.train.knn_every and cfg.data.val_manifest:
         # fail now, not at the first kNN epoch
@@ -210,8 +246,12 @@ def build_training_model(cfg: Config, env: dist.DistEnv, stream=None) -> tuple[n
     ids = [env.device.index] if env.device.type == "cuda" else None
     # A CUDA graph needs DDP's static graph, built on the capture's side stream (PyTorch CUDA-graphs notes)
     with torch.cuda.stream(stream) if graphed else contextlib.nullcontext():
-        ddp = dist.wrap_ddp(model, ids, static_graph=graphed,
-                            sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"))  # SyncBN: equal
+        ddp = dist.wrap_ddp(
+            model,
+            ids,
+            static_graph=graphed,
+            sync_buffers=not (model_cfg.sync_bn and env.device.type == "cuda"),
+        )  # SyncBN: equal
     if graphed:
         torch.cuda.current_stream().wait_stream(stream)
     return ddp, model
@@ -222,18 +262,34 @@ def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):
     if cfg.data.source == "random":
         from fastcvrl.random_clips import RandomClipLoader
 
-        return RandomClipLoader(num_videos=cfg.data.random_videos, batch_size=cfg.train.batch_size,
-                                num_frames=cfg.data.num_frames, crop_size=cfg.data.crop_size, rank=env.rank,
-                                world_size=env.world_size, device=env.device, seed=cfg.train.seed)
+        return RandomClipLoader(
+            num_videos=cfg.data.random_videos,
+            batch_size=cfg.train.batch_size,
+            num_frames=cfg.data.num_frames,
+            crop_size=cfg.data.crop_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            device=env.device,
+            seed=cfg.train.seed,
+        )
     from dali_pipelines.loaders import build_pretrain_loader
 
-    return build_pretrain_loader(cfg, manifest, rank=env.rank, world_size=env.world_size, device=env.device,
-                                 seed=cfg.train.seed, normalize=False)  # uint8 views: the step normalises
+    return build_pretrain_loader(
+        cfg,
+        manifest,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=env.device,
+        seed=cfg.train.seed,
+        normalize=False,
+    )  # uint8 views: the step normalises
 
 
 def step_normalize(cfg: Config, device: torch.device) -> Normalize:
     """The step's normalisation of uint8 views (``data.mean``/``data.std``) into the model's input dtype."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)  # = data_dtype
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        cfg.train.precision, torch.float32
+    )  # = data_dtype
     return Normalize(cfg.data.mean, cfg.data.std, dtype, device)
 
 
@@ -244,7 +300,9 @@ def build_optimization(cfg: Config, model: nn.Module, steps_per_epoch: int):
     total = cfg.train.epochs * steps_per_epoch
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     schedule = WarmupCosine(optimizer.lr_tensor, base_lr, warmup, total, cfg.optim.min_lr)
-    scaler = torch.amp.GradScaler(next(model.parameters()).device.type) if cfg.train.precision == "fp16" else None
+    scaler = (
+        torch.amp.GradScaler(next(model.parameters()).device.type) if cfg.train.precision == "fp16" else None
+    )
     return optimizer, schedule, scaler
 
 
@@ -284,14 +342,26 @@ class Run:
 
     def state(self, pos: ckpt.Position) -> dict:
         """The checkpoint of this moment (collective: every rank's RNG state is gathered)."""
-        return ckpt.training_state(pos, self.plain, self.optimizer, self.schedule, self.scaler, to_dict(self.cfg),
-                                   dist.gather_objects(ckpt.rng_state()), self.steps_per_epoch)
+        return ckpt.training_state(
+            pos,
+            self.plain,
+            self.optimizer,
+            self.schedule,
+            self.scaler,
+            to_dict(self.cfg),
+            dist.gather_objects(ckpt.rng_state()),
+            self.steps_per_epoch,
+        )
 
     def save(self, pos: ckpt.Position) -> None:
         """Checkpoint ``pos`` (rank 0 writes, every rank learns whether it worked); ``StorageError`` on a
         file-system error, the previous checkpoints untouched."""
-        agreed(functools.partial(write_checkpoint, self.state(pos), self.run_dir, pos.step, self.cfg.train.keep_ckpts),
-               rank0_only=True)
+        agreed(
+            functools.partial(
+                write_checkpoint, self.state(pos), self.run_dir, pos.step, self.cfg.train.keep_ckpts
+            ),
+            rank0_only=True,
+        )
 
 
 def build_run(cfg: Config, env: dist.DistEnv, manifest: str, folder: RunFolder) -> Run:
@@ -303,27 +373,50 @@ def build_run(cfg: Config, env: dist.DistEnv, manifest: str, folder: RunFolder) 
     model, plain = build_training_model(cfg, env, side)
     loader = build_loader(cfg, manifest, env)
     optimizer, schedule, scaler = build_optimization(cfg, plain, len(loader))
-    return Run(cfg, env, folder, model, plain, loader, optimizer, schedule, scaler,
-               knn=make_knn_monitor(cfg, manifest, plain, env), side=side)
+    return Run(
+        cfg,
+        env,
+        folder,
+        model,
+        plain,
+        loader,
+        optimizer,
+        schedule,
+        scaler,
+        knn=make_knn_monitor(cfg, manifest, plain, env),
+        side=side,
+    )
 
 
 def resume(run: Run, allow_changes: bool) -> tuple[ckpt.Position, dict]:
     """The resume rules (``RunFolder.check_resume``) and the restored state: ``(position, accepted changes)``.
     Refusals raise ``RunFolderError`` before anything is written."""
     found = agreed(run.folder.latest_checkpoint)
-    changes = agreed(functools.partial(run.folder.check_resume, found, run.cfg, run.steps_per_epoch, allow_changes))
+    changes = agreed(
+        functools.partial(run.folder.check_resume, found, run.cfg, run.steps_per_epoch, allow_changes)
+    )
     if found is None:
         return ckpt.Position(), changes
     state, path = found
 
     def load() -> ckpt.Position:
         try:
-            return ckpt.restore(state, run.plain, run.optimizer, run.schedule, run.scaler, run.env.rank,
-                                run.env.world_size, run.steps_per_epoch)
+            return ckpt.restore(
+                state,
+                run.plain,
+                run.optimizer,
+                run.schedule,
+                run.scaler,
+                run.env.rank,
+                run.env.world_size,
+                run.steps_per_epoch,
+            )
         except (RuntimeError, KeyError, ValueError) as e:
-            raise RunFolderError(f"{path}: the checkpoint does not fit the model or optimizer of the new config "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); set another "
-                                 "train.out_dir for a run with this config") from None
+            raise RunFolderError(
+                f"{path}: the checkpoint does not fit the model or optimizer of the new config "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); set another "
+                "train.out_dir for a run with this config"
+            ) from None
 
     pos = agreed(load)
     dist.print0(f"resumed from {path} (step {pos.step}, epoch {pos.epoch + 1}, batch {pos.batch})")
@@ -387,13 +480,25 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
                 loss_v, acc_v, lr_v = read_window(metrics, lr_tensor)
                 if not math.isfinite(loss_v):
                     raise NonFiniteLoss(
-                        f"the loss became {loss_v} between step {pos.step - metrics.count + 1} and step {pos.step}; "
-                        f"stopping. The last good checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; lower optim.lr, "
-                        "use train.precision=fp32 or bf16, or check the data, then rerun to resume from it.")
+                        f"the loss became {loss_v} between step {pos.step - metrics.count + 1} and step "
+                        f"{pos.step}; "
+                        f"stopping. The last good checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; lower "
+                        "optim.lr, "
+                        "use train.precision=fp32 or bf16, or check the data, then rerun to resume from it."
+                    )
                 elapsed = time.perf_counter() - window_start
-                report = Report(pos.epoch, t.epochs, pos.step, end, loss_v, acc_v, lr_v,
-                                window_steps * t.batch_size / elapsed, waited / elapsed,
-                                (end - pos.step) * elapsed / window_steps)
+                report = Report(
+                    pos.epoch,
+                    t.epochs,
+                    pos.step,
+                    end,
+                    loss_v,
+                    acc_v,
+                    lr_v,
+                    window_steps * t.batch_size / elapsed,
+                    waited / elapsed,
+                    (end - pos.step) * elapsed / window_steps,
+                )
                 progress.update(report)
                 board.log(report, env.device)
                 metrics.reset()
@@ -401,13 +506,19 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
             if pos.step % t.ckpt_every == 0 or last:
                 run.save(pos)
             if run.knn is not None and pos.batch == steps_per_epoch and (pos.epoch + 1) % t.knn_every == 0:
-                stats = run.knn()  # note: host work outside the step (feature extraction), every knn_every epochs
+                stats = (
+                    run.knn()
+                )  # note: host work outside the step (feature extraction), every knn_every epochs
                 if stats:
-                    progress.write(f"epoch {pos.epoch + 1}: kNN top-1 {stats['knn_top1']:.3f} "
-                                   f"top-5 {stats['knn_top5']:.3f} ({int(stats['knn_test_size'])} videos)")
+                    progress.write(
+                        f"epoch {pos.epoch + 1}: kNN top-1 {stats['knn_top1']:.3f} "
+                        f"top-5 {stats['knn_top5']:.3f} ({int(stats['knn_test_size'])} videos)"
+                    )
                     board.scalars({"knn/top1": stats["knn_top1"], "knn/top5": stats["knn_top5"]}, pos.step)
             if stopping:
-                progress.write(f"SIGTERM/interrupt: checkpoint written at step {pos.step}; exiting (rerun to resume)")
+                progress.write(
+                    f"SIGTERM/interrupt: checkpoint written at step {pos.step}; exiting (rerun to resume)"
+                )
                 break
     finally:
         progress.close()
@@ -429,14 +540,23 @@ def export_backbone(run_dir: Path, model: nn.Module, cfg: Config, step: int) -> 
     ``fastcvrl.model.build_backbone(p["arch"], p["width"])``."""
     backbone = model.backbone
     try:
-        return ckpt.atomic_torch_save({
-            "arch": cfg.model.arch, "width": cfg.model.width, "out_dim": backbone.out_dim, "step": step,
-            "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-            "config": to_dict(cfg),
-        }, run_dir / "backbone.pt")
+        return ckpt.atomic_torch_save(
+            {
+                "arch": cfg.model.arch,
+                "width": cfg.model.width,
+                "out_dim": backbone.out_dim,
+                "step": step,
+                "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+                "config": to_dict(cfg),
+            },
+            run_dir / "backbone.pt",
+        )
     except OSError as e:
-        raise storage_error(e, "cannot write the trained backbone:",
-                            f"The final checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; ") from None
+        raise storage_error(
+            e,
+            "cannot write the trained backbone:",
+            f"The final checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; ",
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------- main
@@ -469,30 +589,56 @@ def main(argv: list[str] | None = None) -> RunResult:
         run = build_run(cfg, env, manifest, folder)
         pos, changes = resume(run, args.resume_with_changes)
         if folder.finished(pos.step, run.end_step):
-            dist.print0(f"nothing to do: the run in {run.run_dir} finished at step {pos.step} of {run.end_step} "
-                        f"({folder.backbone.name} exported); nothing was rewritten")
+            dist.print0(
+                f"nothing to do: the run in {run.run_dir} finished at step {pos.step} of {run.end_step} "
+                f"({folder.backbone.name} exported); nothing was rewritten"
+            )
             return RunResult(0, pos.step, run.run_dir, run.plain)
-        agreed(functools.partial(folder.start, cfg, env.world_size, env.device, changes, pos.step), rank0_only=True)
+        agreed(
+            functools.partial(folder.start, cfg, env.world_size, env.device, changes, pos.step),
+            rank0_only=True,
+        )
         if changes:
-            dist.print0("resumed with changes (recorded in config_changes.yaml): "
-                        + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
-        dist.print0(f"run folder: {run.run_dir}  (device {env.device}, {env.world_size} process(es), "
-                    f"{cfg.model.arch}, {cfg.train.precision}, global batch {cfg.train.batch_size})")
-        step = TrainStep(run.model, run.optimizer, run.schedule, temperature=cfg.loss.temperature,
-                         precision=cfg.train.precision, scaler=run.scaler,
-                         gather=dist.gather_with_grad if env.world_size > 1 else None,
-                         channels_last=cfg.train.channels_last, nvtx=env.device.type == "cuda",
-                         normalize=step_normalize(cfg, env.device))
-        run.step_fn = build_step(step, cuda_graph=cfg.train.cuda_graph, device=env.device, ddp=env.distributed,
-                                 warmup=cfg.train.cuda_graph_warmup, stream=run.side)
+            dist.print0(
+                "resumed with changes (recorded in config_changes.yaml): "
+                + "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items())
+            )
+        dist.print0(
+            f"run folder: {run.run_dir}  (device {env.device}, {env.world_size} process(es), "
+            f"{cfg.model.arch}, {cfg.train.precision}, global batch {cfg.train.batch_size})"
+        )
+        step = TrainStep(
+            run.model,
+            run.optimizer,
+            run.schedule,
+            temperature=cfg.loss.temperature,
+            precision=cfg.train.precision,
+            scaler=run.scaler,
+            gather=dist.gather_with_grad if env.world_size > 1 else None,
+            channels_last=cfg.train.channels_last,
+            nvtx=env.device.type == "cuda",
+            normalize=step_normalize(cfg, env.device),
+        )
+        run.step_fn = build_step(
+            step,
+            cuda_graph=cfg.train.cuda_graph,
+            device=env.device,
+            ddp=env.distributed,
+            warmup=cfg.train.cuda_graph_warmup,
+            stream=run.side,
+        )
         run.stop = dist.StopFlag()
         pos = train(run, pos)
         if run.stop.raised:
             return RunResult(143, pos.step, run.run_dir, run.plain)
-        path = agreed(functools.partial(export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True)
-        dist.print0(f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "
-                    f"backbone), {ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir "
-                    f"{run.run_dir / 'tb'}")
+        path = agreed(
+            functools.partial(export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True
+        )
+        dist.print0(
+            f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "
+            f"backbone), {ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir "
+            f"{run.run_dir / 'tb'}"
+        )
         return RunResult(0, pos.step, run.run_dir, run.plain)
     finally:
         if run is not None and run.stop is not None:

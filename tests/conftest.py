@@ -1,4 +1,5 @@
 """Shared test fixtures. GPU tests are marked ``@pytest.mark.gpu`` and skip cleanly without CUDA."""
+
 from __future__ import annotations
 
 import os

@@ -1,19 +1,28 @@
 """Small generated videos and manifests for the DALI pipeline tests (frame-index coded, VP9 or MJPEG)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-from fastcvrl.config import Config
-from dali_pipelines.manifest import VideoEntry, write_manifest
-from fastcvrl.datasets.video import write_video
 from videos import index_frames
 
+from dali_pipelines.manifest import VideoEntry, write_manifest
+from fastcvrl.config import Config
+from fastcvrl.datasets.video import write_video
 
-def make_index_videos(folder: Path, lengths: list[int], *, codec: str = "vp9", gop: int = 8, size=(32, 48),
-                      labels: list[int] | None = None) -> Path:
-    """Index-coded videos ``v{i}`` (video id i, frame j coloured by j) and their manifest; returns its path."""
+
+def make_index_videos(
+    folder: Path,
+    lengths: list[int],
+    *,
+    codec: str = "vp9",
+    gop: int = 8,
+    size=(32, 48),
+    labels: list[int] | None = None,
+) -> Path:
+    """Index-coded videos ``v{i}`` (video id i, frame j coloured by j) and their manifest; returns its
+    path."""
     folder.mkdir(parents=True, exist_ok=True)
     ext = {"vp9": ".webm", "vp8": ".webm", "h264": ".mp4"}.get(codec, ".avi")
     entries = []
@@ -71,7 +80,8 @@ def small_config(**data: object) -> Config:
 
 def op_devices(serialized: bytes) -> dict[str, set[str]]:
     """Operator name -> devices, from DALI's serialized PipelineDef (protobuf wire format: ops are field 5;
-    an OpDef's name is field 1, its arguments field 4, an argument's name field 1 and string value field 5)."""
+    an OpDef's name is field 1, its arguments field 4, an argument's name field 1 and string value field
+    5)."""
     out: dict[str, set[str]] = {}
     for field, op in _fields(serialized):
         if field != 5:

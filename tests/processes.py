@@ -1,12 +1,13 @@
 """Process helpers shared by the tests that start, kill and wait for processes: a free TCP port, an
 "exited" check that tolerates the races of reading ``/proc``, and polling with a deadline."""
+
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def free_port() -> int:

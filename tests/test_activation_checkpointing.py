@@ -4,8 +4,8 @@ Gradients, outputs, BN running statistics and the optimizer's result of a checkp
 model's (the recomputation must not update BN a second time); on a GPU the checkpointed step is captured in a
 CUDA graph and equals the eager plain step.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
@@ -31,19 +31,24 @@ def _pair(mode: str, device: str = "cpu", sync_bn: bool = False):
     if sync_bn:
         plain, ckpt = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (plain, ckpt))
         assert isinstance(ckpt.backbone.res2[0].body[1], torch.nn.SyncBatchNorm)
-    assert ckpt.backbone.activation_checkpointing == mode and plain.backbone.activation_checkpointing == "none"
+    assert (
+        ckpt.backbone.activation_checkpointing == mode and plain.backbone.activation_checkpointing == "none"
+    )
     return plain, ckpt
 
 
 def _views(i: int, b: int = 3, device: str = "cpu"):
     g = torch.Generator().manual_seed(i)
-    return tuple(torch.randn(b, 3, 4, 32, 32, generator=g).to(device).contiguous(memory_format=CL) for _ in range(2))
+    return tuple(
+        torch.randn(b, 3, 4, 32, 32, generator=g).to(device).contiguous(memory_format=CL) for _ in range(2)
+    )
 
 
 def _step(model, steps: int, precision: str):
     opt = build_optimizer(OptimConfig(name="lars", lr=0.3, base_batch_size=8), model, 8)
-    return opt, TrainStep(model, opt, WarmupCosine(opt.lr_tensor, 0.3, 2, steps), precision=precision,
-                          temperature=0.1)
+    return opt, TrainStep(
+        model, opt, WarmupCosine(opt.lr_tensor, 0.3, 2, steps), precision=precision, temperature=0.1
+    )
 
 
 @pytest.mark.parametrize("mode, sync_bn", [("stage", False), ("block", False), ("block", True)])

@@ -1,6 +1,7 @@
 """The augmentation rules against slow, obvious NumPy statements: the crop sampler (TF's
 ``sample_distorted_bounding_box`` rule), the reference's colour jitter in the DALI graph and in torch, blur
 and solarize. (``test_reference_recipe.py`` checks the NumPy statements against TensorFlow itself.)"""
+
 from __future__ import annotations
 
 import itertools
@@ -12,6 +13,7 @@ import torch
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 pytest.importorskip("nvidia.dali")
 from nvidia.dali import fn, pipeline_def  # noqa: E402
+
 stats = pytest.importorskip("scipy.stats")
 
 from dali_pipelines import pipelines, spatial, torch_augment
@@ -41,8 +43,15 @@ def _slow_attempt(height, width, r, u_height, u_y, u_x, area=(0.3, 1.0), min_cov
     if f32(w * h) > hi:
         h -= 1
         w = int(np.rint(f32(h) * r))
-    if (f32(w * h) < lo or f32(w * h) > hi or w > width or h > height or w <= 0 or h <= 0
-            or w * h < min_covered * total):
+    if (
+        f32(w * h) < lo
+        or f32(w * h) > hi
+        or w > width
+        or h > height
+        or w <= 0
+        or h <= 0
+        or w * h < min_covered * total
+    ):
         return None
     y = int(u_y * (height - h)) if h < height else 0
     x = int(u_x * (width - w)) if w < width else 0
@@ -72,9 +81,14 @@ def test_crop_attempts_equal_the_slow_statement(size):
         assert spatial.crop_attempt(*size, float(r[i]), *u[i, 1:].tolist()) == want, (i, r[i])
 
 
-@pytest.mark.parametrize("size,area,aspect,attempts", [((256, 340), (0.3, 1.0), (0.5, 2.0), 100),
-                                                       ((20, 30), (0.3, 1.0), (0.5, 2.0), 100),
-                                                       ((50, 50), (0.6, 1.0), (1.5, 3.0), 10)])
+@pytest.mark.parametrize(
+    "size,area,aspect,attempts",
+    [
+        ((256, 340), (0.3, 1.0), (0.5, 2.0), 100),
+        ((20, 30), (0.3, 1.0), (0.5, 2.0), 100),
+        ((50, 50), (0.6, 1.0), (1.5, 3.0), 10),
+    ],
+)
 def test_crop_sampler_equals_the_slow_statement_draw_for_draw(size, area, aspect, attempts):
     """Same generator state, same boxes (in the last case about 1 attempt in 9 fits: views take several
     attempts and about a third fall back to the whole frame)."""
@@ -82,7 +96,9 @@ def test_crop_sampler_equals_the_slow_statement_draw_for_draw(size, area, aspect
     whole = 0
     for _ in range(500):
         got = spatial.random_resized_crop(fast_rng, *size, area, aspect, attempts)
-        assert got.dtype == np.float32 and got.tolist() == _slow_sampler(slow_rng, *size, area, aspect, attempts)
+        assert got.dtype == np.float32 and got.tolist() == _slow_sampler(
+            slow_rng, *size, area, aspect, attempts
+        )
         whole += got.tolist() == [0, 0, *size]
     assert (whole > 50) == (attempts == 10)
 
@@ -92,8 +108,12 @@ def test_crop_sampler_is_distributed_as_the_slow_statement():
     rng = np.random.default_rng(1)
     fast = np.stack([spatial.random_resized_crop(rng, h, w) for _ in range(n)]).astype(np.float64)
     slow = np.array([_slow_sampler(rng, h, w) for _ in range(n)], np.float64)
-    for f in (lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), lambda b: (b[:, 3] - b[:, 1]) / (b[:, 2] - b[:, 0]),
-              lambda b: b[:, 0], lambda b: b[:, 1]):
+    for f in (
+        lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]),
+        lambda b: (b[:, 3] - b[:, 1]) / (b[:, 2] - b[:, 0]),
+        lambda b: b[:, 0],
+        lambda b: b[:, 1],
+    ):
         assert stats.ks_2samp(f(fast), f(slow)).pvalue > 1e-3
     hgt, wid = fast[:, 2] - fast[:, 0], fast[:, 3] - fast[:, 1]
     assert (fast[:, :2] >= 0).all() and (fast[:, 2] <= h).all() and (fast[:, 3] <= w).all()
@@ -120,7 +140,11 @@ def _clips(rng):
 
 
 def _draws(rng, clips, per_clip=6):
-    return [(c, *spatial.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3)) for c in clips for _ in range(per_clip)]
+    return [
+        (c, *spatial.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3))
+        for c in clips
+        for _ in range(per_clip)
+    ]
 
 
 def test_colour_params_follow_the_reference_ranges():
@@ -164,7 +188,8 @@ def test_torch_colour_jitter_matches_the_numpy_statement():
 
 
 def test_torch_colour_jitter_in_parts_and_reused_buffers_matches_the_numpy_statement(monkeypatch):
-    """The HSV ops a few frames at a time (two here, so that small clips split unevenly), on clips of two sizes
+    """The HSV ops a few frames at a time (two here, so that small clips split unevenly), on clips of two
+    sizes
     one after the other (the work buffers are kept between calls): every op order (saturation and hue adjacent
     or not), the input untouched."""
     assert torch_augment._frames_per_part(torch.empty(16, 3, 112, 112)) < 16
@@ -178,7 +203,9 @@ def test_torch_colour_jitter_in_parts_and_reused_buffers_matches_the_numpy_state
         before = x.clone()
         got = torch_augment.color_jitter(x, params, np.array(order)).permute(0, 2, 3, 1).double().numpy()
         assert torch.equal(x, before)
-        worst = max(worst, float(np.abs(got - spatial.apply_color_reference(clip, params, np.array(order))).max()))
+        worst = max(
+            worst, float(np.abs(got - spatial.apply_color_reference(clip, params, np.array(order))).max())
+        )
     assert worst < 1e-5
 
 
@@ -195,10 +222,15 @@ def test_dali_colour_jitter_matches_the_numpy_statement():
     rng = np.random.default_rng(6)
     draws = _draws(rng, _clips(rng), per_clip=3)
     clips, params, orders = ([d[i] for d in draws] for i in range(3))
-    got = _run_dali(lambda x, p, o: pipelines._color(x, p, o, p),
-                    [[c.astype(np.float32) for c in clips], params, orders], ["FHWC", "", ""])
-    worst = max(float(np.abs(g - spatial.apply_color_reference(c, p, o)).max())
-                for g, c, p, o in zip(got, clips, params, orders))
+    got = _run_dali(
+        lambda x, p, o: pipelines._color(x, p, o, p),
+        [[c.astype(np.float32) for c in clips], params, orders],
+        ["FHWC", "", ""],
+    )
+    worst = max(
+        float(np.abs(g - spatial.apply_color_reference(c, p, o)).max())
+        for g, c, p, o in zip(got, clips, params, orders)
+    )
     assert worst < 1e-5
 
 
@@ -224,8 +256,17 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
     params, order = spatial.color_params(rng, 1.0)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     out = torch.empty(3, 2, 24, 24)
-    torch_augment.color_normalize(torch.from_numpy(clip).permute(0, 3, 1, 2), params, order, mean, std, out, 1.3,
-                                  True, spatial.blur_window(24))
+    torch_augment.color_normalize(
+        torch.from_numpy(clip).permute(0, 3, 1, 2),
+        params,
+        order,
+        mean,
+        std,
+        out,
+        1.3,
+        True,
+        spatial.blur_window(24),
+    )
     x = spatial.apply_color_reference(clip / 255.0, params, order)
     x = np.clip(spatial.solarize_reference(spatial.blur_reference(x, 1.3, spatial.blur_window(24))), 0, 1)
     want = (x - np.array(mean)) / np.array(std)
@@ -233,22 +274,27 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
 
 
 def test_per_view_probabilities_are_checked_and_used(tmp_path):
-    from dali_pipelines.host import PretrainSource
-    from fastcvrl.config import DataConfig
-    from dali_pipelines.manifest import read_manifest
-
     from dali_videos import make_static_video
+
+    from dali_pipelines.host import PretrainSource
+    from dali_pipelines.manifest import read_manifest
+    from fastcvrl.config import DataConfig
 
     with pytest.raises(ValueError, match="data.blur_prob"):
         PretrainSource([object()], 1, DataConfig(blur=True, blur_prob=[1.0]))
     with pytest.raises(ValueError, match="data.solarize_prob"):
         PretrainSource([object()], 1, DataConfig(solarize=True, solarize_prob=[0.0, 1.5]))
     make_static_video(tmp_path / "s.avi", 24)
-    (tmp_path / "manifest.csv").write_text("path,label,num_frames,fps,width,height,codec\ns.avi,0,24,25.0,64,48,mjpeg\n")
-    cfg = DataConfig(num_frames=4, stride=2, blur=True, blur_prob=[0.0, 1.0], solarize=True,
-                     solarize_prob=[1.0, 0.0])
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,num_frames,fps,width,height,codec\ns.avi,0,24,25.0,64,48,mjpeg\n"
+    )
+    cfg = DataConfig(
+        num_frames=4, stride=2, blur=True, blur_prob=[0.0, 1.0], solarize=True, solarize_prob=[1.0, 0.0]
+    )
     src = PretrainSource(read_manifest(tmp_path / "manifest.csv"), 1, cfg)
-    for epoch in range(5):  # columns per view: roi_start, roi_end, colour params, colour order, sigma, solarize
+    for epoch in range(
+        5
+    ):  # columns per view: roi_start, roi_end, colour params, colour order, sigma, solarize
         src.set_epoch(epoch)
         cols = src.sample(0).columns
         assert float(cols[8]) == 0.0 and bool(cols[9]) and float(cols[14]) > 0.0 and not bool(cols[15])

@@ -1,4 +1,6 @@
-"""The PyAV + DataLoader baseline loader: right frames, per-clip consistent augmentation, fast path = reference."""
+"""The PyAV + DataLoader baseline loader: right frames, per-clip consistent augmentation, fast path =
+reference."""
+
 from __future__ import annotations
 
 import math
@@ -7,18 +9,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 import torch
+from videos import decode_index, index_frames
 
 from dali_pipelines import spatial, temporal
 from dali_pipelines.host import META, PretrainSource
-from fastcvrl.config import Config
 from dali_pipelines.manifest import VideoEntry, write_manifest
+from fastcvrl.config import Config
 from fastcvrl.datasets.video import write_video
-from videos import decode_index, index_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from baseline_loader import PRETRAIN_STREAM, ClipAug, augment_clip, build_baseline_loader, decode_frames, draw_video  # noqa: E402
+from baseline_loader import (
+    PRETRAIN_STREAM,
+    ClipAug,
+    augment_clip,
+    build_baseline_loader,
+    decode_frames,
+    draw_video,
+)  # noqa: E402
 
 T, S, GOP = 6, 2, 8
 CPU = torch.device("cpu")
@@ -82,7 +92,8 @@ def test_loader_clips_are_T_frames_s_apart_from_the_right_video(index_manifest):
     per_clip = loader.frames_decoded / loader.videos
     span = (T - 1) * S + 1
     assert loader.videos == 4 and per_clip >= 2 * T
-    # long videos decode at most the keyframe distance more than the two spans; the 7-frame one loops over all 7
+    # long videos decode at most the keyframe distance more than the two spans; the 7-frame one loops over all
+    # 7
     assert loader.frames_decoded <= 3 * 2 * (span + GOP - 1) + 2 * 7
 
 
@@ -104,11 +115,15 @@ def test_epochs_are_deterministic_and_differ(index_manifest):
     assert len(rest) == len(a) - 3 and all(torch.equal(x, y) for x, y in zip(a[3:], rest))
 
 
-@pytest.mark.filterwarnings("ignore::dali_pipelines.manifest.ManifestWarning")  # one video twice: a batch of two, on purpose
+@pytest.mark.filterwarnings(
+    "ignore::dali_pipelines.manifest.ManifestWarning"
+)  # one video twice: a batch of two, on purpose
 def test_static_video_stays_static_and_views_differ(tmp_path):
     rng = np.random.default_rng(0)
     texture = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((4, 4, 1))).astype(np.uint8)[None]
-    path = write_video(tmp_path / "static.webm", np.repeat(texture, 30, axis=0), codec="vp9", gop=GOP, quality=4)
+    path = write_video(
+        tmp_path / "static.webm", np.repeat(texture, 30, axis=0), codec="vp9", gop=GOP, quality=4
+    )
     entries = [VideoEntry(str(path), 0, 30, 25.0, 48, 32, "vp9")] * 2
     write_manifest(tmp_path / "m.csv", entries)
     loader = build_baseline_loader(_cfg(), str(tmp_path / "m.csv"), device=CPU, num_workers=0)
@@ -168,9 +183,11 @@ def test_augment_clip_matches_reference(flip, gray):
         np.testing.assert_allclose(fast[..., 0] * 0.2 + 0.4, fast[..., 1] * 0.25 + 0.5, atol=1e-5)
 
 
-# ------------------------------------------------------------------------------- same work as the DALI pipeline
+# ------------------------------------------------------------------------------- same work as the DALI
+# pipeline
 def test_draws_match_the_dali_source(index_manifest):
-    """Same (seed, epoch, video) -> the same clip starts, crop, flip and colour as the DALI pipeline's host side."""
+    """Same (seed, epoch, video) -> the same clip starts, crop, flip and colour as the DALI pipeline's host
+    side."""
     from dali_pipelines.manifest import read_manifest
 
     manifest, _ = index_manifest
@@ -182,12 +199,18 @@ def test_draws_match_the_dali_source(index_manifest):
         for video, e in enumerate(entries):
             sample = source.sample(video)
             meta = sample["meta"]
-            starts, augs = draw_video(np.random.default_rng([5, epoch, video, PRETRAIN_STREAM]), e.num_frames,
-                                      e.height, e.width, cfg)
+            starts, augs = draw_video(
+                np.random.default_rng([5, epoch, video, PRETRAIN_STREAM]),
+                e.num_frames,
+                e.height,
+                e.width,
+                cfg,
+            )
             assert starts == (int(meta[META["start1"]]), int(meta[META["start2"]]))
             for v, aug in enumerate(augs):
-                roi_start, roi_end, color, order = (sample[f"{n}{v + 1}"]
-                                                     for n in ("roi_start", "roi_end", "color", "color_order"))
+                roi_start, roi_end, color, order = (
+                    sample[f"{n}{v + 1}"] for n in ("roi_start", "roi_end", "color", "color_order")
+                )
                 x0, x1 = sorted((float(roi_start[1]), float(roi_end[1])))
                 assert (float(roi_end[1]) < float(roi_start[1])) == aug.flip
                 assert abs(roi_start[0] - aug.top) <= 0.5 and abs(x0 - aug.left) <= 0.5
@@ -196,7 +219,8 @@ def test_draws_match_the_dali_source(index_manifest):
 
 
 def test_same_batches_as_the_dali_loader(index_manifest):
-    """Both loaders deliver the same frames of the same videos in the same order (colour off: index coding)."""
+    """Both loaders deliver the same frames of the same videos in the same order (colour off: index
+    coding)."""
     pytest.importorskip("nvidia.dali")
     from dali_pipelines.loaders import build_pretrain_loader
 
@@ -217,7 +241,9 @@ def test_same_batches_as_the_dali_loader(index_manifest):
                 bi, bvid = _decode_views(bv)
                 di, dvid = _decode_views(dv.float())
                 assert np.array_equal(bi, di) and np.array_equal(bvid, dvid)
-    assert base.frames_decoded > dali.stats["frames_decoded"]  # two seeks per video vs one pass over both clips
+    assert (
+        base.frames_decoded > dali.stats["frames_decoded"]
+    )  # two seeks per video vs one pass over both clips
 
 
 def test_corrupt_video_is_reported_and_skipped(index_manifest, tmp_path, capsys):
@@ -225,8 +251,10 @@ def test_corrupt_video_is_reported_and_skipped(index_manifest, tmp_path, capsys)
     bad = tmp_path / "bad.webm"
     bad.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 8)
     good = str(manifest).replace("manifest.csv", "v0.webm")
-    write_manifest(tmp_path / "m.csv", [VideoEntry(str(bad), 9, 64, 25.0, 48, 32, "vp9"),
-                                        VideoEntry(good, 0, 64, 25.0, 48, 32, "vp9")])
+    write_manifest(
+        tmp_path / "m.csv",
+        [VideoEntry(str(bad), 9, 64, 25.0, 48, 32, "vp9"), VideoEntry(good, 0, 64, 25.0, 48, 32, "vp9")],
+    )
     cfg = _cfg(color=False, batch=2)
     loader = build_baseline_loader(cfg, str(tmp_path / "m.csv"), device=CPU, num_workers=0)
     _, _, label = next(iter(loader))

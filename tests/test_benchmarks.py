@@ -1,9 +1,11 @@
-"""The benchmarks' code paths in tiny mode (--quick): their JSON results and the properties their figures must have.
+"""The benchmarks' code paths in tiny mode (--quick): their JSON results and the properties their figures must
+have.
 
 Nothing here times anything against a target. The checks are ones a wrong benchmark would fail (timed windows
 that fit inside the run's wall time, FLOP counts that scale as a convolution's must, fake-tensor memory counts
 equal to real ones), not the benchmark's own arithmetic done again.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +20,6 @@ import pytest
 
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 import torch  # noqa: E402
-
 from processes import kill_and_wait  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -44,7 +45,10 @@ def test_summarize_and_table():
 
 
 def test_tree_cpu_seconds_counts_child_processes():
-    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('ok', flush=True)\ntime.sleep(30)"
+    code = (
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+        "print('ok', flush=True)\ntime.sleep(30)"
+    )
     before = common.tree_cpu_seconds()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -71,7 +75,10 @@ def test_ratio_guards_zero_and_missing():
 
 def test_tree_memory_counts_child_processes():
     before, _ = common.tree_memory_mb()
-    code = "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); time.sleep(30)"
+    code = (
+        "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+        "print('ok', flush=True); time.sleep(30)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ok"
@@ -94,7 +101,7 @@ def test_loader_bench_json_structure(loader_result):
     lines = out.read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0]) == json.loads(json.dumps(result, default=float))
     s = result["settings"]
-    T, stride, crop, B = s["frames"], s["stride"], s["crop"], s["batch_size"]
+    T, stride = s["frames"], s["stride"]
     span = (T - 1) * stride + 1
     c = result["ceiling"]
     assert c["frames_per_clip"] == span
@@ -154,8 +161,9 @@ def test_decode_ceiling_counts_frames(loader_result):
 
     entries = read_manifest(result["manifest"])
     t0 = time.perf_counter()
-    fps, cpu_ms = loader_bench.decode_ceiling([e.path for e in entries[:2]], [e.num_frames for e in entries[:2]], 1,
-                                              5000, rgb=False)
+    fps, cpu_ms = loader_bench.decode_ceiling(
+        [e.path for e in entries[:2]], [e.num_frames for e in entries[:2]], 1, 5000, rgb=False
+    )
     elapsed = time.perf_counter() - t0
     # at least 5000 frames were decoded inside the elapsed time (~0.1 s of CPU: several 10 ms ticks)
     assert fps > 0 and fps * elapsed >= 5000 and cpu_ms > 0
@@ -181,8 +189,11 @@ def test_train_bench_quick(tmp_path):
     for key in ("fused", "reference"):
         _check_stats(opt[key]["step_s"], s["repeats"])
         timed += s["repeats"] * s["opt_iters"] * opt[key]["step_s"]["min"]
-    assert opt["fused"]["params"] == opt["reference"]["params"] == train_bench.count_params(
-        train_bench.make_model(s["opt_arch"], s["proj_hidden"]))
+    assert (
+        opt["fused"]["params"]
+        == opt["reference"]["params"]
+        == train_bench.count_params(train_bench.make_model(s["opt_arch"], s["proj_hidden"]))
+    )
     assert opt["speedup"] > 0
     # the timed windows (seconds, not milliseconds; not double-counted) fit in the run's wall time
     assert 0 < timed < elapsed
@@ -206,7 +217,9 @@ def test_learning_proof_verdict():
     import learning_proof
 
     assert learning_proof.clearly_ahead([0.9, 0.95, 0.92], [0.3, 0.25, 0.28])
-    assert not learning_proof.clearly_ahead([0.9, 0.2, 0.92], [0.3, 0.25, 0.28])  # one seed below a random one
+    assert not learning_proof.clearly_ahead(
+        [0.9, 0.2, 0.92], [0.3, 0.25, 0.28]
+    )  # one seed below a random one
     # every seed ahead, but the mean gap (0.06) is not more than twice the larger spread (sd 0.05)
     assert not learning_proof.clearly_ahead([0.40, 0.45, 0.50], [0.38, 0.39, 0.40])
     assert learning_proof.clearly_ahead([0.6], [0.2])  # one seed: no spread to beat
@@ -218,13 +231,33 @@ def test_learning_proof_tiny_end_to_end(tmp_path):
     import learning_proof
 
     synth = tmp_path / "synthetic"
-    result = learning_proof.main([
-        "--seeds", "0", "1", "--out", str(tmp_path / "proof"), "--probe-videos", "0", "0",
-        f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=6",
-        "--data.num_frames=4", "--data.crop_size=32", "--train.batch_size=4", "--train.epochs=2", "--optim.warmup_epochs=1",
-        "--train.knn_every=0", "--train.log_every=1", "--eval.epochs=2", "--eval.warmup_epochs=1", "--eval.batch_size=4",
-        "--eval.test_clips=2", "--eval.feature_passes=1",
-    ])
+    result = learning_proof.main(
+        [
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(tmp_path / "proof"),
+            "--probe-videos",
+            "0",
+            "0",
+            f"--data.synthetic_dir={synth}",
+            "--data.synthetic_classes=2",
+            "--data.synthetic_videos_per_class=6",
+            "--data.num_frames=4",
+            "--data.crop_size=32",
+            "--train.batch_size=4",
+            "--train.epochs=2",
+            "--optim.warmup_epochs=1",
+            "--train.knn_every=0",
+            "--train.log_every=1",
+            "--eval.epochs=2",
+            "--eval.warmup_epochs=1",
+            "--eval.batch_size=4",
+            "--eval.test_clips=2",
+            "--eval.feature_passes=1",
+        ]
+    )
     assert json.loads((tmp_path / "proof" / "learning_proof.json").read_text())["seeds"] == [0, 1]
     assert result["num_classes"] == 2 and result["probe_test_videos"] == 2 * 2  # a third of 6 per class
     assert result["views_per_video"] == 2
@@ -232,8 +265,12 @@ def test_learning_proof_tiny_end_to_end(tmp_path):
         assert len(result[key]) == 2 and all(0 <= a <= 1 for a in result[key])
     # accuracies over 4 test videos are multiples of 1/4
     assert all(abs(a * 4 - round(a * 4)) < 1e-6 for a in result["pretrained_top1"] + result["random_top1"])
-    assert result["clearly_ahead"] == learning_proof.clearly_ahead(result["pretrained_top1"], result["random_top1"])
-    assert (tmp_path / "proof" / "seed0" / "backbone.pt").is_file() and (tmp_path / "proof" / "seed1" / "backbone.pt").is_file()
+    assert result["clearly_ahead"] == learning_proof.clearly_ahead(
+        result["pretrained_top1"], result["random_top1"]
+    )
+    assert (tmp_path / "proof" / "seed0" / "backbone.pt").is_file() and (
+        tmp_path / "proof" / "seed1" / "backbone.pt"
+    ).is_file()
 
 
 def test_flops_per_clip_scale_as_convolutions_do():
@@ -242,7 +279,9 @@ def test_flops_per_clip_scale_as_convolutions_do():
     from fastcvrl.model import build_backbone, flops_per_clip
 
     conv = torch.nn.Conv3d(3, 8, (3, 1, 1), padding=(1, 0, 0), bias=False)
-    assert flops_per_clip(conv, 4, 16) == 3 * 2 * (3 * 3) * 8 * (4 * 16 * 16)  # 3 x (2 x MACs) per output voxel
+    assert flops_per_clip(conv, 4, 16) == 3 * 2 * (3 * 3) * 8 * (
+        4 * 16 * 16
+    )  # 3 x (2 x MACs) per output voxel
     backbone = build_backbone("r3d_tiny")
     base = flops_per_clip(backbone, 4, 32)
     assert base > 0
@@ -275,7 +314,9 @@ def test_saved_bytes_on_fake_tensors_equal_real_ones():
 
     def per_clip(mode: str, fake: bool, size: int = 32) -> tuple[int, dict[str, int]]:
         u = units if mode == "none" else None
-        (t2, u2), (t4, u4) = (memory_bench.saved_bytes(model, (n, 3, 4, size, size), mode, fake, u) for n in (2, 4))
+        (t2, u2), (t4, u4) = (
+            memory_bench.saved_bytes(model, (n, 3, 4, size, size), mode, fake, u) for n in (2, 4)
+        )
         return (t4 - t2) // 2, {k: (u4[k] - u2[k]) // 2 for k in u2}
 
     for mode in ("none", "stage", "block"):
@@ -290,9 +331,13 @@ def test_train_bench_prints_each_row_as_it_finishes(tmp_path):
     """Rows appear on stdout (flushed) before the run ends, and the JSON on disk grows row by row: a run
     killed by a time limit keeps what it finished."""
     out = tmp_path / "t.json"
-    proc = subprocess.Popen([sys.executable, str(BENCH / "train_bench.py"), "--quick", "--device", "cpu",
-                             "--json", str(out)], stdout=subprocess.PIPE, text=True, cwd=BENCH.parent,
-                            env={"PYTHONPATH": str(BENCH.parent), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "train_bench.py"), "--quick", "--device", "cpu", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=BENCH.parent,
+        env={"PYTHONPATH": str(BENCH.parent), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     first = proc.stdout.readline()  # blocks until the first row is printed
     partial = json.loads(out.read_text())  # written before the line: holds that row (and any finished since)
     rest = proc.stdout.read()

@@ -1,4 +1,6 @@
-"""Checkpoints: atomic writes that survive SIGKILL, last-K retention, skipping corrupt files, RNG round trips."""
+"""Checkpoints: atomic writes that survive SIGKILL, last-K retention, skipping corrupt files, RNG round
+trips."""
+
 from __future__ import annotations
 
 import os
@@ -12,10 +14,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from processes import kill_and_wait
 
 from fastcvrl import checkpoint as ckpt
-
-from processes import kill_and_wait
 
 
 def _state(step: int) -> dict:
@@ -47,7 +48,10 @@ def test_missing_keys_or_an_empty_file_are_corruption(tmp_path):
         state, path = ckpt.load_latest(tmp_path, required=("step", "w"))
     assert state["step"] == 1
     text = " ".join(str(w.message) for w in caught)
-    assert "ckpt_000000003.pt: empty file" in text and "ckpt_000000002.pt: not a fastcvrl checkpoint (no 'w')" in text
+    assert (
+        "ckpt_000000003.pt: empty file" in text
+        and "ckpt_000000002.pt: not a fastcvrl checkpoint (no 'w')" in text
+    )
 
 
 def _deny(monkeypatch, target, attr, predicate):
@@ -104,7 +108,12 @@ def test_rotation_never_deletes_the_checkpoint_just_written(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 10, 12]  # by step alone, 2 would go
     for step in (4, 6):
         ckpt.save_checkpoint(_state(step), tmp_path, step, keep=2)
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4, 6, 10, 12]  # corrupt ones kept, never deleted
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [
+        4,
+        6,
+        10,
+        12,
+    ]  # corrupt ones kept, never deleted
     with pytest.warns(UserWarning) as caught:
         assert ckpt.load_latest(tmp_path)[0]["step"] == 6
     assert ["ckpt_000000012" in str(w.message) for w in caught] == [True, False]  # 12, then 10: both skipped
@@ -152,7 +161,9 @@ def test_sigkill_between_write_and_rename_leaves_previous_checkpoint(tmp_path):
     finally:
         kill_and_wait(proc)
     folder = tmp_path / ckpt.CKPT_DIR
-    assert [p for p in folder.iterdir() if ".tmp." in p.name], "the interrupted write should leave only a temp file"
+    assert [p for p in folder.iterdir() if ".tmp." in p.name], (
+        "the interrupted write should leave only a temp file"
+    )
     state, path = ckpt.load_latest(tmp_path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(1000))
     assert ckpt.remove_partial(tmp_path) and not [p for p in folder.iterdir() if ".tmp." in p.name]
@@ -162,7 +173,8 @@ _LOOP_WRITER = textwrap.dedent("""
     import sys, torch
     from fastcvrl import checkpoint as ckpt
     run = sys.argv[1]
-    w = torch.arange(2_000_000, dtype=torch.float32)  # 8 MB: each write takes a while, so kills land inside torch.save too
+    # 8 MB: each write takes a while, so kills land inside torch.save too
+    w = torch.arange(2_000_000, dtype=torch.float32)
     step = 0
     while True:
         step += 1
@@ -173,7 +185,9 @@ _LOOP_WRITER = textwrap.dedent("""
 
 @pytest.mark.parametrize("delay", [0.3, 0.55, 0.8])
 def test_sigkill_at_random_times_never_leaves_an_unloadable_checkpoint(tmp_path, delay):
-    proc = subprocess.Popen([sys.executable, "-c", _LOOP_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOOP_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "1"  # import done, first checkpoint written
         time.sleep(delay)

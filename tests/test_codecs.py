@@ -1,5 +1,6 @@
 """The decodability check: codec and size rules per decoder, the message, and that training and evaluation
 run it on every manifest before anything else (before the CUDA check, so it is testable without a GPU)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from dali_pipelines import codecs
-from fastcvrl import train
 from dali_pipelines.manifest import VideoEntry, write_manifest
+from fastcvrl import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,8 @@ def _entry(path: str, codec: str, w: int = 128, h: int = 128) -> VideoEntry:
 
 
 def _manifest(folder: Path, codec: str, n: int = 8, size=(128, 128), ext: str = ".mp4") -> Path:
-    """A manifest of ``n`` listed videos of ``codec``; the files exist (empty): the check reads the manifest only."""
+    """A manifest of ``n`` listed videos of ``codec``; the files exist (empty): the check reads the manifest
+    only."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n):
@@ -32,15 +34,29 @@ def _manifest(folder: Path, codec: str, n: int = 8, size=(128, 128), ext: str = 
     return folder / "manifest.csv"
 
 
-@pytest.mark.parametrize("codec,w,h,device,ok", [
-    ("vp9", 112, 112, "cpu", True), ("mjpeg", 64, 64, "cpu", True), ("vp8", 32, 32, "cpu", True),
-    ("h264", 320, 240, "cpu", False), ("hevc", 320, 240, "cpu", False), ("av1", 320, 240, "cpu", False),
-    ("h264", 128, 128, "gpu", True), ("h264", 48, 16, "gpu", True), ("h264", 47, 16, "gpu", False),
-    ("mjpeg", 320, 240, "gpu", False), ("mpeg2video", 320, 240, "gpu", False),
-    ("vp9", 112, 112, "gpu", False), ("vp9", 128, 128, "gpu", True), ("hevc", 128, 128, "gpu", False),
-    ("hevc", 144, 144, "gpu", True), ("libdav1d", 320, 240, "gpu", True), ("av1", 112, 200, "gpu", False),
-    ("mpeg4", 320, 240, "gpu", True),
-])
+@pytest.mark.parametrize(
+    "codec,w,h,device,ok",
+    [
+        ("vp9", 112, 112, "cpu", True),
+        ("mjpeg", 64, 64, "cpu", True),
+        ("vp8", 32, 32, "cpu", True),
+        ("h264", 320, 240, "cpu", False),
+        ("hevc", 320, 240, "cpu", False),
+        ("av1", 320, 240, "cpu", False),
+        ("h264", 128, 128, "gpu", True),
+        ("h264", 48, 16, "gpu", True),
+        ("h264", 47, 16, "gpu", False),
+        ("mjpeg", 320, 240, "gpu", False),
+        ("mpeg2video", 320, 240, "gpu", False),
+        ("vp9", 112, 112, "gpu", False),
+        ("vp9", 128, 128, "gpu", True),
+        ("hevc", 128, 128, "gpu", False),
+        ("hevc", 144, 144, "gpu", True),
+        ("libdav1d", 320, 240, "gpu", True),
+        ("av1", 112, 200, "gpu", False),
+        ("mpeg4", 320, 240, "gpu", True),
+    ],
+)
 def test_each_decoder_accepts_its_codecs_and_sizes(codec, w, h, device, ok):
     why = codecs.refusal(codec, w, h, device)
     assert (why is None) == ok, why
@@ -49,13 +65,18 @@ def test_each_decoder_accepts_its_codecs_and_sizes(codec, w, h, device, ok):
 
 
 def test_message_names_a_few_then_counts_and_gives_the_transcode_command(tmp_path):
-    entries = [_entry(f"/d/ok{i}.webm", "vp9") for i in range(3)] + \
-              [_entry(f"/d/bad{i}.avi", "mjpeg") for i in range(8)]
+    entries = [_entry(f"/d/ok{i}.webm", "vp9") for i in range(3)] + [
+        _entry(f"/d/bad{i}.avi", "mjpeg") for i in range(8)
+    ]
     with pytest.raises(codecs.UndecodableError) as e:
         codecs.check_decodable(entries, "gpu", "/d/manifest.csv")
     msg = str(e.value)
-    assert "8 of 11 videos" in msg and "and 3 more" in msg and msg.count("mjpeg: DALI's GPU decoder takes") == 1
-    assert all(f"bad{i}.avi" in msg for i in range(codecs.SHOWN)) and "bad7.avi" not in msg and "ok0" not in msg
+    assert (
+        "8 of 11 videos" in msg and "and 3 more" in msg and msg.count("mjpeg: DALI's GPU decoder takes") == 1
+    )
+    assert (
+        all(f"bad{i}.avi" in msg for i in range(codecs.SHOWN)) and "bad7.avi" not in msg and "ok0" not in msg
+    )
     assert "--transcode h264" in msg and "mjpeg" in msg
     with pytest.raises(codecs.UndecodableError, match=r"--transcode vp9"):
         codecs.check_decodable([_entry("/d/a.mp4", "h264")], "cpu", "/d/manifest.csv")
@@ -75,9 +96,19 @@ def test_decode_device_does_not_need_cuda_for_the_check():
 
 
 def test_the_module_imports_without_dali_or_pyav():
-    out = subprocess.run([sys.executable, "-c", "import sys, dali_pipelines.codecs; "
-                          "print('nvidia.dali' in sys.modules, 'av' in sys.modules, 'torch' in sys.modules)"],
-                         capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO)}, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, dali_pipelines.codecs; "
+            "print('nvidia.dali' in sys.modules, 'av' in sys.modules, 'torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert out.stdout.split() == ["False", "False", "False"], out.stderr
 
 
@@ -96,10 +127,21 @@ TINY = ["--model.arch=r3d_tiny", "--train.batch_size=4", "--train.precision=fp32
 
 def _train(tmp_path: Path, manifest: Path, *extra: str) -> tuple[int, str]:
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(REPO / "fastcvrl" / "train.py"), *TINY, f"--train.out_dir={run_dir}",
-                           f"--data.train_manifest={manifest}", *extra],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "fastcvrl" / "train.py"),
+            *TINY,
+            f"--train.out_dir={run_dir}",
+            f"--data.train_manifest={manifest}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert not run_dir.exists()  # nothing written before the input is checked
     return proc.returncode, proc.stderr
 
@@ -115,14 +157,17 @@ def test_training_on_the_gpu_with_an_mjpeg_manifest_names_the_codec_before_the_c
     assert len(err.strip().splitlines()) == 1
     if not torch.cuda.is_available():  # a decodable manifest gets as far as the CUDA check
         ok = _manifest(tmp_path / "h264", "h264")
-        code = train.cli([*TINY, f"--train.out_dir={run_dir}", f"--data.train_manifest={ok}", "--data.device=gpu"])
+        code = train.cli(
+            [*TINY, f"--train.out_dir={run_dir}", f"--data.train_manifest={ok}", "--data.device=gpu"]
+        )
         assert code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 
 def test_training_on_the_gpu_refuses_videos_below_nvdec_minimum(tmp_path, capsys):
     m = _manifest(tmp_path / "small", "vp9", size=(112, 112), ext=".webm")
-    code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}",
-                      "--data.device=gpu"])
+    code = train.cli(
+        [*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}", "--data.device=gpu"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "vp9 below NVDEC's 128x128 minimum: clip0.webm (112x112)" in err, err
 
@@ -137,8 +182,16 @@ def test_training_on_the_cpu_refuses_an_h264_manifest_up_front(tmp_path):
 def test_the_knn_split_is_checked_too(tmp_path, capsys):
     good = _manifest(tmp_path / "train", "vp9", size=(112, 112), ext=".webm")
     bad = _manifest(tmp_path / "val", "hevc", ext=".mkv")
-    code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={good}",
-                      f"--data.val_manifest={bad}", "--train.knn_every=1", "--data.device=cpu"])
+    code = train.cli(
+        [
+            *TINY,
+            f"--train.out_dir={tmp_path / 'run'}",
+            f"--data.train_manifest={good}",
+            f"--data.val_manifest={bad}",
+            "--train.knn_every=1",
+            "--data.device=cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and "hevc" in err, err
 
@@ -146,11 +199,27 @@ def test_the_knn_split_is_checked_too(tmp_path, capsys):
 def test_evaluation_checks_both_manifests_before_any_model_work(tmp_path):
     good = _manifest(tmp_path / "train", "vp9", size=(128, 128), ext=".webm")
     bad = _manifest(tmp_path / "test", "mjpeg", ext=".avi")
-    proc = subprocess.run([sys.executable, "-m", "fastcvrl.eval", "--random-init", "--train-manifest", str(good),
-                           "--test-manifest", str(bad), "--model.arch=r3d_tiny", "--data.device=gpu",
-                           "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastcvrl.eval",
+            "--random-init",
+            "--train-manifest",
+            str(good),
+            "--test-manifest",
+            str(bad),
+            "--model.arch=r3d_tiny",
+            "--data.device=gpu",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "mjpeg" in proc.stderr and "--transcode h264" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -172,8 +241,8 @@ def test_the_gpu_default_decodes_on_nvdec_and_the_cpu_default_is_unchanged():
 def test_synthetic_codec_and_size_reach_the_files_and_the_cache_identity(tmp_path):
     import av
 
-    from fastcvrl.datasets.synthetic import ensure_synthetic
     from dali_pipelines.manifest import read_manifest
+    from fastcvrl.datasets.synthetic import ensure_synthetic
 
     kw = dict(num_classes=2, videos_per_class=1, test_videos_per_class=0, num_frames=8, workers=1)
     train_m, _ = ensure_synthetic(tmp_path / "s", codec="h264", size=128, **kw)
@@ -183,7 +252,9 @@ def test_synthetic_codec_and_size_reach_the_files_and_the_cache_identity(tmp_pat
         s = c.streams.video[0]
         assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == ("h264", 128, 128)
     assert codecs.undecodable(read_manifest(train_m), "gpu") == []
-    train_m, _ = ensure_synthetic(tmp_path / "s", codec="vp9", size=112, **kw)  # another identity: regenerated
+    train_m, _ = ensure_synthetic(
+        tmp_path / "s", codec="vp9", size=112, **kw
+    )  # another identity: regenerated
     assert {(x.codec, x.width) for x in read_manifest(train_m)} == {("vp9", 112)}
 
 
@@ -198,7 +269,8 @@ def test_on_a_gpu_the_drivers_minimum_sizes_are_used(tmp_path, capsys, monkeypat
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(train, "nvdec_min_size", lambda dev: asked.append(dev) or {"h264": (256, 256)})
-    code = train.cli([*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}",
-                      "--data.device=gpu"])
+    code = train.cli(
+        [*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}", "--data.device=gpu"]
+    )
     err = capsys.readouterr().err
     assert asked == [0] and code == 2 and "h264 below NVDEC's 256x256 minimum" in err, err

@@ -1,5 +1,7 @@
-"""The console scripts of setup.cfg: each resolves to a callable, and behaves as its module form does (the same
+"""The console scripts of setup.cfg: each resolves to a callable, and behaves as its module form does (the
+same
 exit status and the same one-line error for bad input)."""
+
 from __future__ import annotations
 
 import configparser
@@ -33,19 +35,43 @@ def test_console_scripts_resolve_to_callables():
 
 # (console script, the module form's command line, arguments that are bad input, what the error names)
 CASES = [
-    ("fastcvrl-train", [str(REPO / "fastcvrl" / "train.py")], ["--config", "/nonexistent/run.yaml"], "/nonexistent/"),
-    ("fastcvrl-eval", ["-m", "fastcvrl.eval"],
-     ["--random-init", "--train-manifest", "/nonexistent/train.csv", "--test-manifest", "/nonexistent/test.csv"],
-     "/nonexistent/"),
-    ("fastcvrl-prepare", ["-m", "fastcvrl.prepare"], ["/nonexistent/videos", "--out", "/nonexistent/out"],
-     "/nonexistent/"),
-    ("fastcvrl-synthetic", ["-m", "fastcvrl.synthetic"], ["--out", "/nonexistent/synthetic", "--classes", "0"],
-     "classes"),
+    (
+        "fastcvrl-train",
+        [str(REPO / "fastcvrl" / "train.py")],
+        ["--config", "/nonexistent/run.yaml"],
+        "/nonexistent/",
+    ),
+    (
+        "fastcvrl-eval",
+        ["-m", "fastcvrl.eval"],
+        [
+            "--random-init",
+            "--train-manifest",
+            "/nonexistent/train.csv",
+            "--test-manifest",
+            "/nonexistent/test.csv",
+        ],
+        "/nonexistent/",
+    ),
+    (
+        "fastcvrl-prepare",
+        ["-m", "fastcvrl.prepare"],
+        ["/nonexistent/videos", "--out", "/nonexistent/out"],
+        "/nonexistent/",
+    ),
+    (
+        "fastcvrl-synthetic",
+        ["-m", "fastcvrl.synthetic"],
+        ["--out", "/nonexistent/synthetic", "--classes", "0"],
+        "classes",
+    ),
 ]
 
 # What pip's generated console script does (``sys.exit(func())``), under the script's name.
-_SCRIPT = "import sys, importlib; m, f = sys.argv.pop(1).split(':'); sys.argv[0] = sys.argv.pop(1); " \
-          "sys.exit(getattr(importlib.import_module(m), f)())"
+_SCRIPT = (
+    "import sys, importlib; m, f = sys.argv.pop(1).split(':'); sys.argv[0] = sys.argv.pop(1); "
+    "sys.exit(getattr(importlib.import_module(m), f)())"
+)
 
 
 @pytest.mark.parametrize("name, module_form, bad, named", CASES, ids=[c[0] for c in CASES])
@@ -57,6 +83,8 @@ def test_console_script_exits_as_the_module_form(tmp_path, name, module_form, ba
     assert module.returncode == 2, module.stderr  # bad input: exit status 2 ...
     assert script.returncode == module.returncode, script.stderr
     errors = [line for line in script.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: "), script.stderr  # ... and one line, no traceback
+    assert len(errors) == 1 and errors[0].startswith("error: "), (
+        script.stderr
+    )  # ... and one line, no traceback
     assert errors == [line for line in module.stderr.splitlines() if line.strip()]
     assert named in errors[0]  # naming what is wrong

@@ -1,4 +1,5 @@
 """Strict typed config: YAML -> dataclasses, dotted overrides, errors that name the key, round trip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,13 @@ def test_paper_recipe():
     assert cfg.loss.temperature == 0.1
     o = cfg.optim
     assert (o.name, o.momentum, o.weight_decay, o.lr, o.base_batch_size, o.warmup_epochs) == (
-        "lars", 0.9, 1e-6, 0.32, 1024, 5.0)
+        "lars",
+        0.9,
+        1e-6,
+        0.32,
+        1024,
+        5.0,
+    )
     assert cfg.model.arch == "r3d50"
     assert load_config(CONFIGS / "cvrl_r3d50_k400_200ep.yaml").train.epochs == 200
 
@@ -97,7 +104,11 @@ def test_missing_file_is_named(tmp_path):
 
 def test_override_parsing_types():
     assert parse_overrides(["--a.b=3", "--a.c=0.5", "--d=true", "--e=text", "--f.g-h=1e-6"]) == {
-        "a": {"b": 3, "c": 0.5}, "d": True, "e": "text", "f": {"g_h": 1e-6}}
+        "a": {"b": 3, "c": 0.5},
+        "d": True,
+        "e": "text",
+        "f": {"g_h": 1e-6},
+    }
 
 
 def test_save_writes_resolved_values(tmp_path):

@@ -1,9 +1,11 @@
-"""Value domains: every key declares one, every value outside it is refused by the loader naming the key, every
+"""Value domains: every key declares one, every value outside it is refused by the loader naming the key,
+every
 entry point refuses before any work (one line, exit 2, nothing on disk), and ``--help-config`` lists them.
 
 The cases are generated from the declarations in ``fastcvrl/config.py``, so a new key is covered (or the
 completeness test names it) without editing this file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,14 +60,21 @@ def load_values(tmp_path: Path, flat: dict) -> Config:
 def test_every_key_declares_a_domain_and_a_help_line():
     missing = undeclared_keys(Config())
     assert not missing, (
-        f"config keys without a value domain or help: {', '.join(missing)}. Declare each in fastcvrl/config.py "
-        "as `name: type = key(default, domain, \"help\")`, e.g. key(4, at_least(1), \"...\") or "
-        "key(\"vp9\", one_of(\"vp9\", \"h264\"), \"...\")")
+        f"config keys without a value domain or help: {', '.join(missing)}. Declare each in "
+        "fastcvrl/config.py "
+        'as `name: type = key(default, domain, "help")`, e.g. key(4, at_least(1), "...") or '
+        'key("vp9", one_of("vp9", "h264"), "...")'
+    )
 
 
 def test_the_completeness_check_finds_a_key_declared_without_a_domain():
-    Extra = dataclasses.make_dataclass("Extra", [("plain", int, dataclasses.field(default=3)),
-                                                 ("declared", int, D.key(1, D.at_least(1), "declared"))])
+    Extra = dataclasses.make_dataclass(
+        "Extra",
+        [
+            ("plain", int, dataclasses.field(default=3)),
+            ("declared", int, D.key(1, D.at_least(1), "declared")),
+        ],
+    )
     Outer = dataclasses.make_dataclass("Outer", [("extra", Extra, dataclasses.field(default_factory=Extra))])
     assert undeclared_keys(Outer()) == ["extra.plain"]
 
@@ -159,10 +168,23 @@ def test_every_choice_is_accepted_where_it_is_used():
 
 # ---------------------------------------------------------------------------------------- the issue's cases
 BAD = [
-    ["--data.stride=0"], ["--model.proj_dim=0"], ["--data.flip_prob=5"], ["--data.min_area=0", "--data.max_area=0"],
-    ["--data.gap_distribution=cubic"], ["--data.augment=gpu"], ["--data.device=tpu"], ["--data.num_frames=0"],
-    ["--data.crop_size=0"], ["--data.min_area=2"], ["--data.max_aspect=0.1"], ["--data.std=[0,0,0]"],
-    ["--optim.lr=-1"], ["--model.width=0"], ["--data.num_threads=0"], ["--eval.batch_size=0"], ["--eval.epochs=0"],
+    ["--data.stride=0"],
+    ["--model.proj_dim=0"],
+    ["--data.flip_prob=5"],
+    ["--data.min_area=0", "--data.max_area=0"],
+    ["--data.gap_distribution=cubic"],
+    ["--data.augment=gpu"],
+    ["--data.device=tpu"],
+    ["--data.num_frames=0"],
+    ["--data.crop_size=0"],
+    ["--data.min_area=2"],
+    ["--data.max_aspect=0.1"],
+    ["--data.std=[0,0,0]"],
+    ["--optim.lr=-1"],
+    ["--model.width=0"],
+    ["--data.num_threads=0"],
+    ["--eval.batch_size=0"],
+    ["--eval.epochs=0"],
     ["--eval.test_clips=0"],
 ]
 
@@ -184,8 +206,15 @@ def test_the_synthetic_set_too_small_for_a_batch_is_refused_before_it_is_generat
     from fastcvrl import train
 
     synth = tmp_path / "synthetic"
-    rc = train.cli(["--data.synthetic_classes=2", "--data.synthetic_videos_per_class=3", "--train.batch_size=8",
-                    f"--data.synthetic_dir={synth}", f"--train.out_dir={tmp_path / 'run'}"])
+    rc = train.cli(
+        [
+            "--data.synthetic_classes=2",
+            "--data.synthetic_videos_per_class=3",
+            "--train.batch_size=8",
+            f"--data.synthetic_dir={synth}",
+            f"--train.out_dir={tmp_path / 'run'}",
+        ]
+    )
     assert rc == 2 and "train.batch_size" in capsys.readouterr().err
     assert not synth.exists() and not (tmp_path / "run").exists()
 
@@ -193,16 +222,46 @@ def test_the_synthetic_set_too_small_for_a_batch_is_refused_before_it_is_generat
 # -------------------------------------------------------------------------------------- every entry point
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env
+    )
 
 
 ENTRY_POINTS = {
-    "train": ([str(REPO / "fastcvrl" / "train.py"), "--data.stride=0", "--train.out_dir=run",
-               "--data.synthetic_dir=synthetic"], "data.stride"),
-    "eval": (["-m", "fastcvrl.eval", "--random-init", "--train-manifest", "m.csv", "--test-manifest", "m.csv",
-              "--eval.test_clips=0", "--out", "out"], "eval.test_clips"),
-    "learning_proof": ([str(REPO / "benchmarks" / "learning_proof.py"), "--out", "proof", "--model.proj_dim=0",
-                        "--data.synthetic_dir=synthetic"], "model.proj_dim"),
+    "train": (
+        [
+            str(REPO / "fastcvrl" / "train.py"),
+            "--data.stride=0",
+            "--train.out_dir=run",
+            "--data.synthetic_dir=synthetic",
+        ],
+        "data.stride",
+    ),
+    "eval": (
+        [
+            "-m",
+            "fastcvrl.eval",
+            "--random-init",
+            "--train-manifest",
+            "m.csv",
+            "--test-manifest",
+            "m.csv",
+            "--eval.test_clips=0",
+            "--out",
+            "out",
+        ],
+        "eval.test_clips",
+    ),
+    "learning_proof": (
+        [
+            str(REPO / "benchmarks" / "learning_proof.py"),
+            "--out",
+            "proof",
+            "--model.proj_dim=0",
+            "--data.synthetic_dir=synthetic",
+        ],
+        "model.proj_dim",
+    ),
 }
 
 
@@ -216,7 +275,8 @@ def test_every_entry_point_validates_its_config(tmp_path, name):
     assert list(tmp_path.iterdir()) == []  # no run folder, no synthetic set, no output folder
 
 
-# ------------------------------------------------------------------------------------- --help-config, --print-config
+# ------------------------------------------------------------------------------------- --help-config,
+# --print-config
 def _help_lines(parse, capsys) -> list[str]:
     with pytest.raises(SystemExit) as e:
         parse(["--help-config"])
@@ -257,8 +317,20 @@ def test_eval_print_config(tmp_path, capsys):
     from fastcvrl.eval import evaluate
 
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--random-init", "--train-manifest", "m.csv", "--test-manifest", "m.csv", "--eval.epochs=7",
-                       "--finetune", "--out", str(tmp_path / "out"), "--print-config"])
+        evaluate.main(
+            [
+                "--random-init",
+                "--train-manifest",
+                "m.csv",
+                "--test-manifest",
+                "m.csv",
+                "--eval.epochs=7",
+                "--finetune",
+                "--out",
+                str(tmp_path / "out"),
+                "--print-config",
+            ]
+        )
     assert e.value.code == 0
     printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
     assert printed.eval.epochs == 7 and printed.eval.finetune is True

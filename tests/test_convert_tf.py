@@ -1,6 +1,7 @@
 """``fastcvrl.convert_tf`` without TensorFlow: the name/layout mapping on checkpoint-shaped dicts written from
 our own modules (the inverse mapping stated plainly here), and the error paths. The comparison with the real
 reference's checkpoints is in ``test_reference_model.py`` (marked ``reference``)."""
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,16 @@ from torch import nn
 from fastcvrl import convert_tf
 from fastcvrl.model import ProjectionHead, r3d_tiny
 
-_BLOCK = {"shortcut.0": "_shortcut_conv", "shortcut.1": "_norm0", "body.0": "_temporal_conv", "body.1": "_norm1",
-          "body.3": "_spatial_conv", "body.4": "_norm2", "body.6": "_expand_conv", "body.7": "_norm3"}
+_BLOCK = {
+    "shortcut.0": "_shortcut_conv",
+    "shortcut.1": "_norm0",
+    "body.0": "_temporal_conv",
+    "body.1": "_norm1",
+    "body.3": "_spatial_conv",
+    "body.4": "_norm2",
+    "body.6": "_expand_conv",
+    "body.7": "_norm3",
+}
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
@@ -90,8 +99,10 @@ def test_model_form_round_trip_with_head():
 def test_missing_variable_is_named():
     variables = tf_variables(r3d_tiny(), "backbone/")
     del variables["backbone/layer_with_weights-3/_norm2/moving_variance"]
-    with pytest.raises(convert_tf.ConvertError,
-                       match=r"1 variables missing .*layer_with_weights-3/_norm2/moving_variance .for res3.0.body.4"):
+    with pytest.raises(
+        convert_tf.ConvertError,
+        match=r"1 variables missing .*layer_with_weights-3/_norm2/moving_variance .for res3.0.body.4",
+    ):
         convert_tf.convert_variables(variables, where="ckpt-1")
 
 
@@ -99,8 +110,11 @@ def test_mismatched_shape_is_named_with_both_shapes():
     variables = tf_variables(r3d_tiny(), "backbone/")
     key = "backbone/layer_with_weights-4/_spatial_conv/kernel"
     variables[key] = np.zeros((1, 3, 3, 32, 33), np.float32)
-    with pytest.raises(convert_tf.ConvertError, match=r"mismatched shapes.*_spatial_conv/kernel \(33, 32, 1, 3, 3\) "
-                                                      r"for res4.0.body.3.weight \(32, 32, 1, 3, 3\)"):
+    with pytest.raises(
+        convert_tf.ConvertError,
+        match=r"mismatched shapes.*_spatial_conv/kernel \(33, 32, 1, 3, 3\) "
+        r"for res4.0.body.3.weight \(32, 32, 1, 3, 3\)",
+    ):
         convert_tf.convert_variables(variables)
 
 
@@ -113,8 +127,11 @@ def test_unrelated_or_foreign_checkpoints():
     # an R3D with a stage layout we do not build: (1, 1, 2, 1) blocks
     variables = tf_variables(r3d_tiny(), "backbone/")
     variables = {k.replace("layer_with_weights-5/", "layer_with_weights-9/"): v for k, v in variables.items()}
-    extra = {k.replace("layer_with_weights-4/", "layer_with_weights-5/"): v for k, v in variables.items()
-             if "layer_with_weights-4/" in k and "_shortcut" not in k and "_norm0" not in k}
+    extra = {
+        k.replace("layer_with_weights-4/", "layer_with_weights-5/"): v
+        for k, v in variables.items()
+        if "layer_with_weights-4/" in k and "_shortcut" not in k and "_norm0" not in k
+    }
     with pytest.raises(convert_tf.ConvertError, match="blocks per stage"):
         convert_tf.convert_variables({**variables, **extra})
 

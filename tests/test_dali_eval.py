@@ -1,20 +1,22 @@
-"""Evaluation pipelines: linear-probe training clips and the test views (clips x crops, per video together)."""
+"""Evaluation pipelines: linear-probe training clips and the test views (clips x crops, per video
+together)."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
+
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 pytest.importorskip("nvidia.dali")
 import torch
+from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
+from videos import decode_index
 
 from dali_pipelines.loaders import build_linear_loader, build_test_loader
 from dali_pipelines.manifest import read_manifest
 from fastcvrl.datasets.video import write_video
-
-from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
-from videos import decode_index
 
 LENGTHS = [40, 25, 4, 33, 50]  # 4 frames: shorter than one 4 x 2 clip, loops
 
@@ -97,8 +99,9 @@ def manifest_with_bad_files(tmp_path_factory):
 
 @pytest.mark.parametrize("batch", [1, 2, 4])  # batch 1: a batch whose only video is unreadable yields nothing
 @pytest.mark.parametrize("kind", ["linear", "test"])
-def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(manifest_with_bad_files, kind, batch,
-                                                                         caplog):
+def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(
+    manifest_with_bad_files, kind, batch, caplog
+):
     cfg = small_config()
     if kind == "linear":
         cfg.eval.batch_size = batch
@@ -114,7 +117,9 @@ def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(manifest_
             clip, label = batch_out[0], batch_out[1]
             video = loader.last_meta[:, 0].tolist()
             assert clip.shape[0] == views * label.shape[0] == views * len(video) > 0
-            assert (_index(clip)[1] == np.repeat(video, views)[:, None]).all()  # each row's frames: its own video's
+            assert (
+                _index(clip)[1] == np.repeat(video, views)[:, None]
+            ).all()  # each row's frames: its own video's
             assert label.tolist() == [entries[v].label for v in video]
             if kind == "test":
                 assert batch_out[2].tolist() == video
@@ -149,10 +154,15 @@ def test_test_crops_span_the_long_side(tmp_path, height, width):
     frame = np.stack([255 * ramp, 255 * ramp, 255 * ramp], -1).astype(np.uint8)
     write_video(tmp_path / "r.avi", np.repeat(frame[None], 10, 0), codec="mjpeg", gop=1)
     (tmp_path / "m.csv").write_text(
-        f"path,label,num_frames,fps,width,height,codec\nr.avi,0,10,25.0,{width},{height},mjpeg\n")
+        f"path,label,num_frames,fps,width,height,codec\nr.avi,0,10,25.0,{width},{height},mjpeg\n"
+    )
     cfg = small_config()
-    cfg.eval.short_side, cfg.eval.test_crop_size, cfg.eval.crop_size = 16, 16, 8  # test crops: the whole short side
-    (clips, _, _), = list(build_test_loader(cfg, str(tmp_path / "m.csv"), device="cpu"))
+    cfg.eval.short_side, cfg.eval.test_crop_size, cfg.eval.crop_size = (
+        16,
+        16,
+        8,
+    )  # test crops: the whole short side
+    ((clips, _, _),) = list(build_test_loader(cfg, str(tmp_path / "m.csv"), device="cpu"))
     assert clips.shape[-2:] == (16, 16)  # eval.test_crop_size, not the training clips' eval.crop_size
     means = clips.mean((1, 2, 3, 4)).view(3, 3)[:, 0]  # first clip of each crop
     assert means[0] < means[1] < means[2]
@@ -160,17 +170,28 @@ def test_test_crops_span_the_long_side(tmp_path, height, width):
 
 
 def test_gpu_variants_place_decoding_and_augmentation_on_the_gpu(manifest):
-    from dali_pipelines.pipelines import linear_pipeline, multiview_pipeline
     from dali_pipelines.host import LinearSource, MultiViewSource
+    from dali_pipelines.pipelines import linear_pipeline, multiview_pipeline
 
     cfg = small_config()
     entries = read_manifest(manifest)
-    linear = op_devices(linear_pipeline(LinearSource(entries, 2, cfg.eval, cfg.data, True), device="gpu",
-                                         crop_size=16, batch_size=2).serialize())
+    linear = op_devices(
+        linear_pipeline(
+            LinearSource(entries, 2, cfg.eval, cfg.data, True), device="gpu", crop_size=16, batch_size=2
+        ).serialize()
+    )
     assert linear["decoders__Video"] == {"mixed"}
     assert linear["Resize"] == {"gpu"} and linear["SequenceRearrange"] == {"gpu"}
-    test = op_devices(multiview_pipeline(MultiViewSource(entries, 2, cfg.eval), device="gpu", crop_size=16,
-                                          short_side=20, num_crops=3, batch_size=2).serialize())
+    test = op_devices(
+        multiview_pipeline(
+            MultiViewSource(entries, 2, cfg.eval),
+            device="gpu",
+            crop_size=16,
+            short_side=20,
+            num_crops=3,
+            batch_size=2,
+        ).serialize()
+    )
     assert test["decoders__Video"] == {"mixed"}
     for op in ("Resize", "SequenceRearrange", "Crop", "Stack"):
         assert test[op] == {"gpu"}, (op, test)

@@ -1,6 +1,8 @@
-"""Host-side trimming: the cut stream holds exactly the runs from a keyframe to the last packet each needed frame
+"""Host-side trimming: the cut stream holds exactly the runs from a keyframe to the last packet each needed
+frame
 requires, decodes on its own to the right frames (PyAV as the reference decoder; H.264 with and without
 B-frames), is written without opening the source again, and bad files are named."""
+
 from __future__ import annotations
 
 import io
@@ -8,11 +10,13 @@ import os
 
 import numpy as np
 import pytest
+
 av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
+
+from videos import decode_index, index_frames
 
 from dali_pipelines.packets import VideoReadError, build_index, keep_runs, trim
 from fastcvrl.datasets.video import keyframe_indices, write_video
-from videos import decode_index, index_frames
 
 
 @pytest.fixture(scope="module", params=["vp9", "mjpeg", "h264", "h264-bframes"])
@@ -55,7 +59,9 @@ def test_trimmed_stream_decodes_to_the_needed_frames(video):
         runs = keep_runs(idx, needed)
         packet = idx.packet_of_frame
         assert all(idx.keyframe[s] for s, _ in runs)  # every run starts at a keyframe
-        assert all(e in packet[needed] for _, e in runs)  # and ends at a needed frame's packet, not the GOP's end
+        assert all(
+            e in packet[needed] for _, e in runs
+        )  # and ends at a needed frame's packet, not the GOP's end
         assert tc.frames_decoded == len(frames) == sum(e - s + 1 for s, e in runs)
         groups = np.unique(np.searchsorted(keys, needed, side="right"))  # groups of pictures touched
         assert tc.frames_decoded <= len(groups) * np.diff(keys).max()
@@ -90,7 +96,8 @@ def test_trimming_opens_no_container(video, monkeypatch):
 
 
 def test_dali_decodes_the_matroska_writer(tmp_path):
-    """DALI's own demuxer reads the Matroska written by ``matroska.write`` (VP9 payloads: decodable on CPU)."""
+    """DALI's own demuxer reads the Matroska written by ``matroska.write`` (VP9 payloads: decodable on
+    CPU)."""
     from nvidia.dali import fn, pipeline_def
 
     from dali_pipelines import matroska
@@ -101,8 +108,18 @@ def test_dali_decodes_the_matroska_writer(tmp_path):
     idx = build_index(path)
     packets = np.arange(16, 30)  # a run from the keyframe at 16
     payloads, _ = _read_payloads(idx, packets, None)
-    enc = np.frombuffer(matroska.write("vp9", idx.width, idx.height, idx.extradata, payloads,
-                                       np.arange(len(packets)), idx.keyframe[packets]), np.uint8)
+    enc = np.frombuffer(
+        matroska.write(
+            "vp9",
+            idx.width,
+            idx.height,
+            idx.extradata,
+            payloads,
+            np.arange(len(packets)),
+            idx.keyframe[packets],
+        ),
+        np.uint8,
+    )
     want = np.array([1, 3, 13], np.int32)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)

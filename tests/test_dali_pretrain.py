@@ -1,23 +1,24 @@
 """The CVRL pretraining pipeline on the CPU: right frames, bounded decoding, per-clip augmentation, labels,
 shuffling, sharding, short and corrupt videos, and the GPU variant's graph."""
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import pytest
+
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 pytest.importorskip("nvidia.dali")
 import torch
+from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
+from videos import decode_index, index_color
 
-from dali_pipelines.packets import VideoReadError
 from dali_pipelines.host import PretrainSource
 from dali_pipelines.loaders import build_pretrain_loader, to_torch
 from dali_pipelines.manifest import read_manifest
+from dali_pipelines.packets import VideoReadError
 from fastcvrl.datasets.video import keyframe_indices
-
-from dali_videos import corrupt_payload, make_index_videos, make_static_video, op_devices, small_config
-from videos import decode_index, index_color
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7]  # 5 frames: shorter than one 4 x 2 clip (7 frames span), loops
 
@@ -100,8 +101,9 @@ def static_manifest(tmp_path_factory):
 def test_every_frame_of_a_clip_gets_the_same_augmentation(static_manifest, augment):
     """A static video stays static through crop, flip, colour jitter, grayscale, blur and solarize (all on);
     every clip (both views, every video, every epoch) got its own draw."""
-    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.2, crop_size=24, blur=True, solarize=True,
-                       augment=augment)
+    cfg = small_config(
+        color_jitter_prob=1.0, grayscale_prob=0.2, crop_size=24, blur=True, solarize=True, augment=augment
+    )
     loader = build_pretrain_loader(cfg, str(static_manifest), device="cpu", seed=0)
     clips = []
     for epoch in range(2):
@@ -130,8 +132,9 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
             if any(bool(src.sample(v)["solarize2"]) for v in range(4)):
                 break
     for augment in ("dali", "torch"):
-        cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, augment=augment,
-                           blur=blur, solarize=blur)
+        cfg = small_config(
+            color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, augment=augment, blur=blur, solarize=blur
+        )
         loader = build_pretrain_loader(cfg, str(static_manifest), device="cpu", seed=seed)
         out[augment] = [(v1.clone(), v2.clone(), m.copy()) for v1, v2, _, m in _epoch(loader)]
     for (a1, a2, ma), (b1, b2, mb) in zip(out["dali"], out["torch"]):
@@ -143,7 +146,8 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
 
 def test_colour_matches_the_numpy_reference(manifest):
     """Uniform index frames: the output colour is the reference's jitter (``apply_color_reference``) with the
-    host-drawn parameters applied to the input colour (on a uniform clip contrast keeps it: it is its mean)."""
+    host-drawn parameters applied to the input colour (on a uniform clip contrast keeps it: it is its
+    mean)."""
     from dali_pipelines.spatial import apply_color_reference
     from dali_pipelines.temporal import clip_indices
 
@@ -154,13 +158,20 @@ def test_colour_matches_the_numpy_reference(manifest):
     for v1, v2, _, meta in _epoch(loader):
         for b in range(len(meta)):
             s = source.sample(int(meta[b, 0]))  # same (seed, epoch, video) -> same draws
-            for view, (params, order) in ((v1, (s["color1"], s["color_order1"])), (v2, (s["color2"], s["color_order2"]))):
+            for view, (params, order) in (
+                (v1, (s["color1"], s["color_order1"])),
+                (v2, (s["color2"], s["color_order2"])),
+            ):
                 video = int(meta[b, 0])
                 start = int(meta[b, 2] if view is v1 else meta[b, 3])
                 frames = clip_indices(start, LENGTHS[video], cfg.data.num_frames, cfg.data.stride)
-                rgb = np.array([index_color(int(f), video % 16) for f in frames], np.float64) / 255.0  # (T, 3)
+                rgb = (
+                    np.array([index_color(int(f), video % 16) for f in frames], np.float64) / 255.0
+                )  # (T, 3)
                 want = apply_color_reference(rgb.reshape(-1, 1, 1, 3), params, order).reshape(-1, 3) * 255
-                got = view[b].mean((-1, -2)).numpy().T * 255  # (T, 3): every frame (contrast uses the clip mean)
+                got = (
+                    view[b].mean((-1, -2)).numpy().T * 255
+                )  # (T, 3): every frame (contrast uses the clip mean)
                 assert np.abs(got - want).max() < 6, (got, want)  # codec error on a uniform frame is small
                 checked += 1
     assert checked == 16
@@ -259,16 +270,27 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
 
     cfg = small_config(blur=True, solarize=True)
     src = PretrainSource(read_manifest(manifest), 4, cfg.data, seed=0)
-    pipe = pretrain_pipeline(src, device="gpu", crop_size=16, batch_size=4, device_id=None, blur=True,
-                             solarize=True)
+    pipe = pretrain_pipeline(
+        src, device="gpu", crop_size=16, batch_size=4, device_id=None, blur=True, solarize=True
+    )
     graph = op_devices(pipe.serialize())
     assert graph["decoders__Video"] == {"mixed"}
-    for op in ("SequenceRearrange", "Resize", "Cast", "reductions__Mean", "reductions__Max", "Stack",
-               "CoordTransform", "Slice", "GaussianBlur"):
+    for op in (
+        "SequenceRearrange",
+        "Resize",
+        "Cast",
+        "reductions__Mean",
+        "reductions__Max",
+        "Stack",
+        "CoordTransform",
+        "Slice",
+        "GaussianBlur",
+    ):
         assert graph[op] == {"gpu"}, (op, graph)
     assert "gpu" in graph["_ArithmeticGenericOp"]  # the colour ops and solarize (branch conditions: CPU)
-    cpu = op_devices(pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True,
-                                        solarize=True).serialize())
+    cpu = op_devices(
+        pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True, solarize=True).serialize()
+    )
     assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}
     assert set(graph) == set(cpu)  # one definition: the same operators
 
@@ -299,7 +321,8 @@ def test_gaps_read_back_from_the_pipeline_follow_the_rule(tmp_path):
 
 @pytest.mark.parametrize("augment", ["torch", "dali"])
 def test_views_in_the_trainers_dtype(manifest, augment):
-    """bf16 when the trainer trains in bf16: same values as float32 (to bf16 precision), still channels_last_3d;
+    """bf16 when the trainer trains in bf16: same values as float32 (to bf16 precision), still
+    channels_last_3d;
     mean/std from the config applied."""
     out = {}
     for precision in ("fp32", "bf16"):
@@ -311,8 +334,9 @@ def test_views_in_the_trainers_dtype(manifest, augment):
     assert out["bf16"].dtype == torch.bfloat16 and out["fp32"].dtype == torch.float32
     assert out["bf16"].is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(out["bf16"].float(), out["fp32"], atol=0.03, rtol=0.01)
-    raw = out["fp32"] * torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1, 1) + torch.tensor([0.4, 0.5, 0.6]).view(
-        1, 3, 1, 1, 1)
+    raw = out["fp32"] * torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1, 1) + torch.tensor(
+        [0.4, 0.5, 0.6]
+    ).view(1, 3, 1, 1, 1)
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # back in [0, 1] pixel units
     idx, _ = decode_index(raw.permute(0, 2, 3, 4, 1).numpy() * 255.0)
     assert idx[:, 0].tolist() == meta[:, 2].tolist()  # un-normalised, the index colours are back
@@ -360,7 +384,8 @@ def _count_opens(entries, cfg, cache, reads):
 
 
 def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_path):
-    """Resuming mid-epoch: ``iter_from(k)`` gives exactly batches k.. of ``iter()`` for that epoch, and decodes
+    """Resuming mid-epoch: ``iter_from(k)`` gives exactly batches k.. of ``iter()`` for that epoch, and
+    decodes
     none of the frames of the batches before k."""
     manifest = make_index_videos(tmp_path, [40, 33, 50, 64, 45, 38], codec="vp9", gop=8)
     cfg = small_config()
@@ -391,7 +416,8 @@ def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_p
 def test_clip_plan_restates_the_array_statement(manifest):
     """The source's clip plan (Python lists) against the array statement: the union of the two clips'
     ``temporal.clip_indices`` by ``np.unique(..., return_inverse=True)``, trimmed by ``packets.trim``, and the
-    views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones loop)."""
+    views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones
+    loop)."""
     from dali_pipelines import spatial, temporal
     from dali_pipelines.host import meta_field
     from dali_pipelines.packets import trim
@@ -411,17 +437,31 @@ def test_clip_plan_restates_the_array_statement(manifest):
             assert np.array_equal(got["encoded"], tc.encoded) and np.array_equal(got["frames"], tc.positions)
             assert got["order1"].dtype == np.int32
             assert np.array_equal(np.concatenate([got["order1"], got["order2"]]), inverse)
-            assert [int(meta_field(got["meta"], "start1")), int(meta_field(got["meta"], "start2"))] == starts.tolist()
+            assert [
+                int(meta_field(got["meta"], "start1")),
+                int(meta_field(got["meta"], "start2")),
+            ] == starts.tolist()
             for view in (1, 2):
-                box = spatial.random_resized_crop(rng, idx.height, idx.width, (c.min_area, c.max_area),
-                                                  (c.min_aspect, c.max_aspect))
+                box = spatial.random_resized_crop(
+                    rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
+                )
                 start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
-                params, order = spatial.color_params(rng, c.color_jitter_prob,
-                                                     (c.brightness, c.contrast, c.saturation, c.hue),
-                                                     c.grayscale_prob)
+                params, order = spatial.color_params(
+                    rng,
+                    c.color_jitter_prob,
+                    (c.brightness, c.contrast, c.saturation, c.hue),
+                    c.grayscale_prob,
+                )
                 sigma = spatial.blur_sigma(rng, c.blur_prob[view - 1])
                 sol = bool(rng.random() < c.solarize_prob[view - 1])
-                for name, want in (("roi_start", start), ("roi_end", end), ("color", params),
-                                   ("color_order", order), ("sigma", np.array(sigma, np.float32)),
-                                   ("solarize", np.array(sol))):
-                    assert got[f"{name}{view}"].dtype == want.dtype and np.array_equal(got[f"{name}{view}"], want)
+                for name, want in (
+                    ("roi_start", start),
+                    ("roi_end", end),
+                    ("color", params),
+                    ("color_order", order),
+                    ("sigma", np.array(sigma, np.float32)),
+                    ("solarize", np.array(sol)),
+                ):
+                    assert got[f"{name}{view}"].dtype == want.dtype and np.array_equal(
+                        got[f"{name}{view}"], want
+                    )

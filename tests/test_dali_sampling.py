@@ -1,8 +1,11 @@
-"""CVRL temporal sampling and sharding (pure NumPy): the gap follows the configured law, clips fit the video."""
+"""CVRL temporal sampling and sharding (pure NumPy): the gap follows the configured law, clips fit the
+video."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 stats = pytest.importorskip("scipy.stats")
 
@@ -11,7 +14,8 @@ from dali_pipelines.host import shard_order
 
 
 def _reference_pmf(m: int, rule: str, power: float) -> np.ndarray:
-    """The rule stated directly: density 1 - (g/M)^p (uniform: 1) integrated numerically over each frame bin."""
+    """The rule stated directly: density 1 - (g/M)^p (uniform: 1) integrated numerically over each frame
+    bin."""
     g = np.linspace(0.0, m, 200 * m + 1)
     dens = np.ones_like(g) if rule == "uniform" else 1.0 - (g / m) ** (1.0 if rule == "linear" else power)
     cell = (dens[1:] + dens[:-1]) / 2  # trapezoid per fine cell
@@ -66,7 +70,8 @@ def test_short_videos_loop_their_frames():
 
 
 def test_short_videos_get_two_independent_uniform_starts():
-    """L <= (T-1)s: no gap rule; the two starts are independent and uniform on [0, L) (as sample_ssl_sequence)."""
+    """L <= (T-1)s: no gap rule; the two starts are independent and uniform on [0, L) (as
+    sample_ssl_sequence)."""
     n, length = 20000, 10
     starts = temporal.sample_starts(np.random.default_rng(3), np.full(n, length), 8, 2)
     joint = np.zeros((length, length))
@@ -109,10 +114,18 @@ def test_shards_partition_every_epoch(world):
 @pytest.mark.parametrize("rule", ["linear", "uniform"])
 def test_one_video_scalar_starts_match_the_array_path(rule):
     """``sample_starts`` for one video takes ``starts_one`` (Python floats): the same starts, from the same
-    three uniforms, as the vectorised path over a one-video array, for long, exact and short (looping) videos."""
+    three uniforms, as the vectorised path over a one-video array, for long, exact and short (looping)
+    videos."""
     for seed in range(300):
-        n = 1 + seed % 97  # 1..97 frames: shorter than, equal to and longer than a 16 x 2 clip's 31-frame reach
+        n = (
+            1 + seed % 97
+        )  # 1..97 frames: shorter than, equal to and longer than a 16 x 2 clip's 31-frame reach
         for frames, stride in ((16, 2), (4, 2), (1, 1)):
             scalar = temporal.sample_starts(np.random.default_rng(seed), n, frames, stride, rule)
             array = temporal.sample_starts(np.random.default_rng(seed), np.array([n]), frames, stride, rule)
-            assert scalar.dtype == array.dtype and scalar.tolist() == array.tolist(), (seed, n, frames, stride)
+            assert scalar.dtype == array.dtype and scalar.tolist() == array.tolist(), (
+                seed,
+                n,
+                frames,
+                stride,
+            )

@@ -1,6 +1,7 @@
 """A file the decoder refuses before decoding (PyAV decodes it, DALI's decoder does not) is named alone: the
 failure path decodes each sample of the failed batch by itself. On the CPU an H.264 file stands in for what
 the GPU decoder refuses ("Failed to create video decoder": MJPEG, MPEG-2, a size below NVDEC's minimum)."""
+
 from __future__ import annotations
 
 import logging
@@ -10,13 +11,13 @@ import pytest
 pytest.importorskip("nvidia.dali")
 pytest.importorskip("av")
 
-from dali_pipelines.packets import VideoReadError  # noqa: E402
-from dali_pipelines.loaders import build_linear_loader, build_pretrain_loader  # noqa: E402
-from fastcvrl.datasets.video import write_video  # noqa: E402
-from dali_pipelines.manifest import VideoEntry, read_manifest, write_manifest  # noqa: E402
-
 from dali_videos import make_index_videos, small_config  # noqa: E402
 from videos import index_frames  # noqa: E402
+
+from dali_pipelines.loaders import build_linear_loader, build_pretrain_loader  # noqa: E402
+from dali_pipelines.manifest import VideoEntry, read_manifest, write_manifest  # noqa: E402
+from dali_pipelines.packets import VideoReadError  # noqa: E402
+from fastcvrl.datasets.video import write_video  # noqa: E402
 
 
 @pytest.fixture

@@ -1,16 +1,16 @@
 """fastcvrl.dist: single-process fallbacks, and NT-Xent gradients across two gloo processes under DDP."""
+
 from __future__ import annotations
 
 import os
 
 import torch
 import torch.multiprocessing as mp
+from processes import free_port
 from torch import nn
 
 from fastcvrl import dist as fdist
 from fastcvrl.loss import nt_xent
-
-from processes import free_port
 
 WORLD, N, D_IN = 2, 4, 10  # per-rank batch N; global batch WORLD * N
 
@@ -34,8 +34,13 @@ def _step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, gather=None) -> 
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     env = fdist.init_distributed()
     try:
@@ -44,15 +49,18 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         sl = slice(rank * N, (rank + 1) * N)
         loss = _step(model, x1[sl], x2[sl], fdist.gather_with_grad)
         gathered = fdist.gather_with_grad(torch.full((N, 3), float(rank)))
-        torch.save({
-            "env": (env.rank, env.world_size, env.local_rank, env.distributed, str(env.device)),
-            "grads": [p.grad.clone() for p in model.module.parameters()],
-            "loss": loss,
-            "loss_mean": fdist.all_reduce_mean(loss),
-            "gathered": gathered,
-            "is_main": fdist.is_main(),
-            "gather_rank": fdist.gather_with_grad.rank,
-        }, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "env": (env.rank, env.world_size, env.local_rank, env.distributed, str(env.device)),
+                "grads": [p.grad.clone() for p in model.module.parameters()],
+                "loss": loss,
+                "loss_mean": fdist.all_reduce_mean(loss),
+                "gathered": gathered,
+                "is_main": fdist.is_main(),
+                "gather_rank": fdist.gather_with_grad.rank,
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
         fdist.barrier()
     finally:
         fdist.destroy()
@@ -99,14 +107,21 @@ class _OldDDP(nn.parallel.DistributedDataParallel):
     """DDP as torch < 2.13 presents it: no ``forward_sync_buffers`` keyword."""
 
     def __init__(self, module, device_ids=None, static_graph=False, broadcast_buffers=True):
-        super().__init__(module, device_ids=device_ids, static_graph=static_graph, broadcast_buffers=broadcast_buffers)
+        super().__init__(
+            module, device_ids=device_ids, static_graph=static_graph, broadcast_buffers=broadcast_buffers
+        )
 
 
 def _api_worker(rank: int, port: int, out_dir: str, old_api: bool) -> None:
     import warnings
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     if old_api:  # hide the new names, as on older torch
         import torch.distributed as td
@@ -123,10 +138,14 @@ def _api_worker(rank: int, port: int, out_dir: str, old_api: bool) -> None:
             x1, x2 = _data()
             sl = slice(rank * N, (rank + 1) * N)
             _step(model, x1[sl], x2[sl], fdist.gather_with_grad)
-        torch.save({"grads": [p.grad.clone() for p in model.module.parameters()],
-                    "future": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
-                    "type": type(model).__name__},
-                   os.path.join(out_dir, f"api{rank}.pt"))
+        torch.save(
+            {
+                "grads": [p.grad.clone() for p in model.module.parameters()],
+                "future": [str(w.message) for w in caught if issubclass(w.category, FutureWarning)],
+                "type": type(model).__name__,
+            },
+            os.path.join(out_dir, f"api{rank}.pt"),
+        )
         fdist.barrier()
     finally:
         fdist.destroy()

@@ -1,5 +1,6 @@
 """Linear probe and evaluation: the probe learns what the features hold (and nothing else), the 30-view
 averaging groups views by video, the frozen backbone stays frozen, fine-tuning trains it, checkpoints load."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,6 @@ from fastcvrl.eval.evaluate import EvalError
 from fastcvrl.eval.features import ClipFeatures, clip_features
 from fastcvrl.eval.finetune import Classifier, finetune, predict_videos
 from fastcvrl.eval.linear import linear_probe, probe_features, video_scores
-from fastcvrl.eval.weights import load_backbone
 from fastcvrl.eval.probe import (
     ViewAverager,
     average_views,
@@ -26,9 +26,12 @@ from fastcvrl.eval.probe import (
     train_linear,
     video_result,
 )
+from fastcvrl.eval.weights import load_backbone
 
 
-def _gaussian_classes(n: int, means: torch.Tensor, g: torch.Generator, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _gaussian_classes(
+    n: int, means: torch.Tensor, g: torch.Generator, noise: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.randint(0, means.shape[0], (n,), generator=g)
     return means[y] + noise * torch.randn(n, means.shape[1], generator=g), y
 
@@ -78,11 +81,14 @@ def test_probe_schedule_warms_up_linearly_then_decays_by_cosine():
     assert s.value_at(49) == pytest.approx(8.0) and s.value_at(50) == pytest.approx(8.0)
     assert s.value_at(50 + 475) == pytest.approx(4.0)  # half way through the cosine
     assert s.value_at(1000) == pytest.approx(0.0, abs=1e-12)
-    assert probe_schedule(1.0, 10, 3, 0).value_at(0) == pytest.approx(1.0)  # no warm-up: cosine from the start
+    assert probe_schedule(1.0, 10, 3, 0).value_at(0) == pytest.approx(
+        1.0
+    )  # no warm-up: cosine from the start
 
 
 def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
-    """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the batch
+    """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the
+    batch
     (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
     seen: list[tuple] = []
     step = torch.optim.SGD.step
@@ -97,8 +103,15 @@ def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
     feats, labels = torch.randn(512, 16, generator=g), torch.randint(0, 4, (512,), generator=g)
     test = ClipFeatures([feats[:8]], labels[:8], torch.arange(8))
     cfg = Config()
-    assert (cfg.eval.lr, cfg.eval.base_batch_size, cfg.eval.batch_size, cfg.eval.warmup_epochs) == (32.0, 1024, 256, 5.0)
-    probe_features([feats], [labels], test, 0, num_classes=4, num_test_videos=8, cfg=cfg, device=torch.device("cpu"))
+    assert (cfg.eval.lr, cfg.eval.base_batch_size, cfg.eval.batch_size, cfg.eval.warmup_epochs) == (
+        32.0,
+        1024,
+        256,
+        5.0,
+    )
+    probe_features(
+        [feats], [labels], test, 0, num_classes=4, num_test_videos=8, cfg=cfg, device=torch.device("cpu")
+    )
     lrs = [s[0] for s in seen]
     assert len(lrs) == 100 * 2  # 100 epochs of 2 batches of 256
     assert {s[1:] for s in seen} == {(0.9, False, 0.0)}
@@ -220,13 +233,27 @@ def _loaders(g: torch.Generator):
     train_y = torch.arange(48) % 3
     test_y = torch.arange(12) % 3
     train = [(_colour_clips(y, g), y) for y in train_y.split(16)]
-    test = [(_colour_clips(y, g, views=6), y, idx) for y, idx in zip(test_y.split(4), torch.arange(12).split(4))]
+    test = [
+        (_colour_clips(y, g, views=6), y, idx) for y, idx in zip(test_y.split(4), torch.arange(12).split(4))
+    ]
     return train, test
 
 
 def _cfg(**eval_overrides) -> Config:
-    return merge(Config(), {"eval": {"epochs": 30, "batch_size": 16, "lr": 1.0, "base_batch_size": 16,
-                                     "finetune_lr": 1.0, "warmup_epochs": 1, **eval_overrides}})
+    return merge(
+        Config(),
+        {
+            "eval": {
+                "epochs": 30,
+                "batch_size": 16,
+                "lr": 1.0,
+                "base_batch_size": 16,
+                "finetune_lr": 1.0,
+                "warmup_epochs": 1,
+                **eval_overrides,
+            }
+        },
+    )
 
 
 def test_linear_probe_keeps_the_backbone_frozen_and_learns():
@@ -236,15 +263,24 @@ def test_linear_probe_keeps_the_backbone_frozen_and_learns():
     net = _TinyNet()
     _ = net(torch.randn(16, 3, 2, 4, 4))  # give BN non-trivial running statistics
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    out = linear_probe(net, [train, train], test, num_classes=3, num_test_videos=12, cfg=_cfg(),
-                       device=torch.device("cpu"), log=lambda s: None)
+    out = linear_probe(
+        net,
+        [train, train],
+        test,
+        num_classes=3,
+        num_test_videos=12,
+        cfg=_cfg(),
+        device=torch.device("cpu"),
+        log=lambda s: None,
+    )
     for k, v in net.state_dict().items():  # weights and BN running stats untouched (BN in eval mode)
         torch.testing.assert_close(v, before[k], msg=f"{k} changed during the linear probe")
     assert out["top1"] > 0.9 and out["train_top1"] > 0.9
 
 
 def test_cached_view_features_give_the_same_video_scores_as_the_full_model():
-    # The probe scores test videos from cached per-view features; the obvious path runs backbone + head per batch.
+    # The probe scores test videos from cached per-view features; the obvious path runs backbone + head per
+    # batch.
     g = torch.Generator().manual_seed(6)
     torch.manual_seed(0)
     _, test = _loaders(g)
@@ -264,8 +300,16 @@ def test_finetune_trains_the_backbone_too():
     train, test = _loaders(g)
     net = _TinyNet()
     w0 = net.conv.weight.detach().clone()
-    out = finetune(net, lambda epoch: train, test, num_classes=3, num_test_videos=12, cfg=_cfg(epochs=15),
-                   device=torch.device("cpu"), log=lambda s: None)
+    out = finetune(
+        net,
+        lambda epoch: train,
+        test,
+        num_classes=3,
+        num_test_videos=12,
+        cfg=_cfg(epochs=15),
+        device=torch.device("cpu"),
+        log=lambda s: None,
+    )
     assert not torch.equal(net.conv.weight, w0)
     assert out["top1"] > 0.9
 
@@ -283,11 +327,17 @@ def test_load_backbone_formats(tmp_path, layout):
     bb = build_backbone("r3d_tiny")
     sd = bb.state_dict()
     if layout == "trainer":  # a CVRLModel state dict plus the run's config; cfg given says r3d50
-        obj = {"step": 10, "model": {f"backbone.{k}": v for k, v in sd.items()} | {"head.w": torch.zeros(1)},
-               "config": to_dict(_tiny_cfg())}
+        obj = {
+            "step": 10,
+            "model": {f"backbone.{k}": v for k, v in sd.items()} | {"head.w": torch.zeros(1)},
+            "config": to_dict(_tiny_cfg()),
+        }
         cfg = Config()
     elif layout == "exported":  # train.py's backbone.pt: arch/width recorded beside the weights
-        obj, cfg = {"arch": "r3d_tiny", "width": 1, "out_dim": bb.out_dim, "step": 10, "state_dict": sd}, Config()
+        obj, cfg = (
+            {"arch": "r3d_tiny", "width": 1, "out_dim": bb.out_dim, "step": 10, "state_dict": sd},
+            Config(),
+        )
     elif layout == "bare":
         obj, cfg = sd, _tiny_cfg()
     else:
@@ -315,9 +365,22 @@ def test_load_backbone_errors_name_the_file(tmp_path):
 
 def test_cli_reports_a_missing_manifest(tmp_path):
     missing = tmp_path / "absent" / "manifest.csv"
-    r = subprocess.run([sys.executable, "-m", "fastcvrl.eval", "--random-init", "--train-manifest", str(missing),
-                        "--test-manifest", str(missing), "--model.arch=r3d_tiny"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastcvrl.eval",
+            "--random-init",
+            "--train-manifest",
+            str(missing),
+            "--test-manifest",
+            str(missing),
+            "--model.arch=r3d_tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "manifest not found" in r.stderr and str(missing) in r.stderr
 
@@ -328,14 +391,26 @@ def tiny_synthetic(tmp_path_factory):
     from fastcvrl.datasets.synthetic import ensure_synthetic
 
     root = tmp_path_factory.mktemp("syn") / "d"
-    return ensure_synthetic(root, num_classes=2, videos_per_class=4, test_videos_per_class=2, size=32,
-                            num_frames=24, workers=1)
+    return ensure_synthetic(
+        root, num_classes=2, videos_per_class=4, test_videos_per_class=2, size=32, num_frames=24, workers=1
+    )
 
 
-TINY = ["--model.arch=r3d_tiny", "--data.device=cpu", "--data.num_threads=1", "--eval.num_frames=4",
-        "--eval.stride=2", "--eval.crop_size=32", "--eval.short_side=36", "--eval.test_crop_size=36",
-        "--eval.batch_size=4", "--eval.test_clips=2", "--eval.epochs=3", "--eval.warmup_epochs=1",
-        "--eval.feature_passes=2"]
+TINY = [
+    "--model.arch=r3d_tiny",
+    "--data.device=cpu",
+    "--data.num_threads=1",
+    "--eval.num_frames=4",
+    "--eval.stride=2",
+    "--eval.crop_size=32",
+    "--eval.short_side=36",
+    "--eval.test_crop_size=36",
+    "--eval.batch_size=4",
+    "--eval.test_clips=2",
+    "--eval.epochs=3",
+    "--eval.warmup_epochs=1",
+    "--eval.feature_passes=2",
+]
 
 
 def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
@@ -346,8 +421,19 @@ def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
     train_m, test_m = tiny_synthetic
     out = tmp_path / "ev"
     # a GPU run's config says bf16: on the CPU evaluation runs in fp32 (bf16 clips into an fp32 model crashed)
-    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY,
-                "--train.precision=bf16"])
+    res = main(
+        [
+            "--random-init",
+            "--train-manifest",
+            train_m,
+            "--test-manifest",
+            test_m,
+            "--out",
+            str(out),
+            *TINY,
+            "--train.precision=bf16",
+        ]
+    )
     saved = json.loads((out / "eval.json").read_text())
     assert saved["top1"] == res["top1"] and 0.0 <= saved["top1"] <= 1.0
     assert saved["num_test_videos"] == 4 and saved["views_per_video"] == 6 and saved["feature_passes"] == 2
@@ -379,7 +465,9 @@ def test_cli_leaves_an_unreadable_test_video_out_and_names_it(tiny_synthetic, tm
     train_m, test_m = tiny_synthetic
     test_m, broken = _with_broken_file(test_m, 1, tmp_path, "test.csv")
     out = tmp_path / "ev"
-    res = main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY])
+    res = main(
+        ["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *TINY]
+    )
     saved = json.loads((out / "eval.json").read_text())
     assert saved["num_test_videos"] == 4 and saved["num_scored_videos"] == 3
     assert saved["unreadable_test_videos"] == [broken] and saved["unreadable_train_videos"] == []
@@ -416,12 +504,26 @@ def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp
     from fastcvrl.eval.evaluate import main
 
     train_m, test_m = tiny_synthetic
-    with pytest.raises(EvalError, match=r"manifest.csv: 8 videos, fewer than one training batch \(eval.batch_size=16\)"):
-        main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(tmp_path),
-              *TINY, "--eval.batch_size=16"])
+    with pytest.raises(
+        EvalError, match=r"manifest.csv: 8 videos, fewer than one training batch \(eval.batch_size=16\)"
+    ):
+        main(
+            [
+                "--random-init",
+                "--train-manifest",
+                train_m,
+                "--test-manifest",
+                test_m,
+                "--out",
+                str(tmp_path),
+                *TINY,
+                "--eval.batch_size=16",
+            ]
+        )
 
 
-# ------------------------------------------------------------------------------------ inputs against each other
+# ------------------------------------------------------------------------------------ inputs against each
+# other
 def test_precision_follows_the_device(monkeypatch):
     from fastcvrl.eval.precision import eval_precision
 
@@ -429,7 +531,12 @@ def test_precision_follows_the_device(monkeypatch):
         assert eval_precision(p, "cpu") == "fp32"
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert [eval_precision(p, cuda) for p in ("auto", "fp32", "bf16", "fp16")] == ["bf16", "fp32", "bf16", "fp16"]
+    assert [eval_precision(p, cuda) for p in ("auto", "fp32", "bf16", "fp16")] == [
+        "bf16",
+        "fp32",
+        "bf16",
+        "fp16",
+    ]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
     assert eval_precision("bf16", cuda) == "fp16" and eval_precision("auto", cuda) == "fp16"
     with pytest.raises(ValueError, match="train.precision"):
@@ -461,7 +568,9 @@ def test_test_labels_follow_the_training_classes_by_name(tmp_path):
     s = match_splits(train, test, log=said.append)
     assert [e.label for e in s.test] == [0, 2, 2] and s.remapped and s.num_classes == 3
     assert len(said) == 1 and "renumbered by class name" in said[0] and "classes.txt" in said[0]
-    same = match_splits(train, _split(tmp_path / "same", [2, 0], ["archery", "bowling", "cycling"]), log=said.append)
+    same = match_splits(
+        train, _split(tmp_path / "same", [2, 0], ["archery", "bowling", "cycling"]), log=said.append
+    )
     assert [e.label for e in same.test] == [2, 0] and not same.remapped and len(said) == 1
 
 
@@ -470,7 +579,9 @@ def test_test_classes_the_training_split_lacks_are_named(tmp_path):
 
     train = _split(tmp_path / "train", [0, 1], ["archery", "bowling"])
     test = _split(tmp_path / "test", [0, 1], ["archery", "zumba"])
-    with pytest.raises(EvalError, match=r"test/manifest.csv: test class\(es\) 1 \(zumba\) are not among the 2 classes"):
+    with pytest.raises(
+        EvalError, match=r"test/manifest.csv: test class\(es\) 1 \(zumba\) are not among the 2 classes"
+    ):
         match_splits(train, test, log=lambda s: None)
     # without classes.txt the labels are compared by number
     bare_train = _split(tmp_path / "bare_train", [0, 1, 0], None)
@@ -490,18 +601,39 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     import os
 
     env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    return subprocess.run([sys.executable, "-m", "fastcvrl.eval", *args], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fastcvrl.eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
 
 
-@pytest.mark.parametrize("override,key", [("--eval.epochs=0", "eval.epochs"), ("--eval.batch_size=0", "eval.batch_size"),
-                                          ("--eval.test_clips=0", "eval.test_clips"),
-                                          ("--eval.warmup_epochs=200", "eval.warmup_epochs")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("--eval.epochs=0", "eval.epochs"),
+        ("--eval.batch_size=0", "eval.batch_size"),
+        ("--eval.test_clips=0", "eval.test_clips"),
+        ("--eval.warmup_epochs=200", "eval.warmup_epochs"),
+    ],
+)
 def test_cli_refuses_bad_eval_keys_before_any_work(tmp_path, override, key):
     train = _split(tmp_path / "train", [0, 1], ["a", "b"])
     out = tmp_path / "out"
-    r = _cli("--random-init", "--train-manifest", train, "--test-manifest", train, "--out", str(out),
-             "--model.arch=r3d_tiny", override)
+    r = _cli(
+        "--random-init",
+        "--train-manifest",
+        train,
+        "--test-manifest",
+        train,
+        "--out",
+        str(out),
+        "--model.arch=r3d_tiny",
+        override,
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and key in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
@@ -513,7 +645,15 @@ def test_cli_refuses_a_random_file_as_checkpoint_in_one_line(tmp_path):
     train = _split(tmp_path / "train", [0, 1], ["a", "b"])
     junk = tmp_path / "backbone.pt"
     junk.write_bytes(os.urandom(4096))
-    r = _cli("--checkpoint", str(junk), "--train-manifest", train, "--test-manifest", train, "--model.arch=r3d_tiny")
+    r = _cli(
+        "--checkpoint",
+        str(junk),
+        "--train-manifest",
+        train,
+        "--test-manifest",
+        train,
+        "--model.arch=r3d_tiny",
+    )
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and str(junk) in r.stderr and "cannot read the checkpoint" in r.stderr
     assert "weights_only" not in r.stderr and "Traceback" not in r.stderr

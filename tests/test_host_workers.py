@@ -2,6 +2,7 @@
 batches as the serial in-thread path for the same seed, across epochs and resumption; unreadable and
 undecodable videos named once and replaced (training) or left out (evaluation) as without workers; workers
 gone after ``close``. No timing is asserted; waits poll with deadlines."""
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,11 @@ import torch
 
 pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 pytest.importorskip("nvidia.dali")
+from dali_videos import corrupt_payload, make_index_videos, small_config
+
 from dali_pipelines.host import META_FIELDS  # noqa: E402
 from dali_pipelines.loaders import build_linear_loader, build_pretrain_loader, resolve_host_workers
 from dali_pipelines.manifest import read_manifest
-
-from dali_videos import corrupt_payload, make_index_videos, small_config
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7, 40, 52, 30, 45]
 
@@ -90,9 +91,12 @@ def test_workers_deliver_the_serial_batches(manifest, augment):
 def test_workers_resume_mid_epoch_like_the_serial_path(manifest):
     metas = {}
     for workers in (0, 2):
-        loader = build_pretrain_loader(small_config(host_workers=workers), str(manifest), device="cpu", seed=5)
-        metas[workers] = [b[4] for b in _batches(loader, epochs=(2,), start=1)] + \
-                         [b[4] for b in _batches(loader, epochs=(3,))]  # and the next epoch from its start
+        loader = build_pretrain_loader(
+            small_config(host_workers=workers), str(manifest), device="cpu", seed=5
+        )
+        metas[workers] = [b[4] for b in _batches(loader, epochs=(2,), start=1)] + [
+            b[4] for b in _batches(loader, epochs=(3,))
+        ]  # and the next epoch from its start
         loader.close()
     assert len(metas[0]) == len(metas[2]) == 2 + 3
     assert all(_same(a, b) for a, b in zip(metas[0], metas[2]))
@@ -106,7 +110,9 @@ def test_unreadable_file_named_once_and_replaced_with_workers(tmp_path, caplog):
     metas = {}
     for workers in (0, 2):
         caplog.clear()
-        loader = build_pretrain_loader(small_config(host_workers=workers), str(manifest), device="cpu", seed=0)
+        loader = build_pretrain_loader(
+            small_config(host_workers=workers), str(manifest), device="cpu", seed=0
+        )
         with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
             metas[workers] = [b[4] for b in _batches(loader, epochs=(0, 1, 2))]
         assert _named(caplog, bad) == 1, caplog.text  # named once, by the loader's process

@@ -1,5 +1,6 @@
 """Weighted kNN monitor: fast path vs loop reference, the weighting rule, the monitor's mode handling, the
 capped bank and queries, and two gloo ranks giving the single process's result."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,11 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from processes import free_port
 from torch import nn
 
 from fastcvrl.eval.features import clip_features, video_features
 from fastcvrl.eval.knn import capped_rows, knn_monitor, knn_predict, knn_predict_reference, topk_accuracy
-
-from processes import free_port
 
 
 @pytest.mark.parametrize("k,chunk", [(7, 1024), (7, 3), (500, 4)])  # k > N is capped; several chunks
@@ -35,7 +35,8 @@ def _unit(angle_deg: float) -> list[float]:
 
 
 def test_weighting_prefers_one_close_neighbour_over_three_far_ones_at_low_temperature():
-    # Query at angle 0. Class 0: one training clip at 0 deg (sim 1). Class 1: three clips at +-36.87 deg (sim 0.8).
+    # Query at angle 0. Class 0: one training clip at 0 deg (sim 1). Class 1: three clips at +-36.87 deg (sim
+    # 0.8).
     s = 0.8
     far = math.degrees(math.acos(s))
     train = torch.tensor([_unit(0), _unit(far), _unit(-far), _unit(far)])
@@ -105,7 +106,9 @@ def test_video_features_average_contiguous_views():
     y = torch.tensor([0, 2, 1])
     clips = _clips(y, g, views=4)  # (12, 3, 2, 4, 4), views of a video contiguous
     backbone = _MeanColour()
-    feats, labels, videos = video_features(clip_features([backbone], [(clips, y, torch.tensor([5, 1, 3]))], "cpu"))
+    feats, labels, videos = video_features(
+        clip_features([backbone], [(clips, y, torch.tensor([5, 1, 3]))], "cpu")
+    )
     per_view = torch.nn.functional.normalize(clips.mean(dim=(2, 3, 4)), dim=1).view(3, 4, 3).mean(1)
     want = torch.nn.functional.normalize(per_view, dim=1)
     assert videos.tolist() == [1, 3, 5]  # ascending video ids
@@ -118,14 +121,27 @@ def test_capped_rows_are_a_fixed_seeded_subset():
     assert len(a) == len(set(a)) == 100 and a == sorted(a) and 0 <= a[0] and a[-1] < 1000
     assert a == capped_rows(1000, 100, seed=3, purpose=0)  # the same on every rank and call
     assert a != capped_rows(1000, 100, seed=4, purpose=0) and a != capped_rows(1000, 100, seed=3, purpose=1)
-    assert capped_rows(10, 0, 0, 0) == capped_rows(10, 10, 0, 0) == capped_rows(10, 50, 0, 0) == list(range(10))
+    assert (
+        capped_rows(10, 0, 0, 0) == capped_rows(10, 10, 0, 0) == capped_rows(10, 50, 0, 0) == list(range(10))
+    )
 
 
 # ------------------------------------------------------------------------------ sharded over two gloo ranks
 WORLD = 2
-KNN = ["--model.arch=r3d_tiny", "--data.device=cpu", "--data.num_threads=1", "--eval.num_frames=4",
-       "--eval.stride=2", "--eval.crop_size=32", "--eval.short_side=36", "--eval.batch_size=2",
-       "--eval.knn_bank_size=7", "--eval.knn_query_size=5", "--eval.knn_k=3", "--train.seed=5"]
+KNN = [
+    "--model.arch=r3d_tiny",
+    "--data.device=cpu",
+    "--data.num_threads=1",
+    "--eval.num_frames=4",
+    "--eval.stride=2",
+    "--eval.crop_size=32",
+    "--eval.short_side=36",
+    "--eval.batch_size=2",
+    "--eval.knn_bank_size=7",
+    "--eval.knn_query_size=5",
+    "--eval.knn_k=3",
+    "--train.seed=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +149,9 @@ def knn_set(tmp_path_factory):
     from fastcvrl.datasets.synthetic import ensure_synthetic
 
     root = tmp_path_factory.mktemp("knn") / "d"
-    return ensure_synthetic(root, num_classes=2, videos_per_class=5, test_videos_per_class=3, size=32,
-                            num_frames=16, workers=1)
+    return ensure_synthetic(
+        root, num_classes=2, videos_per_class=5, test_videos_per_class=3, size=32, num_frames=16, workers=1
+    )
 
 
 def _knn_run(train_m: str, test_m: str) -> dict:
@@ -147,13 +164,24 @@ def _knn_run(train_m: str, test_m: str) -> dict:
     backbone = build_backbone("r3d_tiny")
     monitor = KnnMonitor(cfg, train_m, test_m, "cpu", log=lambda s: None)
     bank = monitor.bank(backbone)
-    return {"stats": monitor(backbone), "bank": bank.feats[0], "labels": bank.labels, "video": bank.video,
-            "bank_rows": monitor.bank_rows, "query_rows": monitor.query_rows}
+    return {
+        "stats": monitor(backbone),
+        "bank": bank.feats[0],
+        "labels": bank.labels,
+        "video": bank.video,
+        "bank_rows": monitor.bank_rows,
+        "query_rows": monitor.query_rows,
+    }
 
 
 def _knn_worker(rank: int, port: int, train_m: str, test_m: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
@@ -167,7 +195,9 @@ def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
     train_m, test_m = knn_set
     ctx = mp.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=_knn_worker, args=(r, port, train_m, test_m, str(tmp_path))) for r in range(WORLD)]
+    procs = [
+        ctx.Process(target=_knn_worker, args=(r, port, train_m, test_m, str(tmp_path))) for r in range(WORLD)
+    ]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 300
@@ -199,9 +229,9 @@ def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
 def test_monitor_checks_the_splits_when_built(tmp_path):
     """The trainer builds the monitor before its first epoch: a validation class the training split lacks is
     refused then, naming it, not at the first kNN epoch."""
+    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
     from fastcvrl.config import Config
     from fastcvrl.eval.knn import EvalError, KnnMonitor
-    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
 
     for split, labels, names in (("train", [0, 1, 0], ["walk", "run"]), ("val", [0, 1], ["walk", "swim"])):
         folder = tmp_path / split
@@ -213,4 +243,6 @@ def test_monitor_checks_the_splits_when_built(tmp_path):
         write_manifest(folder / "manifest.csv", entries)
         write_classes(folder / "classes.txt", names)
     with pytest.raises(EvalError, match=r"val/manifest.csv: test class\(es\) 1 \(swim\) are not among"):
-        KnnMonitor(Config(), str(tmp_path / "train" / "manifest.csv"), str(tmp_path / "val" / "manifest.csv"), "cpu")
+        KnnMonitor(
+            Config(), str(tmp_path / "train" / "manifest.csv"), str(tmp_path / "val" / "manifest.csv"), "cpu"
+        )

@@ -1,4 +1,5 @@
 """NT-Xent: agreement with the loop reference, the cross-rank semantics via a simulated gather, accuracy."""
+
 from __future__ import annotations
 
 import ast

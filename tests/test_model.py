@@ -1,4 +1,5 @@
 """R3D backbone, projection head, memory formats, autocast and the FLOP counter."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,20 @@ import torch
 from torch import nn
 
 from fastcvrl.config import ModelConfig
-from fastcvrl.model import (Bottleneck3D, CVRLModel, ProjectionHead, SameConv3d, SameMaxPool3d, build_backbone,
-                            build_model, count_params, flops_per_clip, r3d, r3d_tiny, tf_same_pad)
+from fastcvrl.model import (
+    Bottleneck3D,
+    CVRLModel,
+    ProjectionHead,
+    SameConv3d,
+    SameMaxPool3d,
+    build_backbone,
+    build_model,
+    count_params,
+    flops_per_clip,
+    r3d,
+    r3d_tiny,
+    tf_same_pad,
+)
 
 
 def _meta(fn, *args):
@@ -26,7 +39,9 @@ def test_r3d50_parameter_count_matches_reference():
 def test_r3d50_structure_follows_video_ssl_definition():
     m = _meta(r3d, 50)
     stem_conv = m.stem[0]
-    assert stem_conv.out_channels == 64 and stem_conv.kernel_size == (5, 7, 7) and stem_conv.stride == (2, 2, 2)
+    assert (
+        stem_conv.out_channels == 64 and stem_conv.kernel_size == (5, 7, 7) and stem_conv.stride == (2, 2, 2)
+    )
     pool = m.stem[3]
     assert isinstance(pool, nn.MaxPool3d) and pool.kernel_size == (1, 3, 3) and pool.stride == (1, 2, 2)
     stages = [m.res2, m.res3, m.res4, m.res5]
@@ -48,7 +63,9 @@ def test_r3d50_feature_map_shapes_on_meta():
     m = _meta(r3d, 50)
     shapes = {}
     for name in ("stem", "res2", "res3", "res4", "res5"):
-        getattr(m, name).register_forward_hook(lambda mod, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
+        getattr(m, name).register_forward_hook(
+            lambda mod, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))
+        )
     out = m(torch.empty(2, 3, 16, 224, 224, device="meta"))
     assert tuple(out.shape) == (2, 2048) and m.out_dim == 2048
     assert shapes["stem"] == (2, 64, 8, 56, 56)
@@ -84,7 +101,9 @@ def test_batchnorm_follows_reference():
     # the reference does not zero-init the last BN gamma of a residual block
     assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in bns)
     hbns = [b for b in m.head.modules() if isinstance(b, nn.BatchNorm1d)]
-    assert len(hbns) == 3 and all(b.momentum == pytest.approx(0.003) and b.eps == pytest.approx(1e-5) for b in hbns)
+    assert len(hbns) == 3 and all(
+        b.momentum == pytest.approx(0.003) and b.eps == pytest.approx(1e-5) for b in hbns
+    )
 
 
 def test_tf_same_pad_puts_the_odd_pixel_after():
@@ -104,25 +123,33 @@ def test_same_conv_and_pool_windows_follow_tf():
         conv.weight.fill_(1.0)
         out = conv(x)[0, 0, 0]
     plane = x[0, 0, 0]
-    want = torch.tensor([[plane[0:3, 0:3].sum(), plane[0:3, 2:4].sum()],
-                         [plane[2:4, 0:3].sum(), plane[2:4, 2:4].sum()]])
+    want = torch.tensor(
+        [[plane[0:3, 0:3].sum(), plane[0:3, 2:4].sum()], [plane[2:4, 0:3].sum(), plane[2:4, 2:4].sum()]]
+    )
     torch.testing.assert_close(out, want)
     pooled = SameMaxPool3d((1, 3, 3), (1, 2, 2))(x)[0, 0, 0]
-    want = torch.stack([torch.stack([plane[r, c].max() for c in (slice(0, 3), slice(2, 4))])
-                        for r in (slice(0, 3), slice(2, 4))])
+    want = torch.stack(
+        [
+            torch.stack([plane[r, c].max() for c in (slice(0, 3), slice(2, 4))])
+            for r in (slice(0, 3), slice(2, 4))
+        ]
+    )
     torch.testing.assert_close(pooled, want)
 
 
-@pytest.mark.parametrize("kernel, stride", [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 3, 1), (2, 3, 1)),
-                                            ((3, 2, 5), (1, 2, 3))])
+@pytest.mark.parametrize(
+    "kernel, stride",
+    [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 3, 1), (2, 3, 1)), ((3, 2, 5), (1, 2, 3))],
+)
 def test_same_max_pool_equals_explicit_padding(kernel, stride):
     # the copy-free path (ceil_mode) against the obvious one: F.pad with -inf, then pool without padding
     torch.manual_seed(0)
     pool = SameMaxPool3d(kernel, stride)
     for size in [(4, 4, 4), (5, 7, 6), (3, 9, 8), (6, 5, 11)]:
         x = torch.randn(2, 3, *size)
-        ref = nn.functional.max_pool3d(nn.functional.pad(x, tf_same_pad(size, kernel, stride), value=-math.inf),
-                                       kernel, stride)
+        ref = nn.functional.max_pool3d(
+            nn.functional.pad(x, tf_same_pad(size, kernel, stride), value=-math.inf), kernel, stride
+        )
         out = pool(x)
         assert out.shape[2:] == tuple(-(-n // s) for n, s in zip(size, stride))
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -203,14 +230,18 @@ def _analytic_flops(model: nn.Module, x: torch.Tensor) -> float:
     total = []
 
     def conv_hook(m, i, o):
-        total.append(2 * o.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-                     * m.kernel_size[2])
+        total.append(
+            2 * o.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] * m.kernel_size[2]
+        )
 
     def linear_hook(m, i, o):
         total.append(2 * o.numel() * m.in_features)
 
-    hs = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv3d) else linear_hook)
-          for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
+    hs = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv3d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv3d, nn.Linear))
+    ]
     model.eval()(x)
     for h in hs:
         h.remove()
@@ -233,7 +264,9 @@ def test_r3d50_flops_match_issue_figure():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_channels_last_autocast(dtype):
     torch.manual_seed(0)
-    model = CVRLModel(r3d_tiny(), ProjectionHead(256, 64, 2, 32)).cuda().to(memory_format=torch.channels_last_3d)
+    model = (
+        CVRLModel(r3d_tiny(), ProjectionHead(256, 64, 2, 32)).cuda().to(memory_format=torch.channels_last_3d)
+    )
     x = torch.randn(8, 3, 8, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     ref = model(x)
     with torch.autocast("cuda", dtype=dtype):

@@ -5,6 +5,7 @@ into Python (``item``, ``float``, ``bool``: ``_local_scalar_dense``; ``tolist``)
 they happen in. On a GPU each such event is a host-device sync; here the loader hands over to a stand-in
 device (``meta``), so that the copies a GPU run would make are visible as real cross-device copies.
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,12 +20,17 @@ pytest.importorskip("nvidia.dali")
 pytest.importorskip("av")
 
 from dali_videos import make_index_videos, small_config  # noqa: E402
-from fastcvrl import train as trainer  # noqa: E402
+
 from dali_pipelines.normalize import Normalize  # noqa: E402
+from fastcvrl import train as trainer  # noqa: E402
 from fastcvrl.step import TrainStep  # noqa: E402
 
-_COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default, torch.ops.aten.to.device,
-           torch.ops.aten.to.dtype_layout}
+_COPIES = {
+    torch.ops.aten._to_copy.default,
+    torch.ops.aten.copy_.default,
+    torch.ops.aten.to.device,
+    torch.ops.aten.to.dtype_layout,
+}
 
 
 class Transfers(TorchDispatchMode):
@@ -46,8 +52,14 @@ class Transfers(TorchDispatchMode):
                 src = args[-1] if func is torch.ops.aten.copy_.default else args[0]
                 dst = out if isinstance(out, torch.Tensor) else args[0]
                 if isinstance(src, torch.Tensor) and src.device != dst.device:
-                    self.events.append((f"{src.device.type}->{dst.device.type}", f"step {self.step}",
-                                        tuple(src.shape), src.dtype))
+                    self.events.append(
+                        (
+                            f"{src.device.type}->{dst.device.type}",
+                            f"step {self.step}",
+                            tuple(src.shape),
+                            src.dtype,
+                        )
+                    )
         return out
 
 
@@ -72,7 +84,9 @@ def test_the_gpu_hand_off_copies_the_views_only_and_keeps_labels_on_the_host(man
         assert label.device.type == "cpu" and label.dtype == torch.int64
     assert [e for e in t.events if e[0] == "read"] == []
     crossed = [e for e in t.events if e[0] != "read"]
-    assert crossed and all(e[0] == "cpu->meta" and e[3] == torch.uint8 and len(e[2]) == 5 for e in crossed), crossed
+    assert crossed and all(e[0] == "cpu->meta" and e[3] == torch.uint8 and len(e[2]) == 5 for e in crossed), (
+        crossed
+    )
     assert not any(e[3] == torch.int64 for e in crossed)
 
 
@@ -82,9 +96,18 @@ class _Loader:
     def __init__(self, steps: int) -> None:
         g = torch.Generator().manual_seed(0)
         fmt = torch.channels_last_3d
-        self.batches = [(torch.randint(0, 256, (4, 3, 4, 16, 16), generator=g, dtype=torch.uint8).contiguous(
-            memory_format=fmt), torch.randint(0, 256, (4, 3, 4, 16, 16), generator=g, dtype=torch.uint8).contiguous(
-            memory_format=fmt), torch.arange(4)) for _ in range(steps)]
+        self.batches = [
+            (
+                torch.randint(0, 256, (4, 3, 4, 16, 16), generator=g, dtype=torch.uint8).contiguous(
+                    memory_format=fmt
+                ),
+                torch.randint(0, 256, (4, 3, 4, 16, 16), generator=g, dtype=torch.uint8).contiguous(
+                    memory_format=fmt
+                ),
+                torch.arange(4),
+            )
+            for _ in range(steps)
+        ]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -115,7 +138,9 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path, monkey
     model = build_model(cfg.model).to(memory_format=torch.channels_last_3d)
     opt = build_optimizer(cfg.optim, model, 4)
     sched = WarmupCosine(opt.lr_tensor, 0.1, 2, 8)
-    step = TrainStep(model, opt, sched, normalize=Normalize(cfg.data.mean, cfg.data.std, torch.float32, "cpu"))
+    step = TrainStep(
+        model, opt, sched, normalize=Normalize(cfg.data.mean, cfg.data.std, torch.float32, "cpu")
+    )
     env = trainer.dist.DistEnv(0, 1, 0, torch.device("cpu"), False)
     monkeypatch.setattr(trainer.Run, "save", lambda self, pos: None)  # checkpoints are not the per-step path
     mode = Transfers()
@@ -132,8 +157,19 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path, monkey
 
     monkeypatch.setattr(torch.Tensor, "tolist", tolist)
     folder = type("Folder", (), {"path": tmp_path})()  # the run folder: TensorBoard only, here
-    run = trainer.Run(cfg, env, folder, model, model, _Loader(8), opt, sched, None, step_fn=counted,
-                      stop=trainer.dist.StopFlag())
+    run = trainer.Run(
+        cfg,
+        env,
+        folder,
+        model,
+        model,
+        _Loader(8),
+        opt,
+        sched,
+        None,
+        step_fn=counted,
+        stop=trainer.dist.StopFlag(),
+    )
     try:
         with mode:
             pos = trainer.train(run, trainer.ckpt.Position())
@@ -148,8 +184,8 @@ def test_the_training_loop_reads_nothing_back_between_log_steps(tmp_path, monkey
 def test_a_uint8_step_equals_the_step_on_views_normalised_beforehand():
     """The eager step normalises uint8 views itself (as the graph does): same loss and update as normalising
     first, the obvious way; without a Normalize it refuses uint8."""
-    from fastcvrl.model import build_model
     from fastcvrl.config import ModelConfig
+    from fastcvrl.model import build_model
 
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     norm = Normalize(mean, std, torch.float32, "cpu")
@@ -162,7 +198,9 @@ def test_a_uint8_step_equals_the_step_on_views_normalised_beforehand():
     for u in (u1, u2):  # the obvious way: float, /255, -mean, /std, channels first
         x = u.permute(0, 4, 1, 2, 3).double() / 255.0
         obvious.append((x - torch.tensor(mean).view(1, 3, 1, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1, 1))
-    ref = [norm(u).contiguous(memory_format=fmt) for u in (u1, u2)]  # normalised beforehand, as the loader did
+    ref = [
+        norm(u).contiguous(memory_format=fmt) for u in (u1, u2)
+    ]  # normalised beforehand, as the loader did
     for r, o in zip(ref, obvious):
         torch.testing.assert_close(r.double(), o, rtol=1e-6, atol=1e-6)
     losses, params = [], []
@@ -187,8 +225,12 @@ class _Null:
 
 def test_step_input_keeps_channels_last_and_is_normalised_once():
     norm = Normalize([0.5] * 3, [0.5] * 3, torch.bfloat16, "cpu")
-    step = TrainStep(torch.nn.Identity(), torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), _Null(),
-                     normalize=norm)
+    step = TrainStep(
+        torch.nn.Identity(),
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
+        _Null(),
+        normalize=norm,
+    )
     u = torch.full((2, 4, 8, 8, 3), 255, dtype=torch.uint8).permute(0, 4, 1, 2, 3)
     x = step.input(u, torch.zeros_like(u))
     assert x.shape == (4, 3, 4, 8, 8) and x.dtype == torch.bfloat16

@@ -1,4 +1,5 @@
 """Fused LARS vs the per-parameter reference, its SGD mode, no host sync, checkpointing, build_optimizer."""
+
 from __future__ import annotations
 
 import copy
@@ -86,8 +87,11 @@ def test_sgd_mode_equals_torch_sgd_with_decay_on_kernels():
     ours = LARS(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-3, trust=False)
     kernels = [p for p in ref.parameters() if p.ndim > 1]
     others = [p for p in ref.parameters() if p.ndim <= 1]
-    sgd = torch.optim.SGD([{"params": kernels, "weight_decay": 1e-3}, {"params": others, "weight_decay": 0.0}],
-                          lr=0.1, momentum=0.9)
+    sgd = torch.optim.SGD(
+        [{"params": kernels, "weight_decay": 1e-3}, {"params": others, "weight_decay": 0.0}],
+        lr=0.1,
+        momentum=0.9,
+    )
     for k in range(4):
         x = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(k))
         for m, opt in ((model, ours), (ref, sgd)):

@@ -1,4 +1,5 @@
 """prepare: probing, rejection with reasons, source formats, resume, transcoding that keeps every frame."""
+
 from __future__ import annotations
 
 import csv
@@ -16,18 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 av = pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection error
 
-from fastcvrl.datasets import prepare as prep
+from processes import exited, kill_and_wait, wait_exited
+from videos import decode_index, index_frames
+
 from dali_pipelines.manifest import read_classes, read_manifest
+from fastcvrl.datasets import prepare as prep
 from fastcvrl.datasets.journal import JOURNAL, NO_PERMISSION
 from fastcvrl.datasets.prepare import PrepareError, main, prepare
 from fastcvrl.datasets.transcode import TEMP_PREFIX, Transcode, temp_path
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 from fastcvrl.datasets.videoprobe import probe_video
-
-from processes import exited, kill_and_wait, wait_exited
-from videos import decode_index, index_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,8 +85,14 @@ def _digest(root: Path) -> dict[str, tuple[str, int]]:
 # ------------------------------------------------------------------------------------------- probing
 @pytest.mark.parametrize(
     "codec, ext, size",
-    [("vp9", ".webm", (27, 35)), ("mjpeg", ".avi", (32, 48)), ("h264", ".mp4", (40, 64)), ("mpeg4", ".avi", (24, 32)),
-     ("h264", ".mkv", (30, 46)), ("vp9", ".mkv", (17, 33))],
+    [
+        ("vp9", ".webm", (27, 35)),
+        ("mjpeg", ".avi", (32, 48)),
+        ("h264", ".mp4", (40, 64)),
+        ("mpeg4", ".avi", (24, 32)),
+        ("h264", ".mkv", (30, 46)),
+        ("vp9", ".mkv", (17, 33)),
+    ],
 )
 def test_probe_counts_decoded_frames_in_many_containers(tmp_path, codec, ext, size):
     frames = index_frames(21, *size)
@@ -120,16 +128,26 @@ def test_probe_real_clips_match_a_full_decode(shared_videos):
         (lambda d, good: _truncate(good["h264"], d / "cut.mp4"), "truncated"),
         (lambda d, good: _truncate(good["vp9"], d / "cut.webm"), "truncated"),
         (lambda d, good: _truncate(good["mjpeg"], d / "cut.avi"), "truncated"),
-        (lambda d, good: (d / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096)) and d / "noise.mp4", "unreadable"),
+        (
+            lambda d, good: (
+                (d / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(4096)) and d / "noise.mp4"
+            ),
+            "unreadable",
+        ),
         (lambda d, good: (d / "empty.mp4").write_bytes(b"") or d / "empty.mp4", "empty"),
-        (lambda d, good: (d / "notes.mp4").write_text("not a video\n" * 20) and d / "notes.mp4", "unreadable"),
+        (
+            lambda d, good: (d / "notes.mp4").write_text("not a video\n" * 20) and d / "notes.mp4",
+            "unreadable",
+        ),
         (lambda d, good: _audio_only(d / "audio.mka"), "no video stream"),
         (lambda d, good: d / "absent.mp4", "missing"),
     ],
 )
 def test_probe_rejects_with_a_reason(tmp_path, make, reason):
-    good = {c: write_video(tmp_path / f"good_{c}{e}", index_frames(40, 32, 32), codec=c, gop=8)
-            for c, e in (("h264", ".mp4"), ("vp9", ".webm"), ("mjpeg", ".avi"))}
+    good = {
+        c: write_video(tmp_path / f"good_{c}{e}", index_frames(40, 32, 32), codec=c, gop=8)
+        for c, e in (("h264", ".mp4"), ("vp9", ".webm"), ("mjpeg", ".avi"))
+    }
     good = {c: Path(p) for c, p in good.items()}
     p = probe_video(make(tmp_path, good))
     assert p.reason == reason, p
@@ -161,10 +179,19 @@ def test_run_writes_manifest_classes_and_rejections(collection, tmp_path):
     assert s.complete and s.usable == 4 and s.listed == 8
     entries = read_manifest(tmp_path / "out" / "manifest.csv")
     assert [(Path(e.path).name, e.label, e.num_frames, e.codec) for e in entries] == [
-        ("a.webm", 0, 20, "vp9"), ("b.avi", 0, 18, "mjpeg"), ("c.mp4", 1, 22, "h264"), ("d.avi", 1, 19, "mpeg4")]
+        ("a.webm", 0, 20, "vp9"),
+        ("b.avi", 0, 18, "mjpeg"),
+        ("c.mp4", 1, 22, "h264"),
+        ("d.avi", 1, 19, "mpeg4"),
+    ]
     assert read_classes(tmp_path / "out" / "classes.txt") == ["jump", "run"]
     reasons = {Path(r["path"]).name: r["reason"] for r in _rows(tmp_path / "out" / "rejected.csv")}
-    assert reasons == {"text.mp4": "unreadable", "cut.mp4": "truncated", "empty.mp4": "empty", "noise.mp4": "unreadable"}
+    assert reasons == {
+        "text.mp4": "unreadable",
+        "cut.mp4": "truncated",
+        "empty.mp4": "empty",
+        "noise.mp4": "unreadable",
+    }
     assert _digest(collection) == before  # sources untouched
 
 
@@ -211,12 +238,30 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     for i in range(24):  # ~0.1 s a file to transcode: the interrupt lands mid-run even on a busy machine
         write_video(src / "k" / f"{i:02d}.webm", index_frames(48, 160, 160, i % 16), codec="vp9", gop=48)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fastcvrl.prepare", str(src), "--out", str(out), "--transcode", "vp9",
-           "--short-side", "144", "--workers", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastcvrl.prepare",
+        str(src),
+        "--out",
+        str(out),
+        "--transcode",
+        "vp9",
+        "--short-side",
+        "144",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     # Ctrl-C as at a terminal: a child of a background job would inherit SIGINT ignored (and Python would then
     # install no KeyboardInterrupt handler), so the child starts with the default disposition
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     journal = out / JOURNAL
     deadline = time.time() + 60
     while time.time() < deadline and not (journal.is_file() and journal.read_text().count("\n") >= 2):
@@ -259,7 +304,9 @@ def _hang_on_b(job):
     return _real_work(job)
 
 
-def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(collection, tmp_path, monkeypatch):
+def test_a_hanging_decoder_is_rejected_after_the_timeout_and_the_rest_finish(
+    collection, tmp_path, monkeypatch
+):
     monkeypatch.setattr(prep, "_work", _hang_on_b)
     monkeypatch.setenv("HUNG_PID_FILE", str(tmp_path / "hung.pid"))
     s = prepare(collection, tmp_path / "out", workers=2, timeout=3, quiet=True, log=lambda *_: None)
@@ -288,12 +335,18 @@ def test_symlink_loops_and_dangling_links_are_rejected_not_left_out(collection, 
     s = prepare(collection, tmp_path / "out", workers=2, quiet=True, log=lambda *_: None)
     rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "out" / "rejected.csv")}
     for name in ("loop.mp4", "ping.avi", "pong.avi"):
-        assert (rows[name]["reason"], rows[name]["detail"]) == ("broken link", "symbolic link loop"), rows[name]
+        assert (rows[name]["reason"], rows[name]["detail"]) == ("broken link", "symbolic link loop"), rows[
+            name
+        ]
     assert rows["gone.webm"]["reason"] == "broken link" and "nowhere.webm" in rows["gone.webm"]["detail"]
-    assert Path(rows["gone.webm"]["path"]).parent == (collection / "run").resolve()  # the link, not its target
+    assert (
+        Path(rows["gone.webm"]["path"]).parent == (collection / "run").resolve()
+    )  # the link, not its target
     assert s.usable == 4 and s.rejected["broken link"] == 4
     # a list naming a loop: rejected too, not a crash while listing
-    (tmp_path / "list.txt").write_text(f"{collection / 'jump' / 'loop.mp4'} 0\n{collection / 'jump' / 'a.webm'} 0\n")
+    (tmp_path / "list.txt").write_text(
+        f"{collection / 'jump' / 'loop.mp4'} 0\n{collection / 'jump' / 'a.webm'} 0\n"
+    )
     prepare(tmp_path / "list.txt", tmp_path / "out_list", workers=1, quiet=True, log=lambda *_: None)
     assert [r["reason"] for r in _rows(tmp_path / "out_list" / "rejected.csv")] == ["broken link"]
 
@@ -320,13 +373,16 @@ def _denied_then_allowed(collection: Path, out: Path, deny, allow) -> tuple:
 
 
 def test_a_permission_rejection_is_retried_by_the_next_run(collection, tmp_path, monkeypatch):
-    """Runs as any user (root reads any file whatever its mode): the worker's open is refused as chmod would."""
+    """Runs as any user (root reads any file whatever its mode): the worker's open is refused as chmod
+    would."""
     monkeypatch.setattr(os, "open", _os_open_denying)  # forked workers inherit the patch
     first, second, row = _denied_then_allowed(collection, tmp_path / "out", DENIED.add, DENIED.discard)
     assert row["reason"] == "unreadable" and row["detail"].startswith(NO_PERMISSION), row
     assert first.usable == 3
     assert second.processed == 1 and second.reused == first.listed - 1  # only b.avi again: not "already done"
-    assert second.usable == 4 and "b.avi" not in {Path(r["path"]).name for r in _rows(tmp_path / "out" / "rejected.csv")}
+    assert second.usable == 4 and "b.avi" not in {
+        Path(r["path"]).name for r in _rows(tmp_path / "out" / "rejected.csv")
+    }
 
 
 def test_permission_rejections_in_an_older_journal_are_retried(collection, tmp_path):
@@ -337,16 +393,21 @@ def test_permission_rejections_in_an_older_journal_are_retried(collection, tmp_p
     old = [json.loads(line) for line in journal]
     for rec in old:  # as an earlier version recorded a file it could not open
         if rec["src"] == target:
-            rec["probe"].update(reason="unreadable", detail=f"PermissionError: [Errno 13] Permission denied: '{target}'")
+            rec["probe"].update(
+                reason="unreadable", detail=f"PermissionError: [Errno 13] Permission denied: '{target}'"
+            )
     (out / JOURNAL).write_text("".join(json.dumps(rec) + "\n" for rec in old))
     again = prepare(collection, out, workers=2, quiet=True, log=lambda *_: None)
     assert again.processed == 1 and again.usable == 4
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode bits: chmod cannot deny it")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root reads a file whatever its mode bits: chmod cannot deny it"
+)
 def test_a_chmod_denied_file_is_retried_after_chmod(collection, tmp_path):
-    first, second, row = _denied_then_allowed(collection, tmp_path / "out", lambda p: os.chmod(p, 0),
-                                              lambda p: os.chmod(p, 0o644))
+    first, second, row = _denied_then_allowed(
+        collection, tmp_path / "out", lambda p: os.chmod(p, 0), lambda p: os.chmod(p, 0o644)
+    )
     assert row["reason"] == "unreadable" and row["detail"].startswith(NO_PERMISSION), row
     assert first.usable == 3 and second.processed == 1 and second.usable == 4
 
@@ -360,8 +421,14 @@ def test_long_file_names_transcode(tmp_path):
     for i, name in enumerate(names):  # written under a short name: the writer's own temporary would not fit
         write_video(src / "k" / f"{i}.avi", index_frames(12, 16, 16, i), codec="mjpeg")
         os.rename(src / "k" / f"{i}.avi", src / "k" / name)
-    s = prepare(src, tmp_path / "out", transcode=Transcode("vp9", short_side=16, gop=4), workers=2, quiet=True,
-                log=lambda *_: None)
+    s = prepare(
+        src,
+        tmp_path / "out",
+        transcode=Transcode("vp9", short_side=16, gop=4),
+        workers=2,
+        quiet=True,
+        log=lambda *_: None,
+    )
     assert s.usable == 4, _rows(tmp_path / "out" / "rejected.csv")
     entries = read_manifest(tmp_path / "out" / "manifest.csv")
     outs = [Path(e.path).name for e in entries]
@@ -369,7 +436,12 @@ def test_long_file_names_transcode(tmp_path):
     for e in entries:
         idx, vid = decode_index(read_video(e.path))
         assert idx.tolist() == list(range(12))
-    assert sorted(int(decode_index(read_video(e.path))[1][0]) for e in entries) == [0, 1, 2, 3]  # none overwritten
+    assert sorted(int(decode_index(read_video(e.path))[1][0]) for e in entries) == [
+        0,
+        1,
+        2,
+        3,
+    ]  # none overwritten
     assert len(Path(temp_path(str(tmp_path / ("c" * 255)))).name) < 64
 
 
@@ -388,10 +460,26 @@ _HANG_ALL = textwrap.dedent("""
 def test_workers_die_when_prepare_is_killed(collection, tmp_path):
     pids_dir = tmp_path / "pids"
     pids_dir.mkdir()
-    cmd = [sys.executable, "-c", _HANG_ALL, str(collection), "--out", str(tmp_path / "out"), "--workers", "2",
-           "--quiet", "--timeout", "0"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "WORKER_PIDS": str(pids_dir), "PYTHONPATH": str(REPO)})
+    cmd = [
+        sys.executable,
+        "-c",
+        _HANG_ALL,
+        str(collection),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "2",
+        "--quiet",
+        "--timeout",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "WORKER_PIDS": str(pids_dir), "PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list(pids_dir.iterdir())) < 2:
@@ -421,8 +509,14 @@ def test_transcode_keeps_every_frame_in_order_and_sets_the_keyframe_interval(tmp
     write_video(src / "x" / "intra.avi", index_frames(30, 40, 30, 6), codec="mjpeg")
     _vfr_video(src / "x" / "vfr.mkv", index_frames(33, 30, 40, 7))
     before = _digest(src)
-    s = prepare(src, tmp_path / "out", transcode=Transcode(codec, short_side=32, gop=8), workers=2, quiet=True,
-                log=lambda *_: None)
+    s = prepare(
+        src,
+        tmp_path / "out",
+        transcode=Transcode(codec, short_side=32, gop=8),
+        workers=2,
+        quiet=True,
+        log=lambda *_: None,
+    )
     assert s.usable == 3
     assert _digest(src) == before
     for e in read_manifest(tmp_path / "out" / "manifest.csv"):
@@ -453,11 +547,21 @@ def test_kinetics_csv(tmp_path):
     _tiny(tmp_path / "vids" / "zumba" / "abc_000010_000020.mp4".replace(".mp4", ".avi"))
     _tiny(tmp_path / "vids" / "abseiling" / "def_000000_000010.avi")
     logs = []
-    s = prepare(csv_path, tmp_path / "out", videos=tmp_path / "vids", subset="train", workers=1, quiet=True, log=logs.append)
+    s = prepare(
+        csv_path,
+        tmp_path / "out",
+        videos=tmp_path / "vids",
+        subset="train",
+        workers=1,
+        quiet=True,
+        log=logs.append,
+    )
     assert logs[0].startswith("format: kinetics")
     assert read_classes(tmp_path / "out" / "classes.txt") == ["abseiling", "zumba"]  # from every row
     assert [(Path(e.path).name, e.label) for e in read_manifest(tmp_path / "out" / "manifest.csv")] == [
-        ("abc_000010_000020.avi", 1), ("def_000000_000010.avi", 0)]
+        ("abc_000010_000020.avi", 1),
+        ("def_000000_000010.avi", 0),
+    ]
     assert s.rejected == {"missing": 1}  # ghi
 
 
@@ -465,13 +569,21 @@ def test_ucf101_split_file(tmp_path):
     lists = tmp_path / "ucfTrainTestlist"
     lists.mkdir()
     (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
-    (lists / "trainlist01.txt").write_text("Archery/v_Archery_g01_c01.avi 2\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\n")
+    (lists / "trainlist01.txt").write_text(
+        "Archery/v_Archery_g01_c01.avi 2\nApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\n"
+    )
     (lists / "testlist01.txt").write_text("Archery/v_Archery_g02_c01.avi\n")
-    for rel in ("Archery/v_Archery_g01_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "Archery/v_Archery_g02_c01.avi"):
+    for rel in (
+        "Archery/v_Archery_g01_c01.avi",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "Archery/v_Archery_g02_c01.avi",
+    ):
         _tiny(tmp_path / "UCF-101" / rel)
     for name, expected in (("trainlist01.txt", [1, 0]), ("testlist01.txt", [1])):
         logs = []
-        prepare(lists / name, tmp_path / name, videos=tmp_path / "UCF-101", workers=1, quiet=True, log=logs.append)
+        prepare(
+            lists / name, tmp_path / name, videos=tmp_path / "UCF-101", workers=1, quiet=True, log=logs.append
+        )
         assert logs[0].startswith("format: ucf101")
         assert [e.label for e in read_manifest(tmp_path / name / "manifest.csv")] == expected
         assert read_classes(tmp_path / name / "classes.txt") == ["ApplyEyeMakeup", "Archery"]
@@ -485,10 +597,20 @@ def test_hmdb51_split_folder(tmp_path):
     for rel in ("brush_hair/bh1.avi", "brush_hair/bh2.avi", "cartwheel/cw1.avi"):
         _tiny(tmp_path / "hmdb51" / rel)
     logs = []
-    prepare(splits, tmp_path / "out", videos=tmp_path / "hmdb51", subset="train", workers=1, quiet=True, log=logs.append)
+    prepare(
+        splits,
+        tmp_path / "out",
+        videos=tmp_path / "hmdb51",
+        subset="train",
+        workers=1,
+        quiet=True,
+        log=logs.append,
+    )
     assert logs[0].startswith("format: hmdb51")
     assert [(Path(e.path).name, e.label) for e in read_manifest(tmp_path / "out" / "manifest.csv")] == [
-        ("bh1.avi", 0), ("cw1.avi", 1)]
+        ("bh1.avi", 0),
+        ("cw1.avi", 1),
+    ]
 
 
 def test_integer_label_list_and_fixed_class_order(tmp_path):
@@ -500,8 +622,15 @@ def test_integer_label_list_and_fixed_class_order(tmp_path):
     assert read_classes(tmp_path / "a" / "classes.txt") == ["0", "1", "2"]
     (tmp_path / "names.txt").write_text("one.avi b\ntwo.avi v\n")
     (tmp_path / "classes.txt").write_text("v\nb\n")
-    prepare(tmp_path / "names.txt", tmp_path / "b", videos=tmp_path / "v", classes_file=tmp_path / "classes.txt",
-            workers=1, quiet=True, log=lambda *_: None)
+    prepare(
+        tmp_path / "names.txt",
+        tmp_path / "b",
+        videos=tmp_path / "v",
+        classes_file=tmp_path / "classes.txt",
+        workers=1,
+        quiet=True,
+        log=lambda *_: None,
+    )
     assert [e.label for e in read_manifest(tmp_path / "b" / "manifest.csv")] == [1, 0]
 
 

@@ -1,8 +1,10 @@
 """``fastcvrl.loss.nt_xent`` and ``fastcvrl.optim.LARS`` against the CVRL reference's own code:
-``official/projects/video_ssl/losses/losses.py:contrastive_loss`` and ``official/modeling/optimization/lars.py``.
+``official/projects/video_ssl/losses/losses.py:contrastive_loss`` and
+``official/modeling/optimization/lars.py``.
 
 Runs only where TensorFlow and tf-models-official are installed (``python -m pytest -m reference``).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,13 +28,23 @@ pytestmark = pytest.mark.reference
 @pytest.mark.parametrize("n, d, temperature", [(8, 128, 0.1), (16, 32, 0.5)])
 def test_nt_xent_equals_contrastive_loss(n, d, temperature):
     rng = np.random.default_rng(n)
-    z = rng.normal(size=(2 * n, d)).astype(np.float32)  # (2N, D): view 1 rows, then view 2 rows, un-normalised
+    z = rng.normal(size=(2 * n, d)).astype(
+        np.float32
+    )  # (2N, D): view 1 rows, then view 2 rows, un-normalised
     hidden = tf.Variable(z)
-    dummy = tf_keras.Sequential([tf_keras.layers.Dense(1)])  # contrastive_loss sums its kernels' L2 (times 0 here)
+    dummy = tf_keras.Sequential(
+        [tf_keras.layers.Dense(1)]
+    )  # contrastive_loss sums its kernels' L2 (times 0 here)
     dummy.build((None, 1))
     with tf.GradientTape() as tape:
-        out = ref_losses.contrastive_loss(hidden, num_replicas=1, normalize_hidden=True, temperature=temperature,
-                                          model=dummy, weight_decay=0.0)
+        out = ref_losses.contrastive_loss(
+            hidden,
+            num_replicas=1,
+            normalize_hidden=True,
+            temperature=temperature,
+            model=dummy,
+            weight_decay=0.0,
+        )
     ref_loss = float(out["contrastive_loss"])
     ref_grad = tape.gradient(out["contrastive_loss"], hidden).numpy()
 
@@ -44,7 +56,8 @@ def test_nt_xent_equals_contrastive_loss(n, d, temperature):
     np.testing.assert_allclose(zt.grad.numpy(), ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
 
 
-# One small model's variables under the names the reference's Keras layers give them: the reference excludes by
+# One small model's variables under the names the reference's Keras layers give them: the reference excludes
+# by
 # name (exclude_from_weight_decay=['batch_normalization', 'bias'], the SimCLR/CVRL setting), fastcvrl by
 # ndim <= 1; for conv/dense kernels, BN scale/offset and biases the two rules pick the same variables.
 SHAPES = {
@@ -68,10 +81,14 @@ def _run_both(steps: int, lr: float, wd: float, eta: float, momentum: float, gra
     gradients times ``grad_scale_ref``). Returns {name: (reference weight, our weight)} in TF layout."""
     rng = np.random.default_rng(0)
     w0 = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
-    grads = [{k: rng.normal(scale=1e-2, size=s).astype(np.float32) for k, s in SHAPES.items()} for _ in range(steps)]
+    grads = [
+        {k: rng.normal(scale=1e-2, size=s).astype(np.float32) for k, s in SHAPES.items()}
+        for _ in range(steps)
+    ]
     tf_vars = {k: tf.Variable(v.copy(), name=k) for k, v in w0.items()}
-    opt = ref_lars.LARS(learning_rate=lr, momentum=momentum, weight_decay_rate=wd, eeta=eta,
-                        exclude_from_weight_decay=EXCLUDE)
+    opt = ref_lars.LARS(
+        learning_rate=lr, momentum=momentum, weight_decay_rate=wd, eeta=eta, exclude_from_weight_decay=EXCLUDE
+    )
     params = {k: torch.nn.Parameter(_torch_tensor(v)) for k, v in w0.items()}
     ours = LARS(list(params.values()), lr, momentum=momentum, weight_decay=wd, eta=eta, trust=True)
     for g in grads:

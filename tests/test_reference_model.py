@@ -1,12 +1,14 @@
 """fastcvrl's R3D-50 and head against the CVRL reference itself (TF Model Garden ``video_ssl``), through
 ``fastcvrl.convert_tf`` on both checkpoint forms the reference writes.
 
-Runs only where TensorFlow and ``official.projects.video_ssl`` are installed (``python -m pytest -m reference``;
+Runs only where TensorFlow and ``official.projects.video_ssl`` are installed (``python -m pytest -m
+reference``;
 see the README); skipped elsewhere. The reference model is built as its pretraining task builds it: the
 experiment ``video_ssl_pretrain_kinetics600`` overridden with the model part of
 ``cvrl_pretrain_k600_200ep.yaml`` (the yaml itself where the installed package carries it), random weights and
 random BN statistics, inference mode.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,22 +32,26 @@ pytestmark = pytest.mark.reference
 INPUT = (2, 16, 64, 64, 3)  # (B, T, H, W, C) as TF takes it; small so the test stays fast on CPU
 TOL = 1e-4  # max |ours - reference| / max |reference|
 
-# The model part of official/projects/video_ssl/configs/experiments/cvrl_pretrain_k600_200ep.yaml (used when the
+# The model part of official/projects/video_ssl/configs/experiments/cvrl_pretrain_k600_200ep.yaml (used when
+# the
 # installed package does not ship the yaml): R3D-50 with temporal kernels 1/1/3/3 by stage, no temporal stride
 # after the stem, a (5, 7, 7) stem conv with temporal stride 2, no temporal stride in the stem pool, SyncBN.
 K600_200EP_MODEL = {
     "dropout_rate": 1.0,
     "norm_activation": {"use_sync_bn": True},
     "hidden_norm_activation": {"use_sync_bn": True},
-    "backbone": {"resnet_3d": {
-        "model_id": 50,
-        "block_specs": [
-            {"temporal_kernel_sizes": [k] * n, "temporal_strides": 1, "use_self_gating": False}
-            for k, n in ((1, 3), (1, 4), (3, 6), (3, 3))],
-        "stem_conv_temporal_kernel_size": 5,
-        "stem_conv_temporal_stride": 2,
-        "stem_pool_temporal_stride": 1,
-    }},
+    "backbone": {
+        "resnet_3d": {
+            "model_id": 50,
+            "block_specs": [
+                {"temporal_kernel_sizes": [k] * n, "temporal_strides": 1, "use_self_gating": False}
+                for k, n in ((1, 3), (1, 4), (3, 6), (3, 3))
+            ],
+            "stem_conv_temporal_kernel_size": 5,
+            "stem_conv_temporal_stride": 2,
+            "stem_pool_temporal_stride": 1,
+        }
+    },
 }
 
 
@@ -56,6 +62,7 @@ def _experiment():
 
     exp = exp_factory.get_exp_config("video_ssl_pretrain_kinetics600")
     import official.projects.video_ssl as pkg
+
     yaml = Path(pkg.__file__).parent / "configs" / "experiments" / "cvrl_pretrain_k600_200ep.yaml"
     override = str(yaml) if yaml.is_file() else {"task": {"model": K600_200EP_MODEL}}
     return hyperparams.override_params_dict(exp, override, is_strict=True)
@@ -92,9 +99,16 @@ def reference(tmp_path_factory):
     backbone_only = tf.train.Checkpoint(backbone=model.backbone).write(str(folder / "backbone"))
     n_backbone = sum(int(np.prod(v.shape)) for v in model.backbone.trainable_variables)
     n_model = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    return dict(x=torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous(),  # (B, C, T, H, W)
-                pooled=torch.from_numpy(pooled), head=torch.from_numpy(head), model_ckpt=whole,
-                backbone_ckpt=backbone_only, n_backbone=n_backbone, n_model=n_model, folder=folder)
+    return dict(
+        x=torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous(),  # (B, C, T, H, W)
+        pooled=torch.from_numpy(pooled),
+        head=torch.from_numpy(head),
+        model_ckpt=whole,
+        backbone_ckpt=backbone_only,
+        n_backbone=n_backbone,
+        n_model=n_model,
+        folder=folder,
+    )
 
 
 def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -152,7 +166,14 @@ def test_command_writes_what_eval_loads(reference, tmp_path, capsys):
     assert convert_tf.main([reference["backbone_ckpt"], "--out", str(out)]) == 0
     assert "r3d50" in capsys.readouterr().out
     saved = torch.load(out, weights_only=True)
-    assert set(saved) == {"arch", "width", "out_dim", "step", "state_dict", "config"}  # export_backbone's keys
+    assert set(saved) == {
+        "arch",
+        "width",
+        "out_dim",
+        "step",
+        "state_dict",
+        "config",
+    }  # export_backbone's keys
     backbone, cfg = load_backbone(out, Config())  # what python -m fastcvrl.eval --checkpoint does
     assert (cfg.model.arch, cfg.model.width) == ("r3d50", 1)
     with torch.no_grad():

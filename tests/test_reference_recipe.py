@@ -1,10 +1,12 @@
 """The augmentation recipe against the authors' TensorFlow code (``official.projects.video_ssl``): the crop
 sampler, the two clips' starts and the colour ops. Marked ``reference``; skipped where TensorFlow or the
 reference is not installed (``python -m pytest -m reference`` in an environment that has them)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
 stats = pytest.importorskip("scipy.stats")
 
 from dali_pipelines import spatial, temporal
@@ -22,9 +24,15 @@ def _tf_crops(n: int, height: int, width: int) -> np.ndarray:
     @tf.function
     def draw(seed):
         begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            [height, width, 3], bounding_boxes=bbox, seed=seed, min_object_covered=0.1,
-            aspect_ratio_range=(0.5, 2.0), area_range=(0.3, 1.0), max_attempts=100,
-            use_image_if_no_bounding_boxes=True)
+            [height, width, 3],
+            bounding_boxes=bbox,
+            seed=seed,
+            min_object_covered=0.1,
+            aspect_ratio_range=(0.5, 2.0),
+            area_range=(0.3, 1.0),
+            max_attempts=100,
+            use_image_if_no_bounding_boxes=True,
+        )
         return tf.concat([begin[:2], begin[:2] + size[:2]], 0)
 
     return np.stack([draw(tf.constant([i, 0], tf.int64)).numpy() for i in range(n)]).astype(np.float64)
@@ -40,9 +48,14 @@ def test_crop_sampler_matches_sample_distorted_bounding_box():
     theirs = _tf_crops(n, height, width)
     rng = np.random.default_rng(0)
     ours = np.stack([spatial.random_resized_crop(rng, height, width) for _ in range(n)]).astype(np.float64)
-    for name, a, b in zip(("area", "aspect"), _area_aspect(ours, height, width), _area_aspect(theirs, height, width)):
+    for name, a, b in zip(
+        ("area", "aspect"), _area_aspect(ours, height, width), _area_aspect(theirs, height, width)
+    ):
         ks = stats.ks_2samp(a, b)
-        print(f"crop {name}: ours mean {a.mean():.4f}, TF mean {b.mean():.4f}, KS {ks.statistic:.4f} p {ks.pvalue:.3g}")
+        print(
+            f"crop {name}: ours mean {a.mean():.4f}, TF mean {b.mean():.4f}, KS {ks.statistic:.4f} p "
+            f"{ks.pvalue:.3g}"
+        )
         assert ks.pvalue > 1e-3, (name, ks)
     for axis, extent in ((0, height), (1, width)):  # the offset, relative to its range
         rel = lambda bx: bx[:, axis] / np.maximum(extent - (bx[:, axis + 2] - bx[:, axis]), 1)
@@ -74,8 +87,11 @@ def test_gap_distribution_matches_sample_ssl_sequence(length):
     theirs = _tf_starts(n, length, frames, stride)
     ours = temporal.sample_starts(np.random.default_rng(2), np.full(n, length), frames, stride)
     m = temporal.num_starts(length, frames, stride)
-    for name, f in (("gap", lambda s: np.abs(s[:, 1] - s[:, 0])), ("first", lambda s: s[:, 0]),
-                    ("second", lambda s: s[:, 1])):
+    for name, f in (
+        ("gap", lambda s: np.abs(s[:, 1] - s[:, 0])),
+        ("first", lambda s: s[:, 0]),
+        ("second", lambda s: s[:, 1]),
+    ):
         table = np.stack([np.bincount(f(ours), minlength=m), np.bincount(f(theirs), minlength=m)])
         table = table[:, table.sum(0) > 0]
         p = stats.chi2_contingency(table).pvalue
@@ -98,8 +114,12 @@ def _tf_color(clip: np.ndarray, params: np.ndarray, order: np.ndarray) -> np.nda
     on, fb, fc, fs, dh, gray = (float(v) for v in params)
     if on:
         for op in order:
-            x = [lambda: x * fb, lambda: tf.image.adjust_contrast(x, fc),
-                 lambda: tf.image.adjust_saturation(x, fs), lambda: tf.image.adjust_hue(x, dh)][int(op)]()
+            x = [
+                lambda: x * fb,
+                lambda: tf.image.adjust_contrast(x, fc),
+                lambda: tf.image.adjust_saturation(x, fs),
+                lambda: tf.image.adjust_hue(x, dh),
+            ][int(op)]()
             x = tf.clip_by_value(x, 0.0, 1.0)
     if gray:
         x = ops.to_grayscale(x)

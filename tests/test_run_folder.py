@@ -2,6 +2,7 @@
 alone, one trainer per folder (a lock, tested with two processes), checkpoint access errors never taken for
 corruption, and file-system errors (read-only folders, a full disk) in one line with the last good checkpoint
 kept. Tiny CPU runs in process (``train.cli``) unless a second process is the point."""
+
 from __future__ import annotations
 
 import errno
@@ -13,33 +14,53 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fastcvrl import atomic
-from fastcvrl import checkpoint as ckpt
-from fastcvrl import train
-from fastcvrl.config import load_config
-
 from processes import free_port, kill_and_wait
+
+from fastcvrl import atomic, train
+from fastcvrl import checkpoint as ckpt
+from fastcvrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
 TINY = [
-    "--data.source=random", "--data.random_videos=8", "--data.num_frames=4", "--data.crop_size=32",
-    "--model.arch=r3d_tiny", "--model.proj_hidden=32", "--model.proj_layers=2", "--model.proj_dim=16",
-    "--optim.lr=2.0", "--optim.base_batch_size=4", "--optim.warmup_epochs=1",
-    "--train.batch_size=4", "--train.epochs=2", "--train.log_every=2", "--train.ckpt_every=2",
-    "--train.keep_ckpts=2", "--train.precision=fp32", "--train.cuda_graph=false",
+    "--data.source=random",
+    "--data.random_videos=8",
+    "--data.num_frames=4",
+    "--data.crop_size=32",
+    "--model.arch=r3d_tiny",
+    "--model.proj_hidden=32",
+    "--model.proj_layers=2",
+    "--model.proj_dim=16",
+    "--optim.lr=2.0",
+    "--optim.base_batch_size=4",
+    "--optim.warmup_epochs=1",
+    "--train.batch_size=4",
+    "--train.epochs=2",
+    "--train.log_every=2",
+    "--train.ckpt_every=2",
+    "--train.keep_ckpts=2",
+    "--train.precision=fp32",
+    "--train.cuda_graph=false",
 ]  # 2 steps per epoch, 4 in all
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
+    return [
+        "--config",
+        str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"),
+        *TINY,
+        f"--train.out_dir={run_dir}",
+        *extra,
+    ]
 
 
 def _snapshot(run_dir: Path) -> dict[str, tuple[int, bytes]]:
     """Every file of the run folder (but the lock file) with its mtime and bytes."""
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "train.lock"}
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != "train.lock"
+    }
 
 
 def _one_line_error(capsys) -> str:
@@ -63,7 +84,11 @@ def test_changed_run_keys_are_refused_listing_them_and_nothing_is_written(partia
     capsys.readouterr()
     assert train.cli(_args(partial_run, "--train.batch_size=8", "--optim.lr=64")) == 2
     line = _one_line_error(capsys)
-    assert "optim.lr: 2.0 -> 64.0" in line and "train.batch_size: 4 -> 8" in line and "--resume-with-changes" in line
+    assert (
+        "optim.lr: 2.0 -> 64.0" in line
+        and "train.batch_size: 4 -> 8" in line
+        and "--resume-with-changes" in line
+    )
     assert train.cli(_args(partial_run, "--model.arch=r3d50")) == 2  # no size-mismatch traceback
     assert "model.arch: 'r3d_tiny' -> 'r3d50'" in _one_line_error(capsys)
     assert _snapshot(partial_run) == before  # config.yaml, env.json, checkpoints, backbone untouched
@@ -157,7 +182,9 @@ def test_a_read_only_out_dir_is_one_line_and_nothing_trains(tmp_path, monkeypatc
     assert str(run_dir) in line and "Read-only file system" in line and "train.out_dir" in line
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only folders"
+)
 def test_a_read_only_out_dir_by_chmod(tmp_path, capsys):
     parent = tmp_path / "ro"
     parent.mkdir()
@@ -169,7 +196,9 @@ def test_a_read_only_out_dir_by_chmod(tmp_path, capsys):
         parent.chmod(0o755)
 
 
-def test_a_read_only_checkpoints_folder_fails_at_start_keeping_the_last_checkpoint(partial_run, monkeypatch, capsys):
+def test_a_read_only_checkpoints_folder_fails_at_start_keeping_the_last_checkpoint(
+    partial_run, monkeypatch, capsys
+):
     before = _snapshot(partial_run)
     _deny_writes_under(monkeypatch, partial_run / ckpt.CKPT_DIR, errno.EACCES)
     capsys.readouterr()
@@ -214,8 +243,13 @@ _HOLDER = textwrap.dedent("""
 
 def test_a_second_trainer_is_refused_naming_the_holder_then_runs_once_it_is_killed(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert train.cli(_args(tmp_path)) == 2
@@ -233,10 +267,13 @@ def test_a_second_trainer_is_refused_naming_the_holder_then_runs_once_it_is_kill
 def test_two_trainers_on_one_folder_the_second_refused_and_the_first_unharmed(tmp_path):
     """Two real trainer processes: the second starts while the first writes checkpoints; it is refused and
     touches nothing (a live writer's temporary included); the first goes on and stops cleanly on SIGTERM."""
-    live_tmp_owner = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    live_tmp_owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     args = _args(tmp_path, "--train.epochs=500", "--train.ckpt_every=1")
-    first = subprocess.Popen([sys.executable, TRAIN, *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 120
         while not ckpt.list_checkpoints(tmp_path):
@@ -263,8 +300,14 @@ def test_two_trainers_on_one_folder_the_second_refused_and_the_first_unharmed(tm
 
 
 def test_python_dash_m_runs_the_trainer(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "fastcvrl.train", *_args(tmp_path, "--train.max_steps=2")],
-                       capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-m", "fastcvrl.train", *_args(tmp_path, "--train.max_steps=2")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     assert "done at step 2" in r.stdout and ckpt.load_latest(tmp_path)[0]["step"] == 2
 
@@ -289,10 +332,23 @@ def test_two_ranks_agree_on_a_failed_checkpoint_write_and_both_stop(tmp_path):
     port = free_port()
     script = tmp_path / "worker.py"
     script.write_text(_RANK_FULL_DISK)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", str(script), *_args(tmp_path / "run", "--model.sync_bn=false")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(script),
+        *_args(tmp_path / "run", "--model.sync_bn=false"),
+    ]
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode != 0
     assert r.stderr.count("error: cannot write the checkpoint of step 4") == 1, r.stderr
     assert "Traceback" not in r.stderr.split("error: cannot write")[0]  # no rank crashed before the message

@@ -1,4 +1,5 @@
 """Warm-up + cosine schedule: shape, endpoints, device path vs host reference, checkpointing."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,6 @@
-"""The training step: eager step vs an obvious reference, layouts agree, metrics, and graphed == eager (GPU)."""
+"""The training step: eager step vs an obvious reference, layouts agree, metrics, and graphed == eager
+(GPU)."""
+
 from __future__ import annotations
 
 import copy
@@ -26,12 +28,21 @@ def _model(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
     comparisons below are then exact up to summation order)."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv3d(3, 8, kernel_size=3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 8),
+        nn.Conv3d(3, 8, kernel_size=3, padding=1),
+        nn.BatchNorm3d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 8),
     ).to(dtype)
 
 
-def _views(b: int = 6, seed: int = 1, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def _views(
+    b: int = 6, seed: int = 1, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(b, 3, 4, 8, 8, generator=g, dtype=dtype)  # (B, 3, T, H, W)
     v1 = base + 0.3 * torch.randn(base.shape, generator=g, dtype=dtype)
@@ -41,7 +52,8 @@ def _views(b: int = 6, seed: int = 1, dtype: torch.dtype = torch.float64) -> tup
 
 
 def test_eager_step_matches_reference_loss_and_sgd_update():
-    """One step = NT-Xent over one 2B-clip forward (BN statistics over both views), backward, SGD, schedule."""
+    """One step = NT-Xent over one 2B-clip forward (BN statistics over both views), backward, SGD,
+    schedule."""
     model, ref = _model(), _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = _Counter()
@@ -100,7 +112,9 @@ def test_bf16_autocast_step_is_close_to_fp32():
 
 def test_loss_falls_over_steps_on_learnable_views():
     model = _model()
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), _Counter(), temperature=0.2)
+    step = TrainStep(
+        model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), _Counter(), temperature=0.2
+    )
     v1, v2 = _views(b=8, seed=3)
     losses = [float(step(v1, v2)[0]) for _ in range(20)]
     assert losses[-1] < 0.8 * losses[0]
@@ -121,7 +135,9 @@ def test_disabled_graph_is_exactly_the_eager_step():
 
 def test_graph_refuses_a_step_with_a_grad_scaler():
     m = _model()
-    step = TrainStep(m, torch.optim.SGD(m.parameters(), lr=0.1), _Counter(), scaler=torch.amp.GradScaler("cpu"))
+    step = TrainStep(
+        m, torch.optim.SGD(m.parameters(), lr=0.1), _Counter(), scaler=torch.amp.GradScaler("cpu")
+    )
     with pytest.raises(ValueError, match="GradScaler"):
         GraphedStep(step)
 
@@ -152,21 +168,29 @@ def _real_parts(model: nn.Module, steps: int):
 @pytest.fixture
 def exact_cuda():
     """Deterministic cuDNN, no TF32: eager and graphed runs then pick the same kernels."""
-    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    flags = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
-    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = flags
+    (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    ) = flags
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,uint8", [("fp32", False), ("bf16", False), ("bf16", True)])
 def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
-    from fastcvrl.model import build_model
-    from fastcvrl.config import ModelConfig
     from dali_pipelines.normalize import Normalize
+    from fastcvrl.config import ModelConfig
+    from fastcvrl.model import build_model
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -176,22 +200,33 @@ def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
     runs = []
     for k, model in enumerate(models):
         opt, sched = _real_parts(model, steps)
-        norm = Normalize([0.45] * 3, [0.225] * 3, torch.bfloat16 if precision == "bf16" else torch.float32, dev)
+        norm = Normalize(
+            [0.45] * 3, [0.225] * 3, torch.bfloat16 if precision == "bf16" else torch.float32, dev
+        )
         eager = TrainStep(model, opt, sched, precision=precision, temperature=0.1, normalize=norm)
         fn = GraphedStep(eager, warmup=3, stream=torch.cuda.Stream()) if k == 1 else eager
         losses = []
         for i in range(steps):
             g = torch.Generator().manual_seed(i)
             if uint8:  # DALI's frames as the GPU hand-off gives them: (B, 3, T, H, W) uint8 views
-                v1, v2 = (torch.randint(0, 256, (8, 4, 32, 32, 3), generator=g, dtype=torch.uint8).to(dev)
-                          .permute(0, 4, 1, 2, 3) for _ in range(2))
+                v1, v2 = (
+                    torch.randint(0, 256, (8, 4, 32, 32, 3), generator=g, dtype=torch.uint8)
+                    .to(dev)
+                    .permute(0, 4, 1, 2, 3)
+                    for _ in range(2)
+                )
             else:
-                v1, v2 = (torch.randn(8, 3, 4, 32, 32, generator=g).to(dev).contiguous(
-                    memory_format=torch.channels_last_3d) for _ in range(2))
+                v1, v2 = (
+                    torch.randn(8, 3, 4, 32, 32, generator=g)
+                    .to(dev)
+                    .contiguous(memory_format=torch.channels_last_3d)
+                    for _ in range(2)
+                )
             loss, _ = fn(v1, v2)
             losses.append(loss.clone())
-        runs.append((torch.stack(losses).cpu(), [p.detach().cpu() for p in model.parameters()],
-                     float(opt.lr_tensor)))
+        runs.append(
+            (torch.stack(losses).cpu(), [p.detach().cpu() for p in model.parameters()], float(opt.lr_tensor))
+        )
     (le, pe, lre), (lg, pg, lrg) = runs
     assert isinstance(fn, GraphedStep) and fn.graph is not None
     tol = dict(rtol=1e-4, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-3)
@@ -204,22 +239,28 @@ def test_graphed_step_equals_eager_step(precision, uint8, exact_cuda):
 @pytest.mark.gpu
 @pytest.mark.parametrize("uint8", [False, True])
 def test_step_has_no_host_sync(uint8):
-    from fastcvrl.model import build_model
-    from fastcvrl.config import ModelConfig
     from dali_pipelines.normalize import Normalize
+    from fastcvrl.config import ModelConfig
+    from fastcvrl.model import build_model
 
     dev = torch.device("cuda")
     model = build_model(ModelConfig(arch="r3d_tiny", proj_hidden=64, sync_bn=False)).to(
-        dev, memory_format=torch.channels_last_3d)
+        dev, memory_format=torch.channels_last_3d
+    )
     opt, sched = _real_parts(model, 10)
-    step = TrainStep(model, opt, sched, precision="bf16",
-                     normalize=Normalize([0.45] * 3, [0.225] * 3, torch.bfloat16, dev))
+    step = TrainStep(
+        model, opt, sched, precision="bf16", normalize=Normalize([0.45] * 3, [0.225] * 3, torch.bfloat16, dev)
+    )
     if uint8:  # the GPU hand-off: DALI's frames, normalised inside the step
-        v1, v2 = (torch.randint(0, 256, (8, 4, 32, 32, 3), dtype=torch.uint8, device=dev).permute(0, 4, 1, 2, 3)
-                  for _ in range(2))
+        v1, v2 = (
+            torch.randint(0, 256, (8, 4, 32, 32, 3), dtype=torch.uint8, device=dev).permute(0, 4, 1, 2, 3)
+            for _ in range(2)
+        )
     else:
-        v1, v2 = (torch.randn(8, 3, 4, 32, 32, device=dev).contiguous(memory_format=torch.channels_last_3d)
-                  for _ in range(2))
+        v1, v2 = (
+            torch.randn(8, 3, 4, 32, 32, device=dev).contiguous(memory_format=torch.channels_last_3d)
+            for _ in range(2)
+        )
     step(v1, v2)  # first step allocates optimizer state
     metrics = Metrics(dev)
     torch.cuda.synchronize()
@@ -272,8 +313,12 @@ def test_warm_up_and_capture_share_one_side_stream_in_thread_local_mode(monkeypa
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _Graph)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     m = _model(dtype=torch.float32)
-    eager = TrainStep(m, torch.optim.SGD(m.parameters(), lr=0.1), _Counter(),
-                      normalize=Normalize([0.5] * 3, [0.25] * 3, torch.float32, "cpu"))
+    eager = TrainStep(
+        m,
+        torch.optim.SGD(m.parameters(), lr=0.1),
+        _Counter(),
+        normalize=Normalize([0.5] * 3, [0.25] * 3, torch.float32, "cpu"),
+    )
     seen = []
     real_input = eager.input
     eager.input = lambda a, b: (seen.append((a.dtype, a.data_ptr())), real_input(a, b))[1]

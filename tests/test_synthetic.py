@@ -1,4 +1,5 @@
 """The synthetic motion dataset: deterministic, cached, atomic, and its classes differ by motion only."""
+
 from __future__ import annotations
 
 import os
@@ -7,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastcvrl.datasets import synthetic
 from dali_pipelines.manifest import read_classes, read_manifest
+from fastcvrl.datasets import synthetic
 from fastcvrl.datasets.synthetic import MOTIONS, SCENES, SyntheticParams, ensure_synthetic, render_video
 from fastcvrl.datasets.video import keyframe_indices, read_video
 
-TINY = dict(num_classes=3, videos_per_class=2, test_videos_per_class=1, size=32, num_frames=12, gop=4, workers=1)
+TINY = dict(
+    num_classes=3, videos_per_class=2, test_videos_per_class=1, size=32, num_frames=12, gop=4, workers=1
+)
 
 
 def _frames(manifest: str) -> list[np.ndarray]:
@@ -41,7 +44,9 @@ def test_deterministic_by_seed(tmp_path):
     assert [p.read_bytes() for p in files(tmp_path / "a")] == [p.read_bytes() for p in files(tmp_path / "b")]
     assert not any(np.array_equal(x, y) for x, y in zip(a, c))
     # train and test videos are drawn independently
-    assert not np.array_equal(render_video(SyntheticParams(), "train", 0, 0), render_video(SyntheticParams(), "test", 0, 0))
+    assert not np.array_equal(
+        render_video(SyntheticParams(), "train", 0, 0), render_video(SyntheticParams(), "test", 0, 0)
+    )
 
 
 def test_cache_is_reused_and_refreshed_when_parameters_change(tmp_path):
@@ -110,7 +115,11 @@ def _frame_features(frame: np.ndarray) -> np.ndarray:
     """Colour mean/std and a 2x2 grid of mean colours: everything one frame shows at a coarse level."""
     x = frame.astype(np.float64)
     h, w = x.shape[:2]
-    quads = [x[i * h // 2 : (i + 1) * h // 2, j * w // 2 : (j + 1) * w // 2].mean((0, 1)) for i in (0, 1) for j in (0, 1)]
+    quads = [
+        x[i * h // 2 : (i + 1) * h // 2, j * w // 2 : (j + 1) * w // 2].mean((0, 1))
+        for i in (0, 1)
+        for j in (0, 1)
+    ]
     return np.concatenate([x.mean((0, 1)), x.std((0, 1)), *quads])
 
 
@@ -160,7 +169,8 @@ def test_single_frames_do_not_reveal_the_class(scene):
 
 @pytest.mark.parametrize("scene", SCENES)
 def test_mirror_classes_are_time_reversals(scene):
-    """move_right reversed in time moves left and vice versa: the pair differs in the direction of time only."""
+    """move_right reversed in time moves left and vice versa: the pair differs in the direction of time
+    only."""
     params = SyntheticParams(size=48, num_frames=16, scene=scene)
     for i in range(6):
         right = render_video(params, "test", MOTIONS.index("move_right"), i)

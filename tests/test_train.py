@@ -1,5 +1,6 @@
 """The trainer end to end on CPU: run folder contents, exact resume, SIGKILL/SIGTERM, NaN stop, config and
 manifest errors before any work, two gloo ranks in sync, and the default command's path on a small budget."""
+
 from __future__ import annotations
 
 import os
@@ -13,28 +14,46 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import free_port, kill_and_wait
 
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import train
 from fastcvrl.config import load_config
-
-from processes import free_port, kill_and_wait
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
 
 # Tiny: r3d_tiny, 4 frames of 32x32, 16 random clips per epoch in batches of 4 (4 steps per epoch).
 TINY = [
-    "--data.source=random", "--data.random_videos=16", "--data.num_frames=4", "--data.crop_size=32",
-    "--model.arch=r3d_tiny", "--model.proj_hidden=32", "--model.proj_layers=2", "--model.proj_dim=16",
-    "--optim.lr=2.0", "--optim.base_batch_size=4", "--optim.warmup_epochs=1",
-    "--train.batch_size=4", "--train.epochs=3", "--train.log_every=2", "--train.ckpt_every=2",
-    "--train.keep_ckpts=2", "--train.precision=fp32", "--train.cuda_graph=false",
+    "--data.source=random",
+    "--data.random_videos=16",
+    "--data.num_frames=4",
+    "--data.crop_size=32",
+    "--model.arch=r3d_tiny",
+    "--model.proj_hidden=32",
+    "--model.proj_layers=2",
+    "--model.proj_dim=16",
+    "--optim.lr=2.0",
+    "--optim.base_batch_size=4",
+    "--optim.warmup_epochs=1",
+    "--train.batch_size=4",
+    "--train.epochs=3",
+    "--train.log_every=2",
+    "--train.ckpt_every=2",
+    "--train.keep_ckpts=2",
+    "--train.precision=fp32",
+    "--train.cuda_graph=false",
 ]
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"), *TINY, f"--train.out_dir={run_dir}", *extra]
+    return [
+        "--config",
+        str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml"),
+        *TINY,
+        f"--train.out_dir={run_dir}",
+        *extra,
+    ]
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -44,7 +63,9 @@ def _assert_same_state(a: dict, b: dict) -> None:
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
-    assert torch.equal(torch.as_tensor(a["optimizer"]["lr_tensor"]), torch.as_tensor(b["optimizer"]["lr_tensor"]))
+    assert torch.equal(
+        torch.as_tensor(a["optimizer"]["lr_tensor"]), torch.as_tensor(b["optimizer"]["lr_tensor"])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +127,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, TRAIN, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def test_config_and_manifest_errors_come_before_any_work(tmp_path):
@@ -136,7 +163,9 @@ def test_more_config_errors_name_their_key(tmp_path, monkeypatch):
         train.main(_args(run_dir, "--model.arch=r3d18"))
     with pytest.raises(ConfigError, match="data.synthetic_scene: expected dots or objects"):
         train.main(_args(run_dir, "--data.synthetic_scene=spheres"))
-    with pytest.raises(ConfigError, match=r"optim.warmup_epochs: expected optim.warmup_epochs <= train.epochs"):
+    with pytest.raises(
+        ConfigError, match=r"optim.warmup_epochs: expected optim.warmup_epochs <= train.epochs"
+    ):
         train.main(_args(run_dir, "--optim.warmup_epochs=5"))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="data.device"):
@@ -155,7 +184,8 @@ _HANG_IN_WRITE = textwrap.dedent("""
     writes = [0]
     def fsync(fd):
         real_fsync(fd)
-        if ".tmp." in os.readlink(f"/proc/self/fd/{fd}") and "checkpoints" in os.readlink(f"/proc/self/fd/{fd}"):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if ".tmp." in target and "checkpoints" in target:
             writes[0] += 1
             if writes[0] == 2:
                 print("in-write", flush=True)
@@ -167,8 +197,12 @@ _HANG_IN_WRITE = textwrap.dedent("""
 
 
 def test_sigkill_during_checkpoint_write_then_resume_matches_uninterrupted(tmp_path, reference_run):
-    proc = subprocess.Popen([sys.executable, "-c", _HANG_IN_WRITE, *_args(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HANG_IN_WRITE, *_args(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.strip() == "in-write":
@@ -189,7 +223,9 @@ def test_sigkill_during_checkpoint_write_then_resume_matches_uninterrupted(tmp_p
 
 def test_sigkill_at_a_random_moment_then_resume_continues_the_step_count(tmp_path):
     args = _args(tmp_path, "--train.ckpt_every=1", "--train.log_every=1", "--train.epochs=40")
-    proc = subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 60
         while not ckpt.list_checkpoints(tmp_path) or ckpt.list_checkpoints(tmp_path)[-1][0] < 3:
@@ -203,14 +239,15 @@ def test_sigkill_at_a_random_moment_then_resume_continues_the_step_count(tmp_pat
     killed_at = ckpt.load_latest(tmp_path)[0]["step"]
     r = _cli(*args, "--train.max_steps=" + str(killed_at + 3))
     assert r.returncode == 0, r.stderr
-    assert f"resumed from" in r.stdout
+    assert "resumed from" in r.stdout
     assert ckpt.load_latest(tmp_path)[0]["step"] == killed_at + 3
 
 
 def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
     args = _args(tmp_path, "--train.ckpt_every=1000", "--train.log_every=1", "--train.epochs=200")
-    proc = subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         for line in proc.stderr:  # the progress lines (not a terminal: one line per report)
             if " step 3/" in line:
@@ -221,10 +258,10 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
         kill_and_wait(proc)
     assert proc.returncode == 143, err
     assert "SIGTERM" in err
-    (step, _), = ckpt.list_checkpoints(tmp_path)  # ckpt_every=1000: only the SIGTERM checkpoint exists
+    ((step, _),) = ckpt.list_checkpoints(tmp_path)  # ckpt_every=1000: only the SIGTERM checkpoint exists
     assert step >= 3
     r = _cli(*args, f"--train.max_steps={step + 2}")
-    assert r.returncode == 0 and f"resumed from" in r.stdout
+    assert r.returncode == 0 and "resumed from" in r.stdout
     assert ckpt.load_latest(tmp_path)[0]["step"] == step + 2
 
 
@@ -241,10 +278,20 @@ _RANK_WORKER = textwrap.dedent("""
 def test_two_gloo_processes_stay_in_sync(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_RANK_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), str(tmp_path),
-           *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(script),
+        str(tmp_path),
+        *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true"),
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
@@ -263,12 +310,24 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
 
 @pytest.mark.slow
 def test_default_command_path_on_a_small_budget(tmp_path):
-    """`python fastcvrl/train.py` with no --config: synthetic dataset generated, trained, backbone exported."""
+    """`python fastcvrl/train.py` with no --config: synthetic dataset generated, trained, backbone
+    exported."""
     synth = tmp_path / "synthetic"
-    r = _cli(f"--data.synthetic_dir={synth}", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=4",
-             "--data.crop_size=32", "--data.num_frames=4", "--train.batch_size=4", "--train.max_steps=2",
-             "--train.log_every=1", f"--train.out_dir={tmp_path / 'run'}", "--train.knn_every=1",
-             "--eval.num_frames=4", "--eval.crop_size=32", cwd=tmp_path)
+    r = _cli(
+        f"--data.synthetic_dir={synth}",
+        "--data.synthetic_classes=2",
+        "--data.synthetic_videos_per_class=4",
+        "--data.crop_size=32",
+        "--data.num_frames=4",
+        "--train.batch_size=4",
+        "--train.max_steps=2",
+        "--train.log_every=1",
+        f"--train.out_dir={tmp_path / 'run'}",
+        "--train.knn_every=1",
+        "--eval.num_frames=4",
+        "--eval.crop_size=32",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "synthetic_cpu.yaml" in r.stdout and (synth / "train" / "manifest.csv").is_file()
     # one epoch is 2 steps: the kNN monitor ran once, on the synthetic test split (1 video per class here)
@@ -291,14 +350,32 @@ def test_progress_line_shows_every_field_on_a_terminal_and_in_a_log():
         def isatty(self) -> bool:
             return True
 
-    r = Report(epoch=2, epochs=10, step=30, total_steps=100, loss=5.4321, acc=0.25, lr=0.125,
-               clips_per_s=88.8, data_wait=0.125, eta_s=3725)
+    r = Report(
+        epoch=2,
+        epochs=10,
+        step=30,
+        total_steps=100,
+        loss=5.4321,
+        acc=0.25,
+        lr=0.125,
+        clips_per_s=88.8,
+        data_wait=0.125,
+        eta_s=3725,
+    )
     for stream in (io.StringIO(), Tty()):
         p = Progress(100, 20, stream=stream)
         p.update(r)
         p.close()
         text = stream.getvalue()
-        for part in ("ep 3/10", "step 30/100", "loss 5.4321", "acc 0.250", "lr 0.125", "89 clips/s",
-                     "wait 12%", "eta 1:02:05"):
+        for part in (
+            "ep 3/10",
+            "step 30/100",
+            "loss 5.4321",
+            "acc 0.250",
+            "lr 0.125",
+            "89 clips/s",
+            "wait 12%",
+            "eta 1:02:05",
+        ):
             assert part in text, (part, text)
     assert format_eta(59) == "00:59" and format_eta(61) == "01:01"

@@ -1,18 +1,27 @@
 """PyAV helpers and the manifest format that every other part builds on."""
+
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 import pytest
-
-from dali_pipelines.manifest import HEADER, ManifestError, ManifestWarning, VideoEntry, read_manifest, write_manifest
-from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
-
 from videos import decode_index, index_frames
 
+from dali_pipelines.manifest import (
+    HEADER,
+    ManifestError,
+    ManifestWarning,
+    VideoEntry,
+    read_manifest,
+    write_manifest,
+)
+from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 
-@pytest.mark.parametrize("codec, ext", [("vp9", ".webm"), ("mjpeg", ".avi"), ("h264", ".mp4"), ("vp8", ".mkv")])
+
+@pytest.mark.parametrize(
+    "codec, ext", [("vp9", ".webm"), ("mjpeg", ".avi"), ("h264", ".mp4"), ("vp8", ".mkv")]
+)
 def test_index_video_round_trip(tmp_path, codec, ext):
     frames = index_frames(40, 32, 48, video_id=7)
     path = write_video(tmp_path / f"v{ext}", frames, codec=codec, gop=8)
@@ -78,8 +87,16 @@ def test_manifest_duplicate_rows_warn_naming_them(tmp_path):
     row = "{},{},40,25,64,48,vp9\n"
     m = tmp_path / "manifest.csv"
     # b twice (once by an absolute path: the same file), a once, c three times
-    m.write_text(",".join(HEADER) + "\n" + row.format("b.webm", 1) + row.format("a.webm", 0) + row.format("c.webm", 2)
-                 + row.format(tmp_path / "b.webm", 1) + row.format("c.webm", 2) + row.format("./c.webm", 2))
+    m.write_text(
+        ",".join(HEADER)
+        + "\n"
+        + row.format("b.webm", 1)
+        + row.format("a.webm", 0)
+        + row.format("c.webm", 2)
+        + row.format(tmp_path / "b.webm", 1)
+        + row.format("c.webm", 2)
+        + row.format("./c.webm", 2)
+    )
     with pytest.warns(ManifestWarning) as record:
         entries = read_manifest(m)
     assert len(record) == 1

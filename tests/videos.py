@@ -6,6 +6,7 @@ any crop, flip and resize, and steps of 16 survive lossy coding and YUV 4:2:0, s
 which frames of which video a pipeline delivered. Only the tests use these (``write_video`` in
 ``fastcvrl.datasets.video`` encodes them).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,7 @@
-"""The resume journal of ``prepare`` (``DIR/.prepare-journal.jsonl``): one JSON line per finished file, so that
+"""The resume journal of ``prepare`` (``DIR/.prepare-journal.jsonl``): one JSON line per finished file, so
+that
 an interrupted run is resumed by running the same command again."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +20,11 @@ def _retry_later(probe: Probe) -> bool:
     """A result that may be the machine's fault, not the file's (a worker failure, a timeout, no read
     permission): not journaled, so the next run tries the file again. (Journals of earlier versions hold
     permission rejections as ``unreadable`` with a ``PermissionError: ...`` detail: retried too.)"""
-    return (probe.reason in ("failed", "timeout") or probe.detail.startswith(NO_PERMISSION)
-            or (probe.reason == "unreadable" and probe.detail.startswith("PermissionError")))
+    return (
+        probe.reason in ("failed", "timeout")
+        or probe.detail.startswith(NO_PERMISSION)
+        or (probe.reason == "unreadable" and probe.detail.startswith("PermissionError"))
+    )
 
 
 class Journal:
@@ -70,7 +75,14 @@ class Journal:
         except OSError:
             size, mtime = None, None
         out_size = os.path.getsize(probe.path) if probe.ok and probe.path != src else None
-        rec = {"src": src, "size": size, "mtime_ns": mtime, "settings": self.settings, "probe": asdict(probe), "out_size": out_size}
+        rec = {
+            "src": src,
+            "size": size,
+            "mtime_ns": mtime,
+            "settings": self.settings,
+            "probe": asdict(probe),
+            "out_size": out_size,
+        }
         self.records[src] = rec
         self._file.write(json.dumps(rec) + "\n")
         self._file.flush()

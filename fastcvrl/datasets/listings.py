@@ -3,7 +3,8 @@
 Formats:
 - ``folder``: ``SRC/<class>/**/<video>``; classes are the sub-folders holding videos, sorted by name.
 - ``kinetics``: an annotation CSV ``label,youtube_id,time_start,time_end,split`` and a folder (``--videos``)
-  holding ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (the official downloader's names) or ``<youtube_id>.<ext>``,
+  holding ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (the official downloader's names) or
+  ``<youtube_id>.<ext>``,
   found anywhere below it.
 - ``ucf101``: ``trainlist0N.txt`` / ``testlist0N.txt`` with ``classInd.txt`` beside it; video paths are
   relative to ``--videos`` (the folder holding ``ApplyEyeMakeup/`` ...).
@@ -14,6 +15,7 @@ Formats:
 A ``classes`` list (a ``classes.txt`` from an earlier run) fixes the label order, so that a validation split
 gets the same labels as its training split.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIDEO_EXTENSIONS = {
-    ".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv", ".ts", ".mts",
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".avi",
+    ".webm",
+    ".mkv",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+    ".ts",
+    ".mts",
 }
 FORMATS = ("folder", "kinetics", "ucf101", "hmdb51", "list")
 
@@ -48,8 +63,11 @@ class Source:
 def _is_video(p: Path) -> bool:
     """A video file by its extension, or a broken symbolic link with a video's name (listed, so that probing
     rejects it with its reason instead of leaving it out unseen)."""
-    return (p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")
-            and (p.is_file() or (p.is_symlink() and not p.exists())))
+    return (
+        p.suffix.lower() in VIDEO_EXTENSIONS
+        and not p.name.startswith(".")
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def _absolute(p: Path) -> str:
@@ -83,7 +101,9 @@ def detect_format(src: Path) -> tuple[str, str]:
         if any(src.glob("*_test_split[0-9].txt")):
             return "hmdb51", "folder of *_test_splitN.txt files"
         if (src / "classInd.txt").is_file():
-            raise SourceError(f"{src} holds classInd.txt: pass the split file itself, e.g. {src / 'trainlist01.txt'}")
+            raise SourceError(
+                f"{src} holds classInd.txt: pass the split file itself, e.g. {src / 'trainlist01.txt'}"
+            )
         return "folder", "a folder: one sub-folder per class"
     if re.fullmatch(r"(train|test)list\d+\.txt", src.name):
         return "ucf101", f"{src.name} is a UCF-101 split file"
@@ -104,7 +124,11 @@ def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | No
         if exclude is not None and (d.resolve() == exclude or exclude in d.resolve().parents):
             notes.append(f"skipped {d}: it is the output folder")
             continue
-        videos = sorted(p for p in d.rglob("*") if _is_video(p) and not (exclude and exclude in Path(_absolute(p)).parents))
+        videos = sorted(
+            p
+            for p in d.rglob("*")
+            if _is_video(p) and not (exclude and exclude in Path(_absolute(p)).parents)
+        )
         if videos:
             found[d.name] = videos
         others = [p for p in d.rglob("*") if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS]
@@ -114,18 +138,25 @@ def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | No
     if loose:
         notes.append(f"ignored {len(loose)} video(s) directly in {root}, outside any class folder")
     if not found:
-        raise SourceError(f"{root}: no class sub-folders with video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+        raise SourceError(
+            f"{root}: no class sub-folders with video files ({', '.join(sorted(VIDEO_EXTENSIONS))})"
+        )
     classes, index = _labels_for(list(found), classes, str(root))
     items = [Item(_absolute(p), index[c]) for c in sorted(found, key=index.get) for p in found[c]]
     return Source("folder", items, classes, notes)
 
 
-def read_kinetics(csv_path: Path, videos: Path, subset: str | None = None, classes: list[str] | None = None) -> Source:
+def read_kinetics(
+    csv_path: Path, videos: Path, subset: str | None = None, classes: list[str] | None = None
+) -> Source:
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     need = {"label", "youtube_id", "time_start", "time_end"}
     if not rows or not need <= set(rows[0]):
-        raise SourceError(f"{csv_path}: expected the columns {','.join(sorted(need))} (test CSVs without labels cannot be used)")
+        raise SourceError(
+            f"{csv_path}: expected the columns {','.join(sorted(need))} (test CSVs without labels cannot be "
+            "used)"
+        )
     all_labels = [r["label"].strip() for r in rows]
     classes, index = _labels_for(all_labels, classes, str(csv_path))
     notes = []
@@ -165,7 +196,9 @@ def read_ucf101(list_path: Path, videos: Path, classes: list[str] | None = None)
         if name not in index:
             raise SourceError(f"{list_path}:{lineno}: class {name!r} is not in {ind}")
         if len(parts) > 1 and int(parts[1]) - 1 != index[name]:
-            raise SourceError(f"{list_path}:{lineno}: label {parts[1]} disagrees with classInd.txt for {name}")
+            raise SourceError(
+                f"{list_path}:{lineno}: label {parts[1]} disagrees with classInd.txt for {name}"
+            )
         items.append(Item(_absolute(videos / rel), index[name]))
     return Source("ucf101", items, classes, [])
 
@@ -262,6 +295,8 @@ def read_source(
     seen: set[str] = set()
     unique = [it for it in source.items if not (it.path in seen or seen.add(it.path))]
     if len(unique) < len(source.items):
-        source.notes.append(f"{len(source.items) - len(unique)} duplicate path(s) listed; the first label kept")
+        source.notes.append(
+            f"{len(source.items) - len(unique)} duplicate path(s) listed; the first label kept"
+        )
         source.items = unique
     return source

@@ -1,7 +1,9 @@
 """Check a video collection once, up front: ``python -m fastcvrl.prepare SRC --out DIR [options]``.
 
-Every listed file is decoded in parallel worker processes (``fastcvrl.datasets.videoprobe``): usable videos go to
-``DIR/manifest.csv`` (``dali_pipelines.manifest`` header; the decoded frame count, not the header's claim), their
+Every listed file is decoded in parallel worker processes (``fastcvrl.datasets.videoprobe``): usable videos go
+to
+``DIR/manifest.csv`` (``dali_pipelines.manifest`` header; the decoded frame count, not the header's claim),
+their
 class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason. ``--transcode``
 re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the short side scaled to
 ``--short-side``, so that a clip decodes from a nearby keyframe instead of from the start of a long GOP
@@ -12,9 +14,11 @@ Sources are never written to. Results are appended to ``DIR/.prepare-journal.jso
 so an interrupted run (Ctrl-C, a crash, ``--stop-after``) is resumed by running the same command again, which
 redoes nothing already done. Rejections that may be the machine's fault rather than the file's (no read
 permission, a worker failure, a timeout) are not journaled: the next run tries those files again. The manifest
-is written only when every file is done, atomically (temporary file, then rename), so it is never half-written.
+is written only when every file is done, atomically (temporary file, then rename), so it is never
+half-written.
 The worker processes die with the command (a parent-death signal on Linux), even when it is killed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,21 +32,19 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
-
 
 from dali_pipelines.manifest import VideoEntry, read_classes, write_classes, write_manifest
-from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
-from fastcvrl.datasets.video import CODECS
-from fastcvrl.datasets.videoprobe import Probe
 from fastcvrl.datasets.journal import JOURNAL, JOURNAL_VERSION, NO_PERMISSION, Journal, _retry_later
-from fastcvrl.datasets.transcode import (TRANSCODE_CODECS, _TEMP_RE, Transcode, transcode_video)
-from fastcvrl.datasets.videoprobe import probe_video
+from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
+from fastcvrl.datasets.transcode import _TEMP_RE, TRANSCODE_CODECS, Transcode, transcode_video
+from fastcvrl.datasets.video import CODECS
+from fastcvrl.datasets.videoprobe import Probe, probe_video
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # DALI 2.4's CPU decoder (see shared DALI notes)
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
@@ -64,11 +66,15 @@ def _work(job: Job) -> dict:
     try:  # a permission problem is the machine's, not the file's: said apart, retried by the next run
         os.close(os.open(src, os.O_RDONLY | os.O_NONBLOCK))  # non-blocking: a FIFO must not hang the worker
     except PermissionError as e:
-        return asdict(Probe(src, reason="unreadable", detail=f"{NO_PERMISSION} ({e.strerror}); retried by the next run"))
+        return asdict(
+            Probe(src, reason="unreadable", detail=f"{NO_PERMISSION} ({e.strerror}); retried by the next run")
+        )
     except OSError:
         pass  # missing, a broken link...: probing says which
     try:
-        probe = transcode_video(src, dst, opts, threads) if opts and dst else probe_video(src, threads=threads)
+        probe = (
+            transcode_video(src, dst, opts, threads) if opts and dst else probe_video(src, threads=threads)
+        )
     except Exception as e:  # one bad file never stops the run
         probe = Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
     return asdict(probe)
@@ -85,8 +91,12 @@ def _worker_init(parent: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # not fatal: the work is still right
-            print(f"prepare: worker {os.getpid()} could not ask to die with its parent "
-                  f"({os.strerror(ctypes.get_errno())})", file=sys.stderr, flush=True)
+            print(
+                f"prepare: worker {os.getpid()} could not ask to die with its parent "
+                f"({os.strerror(ctypes.get_errno())})",
+                file=sys.stderr,
+                flush=True,
+            )
         if os.getppid() != parent:  # the parent is already gone: the signal would never come
             os._exit(1)
 
@@ -129,7 +139,11 @@ def _output_paths(items: list[Item], classes: list[str], out: Path, codec: str) 
     for name, group in names.items():
         folder, stem = name.split("/", 1)
         for it in group:
-            suffix = "" if len(group) == 1 else "-" + hashlib.sha1(it.path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            suffix = (
+                ""
+                if len(group) == 1
+                else "-" + hashlib.sha1(it.path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            )
             paths[it.path] = str(out / "videos" / folder / _fit_name(stem, suffix, ext, it.path))
     return paths
 
@@ -140,7 +154,9 @@ def _remove_stale_temporaries(out: Path) -> None:
     videos = out / "videos"
     if videos.is_dir():
         for p in videos.rglob("*"):
-            if p.is_file() and (_TEMP_RE.match(p.name) or (".tmp" in p.stem and p.stem.rsplit(".tmp", 1)[-1].isdigit())):
+            if p.is_file() and (
+                _TEMP_RE.match(p.name) or (".tmp" in p.stem and p.stem.rsplit(".tmp", 1)[-1].isdigit())
+            ):
                 p.unlink()
 
 
@@ -190,7 +206,14 @@ def _run_pool(
                 _kill_workers(ex)
                 on_result(job[0], _timed_out(job[0], timeout))
                 continue
-            on_result(job[0], _result(fut, job[0], crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process")))
+            on_result(
+                job[0],
+                _result(
+                    fut,
+                    job[0],
+                    crashed=Probe(job[0], reason="unreadable", detail="the decoder crashed its process"),
+                ),
+            )
             ex.shutdown(wait=True)
             continue
         ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
@@ -207,11 +230,17 @@ def _run_pool(
                 wait_s = None if not timeout else max(0.0, min(started.values()) + timeout - now)
                 done, _ = wait(inflight, timeout=wait_s, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    probe = _result(fut, inflight[fut][0])  # raises BrokenProcessPool with fut still in flight
+                    probe = _result(
+                        fut, inflight[fut][0]
+                    )  # raises BrokenProcessPool with fut still in flight
                     on_result(inflight.pop(fut)[0], probe)
                     started.pop(fut, None)
                 now = time.monotonic()
-                late = [f for f, t0 in started.items() if now - t0 >= timeout and not f.done()] if timeout else []
+                late = (
+                    [f for f, t0 in started.items() if now - t0 >= timeout and not f.done()]
+                    if timeout
+                    else []
+                )
                 if late:
                     _kill_workers(ex)
                     for fut in late:
@@ -257,18 +286,27 @@ def prepare(
     """Probe (and optionally transcode) every video listed by ``src``; write the manifest, classes and
     rejections into ``out``. Raises ``PrepareError`` for bad arguments; never for a bad video."""
     start = time.perf_counter()
-    src_p, out_p = Path(os.path.expanduser(os.fspath(src))).absolute(), Path(os.path.expanduser(os.fspath(out))).absolute()
+    src_p, out_p = (
+        Path(os.path.expanduser(os.fspath(src))).absolute(),
+        Path(os.path.expanduser(os.fspath(out))).absolute(),
+    )
     if not src_p.exists():
         raise PrepareError(f"source not found: {src_p}")
     if src_p == out_p:
-        raise PrepareError(f"--out must differ from the source folder ({out_p}): sources are never written to")
+        raise PrepareError(
+            f"--out must differ from the source folder ({out_p}): sources are never written to"
+        )
     if transcode is not None:
         if transcode.codec not in TRANSCODE_CODECS:
-            raise PrepareError(f"--transcode {transcode.codec!r}: choose one of {', '.join(TRANSCODE_CODECS)}")
+            raise PrepareError(
+                f"--transcode {transcode.codec!r}: choose one of {', '.join(TRANSCODE_CODECS)}"
+            )
         if transcode.bframes < 0:
             raise PrepareError(f"--bframes must be >= 0, got {transcode.bframes}")
         if transcode.short_side < 0 or transcode.gop < 1:
-            raise PrepareError(f"--short-side must be >= 0 and --gop >= 1, got {transcode.short_side} and {transcode.gop}")
+            raise PrepareError(
+                f"--short-side must be >= 0 and --gop >= 1, got {transcode.short_side} and {transcode.gop}"
+            )
     if min_frames < 1:
         raise PrepareError(f"--min-frames must be >= 1, got {min_frames}")
     if timeout is not None and not timeout >= 0:
@@ -292,7 +330,9 @@ def prepare(
     if transcode is not None:
         inside = [it.path for it in source.items if (out_p / "videos") in Path(it.path).parents]
         if inside:
-            raise PrepareError(f"source video {inside[0]} lies inside {out_p / 'videos'}, where transcodes are written")
+            raise PrepareError(
+                f"source video {inside[0]} lies inside {out_p / 'videos'}, where transcodes are written"
+            )
     out_p.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_p)
     dst = _output_paths(source.items, source.classes, out_p, transcode.codec) if transcode else {}
@@ -314,8 +354,10 @@ def prepare(
     threads = 1 if workers > 1 else 0  # parallel files, not parallel codec threads: no oversubscription
     jobs: list[Job] = [(path, dst.get(path), transcode, threads) for path in todo]
     action = f"transcoding to {transcode.codec}" if transcode else "probing"
-    log(f"{len(source.items)} videos in {len(source.classes)} classes; {summary.reused} already done; "
-        f"{action} {len(todo)} with {workers} processes")
+    log(
+        f"{len(source.items)} videos in {len(source.classes)} classes; {summary.reused} already done; "
+        f"{action} {len(todo)} with {workers} processes"
+    )
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="video", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True)
@@ -337,7 +379,10 @@ def prepare(
         bar.close()
         journal.close()
         _remove_stale_temporaries(out_p)
-        log(f"interrupted: {summary.processed} file(s) done in this run; run the same command again to continue")
+        log(
+            f"interrupted: {summary.processed} file(s) done in this run; run the same command again to "
+            "continue"
+        )
         summary.seconds = time.perf_counter() - start
         raise
     finally:
@@ -345,15 +390,20 @@ def prepare(
         journal.close()
     summary.seconds = time.perf_counter() - start
     if len(results) < len(source.items):
-        log(f"stopped after {summary.processed} file(s) (--stop-after); {len(source.items) - len(results)} left: "
-            "run the same command again to continue")
+        log(
+            f"stopped after {summary.processed} file(s) (--stop-after); {len(source.items) - len(results)} "
+            "left: "
+            "run the same command again to continue"
+        )
         return summary
     entries, rejected = [], []
     summary.rejected.clear()  # recounted over every listed file, reused ones included
     for it in source.items:
         p = results[it.path]
         if p.ok and p.num_frames < min_frames:
-            p = replace(p, reason="too short", detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}")
+            p = replace(
+                p, reason="too short", detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}"
+            )
         if p.ok:
             entries.append(VideoEntry(p.path, it.label, p.num_frames, p.fps, p.width, p.height, p.codec))
         else:
@@ -371,7 +421,9 @@ def prepare(
     return summary
 
 
-def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Probe], out: Path, log: Callable) -> None:
+def _print_summary(
+    summary: Summary, entries: list[VideoEntry], probes: list[Probe], out: Path, log: Callable
+) -> None:
     reasons = ", ".join(f"{n} {r}" for r, n in summary.rejected.most_common()) or "none"
     log(f"{summary.usable} usable of {summary.listed}; rejected: {reasons} (see {out / 'rejected.csv'})")
     if not entries:
@@ -379,8 +431,10 @@ def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Pro
         return
     frames = sorted(e.num_frames for e in entries)
     codecs = Counter(e.codec for e in entries)
-    log(f"frames per video: min {frames[0]}, median {int(statistics.median(frames))}, max {frames[-1]}; "
-        f"{sum(f < 32 for f in frames)} shorter than one 16x2 clip (32 frames; the pipelines loop them)")
+    log(
+        f"frames per video: min {frames[0]}, median {int(statistics.median(frames))}, max {frames[-1]}; "
+        f"{sum(f < 32 for f in frames)} shorter than one 16x2 clip (32 frames; the pipelines loop them)"
+    )
     log("codecs: " + ", ".join(f"{c} {n}" for c, n in codecs.most_common()))
     gops = [p.num_frames / p.keyframes for p in probes if p.ok and p.keyframes]
     if gops:
@@ -388,43 +442,85 @@ def _print_summary(summary: Summary, entries: list[VideoEntry], probes: list[Pro
         hint = " (long: clips decode from far back; consider --transcode ... --gop 16)" if med > 32 else ""
         log(f"median keyframe interval: {med:.0f} frames{hint}")
     if set(codecs) - DALI_CPU_CODECS:
-        log(f"note: DALI decodes {', '.join(sorted(set(codecs) - DALI_CPU_CODECS))} on the GPU only; "
-            "for CPU decoding use --transcode vp9 or mjpeg")
-    log(f"wrote {summary.manifest} ({summary.usable} videos) in {summary.seconds:.1f} s; "
-        f"{summary.processed} processed in this run, {summary.reused} reused")
+        log(
+            f"note: DALI decodes {', '.join(sorted(set(codecs) - DALI_CPU_CODECS))} on the GPU only; "
+            "for CPU decoding use --transcode vp9 or mjpeg"
+        )
+    log(
+        f"wrote {summary.manifest} ({summary.usable} videos) in {summary.seconds:.1f} s; "
+        f"{summary.processed} processed in this run, {summary.reused} reused"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     import fastcvrl.datasets.listings
 
-    epilog = fastcvrl.datasets.listings.__doc__.split("\n", 1)[1] + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, " \
+    epilog = (
+        fastcvrl.datasets.listings.__doc__.split("\n", 1)[1]
+        + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, "
         "3 stopped by --stop-after, 130 interrupted (rerun the same command to continue)."
-    ap = argparse.ArgumentParser(prog="python -m fastcvrl.prepare", description=__doc__.split("\n\n")[0],
-                                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="class-folder tree, Kinetics CSV, UCF-101 split file, HMDB-51 split folder, or 'path label' list")
-    ap.add_argument("--out", required=True, help="output folder (manifest.csv, classes.txt, rejected.csv, videos/)")
+    )
+    ap = argparse.ArgumentParser(
+        prog="python -m fastcvrl.prepare",
+        description=__doc__.split("\n\n")[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "src",
+        help="class-folder tree, Kinetics CSV, UCF-101 split file, HMDB-51 split folder, "
+        "or 'path label' list",
+    )
+    ap.add_argument(
+        "--out", required=True, help="output folder (manifest.csv, classes.txt, rejected.csv, videos/)"
+    )
     ap.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
     ap.add_argument("--videos", help="folder the CSV / split / list paths are relative to")
     ap.add_argument("--subset", help="Kinetics: keep rows with this split value; HMDB-51: train or test")
     ap.add_argument("--split-id", type=int, default=1, help="HMDB-51 split number (1..3)")
     ap.add_argument("--classes", help="classes.txt fixing the label order (e.g. the training split's)")
     ap.add_argument("--transcode", choices=TRANSCODE_CODECS, help="re-encode into DIR/videos with this codec")
-    ap.add_argument("--short-side", type=int, default=256, help="transcode: scale the short side to this (0 = keep)")
+    ap.add_argument(
+        "--short-side", type=int, default=256, help="transcode: scale the short side to this (0 = keep)"
+    )
     ap.add_argument("--gop", type=int, default=16, help="transcode: keyframe interval in frames")
     ap.add_argument("--quality", type=int, default=None, help="transcode: CRF (h264, vp9) or qscale (mjpeg)")
-    ap.add_argument("--bframes", type=int, default=Transcode.bframes,
-                    help="transcode: H.264 B-frames between reference frames (0 = none)")
+    ap.add_argument(
+        "--bframes",
+        type=int,
+        default=Transcode.bframes,
+        help="transcode: H.264 B-frames between reference frames (0 = none)",
+    )
     ap.add_argument("--min-frames", type=int, default=1, help="reject videos with fewer decoded frames")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
-    ap.add_argument("--timeout", type=float, default=1800.0,
-                    help="seconds one file may take (probe or transcode) before it is rejected as hung (0 = no limit)")
-    ap.add_argument("--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds one file may take (probe or transcode) before it is rejected as hung (0 = no limit)",
+    )
+    ap.add_argument(
+        "--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     opts = Transcode(a.transcode, a.short_side, a.gop, a.quality, a.bframes) if a.transcode else None
     try:
-        summary = prepare(a.src, a.out, a.format, a.videos, a.subset, a.split_id, a.classes, opts, a.min_frames,
-                          a.workers, a.stop_after, timeout=a.timeout, quiet=a.quiet)
+        summary = prepare(
+            a.src,
+            a.out,
+            a.format,
+            a.videos,
+            a.subset,
+            a.split_id,
+            a.classes,
+            opts,
+            a.min_frames,
+            a.workers,
+            a.stop_after,
+            timeout=a.timeout,
+            quiet=a.quiet,
+        )
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""A generated motion dataset for the built-in default, demos and tests: ``python -m fastcvrl.synthetic --out DIR``.
+"""A generated motion dataset for the built-in default, demos and tests: ``python -m fastcvrl.synthetic --out
+DIR``.
 
 K classes that differ only by motion (translation direction, rotation sense, expansion vs contraction,
 oscillation axis, ...), in one of two scenes; the distribution of any single frame is the same for every
@@ -22,6 +23,7 @@ with ``manifest.csv`` (``dali_pipelines.manifest`` header), ``classes.txt`` and 
 Generation is deterministic by seed, happens once (cached by the parameter stamp), and is atomic: it writes
 into a temporary folder beside ``root`` and renames it into place, so an interrupted run never looks done.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +108,8 @@ class SyntheticParams:
 
 # ------------------------------------------------------------------------------------------- rendering
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Static smooth colour noise: a coarse random grid upsampled bilinearly, ``(H, W, 3)`` float in 0..255."""
+    """Static smooth colour noise: a coarse random grid upsampled bilinearly, ``(H, W, 3)`` float in
+    0..255."""
     cells = int(rng.integers(3, 9))
     grid = rng.uniform(0, 255, (cells + 1, cells + 1, 3)) * rng.uniform(0.3, 1.0) + rng.uniform(0, 80)
     pos = np.linspace(0, cells, size, endpoint=False)
@@ -147,7 +150,9 @@ class _Object:
     scale: np.ndarray  # pixels per object unit
 
 
-def _draw_scene(params: SyntheticParams, label: int, rng: np.random.Generator) -> tuple[np.ndarray, list[_Object]]:
+def _draw_scene(
+    params: SyntheticParams, label: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[_Object]]:
     """The random draws of one video: background ``(H, W, 3)`` and 1 or 2 objects moving as ``label`` says."""
     size, t_len = params.size, params.num_frames
     motion = MOTIONS[label]
@@ -192,8 +197,19 @@ def _draw_scene(params: SyntheticParams, label: int, rng: np.random.Generator) -
             else:
                 cy = cy0 + wave
         f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-        objects.append(_Object(shape, colors, texture, freq, tex_phase, f32(np.mod(cx, size)), f32(np.mod(cy, size)),
-                               f32(angle), f32(radius * np.exp(log_scale))))
+        objects.append(
+            _Object(
+                shape,
+                colors,
+                texture,
+                freq,
+                tex_phase,
+                f32(np.mod(cx, size)),
+                f32(np.mod(cy, size)),
+                f32(angle),
+                f32(radius * np.exp(log_scale)),
+            )
+        )
     return background, objects
 
 
@@ -235,7 +251,9 @@ def _window(x: np.ndarray, y: np.ndarray, b: int, frame: np.ndarray) -> tuple[np
     cy = (np.floor(y).astype(np.int64) - b // 2)[:, None] + j
     ox = (cx.astype(np.float32) + np.float32(0.5) - x[:, None])[:, None, :]  # (T, 1, b)
     oy = (cy.astype(np.float32) + np.float32(0.5) - y[:, None])[:, :, None]  # (T, b, 1)
-    index = ((np.arange(t_len)[:, None] * size + np.mod(cy, size)) * size)[:, :, None] + np.mod(cx, size)[:, None, :]
+    index = ((np.arange(t_len)[:, None] * size + np.mod(cy, size)) * size)[:, :, None] + np.mod(cx, size)[
+        :, None, :
+    ]
     return cx, cy, ox, oy, index
 
 
@@ -269,8 +287,13 @@ DOT_LIFETIME = (8, 24)  # frames, uniform per dot
 DOT_BACKGROUND = 40.0  # grey level of the background
 # The second of each mirror pair is rendered as the first played backwards: the pair then differs in the
 # direction of time only, and every single frame has exactly the same law in both classes.
-_REVERSED = {"move_left": "move_right", "move_up": "move_down", "rotate_ccw": "rotate_cw", "contract": "expand",
-             "move_up_left": "move_down_right"}
+_REVERSED = {
+    "move_left": "move_right",
+    "move_up": "move_down",
+    "rotate_ccw": "rotate_cw",
+    "contract": "expand",
+    "move_up_left": "move_down_right",
+}
 
 
 @dataclass
@@ -334,7 +357,9 @@ def _draw_dots(params: SyntheticParams, motion: str, rng: np.random.Generator) -
         grow = np.exp(rate * age)
         x, y, torus = centre[0] + grow * (bx - centre[0]), centre[1] + grow * (by - centre[1]), False
     else:  # oscillate: a common sinusoidal displacement since birth
-        wave = amp * (np.sin(2 * math.pi * t / period + phase) - np.sin(2 * math.pi * (t - age) / period + phase))
+        wave = amp * (
+            np.sin(2 * math.pi * t / period + phase) - np.sin(2 * math.pi * (t - age) / period + phase)
+        )
         x, y = (bx + wave, by) if motion == "oscillate_horizontal" else (bx, by + wave)
     if torus:
         x, y = np.mod(x, size), np.mod(y, size)
@@ -374,7 +399,9 @@ def _paint_dots(frame: np.ndarray, dots: _Dots) -> None:
         _blend(frame, index, alpha[..., None], dots.colors[i])
 
 
-def _render(params: SyntheticParams, label: int, rng: np.random.Generator, reference: bool = False) -> np.ndarray:
+def _render(
+    params: SyntheticParams, label: int, rng: np.random.Generator, reference: bool = False
+) -> np.ndarray:
     """One video of class ``label``: ``(T, H, W, 3)`` uint8."""
     if params.scene == "dots":
         motion = MOTIONS[label]
@@ -385,14 +412,18 @@ def _render(params: SyntheticParams, label: int, rng: np.random.Generator, refer
             frame = frame[::-1]
     else:
         background, objects = _draw_scene(params, label, rng)
-        frame = np.broadcast_to(background, (params.num_frames, *background.shape)).copy()  # (T, H, W, 3) float32
+        frame = np.broadcast_to(
+            background, (params.num_frames, *background.shape)
+        ).copy()  # (T, H, W, 3) float32
         for obj in objects:
             (_paint_reference if reference else _paint)(frame, obj)
     frame += np.float32(0.5)  # round to nearest below
     return np.clip(frame, 0, 255, out=frame).astype(np.uint8)
 
 
-def render_video(params: SyntheticParams, split: str, label: int, index: int, reference: bool = False) -> np.ndarray:
+def render_video(
+    params: SyntheticParams, split: str, label: int, index: int, reference: bool = False
+) -> np.ndarray:
     """The frames ``(T, H, W, 3)`` uint8 of video ``index`` of class ``label`` in ``split``; depends only on
     these and the seed. ``reference`` paints every pixel (slow) instead of a window around each object."""
     split_id = {"train": 0, "test": 1}[split]
@@ -433,7 +464,15 @@ def _generate(tmp: Path, params: SyntheticParams, workers: int) -> None:
                 path = folder / f"{index:04d}{ext}"
                 jobs.append((params, split, label, index, str(path)))
                 entries[split].append(
-                    VideoEntry(str(path), label, params.num_frames, params.fps, params.size, params.size, params.codec)
+                    VideoEntry(
+                        str(path),
+                        label,
+                        params.num_frames,
+                        params.fps,
+                        params.size,
+                        params.size,
+                        params.codec,
+                    )
                 )
     if workers > 1 and len(jobs) > 1:
         with get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
@@ -476,7 +515,16 @@ def ensure_synthetic(
     if test_videos_per_class is None:
         test_videos_per_class = max(1, videos_per_class // 3)
     params = SyntheticParams(
-        num_classes, videos_per_class, test_videos_per_class, seed, codec, size, num_frames, float(fps), gop, scene
+        num_classes,
+        videos_per_class,
+        test_videos_per_class,
+        seed,
+        codec,
+        size,
+        num_frames,
+        float(fps),
+        gop,
+        scene,
     )
     params.check()
     root = Path(os.path.expanduser(os.fspath(root))).absolute()
@@ -491,7 +539,8 @@ def ensure_synthetic(
         if root.exists() and not (root / STAMP).is_file():
             if not root.is_dir() or any(root.iterdir()):
                 raise FileExistsError(
-                    f"{root} exists and is not a synthetic dataset (no {STAMP}); choose another folder or remove it"
+                    f"{root} exists and is not a synthetic dataset (no {STAMP}); choose another folder or "
+                    "remove it"
                 )
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
@@ -509,7 +558,9 @@ def ensure_synthetic(
                 shutil.rmtree(tmp, ignore_errors=True)
         if verbose:
             n = params.num_classes * (params.videos_per_class + params.test_videos_per_class)
-            print(f"generated {n} synthetic videos in {root} in {time.perf_counter() - start:.1f} s", flush=True)
+            print(
+                f"generated {n} synthetic videos in {root} in {time.perf_counter() - start:.1f} s", flush=True
+            )
     return manifests
 
 
@@ -520,20 +571,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos-per-class", type=int, default=24, help="training videos per class")
     ap.add_argument("--test-videos-per-class", type=int, default=None, help="default: a third of the above")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--codec", default="vp9", choices=list(SYNTHETIC_CODECS),
-                    help="vp9 (DALI's CPU decoder, the CPU default) or h264 (NVDEC, the GPU default)")
+    ap.add_argument(
+        "--codec",
+        default="vp9",
+        choices=list(SYNTHETIC_CODECS),
+        help="vp9 (DALI's CPU decoder, the CPU default) or h264 (NVDEC, the GPU default)",
+    )
     ap.add_argument("--size", type=int, default=112, help="frame height and width in pixels")
     ap.add_argument("--frames", type=int, default=64, help="frames per video")
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--gop", type=int, default=16, help="keyframe interval in frames")
-    ap.add_argument("--scene", default="dots", choices=list(SCENES),
-                    help="dots: a random-dot kinematogram (default); objects: textured shapes on a textured background")
+    ap.add_argument(
+        "--scene",
+        default="dots",
+        choices=list(SCENES),
+        help="dots: a random-dot kinematogram (default); objects: textured shapes on a textured background",
+    )
     ap.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPU count)")
     a = ap.parse_args(argv)
     try:
         train, test = ensure_synthetic(
-            a.out, a.classes, a.videos_per_class, a.seed, a.codec, a.size, a.frames,
-            a.test_videos_per_class, a.fps, a.gop, a.scene, a.workers, verbose=True,
+            a.out,
+            a.classes,
+            a.videos_per_class,
+            a.seed,
+            a.codec,
+            a.size,
+            a.frames,
+            a.test_videos_per_class,
+            a.fps,
+            a.gop,
+            a.scene,
+            a.workers,
+            verbose=True,
         )
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Re-encoding one video for fast clip decoding (``prepare --transcode``): every frame kept, in order, a
 keyframe every ``gop`` frames, the short side scaled; the output verified before it is renamed into place."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ from fastcvrl.datasets.videoprobe import Probe, probe_video
 TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
 TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
 _TEMP_RE = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")
+
 
 @dataclass(frozen=True)
 class Transcode:
@@ -59,8 +61,9 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
         if not state:
             w, h = output_size(frame.width, frame.height, opts.short_side)
             state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
-            state["stream"] = add_video_stream(state["out"], opts.codec, w, h, rate, opts.gop, opts.quality,
-                                               opts.bframes)
+            state["stream"] = add_video_stream(
+                state["out"], opts.codec, w, h, rate, opts.gop, opts.quality, opts.bframes
+            )
             state["stream"].codec_context.thread_count = threads
             state["size"], state["n"] = (w, h), 0
         w, h = state["size"]
@@ -68,8 +71,16 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
         src_range = frame.color_range
         if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
             src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
-        f2 = scaler.reformat(frame, w, h, pix_fmt, interpolation="AREA", src_color_range=src_range,
-                             dst_color_range=dst_range, threads=1)
+        f2 = scaler.reformat(
+            frame,
+            w,
+            h,
+            pix_fmt,
+            interpolation="AREA",
+            src_color_range=src_range,
+            dst_color_range=dst_range,
+            threads=1,
+        )
         f2.pts, f2.time_base = state["n"], 1 / rate  # constant frame rate: frame i at i / rate
         f2.pict_type = av.video.frame.PictureType.NONE  # else encoders keep the source's keyframes too
         state["n"] += 1
@@ -101,7 +112,8 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
 
 def temp_path(dst: str) -> str:
     """A temporary name beside ``dst`` (same folder: the rename into place is atomic) whose length does not
-    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under ``NAME_MAX``."""
+    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under
+    ``NAME_MAX``."""
     folder, name = os.path.split(dst)
     digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{digest}{os.path.splitext(name)[1]}")

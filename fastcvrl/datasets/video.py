@@ -3,17 +3,19 @@
 Used by the synthetic dataset, by ``prepare --transcode`` and by the tests, which generate their own videos
 (the tests' frame-index-coded clips are in ``tests/videos.py``).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import Iterable
 
 import numpy as np
 
 try:
     import av
 except ImportError:  # importing this module (the trainer does) needs no PyAV; reading or writing a video does
+
     class _NoPyAV:
         def __getattr__(self, name: str):
             raise ImportError("PyAV is needed to read or write videos (pip install av)")
@@ -45,7 +47,8 @@ def write_video(
     """Encode RGB uint8 frames ``(T, H, W, 3)`` into ``path`` with a keyframe every ``gop`` frames.
 
     ``quality``: CRF for vp9/h264 (lower is better), qscale for mjpeg/mpeg4. ``bframes``: B-frames between
-    reference frames (h264 only; frames then reorder: decode order differs from presentation). Writes to a temporary name and
+    reference frames (h264 only; frames then reorder: decode order differs from presentation). Writes to a
+    temporary name and
     renames, so a killed writer never leaves a half-written file under the final name.
     """
     if codec not in CODECS:

@@ -19,20 +19,30 @@ these reasons (the detail says more):
 frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Callable
 
 import av
 
 TRUNCATION_TOLERANCE = 0.05  # fraction of the declared frames that may be missing (edit lists, B-frame delay)
 TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
-REASONS = ("missing", "broken link", "empty", "unreadable", "no video stream", "zero frames", "truncated", "too short", "timeout")
+REASONS = (
+    "missing",
+    "broken link",
+    "empty",
+    "unreadable",
+    "no video stream",
+    "zero frames",
+    "truncated",
+    "too short",
+    "timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,10 @@ def _container_cut_short(path: str, size: int) -> str:
                     return f"invalid MP4 box size {length} at byte {pos}"
                 if pos + length > size:
                     name = kind.decode("latin-1")
-                    return f"MP4 box '{name}' at byte {pos} declares {length} bytes, the file ends {size - pos} bytes later"
+                    return (
+                        f"MP4 box '{name}' at byte {pos} declares {length} bytes, "
+                        f"the file ends {size - pos} bytes later"
+                    )
                 pos += length
     return ""
 
@@ -139,7 +152,9 @@ def probe_video(
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
         return _reject(path, "unreadable", f"cannot open: {e}")
     with container:
-        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        streams = [
+            s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+        ]
         if not streams:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             return _reject(path, "no video stream", f"streams: {kinds}")
@@ -171,7 +186,9 @@ def probe_video(
         span = (last_time - first_time) if n > 1 and first_time is not None and last_time is not None else 0.0
         if span > 0 and (not fps or abs((n - 1) / span - fps) > 0.05 * fps):
             fps = (n - 1) / span  # variable frame rate (or a wrong nominal rate): the measured average
-        found = dict(num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(fps, 4))
+        found = dict(
+            num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(fps, 4)
+        )
         if error and n == 0:
             return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
         if error:
@@ -179,7 +196,9 @@ def probe_video(
         if n == 0:
             return _reject(path, "zero frames", f"the {codec} stream has no decodable frame", **found)
         if declared_frames and n < declared_frames * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK:
-            return _reject(path, "truncated", f"{n} frames decode, the container declares {declared_frames}", **found)
+            return _reject(
+                path, "truncated", f"{n} frames decode, the container declares {declared_frames}", **found
+            )
         covered = span + (1 / fps if fps else 0.0)  # the last frame lasts one frame period
         if (
             not declared_frames
@@ -189,7 +208,10 @@ def probe_video(
             and covered < declared_seconds * (1 - TRUNCATION_TOLERANCE) - TRUNCATION_SLACK / fps
         ):
             return _reject(
-                path, "truncated", f"decoded frames cover {covered:.2f} s, the container declares {declared_seconds:.2f} s", **found
+                path,
+                "truncated",
+                f"decoded frames cover {covered:.2f} s, the container declares {declared_seconds:.2f} s",
+                **found,
             )
         if n < min_frames:
             return _reject(path, "too short", f"{n} frames, fewer than the {min_frames} asked for", **found)

@@ -6,7 +6,8 @@ One job per module:
   the linear protocol or fine-tuning on two manifests with the DALI loaders.
 - ``inputs``: the inputs checked against each other before any model work (eval keys, the two splits'
   classes by name via ``classes.txt``, test labels the training split lacks).
-- ``weights``: the backbone a checkpoint file holds (trainer checkpoint, exported ``backbone.pt``, state dict).
+- ``weights``: the backbone a checkpoint file holds (trainer checkpoint, exported ``backbone.pt``, state
+dict).
 - ``precision``: the precision evaluation runs in (the config's, where the device supports it).
 - ``features``: the one feature-extraction loop (probe, fine-tuning's test, kNN), and its gather over ranks.
 - ``linear``: CVRL's linear protocol from loaders (cached feature passes, test views averaged per video).

@@ -1,6 +1,7 @@
 """``python -m fastcvrl.eval``: evaluate a pretrained backbone (see ``fastcvrl.eval.evaluate``).
 
 ``cli`` is also the ``fastcvrl-eval`` console script: a known failure is one line on stderr and exit 2."""
+
 import sys
 
 from fastcvrl.config import ConfigError

@@ -16,7 +16,8 @@ CKPT is a trainer checkpoint (``<run>/checkpoints/ckpt_*.pt``) or the exported b
 taken from the checkpoint's config, else from ``config.yaml`` in its run folder, else from ``--config``.
 ``--random-init`` evaluates a randomly initialised backbone instead (the baseline of the learning proof).
 Evaluation runs in ``train.precision`` where the device supports it (fp32 on the CPU, whatever the training
-run used). Results: printed, written to ``OUT/eval.json`` and to TensorBoard in ``OUT`` (``eval/top1``, ``eval/top5``).
+run used). Results: printed, written to ``OUT/eval.json`` and to TensorBoard in ``OUT`` (``eval/top1``,
+``eval/top5``).
 
 Before any model work the inputs are checked against each other (``fastcvrl.eval.inputs``): the eval keys,
 both manifests, the test split's classes against the training split's (by name, via ``classes.txt``).
@@ -24,14 +25,16 @@ A test video that cannot be read or decoded is named in a warning and left out: 
 test videos (``num_scored_videos``), and ``unreadable_test_videos`` lists the files. An unreadable training
 video is replaced by another one of the set (also named), as in pretraining.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,8 +61,12 @@ def evaluate(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the linear protocol (or fine-tuning) with the DALI loaders of ``dali_pipelines.loaders`` on two manifests."""
-    from dali_pipelines.loaders import build_linear_loader, build_test_loader  # DALI only where loaders are needed
+    """Run the linear protocol (or fine-tuning) with the DALI loaders of ``dali_pipelines.loaders`` on two
+    manifests."""
+    from dali_pipelines.loaders import (
+        build_linear_loader,
+        build_test_loader,
+    )  # DALI only where loaders are needed
 
     check_eval_config(cfg)
     splits = match_splits(train_manifest, test_manifest, log=log)
@@ -68,19 +75,30 @@ def evaluate(
     do_finetune = cfg.eval.finetune if finetune_all is None else finetune_all
     e = cfg.eval
     if len(splits.train) < e.batch_size:  # training batches are whole: none at all would be a silent no-op
-        raise EvalError(f"{train_manifest}: {len(splits.train)} videos, fewer than one training batch "
-                        f"(eval.batch_size={e.batch_size}); lower eval.batch_size")
+        raise EvalError(
+            f"{train_manifest}: {len(splits.train)} videos, fewer than one training batch "
+            f"(eval.batch_size={e.batch_size}); lower eval.batch_size"
+        )
     test_loader = build_test_loader(cfg, splits.test, device=device)
     train_loader = build_linear_loader(cfg, splits.train, device=device, seed=seed, train=True)
     t0 = time.perf_counter()
-    common = dict(num_classes=splits.num_classes, num_test_videos=len(splits.test), cfg=cfg, device=device,
-                  precision=precision, seed=seed, log=log)
+    common = dict(
+        num_classes=splits.num_classes,
+        num_test_videos=len(splits.test),
+        cfg=cfg,
+        device=device,
+        precision=precision,
+        seed=seed,
+        log=log,
+    )
     if do_finetune:
         result = finetune(backbone, lambda epoch: _at_epoch(train_loader, epoch), test_loader, **common)
         passes = 0
     else:
         passes = max(1, min(e.feature_passes, e.epochs))
-        result = linear_probe(backbone, (_at_epoch(train_loader, p) for p in range(passes)), test_loader, **common)
+        result = linear_probe(
+            backbone, (_at_epoch(train_loader, p) for p in range(passes)), test_loader, **common
+        )
     result.update(
         unreadable_test_videos=[splits.test[v].path for v in sorted(unreadable(test_loader))],
         unreadable_train_videos=[splits.train[v].path for v in sorted(unreadable(train_loader))],
@@ -107,11 +125,14 @@ def _at_epoch(loader, epoch: int):
 
 
 def check_codecs(cfg: Config, manifest: str, entries) -> None:
-    """Every video decodable by the decoder ``data.device`` picks (``dali_pipelines.codecs``), else EvalError."""
+    """Every video decodable by the decoder ``data.device`` picks (``dali_pipelines.codecs``), else
+    EvalError."""
     from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
 
     try:
-        for note in check_decodable(entries, decode_device(cfg.data.device, torch.cuda.is_available()), manifest):
+        for note in check_decodable(
+            entries, decode_device(cfg.data.device, torch.cuda.is_available()), manifest
+        ):
             print(f"eval: warning: {note}", file=sys.stderr)
     except UndecodableError as e:
         raise EvalError(str(e)) from None
@@ -119,16 +140,27 @@ def check_codecs(cfg: Config, manifest: str, entries) -> None:
 
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m fastcvrl.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m fastcvrl.eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="trainer checkpoint or exported backbone (.pt)")
-    src.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone (baseline)")
+    src.add_argument(
+        "--random-init", action="store_true", help="evaluate a randomly initialised backbone (baseline)"
+    )
     p.add_argument("--train-manifest", required=True, help="labelled manifest the probe is trained on")
     p.add_argument("--test-manifest", required=True, help="labelled manifest it is tested on")
-    p.add_argument("--config", help="YAML config (default: config.yaml of the checkpoint's run folder, if any)")
-    p.add_argument("--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)")
-    p.add_argument("--out", help="output folder for eval.json and TensorBoard (default: beside the checkpoint)")
+    p.add_argument(
+        "--config", help="YAML config (default: config.yaml of the checkpoint's run folder, if any)"
+    )
+    p.add_argument(
+        "--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)"
+    )
+    p.add_argument(
+        "--out", help="output folder for eval.json and TensorBoard (default: beside the checkpoint)"
+    )
     p.add_argument("--seed", type=int, default=0)
     add_config_flags(p)
     return p.parse_known_args(argv)
@@ -159,10 +191,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.finetune:
         cfg = merge(cfg, {"eval": {"finetune": True}})
     check_eval_config(cfg)
-    if args.print_config:  # the resolved config (the model section is replaced by the checkpoint's at run time)
+    if (
+        args.print_config
+    ):  # the resolved config (the model section is replaced by the checkpoint's at run time)
         print(config_yaml(cfg), end="", flush=True)
         raise SystemExit(0)
-    splits = match_splits(args.train_manifest, args.test_manifest, log=lambda s: None)  # bad inputs before model work
+    splits = match_splits(
+        args.train_manifest, args.test_manifest, log=lambda s: None
+    )  # bad inputs before model work
     for m, entries in ((args.train_manifest, splits.train), (args.test_manifest, splits.test)):
         check_codecs(cfg, m, entries)  # every video decodable where data.device decodes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,25 +220,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path("runs") / f"eval_random_init_{mode}"
     out.mkdir(parents=True, exist_ok=True)
     precision = eval_precision(cfg.train.precision, device)
-    note = f" (train.precision={cfg.train.precision} on {device.type}: evaluating in {precision})" \
-        if cfg.train.precision not in ("auto", precision) else ""
-    print(f"eval: {mode} evaluation of {source} ({cfg.model.arch}) on {device} in {precision}{note}; results in {out}")
+    note = (
+        f" (train.precision={cfg.train.precision} on {device.type}: evaluating in {precision})"
+        if cfg.train.precision not in ("auto", precision)
+        else ""
+    )
+    print(
+        f"eval: {mode} evaluation of {source} ({cfg.model.arch}) on {device} in {precision}{note}; results "
+        f"in {out}"
+    )
     result = evaluate(cfg, backbone, args.train_manifest, args.test_manifest, device=device, seed=args.seed)
-    result.update(checkpoint=source, train_manifest=args.train_manifest, test_manifest=args.test_manifest,
-                  seed=args.seed, config=to_dict(cfg))
+    result.update(
+        checkpoint=source,
+        train_manifest=args.train_manifest,
+        test_manifest=args.test_manifest,
+        seed=args.seed,
+        config=to_dict(cfg),
+    )
     _write_json(result, out / "eval.json")
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(out)) as tb:
         tb.add_scalar("eval/top1", result["top1"], 0)
         tb.add_scalar("eval/top5", result["top5"], 0)
-    print(f"eval: {mode} top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-          f"({result['num_scored_videos']} test videos x {result['views_per_video']} views, {result['seconds']}s)")
+    print(
+        f"eval: {mode} top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+        f"({result['num_scored_videos']} test videos x {result['views_per_video']} views, "
+        f"{result['seconds']}s)"
+    )
     for split in ("test", "train"):
         bad = result[f"unreadable_{split}_videos"]
         if bad:
             left = "left out of the accuracy" if split == "test" else "replaced by other training videos"
-            print(f"eval: {len(bad)} unreadable {split} video(s) {left}: {', '.join(bad[:5])}"
-                  + (" ..." if len(bad) > 5 else ""))
+            print(
+                f"eval: {len(bad)} unreadable {split} video(s) {left}: {', '.join(bad[:5])}"
+                + (" ..." if len(bad) > 5 else "")
+            )
     print(f"eval: wrote {out / 'eval.json'}")
     return result

@@ -3,18 +3,23 @@
 The linear probe (its cached training passes and the test views), fine-tuning's test (through the same view
 grouping) and the kNN monitor all read features here:
 
-    cf = clip_features([backbone], loader, device, precision)   # cf.feats[0] (M, D) L2-normalised, float32, CPU
-    bank = gather_features(cf)                                  # every rank's rows (torch.distributed), row order
-    feats, labels, videos = video_features(cf)                  # views of a video averaged: (V, D), (V,), (V,)
+    cf = clip_features([backbone], loader, device, precision)   # cf.feats[0] (M, D) L2-normalised, float32,
+    CPU
+    bank = gather_features(cf)                                  # every rank's rows (torch.distributed), row
+    order
+    feats, labels, videos = video_features(cf)                  # views of a video averaged: (V, D), (V,),
+    (V,)
 
 Each clip's video (its manifest row) comes from the batch's third element (the test loader's ``video_index``)
 or, for one-clip-per-video loaders, from the loader's ``last_meta`` (a ``DaliLoader``); plain iterables of
 ``(clip, label)`` give no video (None).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,7 +35,8 @@ __all__ = ["ClipFeatures", "clip_features", "unreadable", "video_features", "gat
 class ClipFeatures:
     """Features of every clip a loader yielded, for one or more backbones (the clips decoded once).
 
-    ``feats[i]`` (M, D_i) float32, CPU (L2-normalised unless asked otherwise); ``labels`` (M,) per clip; ``video`` (M,) the video
+    ``feats[i]`` (M, D_i) float32, CPU (L2-normalised unless asked otherwise); ``labels`` (M,) per clip;
+    ``video`` (M,) the video
     (manifest row) each clip belongs to, or None where the loader does not say; ``unreadable``: the videos the
     loader left out as unreadable.
     """
@@ -47,8 +53,15 @@ def unreadable(loader: Any) -> frozenset[int]:
 
 
 @torch.no_grad()
-def clip_features(backbones: Sequence[nn.Module], loader: Iterable, device: torch.device | str,
-                  precision: str = "fp32", *, normalize: bool = True, allow_empty: bool = False) -> ClipFeatures:
+def clip_features(
+    backbones: Sequence[nn.Module],
+    loader: Iterable,
+    device: torch.device | str,
+    precision: str = "fp32",
+    *,
+    normalize: bool = True,
+    allow_empty: bool = False,
+) -> ClipFeatures:
     """Run each backbone (eval mode, no grad) over every clip of ``loader``; no per-video averaging here.
 
     Batches are ``(clip (B,3,T,H,W), label (B,))`` or ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))``
@@ -67,7 +80,9 @@ def clip_features(backbones: Sequence[nn.Module], loader: Iterable, device: torc
             clips, label = batch[0], batch[1].cpu().long()
             reps = clips.shape[0] // max(label.shape[0], 1)
             if clips.shape[0] != reps * label.shape[0]:
-                raise ValueError(f"a batch of {label.shape[0]} labels came with {clips.shape[0]} clips (not a multiple)")
+                raise ValueError(
+                    f"a batch of {label.shape[0]} labels came with {clips.shape[0]} clips (not a multiple)"
+                )
             x = clips.to(device, non_blocking=True)
             for i, b in enumerate(backbones):
                 with autocast(device, precision):
@@ -84,10 +99,16 @@ def clip_features(backbones: Sequence[nn.Module], loader: Iterable, device: torc
     bad = unreadable(loader)
     if not labels:
         if not allow_empty:
-            raise ValueError("the loader yielded no batches" + (f" (all {len(bad)} videos unreadable)" if bad else ""))
-        dims = [int(getattr(b, "out_dim")) for b in backbones]
-        return ClipFeatures([torch.zeros(0, d) for d in dims], torch.zeros(0, dtype=torch.long),
-                            torch.zeros(0, dtype=torch.long), bad)
+            raise ValueError(
+                "the loader yielded no batches" + (f" (all {len(bad)} videos unreadable)" if bad else "")
+            )
+        dims = [int(b.out_dim) for b in backbones]
+        return ClipFeatures(
+            [torch.zeros(0, d) for d in dims],
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            bad,
+        )
     video = torch.cat(videos) if len(videos) == len(labels) else None
     return ClipFeatures([torch.cat(f) for f in feats], torch.cat(labels), video, bad)
 
@@ -123,7 +144,11 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     itself outside a process group. Works on gloo (CPU) and NCCL (the rows travel through the GPU)."""
     if _world() == 1:
         return t
-    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    comm = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     x = t.to(comm).contiguous()
     n = torch.tensor([x.shape[0]], device=comm)
     sizes = [torch.zeros_like(n) for _ in range(_world())]
@@ -138,7 +163,8 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def gather_features(cf: ClipFeatures) -> ClipFeatures:
-    """``cf`` of every rank in one, rows sorted by video (then by rank order within a video), so that the result
+    """``cf`` of every rank in one, rows sorted by video (then by rank order within a video), so that the
+    result
     does not depend on how the videos were sharded. Needs ``cf.video`` when there is more than one rank."""
     if _world() == 1:
         return cf
@@ -147,5 +173,10 @@ def gather_features(cf: ClipFeatures) -> ClipFeatures:
     video = gather_rows(cf.video)
     order = torch.sort(video, stable=True).indices
     bad = torch.tensor(sorted(cf.unreadable), dtype=torch.long)
-    return replace(cf, feats=[gather_rows(f)[order] for f in cf.feats], labels=gather_rows(cf.labels)[order],
-                   video=video[order], unreadable=frozenset(gather_rows(bad).tolist()))
+    return replace(
+        cf,
+        feats=[gather_rows(f)[order] for f in cf.feats],
+        labels=gather_rows(cf.labels)[order],
+        video=video[order],
+        unreadable=frozenset(gather_rows(bad).tolist()),
+    )

@@ -7,9 +7,11 @@ multi-view test loader with the scores of a video's views averaged.
 Same optimiser and schedule as the linear probe (SGD with momentum, linear warm-up then cosine), at
 ``eval.finetune_lr``; BatchNorm in train mode; the head reads the raw pooled features.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,12 +43,20 @@ class Classifier(nn.Module):
         return self.head(F.normalize(f, dim=1) if self.normalize else f)  # (B, C)
 
 
-def predict_videos(model: nn.Module, test_loader: Iterable, num_videos: int, num_classes: int,
-                   device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-video softmax scores averaged over all views (num_videos, C), and per-video labels (num_videos,), CPU.
+def predict_videos(
+    model: nn.Module,
+    test_loader: Iterable,
+    num_videos: int,
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-video softmax scores averaged over all views (num_videos, C), and per-video labels (num_videos,),
+    CPU.
     Videos the loader found unreadable have NaN scores and label -1.
 
-    ``test_loader`` yields ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))`` with the V views of each video
+    ``test_loader`` yields ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))`` with the V views of each
+    video
     contiguous (``build_test_loader``); views are grouped by ``video_index``, so a video's views may also be
     split over batches. The model's logits come from the evaluation's one feature loop (``clip_features``).
     """
@@ -82,8 +92,9 @@ def finetune(
     for p in model.parameters():
         p.requires_grad_(True)
     e = cfg.eval
-    opt = torch.optim.SGD(model.parameters(), lr=e.finetune_lr, momentum=e.momentum, weight_decay=e.weight_decay,
-                          nesterov=False)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=e.finetune_lr, momentum=e.momentum, weight_decay=e.weight_decay, nesterov=False
+    )
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
     schedule, step = None, 0
     model.train()
@@ -110,6 +121,8 @@ def finetune(
             loss_sum += loss.detach()
             n += 1
             step += 1
-        log(f"eval: finetune epoch {epoch + 1}/{e.epochs} loss {loss_sum.item() / max(n, 1):.4f}")  # host sync: per-epoch log
+        log(
+            f"eval: finetune epoch {epoch + 1}/{e.epochs} loss {loss_sum.item() / max(n, 1):.4f}"
+        )  # host sync: per-epoch log
     scores, test_labels = predict_videos(model, test_loader, num_test_videos, num_classes, device, precision)
     return video_result(scores, test_labels)

@@ -10,14 +10,15 @@ it shifts every later label: the two ``classes.txt`` are compared by name and th
 the training split's (with a message). A test class (or, without ``classes.txt``, a test label) the training
 split never had is an error naming it: the probe cannot predict it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-from fastcvrl.config import Config, validate
 from dali_pipelines.manifest import ManifestError, VideoEntry, read_classes, read_manifest
+from fastcvrl.config import Config, validate
 from fastcvrl.eval.weights import EvalError
 
 __all__ = ["check_eval_config", "read_split", "Splits", "match_splits"]
@@ -58,39 +59,49 @@ class Splits:
 
 
 def match_splits(train_manifest: str, test_manifest: str, *, log: Callable[[str], None] = print) -> Splits:
-    """Read both manifests and put the test labels in the training split's numbering (by class name, where both
+    """Read both manifests and put the test labels in the training split's numbering (by class name, where
+    both
     have ``classes.txt``); raise ``EvalError`` for test classes or labels the training split lacks."""
     train, test = read_split(train_manifest), read_split(test_manifest)
     train_names, train_path = _classes(train_manifest)
     test_names, test_path = _classes(test_manifest)
-    for entries, names, manifest, path in ((train, train_names, train_manifest, train_path),
-                                           (test, test_names, test_manifest, test_path)):
+    for entries, names, manifest, path in (
+        (train, train_names, train_manifest, train_path),
+        (test, test_names, test_manifest, test_path),
+    ):
         if names is not None:
             beyond = sorted({e.label for e in entries if e.label >= len(names)})
             if beyond:
-                raise EvalError(f"{manifest}: label(s) {_names(beyond, None)} beyond the {len(names)} classes "
-                                f"of {path}")
+                raise EvalError(
+                    f"{manifest}: label(s) {_names(beyond, None)} beyond the {len(names)} classes of {path}"
+                )
     remapped = False
     if train_names is not None and test_names is not None and test_names != train_names:
         index = {n: i for i, n in enumerate(train_names)}
         used = sorted({e.label for e in test})
         unknown = [v for v in used if test_names[v] not in index]
         if unknown:
-            raise EvalError(f"{test_manifest}: test class(es) {_names(unknown, test_names)} are not among the "
-                            f"{len(train_names)} classes of {train_path}")
+            raise EvalError(
+                f"{test_manifest}: test class(es) {_names(unknown, test_names)} are not among the "
+                f"{len(train_names)} classes of {train_path}"
+            )
         new = {v: index[test_names[v]] for v in used}
         if any(k != v for k, v in new.items()):
             test = [replace(e, label=new[e.label]) for e in test]
             remapped = True
-            log(f"eval: {test_path} numbers the classes differently from {train_path} ({len(test_names)} vs "
-                f"{len(train_names)} classes); test labels renumbered by class name")
+            log(
+                f"eval: {test_path} numbers the classes differently from {train_path} ({len(test_names)} vs "
+                f"{len(train_names)} classes); test labels renumbered by class name"
+            )
     elif (train_names is None) != (test_names is None):
         missing = train_path if train_names is None else test_path
         log(f"eval: no {missing}: the two splits' labels are compared by number, not by class name")
     seen = {e.label for e in train}
     absent = sorted({e.label for e in test} - seen)
     if absent:
-        raise EvalError(f"{test_manifest}: test label(s) {_names(absent, train_names or test_names)} never occur in "
-                        f"the training split {train_manifest}")
+        raise EvalError(
+            f"{test_manifest}: test label(s) {_names(absent, train_names or test_names)} never occur in "
+            f"the training split {train_manifest}"
+        )
     num_classes = max(max(seen) + 1, len(train_names or ()))
     return Splits(train, test, num_classes, train_names, remapped)

@@ -7,7 +7,8 @@ class with weight ``exp(sim / T)``, the votes are summed per class. Defaults k=2
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=200, temperature=0.1)
     stats = knn_monitor(backbone, train_loader, test_loader)           # {"knn_top1": .., "knn_top5": ..}
     monitor = KnnMonitor(cfg, train_manifest, val_manifest, device)   # the trainer's: checks the splits now
-    stats = monitor(backbone)                                          # every rank calls it; same stats on all
+    stats = monitor(backbone)                                          # every rank calls it; same stats on
+    all
 
 On a real dataset (``KnnMonitor``) the bank is a fixed random subset of ``eval.knn_bank_size`` training
 videos and the queries one of ``eval.knn_query_size`` validation videos (chosen once per run from
@@ -18,10 +19,12 @@ one loop, ``fastcvrl.eval.features``.
 
 ``knn_predict`` is the batched fast path; ``knn_predict_reference`` is the per-clip loop it is tested against.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +61,10 @@ def knn_predict(
     The test set is processed in chunks of ``chunk_size`` so the (chunk, N) similarity matrix stays small.
     """
     if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
-        raise ValueError(f"expected (N, D) and (Nq, D) features, got {tuple(train_feats.shape)} and {tuple(test_feats.shape)}")
+        raise ValueError(
+            f"expected (N, D) and (Nq, D) features, got {tuple(train_feats.shape)} and "
+            f"{tuple(test_feats.shape)}"
+        )
     if train_labels.shape != (train_feats.shape[0],):
         raise ValueError(f"train_labels must be ({train_feats.shape[0]},), got {tuple(train_labels.shape)}")
     if train_feats.shape[0] == 0:
@@ -107,8 +113,11 @@ def knn_predict_reference(
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), num_classes)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose label is among the ``k`` highest scores, for each k (capped at the class count)."""
+def topk_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[int, float]:
+    """Fraction of rows whose label is among the ``k`` highest scores, for each k (capped at the class
+    count)."""
     labels = labels.to(scores.device).long()
     if scores.shape[0] == 0:
         return {k: float("nan") for k in ks}
@@ -117,7 +126,6 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
         top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (N, k)
         out[k] = (top == labels[:, None]).any(dim=1).float().mean().item()  # host sync: final metric
     return out
-
 
 
 def knn_monitor(
@@ -144,8 +152,12 @@ def knn_monitor(
         num_classes = int(max(bank[1].max(), queries[1].max())) + 1
     scores = knn_predict(bank[0], bank[1], queries[0], num_classes, k=k, temperature=temperature)
     acc = topk_accuracy(scores, queries[1], (1, 5))
-    return {"knn_top1": acc[1], "knn_top5": acc[5], "knn_train_size": float(bank[0].shape[0]),
-            "knn_test_size": float(queries[0].shape[0])}
+    return {
+        "knn_top1": acc[1],
+        "knn_top5": acc[5],
+        "knn_train_size": float(bank[0].shape[0]),
+        "knn_test_size": float(queries[0].shape[0]),
+    }
 
 
 def capped_rows(n: int, cap: int, seed: int, purpose: int) -> list[int]:
@@ -172,8 +184,9 @@ class KnnMonitor:
     this rank's share, gathers the bank, and returns the same statistics on every rank. Every rank of the
     process group must call it (it communicates)."""
 
-    def __init__(self, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str,
-                 log: Any = print) -> None:
+    def __init__(
+        self, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str, log: Any = print
+    ) -> None:
         from fastcvrl.config import merge
         from fastcvrl.eval.inputs import check_eval_config, match_splits
         from fastcvrl.eval.precision import eval_precision
@@ -197,8 +210,11 @@ class KnnMonitor:
         rank, world = _rank_world()
         mine = rows[rank::world]
         if not mine:
-            return ClipFeatures([torch.zeros(0, int(backbone.out_dim))], torch.zeros(0, dtype=torch.long),
-                                torch.zeros(0, dtype=torch.long))
+            return ClipFeatures(
+                [torch.zeros(0, int(backbone.out_dim))],
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.long),
+            )
         loader = build_linear_loader(self.cfg, [entries[r] for r in mine], device=self.device, train=False)
         cf = clip_features([backbone], loader, self.device, self.precision, allow_empty=True)
         if cf.video is None:
@@ -220,8 +236,14 @@ class KnnMonitor:
         queries = self.features(backbone, self.val, self.query_rows)  # this rank's queries only
         if bank.labels.numel() == 0:
             raise RuntimeError("the kNN monitor's bank is empty: every sampled training video was unreadable")
-        scores = knn_predict(bank.feats[0].to(self.device), bank.labels, queries.feats[0], self.num_classes,
-                             k=e.knn_k, temperature=e.knn_temperature)  # (Nq_rank, C)
+        scores = knn_predict(
+            bank.feats[0].to(self.device),
+            bank.labels,
+            queries.feats[0],
+            self.num_classes,
+            k=e.knn_k,
+            temperature=e.knn_temperature,
+        )  # (Nq_rank, C)
         labels = queries.labels.to(scores.device)
         hits = torch.zeros(3, dtype=torch.float64, device=scores.device)  # top-1 hits, top-5 hits, queries
         if labels.numel():
@@ -235,11 +257,16 @@ class KnnMonitor:
             hits = comm
         top1, top5, n = hits.tolist()  # host sync: the monitor's result
         nan = float("nan")
-        return {"knn_top1": top1 / n if n else nan, "knn_top5": top5 / n if n else nan,
-                "knn_train_size": float(bank.labels.numel()), "knn_test_size": float(n)}
+        return {
+            "knn_top1": top1 / n if n else nan,
+            "knn_top5": top5 / n if n else nan,
+            "knn_train_size": float(bank.labels.numel()),
+            "knn_test_size": float(n),
+        }
 
 
-def knn_from_manifests(backbone: nn.Module, cfg: Any, train_manifest: str, val_manifest: str,
-                       device: torch.device | str) -> dict[str, float]:
+def knn_from_manifests(
+    backbone: nn.Module, cfg: Any, train_manifest: str, val_manifest: str, device: torch.device | str
+) -> dict[str, float]:
     """``KnnMonitor(cfg, train_manifest, val_manifest, device)(backbone)`` in one call."""
     return KnnMonitor(cfg, train_manifest, val_manifest, device)(backbone)

@@ -9,6 +9,7 @@ GPU has no bf16.
     with autocast(device, precision):
         feats = backbone(clips)
 """
+
 from __future__ import annotations
 
 import contextlib

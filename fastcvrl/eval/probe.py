@@ -3,7 +3,8 @@
 Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum 0.9, no Nesterov,
 no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to 0
 (``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
-(``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video (CVRL's
+(``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video
+(CVRL's
 10 x 3, as SlowFast/X3D's dense testing).
 
     head = train_linear(feats, labels, num_classes, epochs=100, lr=scaled_lr(32, 256, 1024), warmup_epochs=5)
@@ -12,10 +13,12 @@ no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then 
 
 ``average_views`` / ``ViewAverager`` are the scatter (fast) path; ``average_views_reference`` is the loop.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +41,8 @@ __all__ = [
 
 
 def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
-    """``lr`` given at ``base_batch_size``, scaled linearly to ``batch_size`` (the reference: 32 at 1024 = 8 at 256)."""
+    """``lr`` given at ``base_batch_size``, scaled linearly to ``batch_size`` (the reference: 32 at 1024 = 8
+    at 256)."""
     return lr * batch_size / base_batch_size
 
 
@@ -63,7 +67,8 @@ def train_linear(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> nn.Linear:
-    """Train one linear layer on frozen features (SGD, warm-up + cosine); returns it (on the features' device).
+    """Train one linear layer on frozen features (SGD, warm-up + cosine); returns it (on the features'
+    device).
 
     ``lr`` is the rate at ``batch_size`` (already scaled, see ``scaled_lr``). ``features`` is (N, D) with
     ``labels`` (N,), or lists of K such tensors: K cached augmented passes over the training set (each pass in
@@ -73,11 +78,16 @@ def train_linear(
     passes = [features] if isinstance(features, torch.Tensor) else list(features)
     pass_labels = [labels] if isinstance(labels, torch.Tensor) else list(labels)
     if not passes or len(passes) != len(pass_labels):
-        raise ValueError(f"train_linear needs matching feature and label passes, got {len(passes)} and {len(pass_labels)}")
+        raise ValueError(
+            f"train_linear needs matching feature and label passes, got {len(passes)} and {len(pass_labels)}"
+        )
     dim = passes[0].shape[1]
     for p, y in zip(passes, pass_labels):
         if p.ndim != 2 or p.shape[1] != dim or y.shape != (p.shape[0],):
-            raise ValueError(f"each pass must be features (N, {dim}) with labels (N,), got {tuple(p.shape)}, {tuple(y.shape)}")
+            raise ValueError(
+                f"each pass must be features (N, {dim}) with labels (N,), got {tuple(p.shape)}, "
+                f"{tuple(y.shape)}"
+            )
     device = passes[0].device
     passes = [F.normalize(p.float(), dim=1) for p in passes]
     pass_labels = [y.to(device).long() for y in pass_labels]
@@ -88,7 +98,9 @@ def train_linear(
         bound = 1.0 / math.sqrt(dim)
         head.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen))
         head.bias.zero_()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    opt = torch.optim.SGD(
+        head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
+    )
     schedule = probe_schedule(lr, math.ceil(n / batch_size), epochs, warmup_epochs)
     step = 0
     for epoch in range(epochs):
@@ -119,13 +131,17 @@ class ViewAverager:
 
     def add(self, scores: torch.Tensor, view_video: torch.Tensor) -> None:
         if scores.ndim != 2 or view_video.shape != (scores.shape[0],):
-            raise ValueError(f"expected scores (M, C) and view_video (M,), got {tuple(scores.shape)}, {tuple(view_video.shape)}")
+            raise ValueError(
+                f"expected scores (M, C) and view_video (M,), got {tuple(scores.shape)}, "
+                f"{tuple(view_video.shape)}"
+            )
         idx = view_video.to(self.sums.device).long()
         self.sums.index_add_(0, idx, scores.to(self.sums.device, torch.float64))
         self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
 
     def mean(self, excused: Collection[int] = ()) -> torch.Tensor:
-        """(num_videos, C) float32. A video with no views is a loader bug, not a zero score, and raises, unless
+        """(num_videos, C) float32. A video with no views is a loader bug, not a zero score, and raises,
+        unless
         it is ``excused`` (a video the loader found unreadable): its row is NaN."""
         missing = [v for v in (self.counts == 0).nonzero().flatten().tolist() if v not in excused]
         if missing:

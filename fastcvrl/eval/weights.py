@@ -1,10 +1,12 @@
-"""The backbone a checkpoint file holds: a trainer checkpoint, an exported ``backbone.pt`` or a bare state dict.
+"""The backbone a checkpoint file holds: a trainer checkpoint, an exported ``backbone.pt`` or a bare state
+dict.
 
     backbone, cfg = load_backbone("runs/x/backbone.pt", cfg)   # cfg.model from the checkpoint where recorded
 
 Files are read with ``torch.load(weights_only=True)`` (tensors and plain containers only, never code); a file
 that is not such a checkpoint is refused in one line naming it.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,11 +28,12 @@ class EvalError(RuntimeError):
 
 
 def _strip(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load`` (weights only) of ``path``; any failure is an ``EvalError`` of one line naming the file."""
+    """``torch.load`` (weights only) of ``path``; any failure is an ``EvalError`` of one line naming the
+    file."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"checkpoint not found: {path}")
@@ -38,9 +41,19 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise EvalError(f"{path}: cannot read the checkpoint ({e.strerror or type(e).__name__})") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise EvalError(f"{path}: cannot read the checkpoint: not a file written by torch.save with only tensors "
-                        f"and plain containers, or truncated ({type(e).__name__}: {_reason(e)})") from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+    ) as e:
+        raise EvalError(
+            f"{path}: cannot read the checkpoint: not a file written by torch.save with only tensors "
+            f"and plain containers, or truncated ({type(e).__name__}: {_reason(e)})"
+        ) from None
 
 
 def _reason(e: BaseException) -> str:
@@ -54,7 +67,8 @@ def _reason(e: BaseException) -> str:
 
 
 def _backbone_state(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    """The backbone's state dict out of a trainer checkpoint, a CVRLModel state dict or an exported backbone."""
+    """The backbone's state dict out of a trainer checkpoint, a CVRLModel state dict or an exported
+    backbone."""
     if not isinstance(obj, dict):
         raise EvalError(f"{path}: not a checkpoint (a {type(obj).__name__}, expected a dict)")
     state: Any = obj
@@ -111,12 +125,14 @@ def load_backbone(path: str | os.PathLike, cfg: Config) -> tuple[nn.Module, Conf
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
         more = f"; {len(lines) - 2} more" if len(lines) > 2 else ""
-        raise EvalError(f"{path}: weights do not fit model.arch={cfg.model.arch} width={cfg.model.width} "
-                        f"({detail}{more})") from None
+        raise EvalError(
+            f"{path}: weights do not fit model.arch={cfg.model.arch} width={cfg.model.width} ({detail}{more})"
+        ) from None
     if missing or unexpected:
         raise EvalError(
             f"{path}: weights do not fit model.arch={cfg.model.arch} width={cfg.model.width} "
-            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}); "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. "
+            f"{unexpected[:3]}); "
             "pass the run's config with --config or the matching --model.arch"
         )
     return backbone.eval(), cfg
