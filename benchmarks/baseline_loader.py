@@ -18,7 +18,6 @@ do; ``frames_decoded`` counts every frame the decoder produced.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset
 
 from dali_pipelines import spatial, temporal, torch_augment  # host-side rules and torch ops, no DALI import
+from dali_pipelines.cores import usable_cores
 from dali_pipelines.host import PretrainSource, shard_order
 from dali_pipelines.manifest import VideoEntry, read_manifest
 from fastcvrl.config import Config, DataConfig
@@ -271,10 +271,7 @@ class BaselineLoader:
 
 def default_workers() -> int:
     """One worker process per usable core (each decodes with one thread)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def build_baseline_loader(

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from dali_pipelines.cores import usable_cores  # noqa: F401  (re-exported for the benchmarks)
 from fastcvrl.atomic import atomic_write  # noqa: E402
-from fastcvrl.logger import cpu_model, usable_cores  # noqa: E402,F401  (re-exported for the benchmarks)
 from fastcvrl.logger import environment as _record  # noqa: E402
 
 

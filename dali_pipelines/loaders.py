@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from dali_pipelines import torch_augment
+from dali_pipelines.cores import cores_per_rank
 from dali_pipelines.host import (
     META_FIELDS,
     SUBSTITUTE,
@@ -356,14 +357,7 @@ def resolve_host_workers(host_workers: int) -> int:
         return host_workers
     if host_workers != -1:
         raise ValueError(f"data.host_workers must be -1 (auto) or >= 0, got {host_workers}")
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cores = os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return min(4, per_process // 4)
+    return min(4, cores_per_rank() // 4)
 
 
 def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict:

@@ -23,6 +23,7 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
+from dali_pipelines.cores import usable_cores
 from fastcvrl.atomic import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,13 +166,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> dict:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from dali_pipelines.cores import usable_cores
 from dali_pipelines.manifest import VideoEntry, read_classes, write_classes, write_manifest
 from fastcvrl.datasets.journal import JOURNAL, JOURNAL_VERSION, NO_PERMISSION, Journal, _retry_later
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
@@ -311,7 +312,7 @@ def prepare(
         raise PrepareError(f"--min-frames must be >= 1, got {min_frames}")
     if timeout is not None and not timeout >= 0:
         raise PrepareError(f"--timeout must be >= 0 seconds (0 = no limit), got {timeout}")
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     if workers < 1:
         raise PrepareError(f"--workers must be >= 1, got {workers}")
     classes = None

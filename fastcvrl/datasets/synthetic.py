@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_pipelines.cores import usable_cores
 from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
 from fastcvrl.datasets.video import CODECS, write_video
 
@@ -545,7 +546,7 @@ def ensure_synthetic(
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
         try:
-            _generate(tmp, params, workers or min(os.cpu_count() or 1, 8))
+            _generate(tmp, params, workers or min(usable_cores(), 8))
             if root.exists():  # stale (other parameters) or empty: move aside, swap in, then delete
                 old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old", dir=root.parent))
                 os.replace(root, old / "d")
