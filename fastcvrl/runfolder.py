@@ -12,7 +12,6 @@ message. It is advisory: it binds fastcvrl trainers, not other programs.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -29,6 +28,7 @@ from fastcvrl import dist
 from fastcvrl.atomic import atomic_write, sweep, temp_path
 from fastcvrl.config import Config, save_config, to_dict
 from fastcvrl.logger import write_env
+from fastcvrl.storage import StorageError, storage_error  # noqa: F401 (StorageError: part of this API)
 
 LOCK_NAME = "train.lock"
 CHANGES_NAME = "config_changes.yaml"
@@ -42,34 +42,10 @@ class RunFolderError(RuntimeError):
     exit_code = 2
 
 
-class StorageError(RuntimeError):
-    """A file-system error (permission, read-only, full disk, I/O): the message names the path and what to
-    do."""
-
-    exit_code = 4
-
-
 class PeerFailed(RuntimeError):
     """Another rank failed; its own message is printed by the lowest failing rank."""
 
     exit_code = 1
-
-
-def storage_error(e: OSError, doing: str, after: str = "") -> StorageError:
-    """One line from an ``OSError``: what failed on which path, the system's reason, and what to do."""
-    path = e.filename or "?"
-    code = errno.errorcode.get(e.errno or 0, "")
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        todo = f"free space on the file system holding {path} (or set train.out_dir elsewhere)"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = path if os.path.isdir(path) else os.path.dirname(path) or path
-        todo = f"make {where} writable (and readable) for this user, or set train.out_dir elsewhere"
-    else:
-        todo = f"check the disk and file system holding {path}"
-    return StorageError(
-        f"{doing} {path}: {e.strerror or e}{f' ({code})' if code else ''}. {after}"
-        f"{todo}, then rerun the same command (it resumes from the last good checkpoint)."
-    )
 
 
 def agreed(fn: Callable[[], T], rank0_only: bool = False) -> T | None:

@@ -97,6 +97,8 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             state.clear()
         if not probe.ok:
             return probe
+        if not os.path.isfile(tmp):  # removed under us: not the video's fault (an error, retried next run)
+            raise FileNotFoundError(f"the output {tmp} vanished before it was checked")
         out = probe_video(tmp, threads=threads)
         if not out.ok or out.num_frames != probe.num_frames:
             why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"

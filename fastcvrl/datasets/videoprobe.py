@@ -6,6 +6,7 @@ these reasons (the detail says more):
 
 - ``missing``: the path does not exist (a list or annotation file names a video that is not there);
 - ``broken link``: a symbolic link that loops or points at nothing (the detail says which, and where to);
+- ``special file``: a FIFO, socket or device (or a link to one), not a regular file;
 - ``empty``: zero bytes;
 - ``unreadable``: not a container FFmpeg can open, or no frame decodes;
 - ``no video stream``: e.g. an audio file;
@@ -18,12 +19,16 @@ these reasons (the detail says more):
 ``fps`` is the container's nominal rate unless the decoded timestamps say otherwise by more than 5% (variable
 frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
+
+``prepare`` adds ``bad name`` (a file name that is not valid UTF-8: the manifest is UTF-8 text) and ``bad
+class name`` (a class folder named with a control character, or only white space).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
 REASONS = (
     "missing",
     "broken link",
+    "special file",
     "empty",
     "unreadable",
     "no video stream",
@@ -42,6 +48,8 @@ REASONS = (
     "truncated",
     "too short",
     "timeout",
+    "bad name",
+    "bad class name",
 )
 
 
@@ -56,6 +64,7 @@ class Probe:
     height: int = 0
     codec: str = ""
     keyframes: int = 0  # decoded keyframes: num_frames / keyframes is the mean keyframe interval
+    fingerprint: str = ""  # dali_pipelines.manifest.file_fingerprint of the usable file (prepare's workers)
     reason: str = ""
     detail: str = ""
 
@@ -138,6 +147,15 @@ def probe_video(
         return _reject(path, "missing", "no such file")
     if os.path.isdir(path):
         return _reject(path, "unreadable", "is a folder")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # reported below
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device"}
+        kind = kinds.get(stat.S_IFMT(mode), "block device" if stat.S_ISBLK(mode) else "special file")
+        link = f" (a symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+        return _reject(path, "special file", f"a {kind}{link}, not a regular file")
     try:
         size = os.path.getsize(path)
         if size == 0:
