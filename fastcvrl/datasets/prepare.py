@@ -558,6 +558,13 @@ def _prepare_locked(
                     reason="too short",
                     detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}",
                 )
+            if p.ok and p.rotation:  # only without --transcode (a transcode is stored upright)
+                p = replace(
+                    p,
+                    reason="rotated",
+                    detail=f"display rotation {p.rotation} degrees, which the loaders do not apply (clips "
+                    "would be sideways): prepare with --transcode, which stores it upright",
+                )
             if p.ok:
                 fingerprint = p.fingerprint or file_fingerprint(p.path)  # (journals of earlier versions)
                 entries.append(

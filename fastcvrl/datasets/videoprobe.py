@@ -21,7 +21,8 @@ frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
 
 ``prepare`` adds ``bad name`` (a file name that is not valid UTF-8: the manifest is UTF-8 text) and ``bad
-class name`` (a class folder named with a control character, or only white space).
+class name`` (a class folder named with a control character, or only white space), and, without
+``--transcode``, ``rotated`` (rotation metadata the loaders would not apply; a transcode applies it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ REASONS = (
     "timeout",
     "bad name",
     "bad class name",
+    "rotated",
 )
 
 
@@ -65,6 +67,7 @@ class Probe:
     codec: str = ""
     keyframes: int = 0  # decoded keyframes: num_frames / keyframes is the mean keyframe interval
     fingerprint: str = ""  # dali_pipelines.manifest.file_fingerprint of the usable file (prepare's workers)
+    rotation: int = 0  # display rotation, degrees counter-clockwise (0, 90, 180, 270), from the first frame
     reason: str = ""
     detail: str = ""
 
@@ -117,6 +120,16 @@ def _broken_link_detail(path: str) -> str:
         return f"dangling symbolic link to {os.readlink(path)}"
     except OSError as e:
         return f"symbolic link that cannot be followed ({e.strerror})"
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """The frame's display rotation (its container's display matrix), counter-clockwise degrees rounded to a
+    multiple of 90 (flips are not read)."""
+    try:
+        degrees = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return int(round(degrees / 90.0)) * 90 % 360
 
 
 def _declared_duration(container, stream) -> float:
@@ -182,7 +195,7 @@ def probe_video(
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         declared_frames = int(stream.frames or 0)  # from the container's index (MP4, AVI); 0 if none
         declared_seconds = _declared_duration(container, stream)
-        n, keyframes, width, height, error = 0, 0, 0, 0, ""
+        n, keyframes, width, height, error, rotation = 0, 0, 0, 0, "", 0
         first_time, last_time = None, None
         frames = container.decode(stream)
         while True:
@@ -195,6 +208,7 @@ def probe_video(
                 break
             if n == 0:
                 width, height, first_time = frame.width, frame.height, frame.time
+                rotation = display_rotation(frame)
             last_time = frame.time
             n += 1
             keyframes += bool(frame.key_frame)
@@ -205,7 +219,13 @@ def probe_video(
         if span > 0 and (not fps or abs((n - 1) / span - fps) > 0.05 * fps):
             fps = (n - 1) / span  # variable frame rate (or a wrong nominal rate): the measured average
         found = dict(
-            num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(fps, 4)
+            num_frames=n,
+            keyframes=keyframes,
+            width=width,
+            height=height,
+            codec=codec,
+            fps=round(fps, 4),
+            rotation=rotation,
         )
         if error and n == 0:
             return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
