@@ -33,6 +33,7 @@ from fastcvrl.storage import StorageError, storage_error  # noqa: F401 (StorageE
 LOCK_NAME = "train.lock"
 CHANGES_NAME = "config_changes.yaml"
 BACKBONE_NAME = "backbone.pt"
+TB_NAME = "tb"  # TensorBoard logs (fastcvrl.logger.Board)
 T = TypeVar("T")
 
 
@@ -220,9 +221,11 @@ class RunFolder:
         """Rank 0, once the checks passed: the resolved config, the environment record, the accepted changes
         appended to ``config_changes.yaml``, the checkpoint folder made (and checked writable) and the
         temporaries of dead writers removed. ``StorageError`` naming the path on any file-system error."""
+        self.check_paths()
         try:
             folder = ckpt.checkpoint_dir(self.path)
             folder.mkdir(exist_ok=True)
+            (self.path / TB_NAME).mkdir(exist_ok=True)
             probe = temp_path(folder / "write-test")  # a temporary's name: swept if we die right here
             try:  # a read-only checkpoints/ fails now, not after the first train.ckpt_every steps
                 os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
@@ -237,6 +240,32 @@ class RunFolder:
             write_env(self.path, world_size, device)
         except OSError as e:
             raise storage_error(e, "cannot write to the run folder:") from None
+
+    def check_paths(self) -> None:
+        """Every path the run writes, checked before anything is written: a file where the run makes a folder
+        (``tb``, ``checkpoints``) or a folder where it writes a file is a ``RunFolderError`` naming it (not a
+        ``FileExistsError`` traceback at the first log line)."""
+        folders = {TB_NAME: "its TensorBoard logs", ckpt.CKPT_DIR: "its checkpoints"}
+        files = {
+            "config.yaml": "the resolved config",
+            "env.json": "the environment record",
+            CHANGES_NAME: "the accepted config changes",
+            BACKBONE_NAME: "the trained backbone",
+        }
+        for name, what in folders.items():
+            p = self.path / name
+            if (p.exists() or p.is_symlink()) and not p.is_dir():
+                raise RunFolderError(
+                    f"{p} exists and is not a folder (the run keeps {what} there): move it away, or set "
+                    "another train.out_dir"
+                )
+        for name, what in files.items():
+            p = self.path / name
+            if p.is_dir():
+                raise RunFolderError(
+                    f"{p} is a folder (the run writes {what} to that name): move it away, or set another "
+                    "train.out_dir"
+                )
 
     def record_changes(self, changes: dict[str, tuple[Any, Any]], step: int) -> Path:
         """Append one YAML document (time, step, ``key: {old, new}``) to ``config_changes.yaml``."""
