@@ -263,12 +263,12 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     journal = out / JOURNAL
-    deadline = time.time() + 60
-    while time.time() < deadline and not (journal.is_file() and journal.read_text().count("\n") >= 2):
+    deadline = time.monotonic() + 300  # bounds a failure only: the start is slow on a loaded machine
+    while time.monotonic() < deadline and not (journal.is_file() and journal.read_text().count("\n") >= 2):
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     try:
-        stdout, _ = proc.communicate(timeout=60)
+        stdout, _ = proc.communicate(timeout=300)
     finally:
         kill_and_wait(proc)
     assert proc.returncode == 130, stdout
@@ -490,7 +490,7 @@ def test_workers_die_when_prepare_is_killed(collection, tmp_path):
         assert not any(exited(p) for p in workers)  # busy before the kill
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
-        assert wait_exited(workers, timeout=30) == []  # gone with their parent, not decoding on
+        assert wait_exited(workers, timeout=120) == []  # gone with their parent, not decoding on
     finally:
         kill_and_wait(proc)
         for pid in [int(p.name) for p in pids_dir.iterdir()]:
