@@ -25,3 +25,20 @@ def out_of_memory_message(e: BaseException) -> str | None:
             "machine"
         )
     return None
+
+
+def skipped_summary(loader: object, limit: int = 10) -> str | None:
+    """One line naming the videos this process's loader left out as unreadable or changed since the manifest
+    was written (``loader.source.bad``, each named in a warning when met), for the end of the run; ``None``
+    when there are none (or the loader keeps no such record, e.g. random clips)."""
+    source = getattr(loader, "source", None)
+    bad = sorted(getattr(source, "bad", ()) or ())
+    if not bad:
+        return None
+    paths = [source.entries[v].path for v in bad[:limit]]
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return (
+        f"note: {len(bad)} video(s) were skipped as unreadable or changed (another video of the shard took "
+        f"each place; the warnings above say why): {', '.join(paths)}{more}. Prepare them again, or remove "
+        "them from the manifest"
+    )

@@ -56,7 +56,7 @@ from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
 from fastcvrl.datasets.synthetic import ensure_synthetic
-from fastcvrl.faults import OOM_EXIT, out_of_memory_message
+from fastcvrl.faults import OOM_EXIT, out_of_memory_message, skipped_summary
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
@@ -630,6 +630,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         )
         run.stop = dist.StopFlag()
         pos = train(run, pos)
+        if skipped_summary(run.loader):  # the files left out on the way, named once more at the end
+            print(skipped_summary(run.loader), flush=True)
         if run.stop.raised:
             return RunResult(143, pos.step, run.run_dir, run.plain)
         path = agreed(

@@ -93,3 +93,19 @@ def test_out_of_memory_in_the_first_step_is_one_line_naming_the_settings(
 def test_other_runtime_errors_are_not_taken_for_memory():
     assert out_of_memory_message(RuntimeError("shape mismatch")) is None
     assert out_of_memory_message(ValueError("can't allocate memory")) is None  # only the allocator's types
+
+
+def test_the_skipped_videos_are_named_again_at_the_end():
+    from types import SimpleNamespace
+
+    from fastcvrl.faults import skipped_summary
+
+    entries = [SimpleNamespace(path=f"/data/v{i}.mp4") for i in range(15)]
+    loader = SimpleNamespace(source=SimpleNamespace(bad={7, 2}, entries=entries))
+    line = skipped_summary(loader)
+    assert line.startswith("note: 2 video(s)") and "/data/v2.mp4, /data/v7.mp4" in line and "\n" not in line
+    loader.source.bad = set(range(12))
+    assert "and 2 more" in skipped_summary(loader)
+    loader.source.bad = set()
+    assert skipped_summary(loader) is None
+    assert skipped_summary(SimpleNamespace()) is None  # random clips: no source, nothing to say

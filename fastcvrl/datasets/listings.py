@@ -98,6 +98,12 @@ def special_kind(p: Path) -> str:
     return ""
 
 
+def _cut(value: str, limit: int = 120) -> str:
+    """``repr(value)`` of at most about ``limit`` characters: an error quoting a line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _shown_name(name: str) -> str:
     return repr(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
@@ -249,7 +255,7 @@ def read_ucf101(list_path: Path, videos: Path, classes: list[str] | None = None)
         rel = parts[0]
         name = rel.replace("\\", "/").split("/")[0]
         if name not in index:
-            raise SourceError(f"{list_path}:{lineno}: class {name!r} is not in {ind}")
+            raise SourceError(f"{list_path}:{lineno}: class {_cut(name)} is not in {ind}")
         if len(parts) > 1 and int(parts[1]) - 1 != index[name]:
             raise SourceError(
                 f"{list_path}:{lineno}: label {parts[1]} disagrees with classInd.txt for {name}"
@@ -287,7 +293,7 @@ def read_list(list_path: Path, videos: Path | None = None, classes: list[str] | 
             continue
         parts = re.split(r"[\s,]+(?=[^\s,]+$)", line, maxsplit=1)  # the label is the last field
         if len(parts) != 2 or not parts[0].strip():
-            raise SourceError(f"{list_path}:{lineno}: expected 'path label', got {line!r}")
+            raise SourceError(f"{list_path}:{lineno}: expected 'path label', got {_cut(line)}")
         path, label = parts[0].strip().rstrip(","), parts[1].strip()
         if lineno == 1 and label.lower() == "label":  # a header row
             continue
