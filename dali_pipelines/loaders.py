@@ -204,8 +204,8 @@ class DaliLoader:
         except StopIteration:
             raise RuntimeError(f"the pipeline ended the epoch early at step {step} of {len(self)}") from None
         except Exception as e:  # DALI's own errors are RuntimeErrors; a host worker's arrive as Exception
-            if isinstance(e, VideoReadError):  # raised by the source itself (a strict stop): as it is
-                raise
+            if isinstance(e, VideoReadError) or not (isinstance(e, RuntimeError) or self.host_workers):
+                raise  # raised by the source itself in this process (a strict stop, a bug): as it is
             if self.host_workers:  # the samples were made in the workers: make them again here (a strict stop
                 # raises here, in this process, with its own message)
                 for ahead in range(step, min(step + self.host_workers + 2, len(self))):
