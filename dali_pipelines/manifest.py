@@ -61,6 +61,15 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> list[Vid
     ``check_files``) naming every listed video that does not exist. A video listed on more than one row is
     kept as listed (each row is a sample) with a ``ManifestWarning`` naming the video and its lines.
     """
+    try:
+        return _read_manifest(Path(path), check_files)
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({_cut(e.reason)}); save it as UTF-8") from None
+    except csv.Error as e:  # e.g. a field beyond csv's size limit: not a manifest
+        raise ManifestError(f"{path}: not a readable CSV manifest ({_cut(str(e))})") from None
+
+
+def _read_manifest(path: Path, check_files: bool) -> list[VideoEntry]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -130,7 +139,7 @@ def _warn_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
             ManifestWarning(
                 f"{path}: {len(dup)} video(s) listed more than once, each row kept as a sample: {named}{more}"
             ),
-            stacklevel=3,
+            stacklevel=4,
         )
 
 

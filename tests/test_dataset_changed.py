@@ -91,6 +91,20 @@ def test_values_beyond_the_loader_are_refused_in_one_line(tmp_path, row, match):
     assert f"{m}:2" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_line(tmp_path):
+    m = tmp_path / "manifest.csv"
+    m.write_bytes((",".join(HEADER) + "\ncaf\xe9.webm,1,40,25,64,48,vp9\n").encode("latin-1"))
+    with pytest.raises(ManifestError, match="not UTF-8 text") as e:
+        read_manifest(m)
+    assert str(m) in str(e.value)
+    m.write_text(
+        ",".join(HEADER) + '\n"' + "x" * 200_000 + '",1,40,25,64,48,vp9\n'
+    )  # beyond csv's field limit
+    with pytest.raises(ManifestError, match="not a readable CSV manifest") as e:
+        read_manifest(m)
+    assert len(str(e.value)) < 400
+
+
 def test_a_blank_line_between_class_names_is_refused(tmp_path):
     p = tmp_path / "classes.txt"
     p.write_text("a\n\nb\n")
