@@ -168,6 +168,14 @@ def test_a_file_name_that_is_not_utf8_is_rejected_with_its_reason(three, tmp_pat
     assert len(read_manifest(out / "manifest.csv")) == 3
 
 
+def test_a_list_that_is_not_utf8_is_one_line_naming_it(tmp_path, capsys):
+    lst = tmp_path / "list.txt"
+    lst.write_bytes("caf\xe9.webm 0\n".encode("latin-1"))
+    assert main([str(lst), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(lst) in err and "UTF-8" in err
+
+
 def _folder_names() -> list[str]:
     """Class folder names to try: every ASCII character alone and inside a name, spaces around, and a few
     beyond ASCII (accents, CJK, emoji, no-break and zero-width spaces, NEL, line separators)."""

@@ -447,7 +447,12 @@ def prepare(
         source = read_source(
             src_p, fmt, Path(videos).absolute() if videos else None, subset, split_id, classes, exclude=out_p
         )
-    except (SourceError, OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # a list, CSV or split file that is not UTF-8 text
+        raise PrepareError(
+            f"{src_p} (or a file it needs, such as classInd.txt) is not UTF-8 text ({e.reason}): "
+            "save it as UTF-8"
+        ) from None
+    except (SourceError, OSError) as e:
         raise PrepareError(str(e)) from None
     for note in source.notes:
         log(note)
