@@ -12,9 +12,7 @@ epoch order (``shard_order``): two clips of T frames at stride s placed by CVRL'
 al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized crop (area 0.3-1, aspect
 0.5-2), horizontal flip (p 0.5), the reference's colour jitter (p 0.8; ``torch_augment.color_jitter``) and
 grayscale (p 0.2), clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as
-peers
-do; ``frames_decoded`` counts every frame the decoder produced.
-"""
+peers do; ``frames_decoded`` counts every frame the decoder produced."""
 
 from __future__ import annotations
 

@@ -16,9 +16,8 @@ trainer wants is known (DALI has no bf16). Per-sample arguments apply to every f
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
 applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU
-resize
-and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this graph.
-"""
+resize and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this
+graph."""
 
 from __future__ import annotations
 
@@ -75,8 +74,7 @@ def _settings(
 
 def _source_columns(source: VideoSource, host_workers: int) -> dict[str, Any]:
     """The source's outputs by name. With workers, each prepares whole batches, ``host_workers + 1`` of them
-    in
-    flight so that every worker stays busy while the pipeline consumes one."""
+    in flight so that every worker stays busy while the pipeline consumes one."""
     kw = dict(parallel=True, prefetch_queue_depth=host_workers + 1) if host_workers else dict(parallel=False)
     outs = fn.external_source(
         source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, **kw
@@ -117,10 +115,8 @@ def _saturation(x: Any, f: Any) -> Any:
 
 def _hue(x: Any, delta: Any) -> Any:
     """HSV hue plus ``delta`` turns (wrapping), saturation and value kept: the hue in sixths from the max
-    channel
-    (ties resolved R, G, B as TF's kernel), shifted, then each channel ``v - chroma * clamp(min(k, 4 - k), 0,
-    1)``
-    with ``k = (n + hue) mod 6``, ``n`` = 5, 3, 1 for R, G, B."""
+    channel (ties resolved R, G, B as TF's kernel), shifted, then each channel ``v - chroma * clamp(min(k, 4 -
+    k), 0, 1)`` with ``k = (n + hue) mod 6``, ``n`` = 5, 3, 1 for R, G, B."""
     r, g, b = x[:, :, :, 0], x[:, :, :, 1], x[:, :, :, 2]  # (T, S, S) each
     v = dmath.max(r, dmath.max(g, b))
     chroma = v - dmath.min(r, dmath.min(g, b))
@@ -160,8 +156,8 @@ def _fhwc(x: Any) -> Any:
 
 def _color(x: Any, params: Any, order: Any, values: Any) -> Any:
     """The reference's colour jitter (four ops in the clip's random ``order``, a clip after each) and
-    grayscale
-    on a float clip in [0, 1]. ``params`` (CPU) decides the branches, ``values`` (on the op device) scales."""
+    grayscale on a float clip in [0, 1]. ``params`` (CPU) decides the branches, ``values`` (on the op device)
+    scales."""
     if params[0] > 0.5:
         for i in range(4):
             x = _jitter_op(x, order[i], values)
@@ -295,8 +291,8 @@ def linear_pipeline(
     start_method: str = "fork",
 ) -> Pipeline:
     """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``,
-    ``meta``
-    (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``, ``meta``)."""
+    ``meta`` (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``,
+    ``meta``)."""
     op_devices(device)
     check_augment(augment)
     return _linear_graph(

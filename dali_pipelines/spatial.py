@@ -59,12 +59,10 @@ def crop_attempt(
 
     ``aspect`` is width / height (a float32 value); ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1)
     standing for TF's ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``[y0, x0, y1, x1]`` or
-    ``None``
-    when the attempt fails: the height is uniform over the integer heights between those of the area bounds at
-    this aspect (nudged by one pixel where rounding leaves the area outside them), the width
+    ``None`` when the attempt fails: the height is uniform over the integer heights between those of the area
+    bounds at this aspect (nudged by one pixel where rounding leaves the area outside them), the width
     ``rint(height * aspect)``, the offset uniform over ``[0, H - h)`` (TF never places a crop flush with the
-    far
-    edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
+    far edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
     ``min_covered`` of the frame (the reference's whole-image box). ``round`` is ``rint`` (half to even)."""
     f, r = _f32, aspect  # float32 where TF's kernel computes in float, double where it computes in double
     lo, hi, least = _area_bounds(height, width, tuple(area), min_covered)
@@ -188,10 +186,9 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
 
 def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Slow NumPy statement of the reference's colour jitter and grayscale on one clip ``(T, H, W, 3)`` float
-    in
-    [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
-    brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation
-    ``S * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
+    in [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
+    brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation ``S
+    * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
     channels) when drawn."""
     x = np.asarray(clip, np.float64)
     on, fb, fc, fs, dh, gray = (float(v) for v in params)

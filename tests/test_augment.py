@@ -189,9 +189,8 @@ def test_torch_colour_jitter_matches_the_numpy_statement():
 
 def test_torch_colour_jitter_in_parts_and_reused_buffers_matches_the_numpy_statement(monkeypatch):
     """The HSV ops a few frames at a time (two here, so that small clips split unevenly), on clips of two
-    sizes
-    one after the other (the work buffers are kept between calls): every op order (saturation and hue adjacent
-    or not), the input untouched."""
+    sizes one after the other (the work buffers are kept between calls): every op order (saturation and hue
+    adjacent or not), the input untouched."""
     assert torch_augment._frames_per_part(torch.empty(16, 3, 112, 112)) < 16
     monkeypatch.setattr(torch_augment, "_frames_per_part", lambda x: 2)
     rng = np.random.default_rng(9)

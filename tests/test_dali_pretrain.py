@@ -385,8 +385,7 @@ def _count_opens(entries, cfg, cache, reads):
 
 def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_path):
     """Resuming mid-epoch: ``iter_from(k)`` gives exactly batches k.. of ``iter()`` for that epoch, and
-    decodes
-    none of the frames of the batches before k."""
+    decodes none of the frames of the batches before k."""
     manifest = make_index_videos(tmp_path, [40, 33, 50, 64, 45, 38], codec="vp9", gop=8)
     cfg = small_config()
     cfg.train.batch_size = 2
