@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import spatial, temporal
+from . import recipe, spatial, temporal
 from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("dali_pipelines.loaders")
@@ -294,7 +294,7 @@ class VideoSource:
 
 class PretrainSource(VideoSource):
     """Two CVRL views per video. Columns: ``encoded``, ``frames``, ``order1``, ``order2``, then per view ``v``
-    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``spatial.color_params``)
+    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``recipe.color_params``)
     (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``:
     the sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
     ``order1/2``: each view's frames within that union."""
@@ -304,8 +304,8 @@ class PretrainSource(VideoSource):
     def __init__(self, entries: Sequence[Any], batch_size: int, data_cfg: Any, **kw: Any):
         self.cfg = data_cfg
         temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
-        spatial.check_view_probs("blur_prob", data_cfg.blur_prob)
-        spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
+        recipe.check_view_probs("blur_prob", data_cfg.blur_prob)
+        recipe.check_view_probs("solarize_prob", data_cfg.solarize_prob)
         self.columns = (
             "encoded",
             "frames",
@@ -359,12 +359,12 @@ class PretrainSource(VideoSource):
                 rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
             )
             values[names[0]], values[names[1]] = spatial.crop_roi(box, rng.random() < c.flip_prob)
-            values[names[2]], values[names[3]] = spatial.color_params(
+            values[names[2]], values[names[3]] = recipe.color_params(
                 rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob
             )
             # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
             if c.blur:
-                values[names[4]] = np.array(spatial.blur_sigma(rng, c.blur_prob[view]), np.float32)
+                values[names[4]] = np.array(recipe.blur_sigma(rng, c.blur_prob[view]), np.float32)
             if c.solarize:
                 values[names[-1]] = np.array(rng.random() < c.solarize_prob[view])
         values["label"] = np.array(self.entries[video].label, np.int32)

@@ -56,7 +56,7 @@ from dali_pipelines.host import (
 from dali_pipelines.manifest import VideoEntry, read_manifest
 from dali_pipelines.normalize import Normalize
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.spatial import blur_window
+from dali_pipelines.recipe import blur_window
 from fastcvrl.config import Config
 
 log = logging.getLogger("dali_pipelines.loaders")

@@ -28,7 +28,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
 from .host import LinearSource, MultiViewSource, PretrainSource, VideoSource
-from .spatial import GRAY, blur_window
+from .recipe import GRAY, blur_window
 
 DEVICES = ("cpu", "gpu")
 AUGMENT = ("dali", "torch")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spatial import GRAY
+from .recipe import GRAY
 
 
 def crop_resize(
@@ -61,7 +61,7 @@ def color_normalize(
     dtype).
 
     To [0, 1], the reference's colour jitter and grayscale (``params``, ``order`` from
-    ``spatial.color_params``;
+    ``recipe.color_params``;
     ``None``: no colour change), a zero-padded Gaussian blur and solarize where asked, a clip to [0, 1], then
     ``(y - mean) / std``. Without colour, blur or solarize and with one mean and std for every channel the
     normalisation is one multiply-add on the uint8 clip."""

@@ -417,7 +417,7 @@ def test_clip_plan_restates_the_array_statement(manifest):
     ``temporal.clip_indices`` by ``np.unique(..., return_inverse=True)``, trimmed by ``packets.trim``, and the
     views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones
     loop)."""
-    from dali_pipelines import spatial, temporal
+    from dali_pipelines import recipe, spatial, temporal
     from dali_pipelines.host import meta_field
     from dali_pipelines.packets import trim
 
@@ -445,13 +445,13 @@ def test_clip_plan_restates_the_array_statement(manifest):
                     rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
                 )
                 start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
-                params, order = spatial.color_params(
+                params, order = recipe.color_params(
                     rng,
                     c.color_jitter_prob,
                     (c.brightness, c.contrast, c.saturation, c.hue),
                     c.grayscale_prob,
                 )
-                sigma = spatial.blur_sigma(rng, c.blur_prob[view - 1])
+                sigma = recipe.blur_sigma(rng, c.blur_prob[view - 1])
                 sol = bool(rng.random() < c.solarize_prob[view - 1])
                 for name, want in (
                     ("roi_start", start),
