@@ -93,7 +93,7 @@ def color_jitter(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> torc
     on (``params[0]``), brightness, contrast (around the clip's per-channel mean), HSV saturation and HSV hue
     in ``order``, each followed by a clip to [0, 1]; then grayscale (``params[5]``). Returns a new (T, 3, H,
     W) tensor with contiguous channel planes; ``x`` is left alone. Saturation and hue use the closed forms of
-    ``pipelines._saturation`` / ``_hue`` (no HSV round trip); ``spatial.apply_color_reference`` is the slow
+    ``recipe_graph._saturation`` / ``_hue`` (no HSV round trip); ``spatial.apply_color_reference`` is the slow
     statement they are tested against."""
     return _color_jitter_(torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x), params, order)
 
@@ -183,9 +183,9 @@ def _saturation_(x: torch.Tensor, factor: float) -> None:
 
 
 def _hue_(x: torch.Tensor, delta: float, saturation: float | None = None) -> None:
-    """HSV hue plus ``delta`` turns in place on (T, 3, H, W) planes, in closed form (``pipelines._hue``); with
-    ``saturation``, the HSV saturation times it (capped at 1) as well: the chroma becomes ``min(chroma * f,
-    v)``.
+    """HSV hue plus ``delta`` turns in place on (T, 3, H, W) planes, in closed form
+    (``recipe_graph._hue``); with ``saturation``, the HSV saturation times it (capped at 1) as well: the
+    chroma becomes ``min(chroma * f, v)``.
 
     Hue in sixths ``h6`` (-1 to 5) from the channel that holds the max (ties: R, then G, then B, as TF), then
     channel ``c`` is ``v - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n_c + h6 + 6 delta) mod 6`` with

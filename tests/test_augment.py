@@ -16,7 +16,7 @@ from nvidia.dali import fn, pipeline_def  # noqa: E402
 
 stats = pytest.importorskip("scipy.stats")
 
-from dali_pipelines import pipelines, recipe, spatial, torch_augment
+from dali_pipelines import recipe, recipe_graph, spatial, torch_augment
 
 
 # ------------------------------------------------------------------------------------------ crop sampler
@@ -220,7 +220,7 @@ def test_dali_colour_jitter_matches_the_numpy_statement():
     draws = _draws(rng, _clips(rng), per_clip=3)
     clips, params, orders = ([d[i] for d in draws] for i in range(3))
     got = _run_dali(
-        lambda x, p, o: pipelines._color(x, p, o, p),
+        lambda x, p, o: recipe_graph.color(x, p, o, p),
         [[c.astype(np.float32) for c in clips], params, orders],
         ["FHWC", "", ""],
     )
@@ -236,7 +236,7 @@ def test_blur_in_dali_and_torch_matches_the_numpy_statement(size):
     rng = np.random.default_rng(7)
     clips = [rng.random((2, size, size, 3)).astype(np.float32) for _ in range(3)]
     sigmas = [np.float32(s) for s in (0.1, 0.9, 2.0)]
-    got = _run_dali(lambda x, s: pipelines._blur(x, s, size), [clips, sigmas], ["FHWC", ""])
+    got = _run_dali(lambda x, s: recipe_graph.blur(x, s, size), [clips, sigmas], ["FHWC", ""])
     window = recipe.blur_window(size)
     for g, c, s in zip(got, clips, sigmas):
         want = spatial.blur_reference(c, float(s), window)
