@@ -48,11 +48,11 @@ from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
 from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
 from fastcvrl.eval.linear import probe_features  # noqa: E402
-from fastcvrl.eval.precision import eval_precision  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
 from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.logger import environment  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
+from fastcvrl.precision import eval_precision  # noqa: E402
 
 
 def log(msg: str) -> None:

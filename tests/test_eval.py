@@ -524,7 +524,7 @@ def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp
 # ------------------------------------------------------------------------------------ inputs against each
 # other
 def test_precision_follows_the_device(monkeypatch):
-    from fastcvrl.eval.precision import eval_precision
+    from fastcvrl.precision import eval_precision
 
     for p in ("auto", "fp32", "bf16", "fp16"):
         assert eval_precision(p, "cpu") == "fp32"

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastcvrl.eval.precision import autocast
+from fastcvrl.precision import autocast
 
 __all__ = ["ClipFeatures", "clip_features", "unreadable", "video_features", "gather_features", "gather_rows"]
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from fastcvrl.config import Config
 from fastcvrl.eval.features import clip_features, unreadable
-from fastcvrl.eval.precision import autocast
 from fastcvrl.eval.probe import ViewAverager, probe_schedule, video_labels, video_result
+from fastcvrl.precision import autocast
 
 __all__ = ["Classifier", "predict_videos", "finetune"]
 
