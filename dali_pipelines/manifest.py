@@ -216,5 +216,10 @@ def escaped_name(path: str) -> str:
 
 
 def write_classes(path: str | os.PathLike, names: Iterable[str]) -> None:
-    """``classes.txt``, atomically (``fastcvrl.atomic``)."""
+    """``classes.txt``, atomically (``fastcvrl.atomic``). A name that would not read back as itself (a line
+    break in it, or only white space) is a ``ValueError``: nothing is written."""
+    names = list(names)
+    for n in names:
+        if not n.strip() or any(c in n for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            raise ValueError(f"{path}: class name {_cut(n)} would not read back from classes.txt")
     atomic_write(path, "".join(f"{n}\n" for n in names))

@@ -105,6 +105,15 @@ def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_line(tmp_path):
     assert len(str(e.value)) < 400
 
 
+@pytest.mark.parametrize("name", ["a\nb", "  ", "", "x\r"])
+def test_a_class_name_that_would_not_read_back_is_not_written(tmp_path, name):
+    from dali_pipelines.manifest import write_classes
+
+    with pytest.raises(ValueError, match="would not read back"):
+        write_classes(tmp_path / "classes.txt", ["ok", name])
+    assert not (tmp_path / "classes.txt").exists()
+
+
 def test_a_blank_line_between_class_names_is_refused(tmp_path):
     p = tmp_path / "classes.txt"
     p.write_text("a\n\nb\n")
