@@ -14,7 +14,12 @@ redoes nothing already done. Rejections that may be the machine's fault rather t
 permission, a worker failure, a timeout) are not journaled: the next run tries those files again. The manifest
 is written only when every file is done, atomically (temporary file, then rename), so it is never
 half-written. The worker processes die with the command (a parent-death signal on Linux), even when it is
-killed."""
+killed.
+
+One run per output folder: ``DIR/.prepare.lock`` is ``flock``'ed for the run's life (a second run is refused
+naming the holder), and only temporaries whose writer is dead are swept. A fault of the machine while writing
+(full disk, file-size limit, I/O error, no permission) stops the run with exit 4 in one line; the partial
+file is removed and nothing is journaled for it, so the same command redoes it."""
 
 from __future__ import annotations
 
