@@ -1,4 +1,4 @@
-"""The dataset manifest: one CSV row per usable video, written by ``python -m fastcvrl.prepare``.
+"""The dataset manifest, as the data path reads it: one CSV row per usable video.
 
 Header: ``path,label,num_frames,fps,width,height,codec``. Paths are relative to the manifest's folder or
 absolute; ``num_frames`` is the decoded frame count (not the container's claim), which the pipelines need to
@@ -10,11 +10,8 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Iterable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-
-from fastcvrl.atomic import atomic_open, atomic_write
 
 HEADER = ["path", "label", "num_frames", "fps", "width", "height", "codec"]
 
@@ -107,31 +104,7 @@ def _warn_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
         )
 
 
-def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relative: bool = True) -> None:
-    """Write atomically (``fastcvrl.atomic``); paths under the manifest's folder become relative."""
-    path = Path(path)
-    root = path.resolve().parent
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        for e in entries:
-            row = list(astuple(e))
-            if relative:
-                p = Path(e.path)
-                if p.is_absolute():
-                    try:
-                        row[0] = str(p.resolve().relative_to(root))
-                    except ValueError:
-                        pass
-            w.writerow(row)
-
-
 def read_classes(path: str | os.PathLike) -> list[str]:
     """``classes.txt``: one class name per line, line i is label i."""
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
-
-
-def write_classes(path: str | os.PathLike, names: Iterable[str]) -> None:
-    """``classes.txt``, atomically (``fastcvrl.atomic``)."""
-    atomic_write(path, "".join(f"{n}\n" for n in names))

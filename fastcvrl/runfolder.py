@@ -32,7 +32,7 @@ from fastcvrl.logger import write_env
 
 LOCK_NAME = "train.lock"
 CHANGES_NAME = "config_changes.yaml"
-BACKBONE_NAME = "backbone.pt"
+BACKBONE_NAME = ckpt.BACKBONE_NAME
 T = TypeVar("T")
 
 
