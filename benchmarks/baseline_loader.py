@@ -3,7 +3,7 @@
 This is how peer codebases load video (seek to the keyframe before each clip, decode up to the clip's end,
 augment with torch ops in worker processes). ``benchmarks/loader_bench.py`` measures the DALI pipeline beside
 it, and it is a DALI-free fallback with the same output contract as
-``dali_pipelines.loaders.build_pretrain_loader``:
+``fastcvrl.data.build_pretrain_loader``:
 ``(view1, view2, label)`` with views float ``(B, 3, T, H, W)`` in ``torch.channels_last_3d``.
 
 The work per video is the same as the DALI pipeline's, drawn by the same host-side functions from the same
@@ -287,7 +287,7 @@ def build_baseline_loader(
     seed: int = 0,
     num_workers: int | None = None,
 ) -> BaselineLoader:
-    """Same contract as ``dali_pipelines.loaders.build_pretrain_loader``; B = ``cfg.train.batch_size //
+    """Same contract as ``fastcvrl.data.build_pretrain_loader``; B = ``cfg.train.batch_size //
     world_size``."""
     entries = read_manifest(manifest)
     return BaselineLoader(

@@ -39,6 +39,7 @@ from dali_pipelines.host import PretrainSource  # noqa: E402
 from dali_pipelines.manifest import VideoEntry  # noqa: E402
 from dali_pipelines.packets import build_index, trim  # noqa: E402
 from fastcvrl.config import Config  # noqa: E402
+from fastcvrl.data import pretrain_settings  # noqa: E402
 from fastcvrl.datasets.transcode import Transcode, transcode_video  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             for e in entries:
                 with av.open(e.path) as c:
                     full[e.path] = [f.to_ndarray(format="gray") for f in c.decode(video=0)]
-            source = PretrainSource(entries, 1, cfg, seed=0)
+            source = PretrainSource(entries, 1, pretrain_settings(Config()), seed=0)
             plans = []  # (index, union of the clip frames) per video per epoch
             for epoch in range(args.plans):
                 source.set_epoch(epoch)

@@ -209,6 +209,7 @@ def _with_workers(source: Any, workers: int, epochs: int, first_epoch: int) -> d
 def run(args: Any) -> dict[str, Any]:
     from dali_pipelines.host import PretrainSource
     from fastcvrl.config import Config
+    from fastcvrl.data import pretrain_settings
 
     quick = bool(args.quick)
     copies, batch, epochs = (4, 4, 1) if quick else (args.host_copies, args.host_batch, args.host_epochs)
@@ -239,7 +240,7 @@ def run(args: Any) -> dict[str, Any]:
     for codec in CODECS:
         files = _transcoded(codec, sources, work / "transcoded", 256, 16)
         entries = _entries(files, copies, work / "links" / codec)
-        source = PretrainSource(entries, batch, cfg, seed=args.seed)
+        source = PretrainSource(entries, batch, pretrain_settings(Config()), seed=args.seed)
         _direct(source, 1, 0)  # untimed: every file indexed once, as in the steady state of training
         direct = [_direct(source, epochs, 1 + r * epochs) for r in range(args.repeats)]
         row: dict[str, Any] = {

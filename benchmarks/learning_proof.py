@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     for bb in backbones:
         bb.to(device).requires_grad_(False)
 
-    from dali_pipelines.loaders import build_linear_loader, build_test_loader
+    from fastcvrl.data import build_linear_loader, build_test_loader
 
     t0 = time.perf_counter()
     e = cfg.eval

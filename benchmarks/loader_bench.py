@@ -283,7 +283,7 @@ def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.N
                     cfg, manifest, device=device, seed=args.seed, num_workers=args.workers
                 )
             elif name == "dali":
-                from dali_pipelines.loaders import build_pretrain_loader
+                from fastcvrl.data import build_pretrain_loader
 
                 out[name] = build_pretrain_loader(cfg, manifest, device=device, seed=args.seed)
             else:
@@ -337,7 +337,7 @@ def memory_only(args: argparse.Namespace) -> None:
 def _host_workers(setting: int) -> int | None:
     """The DALI loader's host worker processes for ``--host-workers`` (None where DALI is not installed)."""
     try:
-        from dali_pipelines.loaders import resolve_host_workers
+        from dali_pipelines.settings import resolve_host_workers
     except ImportError:
         return None
     return resolve_host_workers(setting)

@@ -57,15 +57,6 @@ class UndecodableError(ValueError):
     """Videos of a manifest that the chosen decoder cannot decode; the message names them and the fix."""
 
 
-def decode_device(setting: str, cuda_available: bool) -> str:
-    """``data.device`` (auto | cpu | gpu) -> the decoder that will run: ``"gpu"`` or ``"cpu"``. Unlike
-    ``dali_pipelines.loaders.resolve_data_device`` it does not require CUDA for ``gpu``: the codec check runs
-    first."""
-    if setting == "auto":
-        return "gpu" if cuda_available else "cpu"
-    return setting
-
-
 def codec_name(codec: str) -> str:
     c = (codec or "").strip().lower()
     return ALIASES.get(c, c)

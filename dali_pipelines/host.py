@@ -41,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from . import recipe, spatial, temporal
+from . import spatial, temporal
 from .packets import PacketIndex, VideoChangedError, VideoReadError, index_and_bytes, trim
+from .settings import EvalSettings, PretrainSettings
 
-log = logging.getLogger("dali_pipelines.loaders")
+log = logging.getLogger(__name__)
 
 # meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the
 # decoder), first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable
@@ -297,18 +298,16 @@ class VideoSource:
 
 class PretrainSource(VideoSource):
     """Two CVRL views per video. Columns: ``encoded``, ``frames``, ``order1``, ``order2``, then per view ``v``
-    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``recipe.color_params``)
-    (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``:
-    the sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
-    ``order1/2``: each view's frames within that union."""
+    the recipe's draw (``Recipe.ops``: ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,), ``color_order{v}``
+    (4,), + ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``.
+    ``frames``: the sorted union of both clips' frames as positions in the trimmed stream (decoded in one
+    forward pass); ``order1/2``: each view's frames within that union."""
 
     purpose = 1
 
-    def __init__(self, entries: Sequence[Any], batch_size: int, data_cfg: Any, **kw: Any):
-        self.cfg = data_cfg
-        temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
-        recipe.check_view_probs("blur_prob", data_cfg.blur_prob)
-        recipe.check_view_probs("solarize_prob", data_cfg.solarize_prob)
+    def __init__(self, entries: Sequence[Any], batch_size: int, settings: PretrainSettings, **kw: Any):
+        self.settings = settings
+        self.recipe = settings.recipe
         self.columns = (
             "encoded",
             "frames",
@@ -323,53 +322,31 @@ class PretrainSource(VideoSource):
         super().__init__(entries, batch_size, **kw)
 
     def view_names(self, view: int) -> tuple[str, ...]:
-        """The parameter columns of view 1 or 2, in order."""
-        names = (
-            ["roi_start", "roi_end", "color", "color_order"]
-            + ["sigma"] * bool(self.cfg.blur)
-            + ["solarize"] * bool(self.cfg.solarize)
-        )
-        return tuple(f"{n}{view}" for n in names)
+        """The parameter columns of view 1 or 2, in order (the recipe's ``ops``)."""
+        return tuple(f"{n}{view}" for n in self.recipe.ops)
 
     @property
     def view_columns(self) -> int:
         """Parameter columns per view."""
-        return len(self.view_names(1))
+        return len(self.recipe.ops)
 
     def sample(self, video: int) -> Sample:
-        c = self.cfg
+        clip, gap = self.settings.clip, self.settings.gap
+        t, stride = clip.num_frames, clip.stride
         rng = self.rng(video)
         idx = self.index(video)
         n = self.length(video, idx)
-        s1, s2 = temporal.sample_starts(rng, n, c.num_frames, c.stride, c.gap_distribution, c.gap_power)[
-            0
-        ].tolist()
+        s1, s2 = temporal.sample_starts(rng, n, t, stride, gap.distribution, gap.power)[0].tolist()
         # the two clips' frames (2T,), their sorted union and each frame's place in it, in Python lists (as
         # ``np.unique(..., return_inverse=True)`` of ``temporal.clip_indices``, without its array calls)
-        frames = [(s + c.stride * k) % n for s in (s1, s2) for k in range(c.num_frames)]
+        frames = [(s + stride * k) % n for s in (s1, s2) for k in range(t)]
         union = sorted(set(frames))
         place = {f: i for i, f in enumerate(union)}
         inverse = np.array([place[f] for f in frames], np.int32)
         tc = trim(idx, np.array(union, np.int64), self._first_read.pop(idx.path, None))
-        values = {
-            "encoded": tc.encoded,
-            "frames": tc.positions,
-            "order1": inverse[: c.num_frames],
-            "order2": inverse[c.num_frames :],
-        }
+        values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[:t], "order2": inverse[t:]}
         for view, names in enumerate(self._view_keys):
-            box = spatial.random_resized_crop(
-                rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
-            )
-            values[names[0]], values[names[1]] = spatial.crop_roi(box, rng.random() < c.flip_prob)
-            values[names[2]], values[names[3]] = recipe.color_params(
-                rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob
-            )
-            # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
-            if c.blur:
-                values[names[4]] = np.array(recipe.blur_sigma(rng, c.blur_prob[view]), np.float32)
-            if c.solarize:
-                values[names[-1]] = np.array(rng.random() < c.solarize_prob[view])
+            values.update(zip(names, self.recipe.draw_view(rng, idx.height, idx.width, view)))
         values["label"] = np.array(self.entries[video].label, np.int32)
         values["meta"] = self._meta(video, tc, s1, s2)
         return Sample(values, idx.path)
@@ -386,30 +363,27 @@ class LinearSource(VideoSource):
     purpose = 2
 
     def __init__(
-        self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, data_cfg: Any, train: bool, **kw: Any
+        self, entries: Sequence[Any], batch_size: int, settings: EvalSettings, train: bool, **kw: Any
     ):
-        self.ecfg, self.cfg, self.train = eval_cfg, data_cfg, train
+        self.settings, self.train = settings, train
         super().__init__(entries, batch_size, shuffle=train, drop_last=train, **kw)
 
     def sample(self, video: int) -> Sample:
-        e, c = self.ecfg, self.cfg
+        e = self.settings
+        t, stride = e.clip.num_frames, e.clip.stride
         rng = self.rng(video)
         idx = self.index(video)
         n = self.length(video, idx)
         if self.train:
-            start = temporal.uniform_start(rng, n, e.num_frames, e.stride)
-            box = spatial.random_resized_crop(
-                rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
-            )
-            flip = bool(rng.random() < c.flip_prob)
+            start = temporal.uniform_start(rng, n, t, stride)
+            roi_start, roi_end = e.recipe.draw_crop(rng, idx.height, idx.width)
         else:
-            start = int(temporal.even_starts(n, e.num_frames, e.stride, 1)[0])
-            side = min(idx.height, idx.width) * min(1.0, e.crop_size / e.short_side)
+            start = int(temporal.even_starts(n, t, stride, 1)[0])
+            side = min(idx.height, idx.width) * min(1.0, e.recipe.crop_size / e.short_side)
             y0, x0 = (idx.height - side) / 2, (idx.width - side) / 2
-            box, flip = np.array([y0, x0, y0 + side, x0 + side], np.float32), False
-        clip = temporal.clip_indices(start, n, e.num_frames, e.stride)[None]
+            roi_start, roi_end = spatial.crop_roi(np.array([y0, x0, y0 + side, x0 + side], np.float32), False)
+        clip = temporal.clip_indices(start, n, t, stride)[None]
         idx, tc, inverse = self._decode_plan(video, clip)
-        roi_start, roi_end = spatial.crop_roi(box, flip)
         label = np.array(self.entries[video].label, np.int32)
         values = {
             "encoded": tc.encoded,
@@ -431,16 +405,17 @@ class MultiViewSource(VideoSource):
     columns = ("encoded", "frames", "order", "anchors", "label", "meta")
     purpose = 3
 
-    def __init__(self, entries: Sequence[Any], batch_size: int, eval_cfg: Any, **kw: Any):
-        self.ecfg = eval_cfg
+    def __init__(self, entries: Sequence[Any], batch_size: int, settings: EvalSettings, **kw: Any):
+        self.settings = settings
         super().__init__(entries, batch_size, shuffle=False, drop_last=False, **kw)
 
     def sample(self, video: int) -> Sample:
-        e = self.ecfg
+        e = self.settings
+        t, stride = e.clip.num_frames, e.clip.stride
         idx = self.index(video)
         n = self.length(video, idx)
-        starts = temporal.even_starts(n, e.num_frames, e.stride, e.test_clips)
-        clips = np.stack([temporal.clip_indices(int(s), n, e.num_frames, e.stride) for s in starts])
+        starts = temporal.even_starts(n, t, stride, e.test_clips)
+        clips = np.stack([temporal.clip_indices(int(s), n, t, stride) for s in starts])
         idx, tc, inverse = self._decode_plan(video, clips)
         anchors = spatial.eval_crop_anchors(idx.height, idx.width, e.test_crops)
         label = np.array(self.entries[video].label, np.int32)

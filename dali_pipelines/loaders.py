@@ -1,20 +1,20 @@
-"""Torch-side loaders over the DALI pipelines (the only ``fastcvrl`` module that imports DALI).
+"""Torch-side loaders over the DALI pipelines: the data path's public surface, with its typed settings.
 
-    loader = build_pretrain_loader(cfg, manifest, rank=r, world_size=w, device=device, seed=cfg.train.seed)
-    for epoch in range(cfg.train.epochs):
+    loader = build_pretrain_loader(settings, manifest, rank=r, world_size=w, device=device, seed=seed)
+    for epoch in range(epochs):
         loader.set_epoch(epoch)
         for view1, view2, label in loader:   # (B, 3, T, S, S) channels_last_3d on `device`, label (B,) int64
             ...
 
-Hand-off. With ``data.augment=dali`` (the GPU default) DALI hands over uint8 N-T-H-W-C batches; viewed as
+Hand-off. With ``Runtime.augment="dali"`` (the GPU default) DALI hands over uint8 N-T-H-W-C batches; viewed as
 (N, C, T, H, W) they are already channels_last_3d, so the hand-off is zero-copy on the CPU (DLPack) and one
 same-layout device-to-device copy on the GPU, never a layout change; normalising to the trainer's dtype
-(float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``data.augment=torch`` (the CPU
-default, ``resolve_augment``) DALI hands over each video's decoded frames zero-copy and ``torch_augment``
-writes every clip straight into a channels_last_3d batch.
+(float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``augment="torch"`` (the CPU
+default, ``settings.resolve_augment``) DALI hands over each video's decoded frames zero-copy and
+``torch_augment`` writes every clip straight into a channels_last_3d batch.
 
 A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
-to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. The file
+to resume at the same step (``Runtime.skip_corrupt``); with skipping off the error names the file. The file
 is found by a host re-check (PyAV decodes each recent sample's trimmed stream), else, for a stream PyAV
 decodes but DALI's decoder refuses before decoding (a codec or size it does not take: "Failed to create video
 decoder", "not supported by the CPU variant"), by decoding each recent sample alone on the loader's decoder.
@@ -22,8 +22,8 @@ Training batches stay whole (another video of the shard fills the place); evalua
 video) drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the
 rest).
 
-Host work. With ``cfg.data.host_workers`` > 0 (``host_workers``: ``auto`` sizes it from the cores this process
-may use) the sources run in DALI's parallel external source, whole batches per worker process, started by
+Host work. With ``Runtime.host_workers`` > 0 (``settings.resolve_host_workers`` sizes it from the cores this
+rank may use) the sources run in DALI's parallel external source, whole batches per worker process, started by
 ``fork`` while CUDA is not initialised in this process and by ``spawn`` once it is (a forked CUDA context is
 unusable). Batches are the same as with the serial in-thread path (0; tests and debugging): a sample depends
 only on the seed, the epoch and the video.
@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from dali_pipelines import torch_augment
-from dali_pipelines.cores import cores_per_rank
 from dali_pipelines.host import (
     META_FIELDS,
     SUBSTITUTE,
@@ -56,32 +55,10 @@ from dali_pipelines.host import (
 from dali_pipelines.manifest import VideoEntry, read_manifest
 from dali_pipelines.normalize import Normalize
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.recipe import blur_window
-from fastcvrl.config import Config
+from dali_pipelines.recipe import Recipe, blur_window
+from dali_pipelines.settings import EvalSettings, PretrainSettings, Runtime
 
-log = logging.getLogger("dali_pipelines.loaders")
-
-
-def resolve_augment(augment: str, dev: str) -> str:
-    """``cfg.data.augment`` -> ``"dali"`` | ``"torch"``. ``auto``: torch on the CPU, where DALI 2.4's CPU
-    resize and colour-matrix kernels are several times slower than torch's
-    (``dali_pipelines/torch_augment.py``)."""
-    if augment == "auto":
-        return "torch" if dev == "cpu" else "dali"
-    if augment not in ("dali", "torch"):
-        raise ValueError(f"data.augment must be auto, dali or torch, got {augment!r}")
-    return augment
-
-
-def resolve_data_device(device: str) -> str:
-    """``cfg.data.device`` -> ``"cpu"`` | ``"gpu"`` (``auto``: the GPU when CUDA is available)."""
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("data.device is 'gpu' but CUDA is not available (use data.device=cpu or auto)")
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"data.device must be auto, cpu or gpu, got {device!r}")
-    return device
+log = logging.getLogger(__name__)
 
 
 class DaliLoader:
@@ -286,14 +263,13 @@ def _host(out: Any) -> np.ndarray:
 
 
 def torch_views(
-    outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: Normalize, device: torch.device
+    outs: tuple, views: list[tuple[int, int]], recipe: Recipe, norm: Normalize, device: torch.device
 ) -> list[torch.Tensor]:
     """Apply ``torch_augment`` to the decoded frames ``outs[0]``. ``views``: per view, the output index of its
-    ``order`` column and of its first parameter column; ``k`` parameter columns per view:
-    ``roi_start, roi_end[, colour params, colour order[, sigma][, solarize]]`` (two columns: crop and flip
-    only)."""
+    ``order`` column and of its first parameter column, the recipe's ``ops`` in order from there (``roi_start,
+    roi_end[, color, color_order[, sigma][, solarize]]``; without colour: crop and flip only)."""
     with _one_torch_thread(device):
-        return _torch_views(outs, views, k, size, norm, device)
+        return _torch_views(outs, views, recipe, norm, device)
 
 
 @contextlib.contextmanager
@@ -312,14 +288,15 @@ def _one_torch_thread(device: torch.device) -> Iterator[None]:
 
 
 def _torch_views(
-    outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: Normalize, device: torch.device
+    outs: tuple, views: list[tuple[int, int]], recipe: Recipe, norm: Normalize, device: torch.device
 ) -> list[torch.Tensor]:
     n = len(outs[0])
+    size, ops = recipe.crop_size, recipe.ops
     videos = [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) uint8 each
     result = []
     for order_col, first in views:
         order = _host(outs[order_col])  # (B, T)
-        c = [_host(o) for o in outs[first : first + k]]
+        c = {op: _host(o) for op, o in zip(ops, outs[first : first + len(ops)])}
         out = torch.empty(
             (n, 3, order.shape[1], size, size),
             dtype=norm.dtype,
@@ -327,12 +304,12 @@ def _torch_views(
             memory_format=torch.channels_last_3d,
         )  # (B, 3, T, S, S)
         for i in range(n):
-            clip = torch_augment.crop_resize(
-                videos[i], order[i], c[0][i], c[1][i], size
-            )  # (T, 3, S, S) uint8
-            m, t = (c[2][i], c[3][i]) if k > 2 else (None, None)  # colour params (6,), op order (4,)
-            sigma = float(c[4][i]) if norm.blur else 0.0
-            sol = bool(c[-1][i]) if norm.solarize else False
+            # (T, 3, S, S) uint8
+            clip = torch_augment.crop_resize(videos[i], order[i], c["roi_start"][i], c["roi_end"][i], size)
+            # colour params (6,), op order (4,); none without colour
+            m, t = (c["color"][i], c["color_order"][i]) if recipe.color else (None, None)
+            sigma = float(c["sigma"][i]) if "sigma" in c else 0.0
+            sol = bool(c["solarize"][i]) if "solarize" in c else False
             torch_augment.color_normalize(
                 clip, m, t, norm.mean, norm.std, out[i], sigma, sol, blur_window(size)
             )
@@ -340,41 +317,22 @@ def _torch_views(
     return result
 
 
-def data_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """The dtype the trainer consumes: bf16/fp16 when it trains in them on a GPU, float32 otherwise."""
-    p = cfg.train.precision
-    if p == "auto":
-        p = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p, torch.float32)
-
-
 # ------------------------------------------------------------------------------------- builders
-def resolve_host_workers(host_workers: int) -> int:
-    """``cfg.data.host_workers`` -> worker processes for the host source (0: in the pipeline's own thread).
-
-    ``-1`` (auto): one worker per 4 cores this process may use (the usable cores shared by the ranks on this
-    node, ``LOCAL_WORLD_SIZE``), at most 4, none below 4 cores: one worker prepares several thousand clips a
-    second (README, data loading), more than a GPU consumes, and the rest of the cores decode and train."""
-    if host_workers >= 0:
-        return host_workers
-    if host_workers != -1:
-        raise ValueError(f"data.host_workers must be -1 (auto) or >= 0, got {host_workers}")
-    return min(4, cores_per_rank() // 4)
-
-
-def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict:
+def _pipeline_kw(rt: Runtime, device: torch.device, seed: int) -> dict:
     device_id = (
-        (device.index if device.index is not None else torch.cuda.current_device()) if dev == "gpu" else None
+        (device.index if device.index is not None else torch.cuda.current_device())
+        if rt.device == "gpu"
+        else None
     )
     # a forked child cannot use this process's CUDA context: spawn once CUDA is (or will be) initialised here
-    start = "spawn" if dev == "gpu" or torch.cuda.is_initialized() else "fork"
+    start = "spawn" if rt.device == "gpu" or torch.cuda.is_initialized() else "fork"
     return dict(
-        device=dev,
-        num_threads=cfg.data.num_threads,
+        device=rt.device,
+        num_threads=rt.num_threads,
         device_id=device_id,
-        prefetch=cfg.data.prefetch,
+        prefetch=rt.prefetch,
         seed=seed,
-        host_workers=resolve_host_workers(cfg.data.host_workers),
+        host_workers=rt.host_workers,
         start_method=start,
     )
 
@@ -386,9 +344,24 @@ def _decode_one(kw: dict) -> Callable[[np.ndarray, np.ndarray], None]:
     return lambda encoded, frames: decode_one(encoded, frames, device=kw["device"], device_id=kw["device_id"])
 
 
+def _normalize(rt: Runtime, device: torch.device) -> Normalize:
+    return Normalize(list(rt.mean), list(rt.std), rt.dtype, device)
+
+
+def _per_rank(batch_size: int, world_size: int, what: str) -> int:
+    """The per-rank batch; an error naming what to lower when a rank would get none."""
+    batch = batch_size // world_size
+    if batch < 1:
+        raise ValueError(
+            f"{what} {batch_size} over {world_size} ranks leaves no video per rank: "
+            f"set it to {world_size} or more"
+        )
+    return batch
+
+
 def build_pretrain_loader(
-    cfg: Config,
-    manifest: str,
+    settings: PretrainSettings,
+    manifest: str | Sequence[VideoEntry],
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -401,40 +374,26 @@ def build_pretrain_loader(
 
     ``normalize=False`` (the trainer): with DALI augmenting (the GPU default) the views stay DALI's uint8
     frames, which ``TrainStep`` normalises inside its CUDA graph; the torch path is normalised either way.
-    ``B = cfg.train.batch_size // world_size``; the last partial batch of an epoch is dropped."""
+    ``B = settings.batch_size // world_size``; the last partial batch of an epoch is dropped."""
     from dali_pipelines.pipelines import pretrain_outputs, pretrain_pipeline
 
     device = torch.device(device)
-    dev = resolve_data_device(cfg.data.device)
-    batch = cfg.train.batch_size // world_size
-    source = PretrainSource(read_manifest(manifest), batch, cfg.data, rank=rank, world=world_size, seed=seed)
-    kw = _pipeline_kw(cfg, dev, device, seed)
-    augment = resolve_augment(cfg.data.augment, dev)
-    d = cfg.data
-    norm = Normalize(
-        d.mean, d.std, data_dtype(cfg, device), device, views=2, blur=d.blur, solarize=d.solarize
-    )
+    rt, recipe = settings.runtime, settings.recipe
+    batch = _per_rank(settings.batch_size, world_size, "the pretraining batch size")
+    source = PretrainSource(_entries(manifest), batch, settings, rank=rank, world=world_size, seed=seed)
+    kw = _pipeline_kw(rt, device, seed)
+    norm = _normalize(rt, device)
 
     def make(src: VideoSource) -> Any:
-        return pretrain_pipeline(
-            src,
-            crop_size=d.crop_size,
-            batch_size=batch,
-            blur=d.blur,
-            solarize=d.solarize,
-            augment=augment,
-            **kw,
-        )
+        return pretrain_pipeline(src, batch_size=batch, augment=rt.augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         label = torch.from_numpy(_host(outs[-1]).astype(np.int64))  # (B,) stays on the host: no per-step sync
-        if augment == "torch":
-            k = (
-                source.view_columns
-            )  # outputs named by pretrain_outputs: video, order1, order2, views' columns, label
+        if rt.augment == "torch":
+            # outputs named by pretrain_outputs: video, order1, order2, the views' columns, label
             at = {name: i for i, name in enumerate(pretrain_outputs(source, "torch"))}
             views = [(at["order1"], at["roi_start1"]), (at["order2"], at["roi_start2"])]
-            v1, v2 = torch_views(outs, views, k, d.crop_size, norm, device)
+            v1, v2 = torch_views(outs, views, recipe, norm, device)
             return v1, v2, label
         # (B, T, S, S, 3) uint8 each: one asynchronous device-to-device copy on the GPU, zero-copy on the CPU
         v1, v2 = (to_torch(o, device) for o in outs[:2])
@@ -447,7 +406,7 @@ def build_pretrain_loader(
         make,
         convert,
         device,
-        cfg.data.skip_corrupt,
+        rt.skip_corrupt,
         clips_per_sample=2,
         host_workers=kw["host_workers"],
         decode_one=_decode_one(kw),
@@ -455,7 +414,7 @@ def build_pretrain_loader(
 
 
 def build_linear_loader(
-    cfg: Config,
+    settings: EvalSettings,
     manifest: str | Sequence[VideoEntry],
     *,
     rank: int = 0,
@@ -464,30 +423,26 @@ def build_linear_loader(
     seed: int = 0,
     train: bool = True,
 ) -> DaliLoader:
-    """One clip per video (``cfg.eval.num_frames`` x ``cfg.eval.stride``), crop and flip only when training:
-    yields ``(clip (B, 3, T, S, S), label (B,))``. Training drops the last partial batch; evaluation keeps it.
-    ``manifest``: a path, or entries already read (a subset, or labels renumbered)."""
+    """One clip per video (``settings.clip``), crop and flip only when training: yields ``(clip (B, 3, T, S,
+    S), label (B,))``. Training drops the last partial batch; evaluation keeps it. ``manifest``: a path, or
+    entries already read (a subset, or labels renumbered)."""
     from dali_pipelines.pipelines import linear_pipeline
 
     device = torch.device(device)
-    dev = resolve_data_device(cfg.data.device)
-    batch = cfg.eval.batch_size // world_size
-    source = LinearSource(
-        _entries(manifest), batch, cfg.eval, cfg.data, train, rank=rank, world=world_size, seed=seed
-    )
-    kw = _pipeline_kw(cfg, dev, device, seed)
-    augment = resolve_augment(cfg.data.augment, dev)
-    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+    rt = settings.runtime
+    batch = _per_rank(settings.batch_size, world_size, "the evaluation batch size")
+    source = LinearSource(_entries(manifest), batch, settings, train, rank=rank, world=world_size, seed=seed)
+    kw = _pipeline_kw(rt, device, seed)
+    norm = _normalize(rt, device)
+    crop = Recipe(crop_size=settings.recipe.crop_size, color=False)  # the columns the torch path applies
 
     def make(src: VideoSource) -> Any:
-        return linear_pipeline(src, crop_size=cfg.eval.crop_size, batch_size=batch, augment=augment, **kw)
+        return linear_pipeline(src, batch_size=batch, augment=rt.augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         label = to_torch(outs[-1], device).to(torch.int64)
-        if augment == "torch":
-            (clip,) = torch_views(
-                outs, [(1, 2)], 2, cfg.eval.crop_size, norm, device
-            )  # video, order, roi, label
+        if rt.augment == "torch":
+            (clip,) = torch_views(outs, [(1, 2)], crop, norm, device)  # video, order, roi, label
             return clip, label
         return norm(to_torch(outs[0], device)), label
 
@@ -496,45 +451,37 @@ def build_linear_loader(
         make,
         convert,
         device,
-        cfg.data.skip_corrupt,
+        rt.skip_corrupt,
         host_workers=kw["host_workers"],
         decode_one=_decode_one(kw),
     )
 
 
 def build_test_loader(
-    cfg: Config, manifest: str | Sequence[VideoEntry], *, device: torch.device | str = "cpu"
+    settings: EvalSettings, manifest: str | Sequence[VideoEntry], *, device: torch.device | str = "cpu"
 ) -> DaliLoader:
-    """Test views: yields ``(clips (B*V, 3, T, S, S), label (B,), video_index (B,))`` with
-    ``V = cfg.eval.test_clips * cfg.eval.test_crops`` views of each video contiguous (rows ``i*V..(i+1)*V-1``
-    belong to ``video_index[i]``, its row in the manifest). Every video once, manifest order. Frames resized
-    to short side ``eval.short_side``, crops of ``S = eval.test_crop_size``. ``manifest``: a path or
+    """Test views: yields ``(clips (B*V, 3, T, S, S), label (B,), video_index (B,))`` with ``V =
+    settings.test_clips * settings.test_crops`` views of each video contiguous (rows ``i*V..(i+1)*V-1`` belong
+    to ``video_index[i]``, its row in the manifest). Every video once, manifest order. Frames resized to short
+    side ``settings.short_side``, crops of ``S = settings.test_crop_size``. ``manifest``: a path or
     entries."""
     from dali_pipelines.pipelines import multiview_pipeline
 
     device = torch.device(device)
-    dev = resolve_data_device(cfg.data.device)
-    e = cfg.eval
+    rt, e = settings.runtime, settings
     views = e.test_clips * e.test_crops
     batch = max(1, e.batch_size // views)
     source = MultiViewSource(_entries(manifest), batch, e)
-    kw = _pipeline_kw(cfg, dev, device, 0)
-    norm = Normalize(cfg.data.mean, cfg.data.std, data_dtype(cfg, device), device)
+    kw = _pipeline_kw(rt, device, 0)
+    norm = _normalize(rt, device)
 
     def make(src: VideoSource) -> Any:
-        return multiview_pipeline(
-            src,
-            crop_size=e.test_crop_size,
-            short_side=e.short_side,
-            num_crops=e.test_crops,
-            batch_size=batch,
-            **kw,
-        )
+        return multiview_pipeline(src, batch_size=batch, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:
         clips, label = (to_torch(o, device) for o in outs)  # (B, crops, clips*T, S, S, 3)
         b = clips.shape[0]
-        clips = clips.reshape(b * views, e.num_frames, *clips.shape[-3:])  # free: rows stay contiguous
+        clips = clips.reshape(b * views, e.clip.num_frames, *clips.shape[-3:])  # free: rows stay contiguous
         return norm(clips), label.to(torch.int64), torch.from_numpy(meta_field(meta, "video").copy())
 
     return DaliLoader(
@@ -542,7 +489,7 @@ def build_test_loader(
         make,
         convert,
         device,
-        cfg.data.skip_corrupt,
+        rt.skip_corrupt,
         clips_per_sample=views,
         host_workers=kw["host_workers"],
         decode_one=_decode_one(kw),
@@ -561,9 +508,6 @@ __all__ = [
     "build_pretrain_loader",
     "build_test_loader",
     "keep_rows",
-    "resolve_augment",
-    "resolve_data_device",
-    "resolve_host_workers",
     "to_torch",
     "torch_views",
 ]

@@ -1,4 +1,4 @@
-"""The dataset manifest: one CSV row per usable video, written by ``python -m fastcvrl.prepare``.
+"""The dataset manifest, as the data path reads it: one CSV row per usable video.
 
 Header: ``path,label,num_frames,fps,width,height,codec`` and, from ``prepare``, ``fingerprint``. Paths are
 relative to the manifest's folder or absolute; ``num_frames`` is the decoded frame count (not the container's
@@ -18,11 +18,8 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Iterable
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-
-from fastcvrl.atomic import atomic_open, atomic_write
 
 HEADER = ["path", "label", "num_frames", "fps", "width", "height", "codec"]
 OPTIONAL = ["fingerprint"]  # written by prepare; absent from hand-written manifests
@@ -143,27 +140,6 @@ def _warn_duplicates(path: Path, lines: dict[str, list[int]]) -> None:
         )
 
 
-def write_manifest(path: str | os.PathLike, entries: Iterable[VideoEntry], relative: bool = True) -> None:
-    """Write atomically (``fastcvrl.atomic``); paths under the manifest's folder become relative."""
-    path = Path(path)
-    root = path.resolve().parent
-    entries = list(entries)
-    checked = bool(entries) and all(e.fingerprint for e in entries)
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER + OPTIONAL if checked else HEADER)
-        for e in entries:
-            row = list(astuple(e))[: len(HEADER) + len(OPTIONAL) * checked]
-            if relative:
-                p = Path(e.path)
-                if p.is_absolute():
-                    try:
-                        row[0] = str(p.resolve().relative_to(root))
-                    except ValueError:
-                        pass
-            w.writerow(row)
-
-
 def read_classes(path: str | os.PathLike) -> list[str]:
     """``classes.txt``: one class name per line, line i is label i (blank lines at the end ignored). A blank
     line between names would shift every later label: ``ManifestError`` naming the line."""
@@ -213,13 +189,3 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 def escaped_name(path: str) -> str:
     """``path`` as UTF-8 text: a file name's bytes that are not valid UTF-8 written as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def write_classes(path: str | os.PathLike, names: Iterable[str]) -> None:
-    """``classes.txt``, atomically (``fastcvrl.atomic``). A name that would not read back as itself (a line
-    break in it, or only white space) is a ``ValueError``: nothing is written."""
-    names = list(names)
-    for n in names:
-        if not n.strip() or any(c in n for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
-            raise ValueError(f"{path}: class name {_cut(n)} would not read back from classes.txt")
-    atomic_write(path, "".join(f"{n}\n" for n in names))

@@ -15,7 +15,7 @@ trainer wants is known (DALI has no bf16). Per-sample arguments apply to every f
 (DALI-NOTES.md), so a clip's frames share one crop, flip and colour.
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
-applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU
+applies the same steps. That is the CPU default (``settings.resolve_augment``): DALI 2.4's CPU
 resize and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this
 graph."""
 
@@ -29,9 +29,8 @@ from nvidia.dali.pipeline import Pipeline
 
 from . import recipe_graph as ops
 from .host import LinearSource, MultiViewSource, PretrainSource, VideoSource
-
-DEVICES = ("cpu", "gpu")
-AUGMENT = ("dali", "torch")
+from .recipe import Recipe
+from .settings import AUGMENT, DEVICES
 
 
 def check_augment(augment: str) -> None:
@@ -100,12 +99,14 @@ def _crop_resize(video: Any, order: Any, roi_start: Any, roi_end: Any, size: int
     )
 
 
-def _pretrain_view(
-    video: Any, cols: list, size: int, blur: bool, solarize: bool, order: Any, device: str
-) -> Any:
-    roi_start, roi_end, params, color_order = cols[:4]
-    sigma = cols[4] if blur else None
-    sol = cols[-1] if solarize else None
+def _pretrain_view(video: Any, cols: dict[str, Any], recipe: Recipe, order: Any, device: str) -> Any:
+    """One view: the recipe's ops (``Recipe.ops``, by name in ``cols``) applied to its frames."""
+    size, blur, solarize = recipe.crop_size, recipe.blur, recipe.solarize
+    roi_start, roi_end, params, color_order = (
+        cols[n] for n in ("roi_start", "roi_end", "color", "color_order")
+    )
+    sigma = cols["sigma"] if blur else None
+    sol = cols["solarize"] if solarize else None
     x = _crop_resize(video, order, roi_start, roi_end, size)
     x = ops.fhwc(fn.cast(x, dtype=types.FLOAT) * (1.0 / 255.0))  # (T, S, S, 3) in [0, 1]
     x = ops.color(x, params, color_order, params.gpu() if device == "gpu" else params)
@@ -126,40 +127,27 @@ def pretrain_outputs(source: PretrainSource, augment: str) -> tuple[str, ...]:
 
 
 @pipeline_def(enable_conditionals=True)
-def _pretrain_graph(
-    source: PretrainSource,
-    device: str,
-    crop_size: int,
-    blur: bool,
-    solarize: bool,
-    augment: str,
-    host_workers: int,
-):
+def _pretrain_graph(source: PretrainSource, device: str, augment: str, host_workers: int):
     cols = _source_columns(source, host_workers)
     video = _decode(cols["encoded"], cols["frames"], device)
     if augment == "torch":
         return tuple(video if name == "video" else cols[name] for name in pretrain_outputs(source, augment))
-    v1 = _pretrain_view(
-        video, [cols[n] for n in source.view_names(1)], crop_size, blur, solarize, cols["order1"], device
-    )
-    v2 = _pretrain_view(
-        video, [cols[n] for n in source.view_names(2)], crop_size, blur, solarize, cols["order2"], device
-    )
-    return v1, v2, cols["label"], cols["meta"]
+    views = []
+    for v in (1, 2):
+        view_cols = {op: cols[f"{op}{v}"] for op in source.recipe.ops}
+        views.append(_pretrain_view(video, view_cols, source.recipe, cols[f"order{v}"], device))
+    return views[0], views[1], cols["label"], cols["meta"]
 
 
 def pretrain_pipeline(
     source: PretrainSource,
     *,
     device: str,
-    crop_size: int,
     batch_size: int,
     num_threads: int = 2,
     device_id: int | None = None,
     prefetch: int = 2,
     seed: int = 0,
-    blur: bool = False,
-    solarize: bool = False,
     augment: str = "dali",
     host_workers: int = 0,
     start_method: str = "fork",
@@ -175,9 +163,6 @@ def pretrain_pipeline(
     return _pretrain_graph(
         source,
         device,
-        crop_size,
-        blur,
-        solarize,
         augment,
         host_workers,
         **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
@@ -185,7 +170,8 @@ def pretrain_pipeline(
 
 
 @pipeline_def
-def _linear_graph(source: LinearSource, device: str, crop_size: int, augment: str, host_workers: int):
+def _linear_graph(source: LinearSource, device: str, augment: str, host_workers: int):
+    crop_size = source.settings.recipe.crop_size
     c = _source_columns(source, host_workers)
     video = _decode(c["encoded"], c["frames"], device)
     if augment == "torch":
@@ -197,7 +183,6 @@ def linear_pipeline(
     source: LinearSource,
     *,
     device: str,
-    crop_size: int,
     batch_size: int,
     num_threads: int = 2,
     device_id: int | None = None,
@@ -215,7 +200,6 @@ def linear_pipeline(
     return _linear_graph(
         source,
         device,
-        crop_size,
         augment,
         host_workers,
         **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
@@ -223,9 +207,9 @@ def linear_pipeline(
 
 
 @pipeline_def
-def _multiview_graph(
-    source: MultiViewSource, device: str, crop_size: int, short_side: int, num_crops: int, host_workers: int
-):
+def _multiview_graph(source: MultiViewSource, device: str, host_workers: int):
+    e = source.settings
+    crop_size, short_side, num_crops = e.test_crop_size, e.short_side, e.test_crops
     c = _source_columns(source, host_workers)
     order, anchors, label, meta = c["order"], c["anchors"], c["label"], c["meta"]
     video = _decode(c["encoded"], c["frames"], device)
@@ -248,9 +232,6 @@ def multiview_pipeline(
     source: MultiViewSource,
     *,
     device: str,
-    crop_size: int,
-    short_side: int,
-    num_crops: int,
     batch_size: int,
     num_threads: int = 2,
     device_id: int | None = None,
@@ -259,9 +240,9 @@ def multiview_pipeline(
     host_workers: int = 0,
     start_method: str = "fork",
 ) -> Pipeline:
-    """Test views: resize the short side to ``short_side``, then ``num_crops`` crops of ``crop_size`` of every
-    clip, spread along the long side (the reference: 3 crops of 256 at short side 256,
-    ``eval.test_crop_size``).
+    """Test views (the source's ``EvalSettings``): resize the short side to ``short_side``, then
+    ``test_crops`` crops of ``test_crop_size`` of every clip, spread along the long side (the reference: 3
+    crops of 256 at short side 256).
 
     Output ``views`` per video: (crops, clips*T, S, S, 3) uint8 (all views of a video together), ``label``,
     ``meta``."""
@@ -269,9 +250,6 @@ def multiview_pipeline(
     return _multiview_graph(
         source,
         device,
-        crop_size,
-        short_side,
-        num_crops,
         host_workers,
         **_settings(batch_size, num_threads, device_id, prefetch, seed, host_workers, start_method),
     )

@@ -12,9 +12,63 @@ per-view probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, the reference's grayscale
+from .spatial import crop_roi, random_resized_crop
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The parameters of the per-view draw, the reference's by default (``fastcvrl`` fills them from
+    ``data.*``). ``color=False``: crop and flip only (linear evaluation's training clips). ``blur`` and
+    ``solarize`` switch those ops on, with a probability per view (view 1, view 2)."""
+
+    crop_size: int = 224
+    area: tuple[float, float] = (0.3, 1.0)  # random resized crop: area fraction
+    aspect: tuple[float, float] = (0.5, 2.0)  # width / height
+    flip_prob: float = 0.5
+    color: bool = True
+    color_jitter_prob: float = 0.8
+    # brightness, contrast, saturation, hue
+    strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
+    grayscale_prob: float = 0.2
+    blur: bool = False
+    blur_prob: tuple[float, float] = (1.0, 0.1)
+    solarize: bool = False
+    solarize_prob: tuple[float, float] = (0.0, 0.2)
+
+    def __post_init__(self) -> None:
+        check_view_probs("blur_prob", list(self.blur_prob))
+        check_view_probs("solarize_prob", list(self.solarize_prob))
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The parameters drawn per view, in draw order: what every consumer of a draw reads."""
+        names = ["roi_start", "roi_end"]
+        if self.color:
+            names += ["color", "color_order"] + ["sigma"] * self.blur + ["solarize"] * self.solarize
+        return tuple(names)
+
+    def draw_crop(self, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The crop box (``spatial.random_resized_crop``), then the flip: ``fn.resize``'s ROI (start, end)."""
+        box = random_resized_crop(rng, height, width, self.area, self.aspect)
+        return crop_roi(box, rng.random() < self.flip_prob)
+
+    def draw_view(self, rng: np.random.Generator, height: int, width: int, view: int) -> list[np.ndarray]:
+        """One view's draw (``view`` 0 or 1), its values in ``ops`` order: the crop and flip, then (with
+        ``color``) the colour jitter and grayscale (``color_params``), the blur sigma, the solarize coin."""
+        out = list(self.draw_crop(rng, height, width))
+        if self.color:
+            out += color_params(rng, self.color_jitter_prob, self.strength, self.grayscale_prob)
+            if self.blur:
+                out.append(np.array(blur_sigma(rng, self.blur_prob[view]), np.float32))
+            if self.solarize:
+                out.append(np.array(rng.random() < self.solarize_prob[view]))
+        return out
+
+
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 

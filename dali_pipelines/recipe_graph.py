@@ -13,7 +13,8 @@ from typing import Any
 import nvidia.dali.math as dmath
 from nvidia.dali import fn
 
-from .recipe import GRAY, blur_window
+from .recipe import blur_window
+from .spatial import GRAY
 
 _GRAY = [float(w) for w in GRAY] * 3  # 3x3, every output channel the grey
 

@@ -16,7 +16,7 @@ import struct
 
 import numpy as np
 
-from .recipe import GRAY
+GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, the reference's grayscale
 
 _F32 = struct.Struct("<f")
 _EPS32 = float(np.float32(1e-7))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .recipe import GRAY
+from .spatial import GRAY
 
 
 def crop_resize(

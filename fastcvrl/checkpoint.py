@@ -1,5 +1,7 @@
 """Checkpoints and the training state: what is saved, how it is written, and the rules for resuming.
 
+The one module that writes and reads the trainer's files of weights: checkpoints (``save_checkpoint``,
+``write_checkpoint``, ``load_latest``, ``restore``) and the exported backbone (``export_backbone``).
 A checkpoint is one ``torch.save`` file ``<run>/checkpoints/ckpt_<step>.pt`` holding everything needed to
 continue exactly (weights, optimizer, scaler, schedule, data position, every rank's RNG) and the config it
 was trained under. It is serialised in memory and written with ``fastcvrl.atomic`` (temporary file, fsync,
@@ -28,8 +30,10 @@ import numpy as np
 import torch
 
 from fastcvrl.atomic import atomic_write, sweep
+from fastcvrl.config import Config, to_dict
 
 CKPT_DIR = "checkpoints"
+BACKBONE_NAME = "backbone.pt"  # the exported backbone, beside checkpoints/
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 # what the trainer's checkpoints hold; a file without one of these is corrupt
 TRAINING_KEYS = ("step", "epoch", "batch", "model", "optimizer", "schedule", "rng", "config")
@@ -52,6 +56,48 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     torch.save(obj, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, buf.getbuffer())
+
+
+def write_checkpoint(state: dict, run_dir: Path, step: int, keep: int) -> Path:
+    """``save_checkpoint`` with a file-system error turned into one ``StorageError`` line (naming the last
+    good checkpoint, which is kept)."""
+    from fastcvrl.runfolder import storage_error  # (the run folder imports this module)
+
+    try:
+        return save_checkpoint(state, run_dir, step, keep)
+    except OSError as e:
+        try:
+            kept = list_checkpoints(run_dir)
+        except OSError:
+            kept = []
+        last = f"The last good checkpoint, {kept[-1][1]}, is kept; " if kept else ""
+        raise storage_error(e, f"cannot write the checkpoint of step {step}:", last) from None
+
+
+def export_backbone(run_dir: Path, model: torch.nn.Module, cfg: Config, step: int) -> Path:
+    """The trained backbone on its own, for downstream use, as ``<run>/backbone.pt`` (``BACKBONE_NAME``):
+    ``torch.load(p)["state_dict"]`` fits ``fastcvrl.model.build_backbone(p["arch"], p["width"])``."""
+    from fastcvrl.runfolder import storage_error  # (the run folder imports this module)
+
+    backbone = model.backbone
+    try:
+        return atomic_torch_save(
+            {
+                "arch": cfg.model.arch,
+                "width": cfg.model.width,
+                "out_dim": backbone.out_dim,
+                "step": step,
+                "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+                "config": to_dict(cfg),
+            },
+            Path(run_dir) / BACKBONE_NAME,
+        )
+    except OSError as e:
+        raise storage_error(
+            e,
+            "cannot write the trained backbone:",
+            f"The final checkpoint in {Path(run_dir) / CKPT_DIR} is kept; ",
+        ) from None
 
 
 # -------------------------------------------------------------------------------------------- checkpoints

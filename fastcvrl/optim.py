@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from fastcvrl.schedule import scaled_lr
+
 
 def _adapted(p: torch.Tensor, group: dict) -> bool:
     return p.ndim > 1 or not group["exclude_1d"]
@@ -171,7 +173,7 @@ def build_optimizer(cfg, model: nn.Module, global_batch_size: int) -> LARS:
     cfg.base_batch_size (linear scaling, CVRL Sec. 4.1: 0.32 at batch 1024)."""
     if cfg.name not in ("lars", "sgd"):
         raise ValueError(f"optim.name: unknown optimizer {cfg.name!r} (choose lars or sgd)")
-    lr = cfg.lr * global_batch_size / cfg.base_batch_size
+    lr = scaled_lr(cfg.lr, global_batch_size, cfg.base_batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     return LARS(
         params,

@@ -13,7 +13,7 @@ import torch
 
 
 class RandomClipLoader:
-    """Yields ``(view1, view2, label)`` like ``dali_pipelines.loaders.build_pretrain_loader``'s loader.
+    """Yields ``(view1, view2, label)`` like ``fastcvrl.data.build_pretrain_loader``'s loader.
 
     ``num_videos`` videos per epoch, shuffled per epoch, sharded by rank, the last partial batch dropped.
     Views are float32 ``(B, 3, T, H, W)`` in ``channels_last_3d`` on ``device``; labels int64 ``(B,)``.

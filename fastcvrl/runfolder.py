@@ -32,7 +32,7 @@ from fastcvrl.storage import StorageError, storage_error  # noqa: F401 (StorageE
 
 LOCK_NAME = "train.lock"
 CHANGES_NAME = "config_changes.yaml"
-BACKBONE_NAME = "backbone.pt"
+BACKBONE_NAME = ckpt.BACKBONE_NAME
 TB_NAME = "tb"  # TensorBoard logs (fastcvrl.logger.Board)
 T = TypeVar("T")
 

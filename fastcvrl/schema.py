@@ -23,11 +23,26 @@ from fastcvrl.domains import (
     probability,
     text,
 )
+from fastcvrl.schedule import scaled_lr
+
+
+def steps_range(spec: str) -> tuple[int, int] | None:
+    """``train.profile_steps``: ``"A:B"`` -> (A, B), steps A..B-1, with 0 <= A < B; ``""`` -> None. Raises
+    ``ValueError`` for anything else (the key's domain accepts exactly what this parses)."""
+    if spec == "":
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", spec)
+    if m is None or int(m[1]) >= int(m[2]):
+        raise ValueError(f"expected A:B with 0 <= A < B, got {spec!r}")
+    return int(m[1]), int(m[2])
 
 
 def _steps_range(spec: str) -> bool:
-    m = re.fullmatch(r"(\d+):(\d+)", spec)
-    return spec == "" or (m is not None and int(m[1]) < int(m[2]))
+    try:
+        steps_range(spec)
+    except ValueError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------- sections
@@ -187,7 +202,7 @@ class OptimConfig:
         Relation(
             ("optim.min_lr", "optim.lr", "train.batch_size", "optim.base_batch_size"),
             "optim.min_lr <= optim.lr x train.batch_size / optim.base_batch_size (the peak learning rate)",
-            lambda c: c.optim.min_lr <= c.optim.lr * c.train.batch_size / c.optim.base_batch_size,
+            lambda c: c.optim.min_lr <= scaled_lr(c.optim.lr, c.train.batch_size, c.optim.base_batch_size),
             {"optim.min_lr": 1.0, "optim.lr": 0.5, "train.batch_size": 8, "optim.base_batch_size": 8},
         ),
     )

@@ -21,10 +21,9 @@ from torch import nn
 
 from dali_pipelines.normalize import Normalize
 from fastcvrl.loss import nt_xent_with_accuracy
+from fastcvrl.precision import autocast_dtype
 
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def nvtx_range(name: str, enabled: bool) -> contextlib.AbstractContextManager:
@@ -55,11 +54,11 @@ class TrainStep:
         nvtx: bool = False,
         normalize: Normalize | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"train.precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision == "auto":
+            raise ValueError("train.precision: resolve 'auto' first (fastcvrl.precision.train_precision)")
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.temperature = temperature
-        self.dtype = PRECISIONS[precision]
+        self.dtype = autocast_dtype(precision)  # None: fp32, no autocast
         self.scaler = scaler
         self.gather = gather
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format

@@ -49,19 +49,21 @@ except ImportError:  # pragma: no cover - a checkout that was not pip-installed
 import torch
 from torch import nn
 
-from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
+from dali_pipelines.codecs import UndecodableError
 from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
-from fastcvrl import dist
+from fastcvrl import dist, preflight
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.faults import OOM_EXIT, out_of_memory_message, skipped_summary
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
-from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
-from fastcvrl.schedule import WarmupCosine
+from fastcvrl.precision import input_dtype, train_precision
+from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed
+from fastcvrl.schedule import WarmupCosine, scaled_lr
+from fastcvrl.schema import steps_range
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
 
 REPO_ROOT = _HERE.parent
@@ -114,8 +116,7 @@ def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch
     if args.profile_steps is not None:
         overrides = [*overrides, f"--train.profile_steps={args.profile_steps}"]
     cfg = load_config(args.config or default_config_path(), overrides)
-    if cfg.train.precision == "auto":
-        cfg.train.precision = "bf16" if device.type == "cuda" else "fp32"
+    cfg.train.precision = train_precision(cfg.train.precision, device)
     check_config(cfg)
     return cfg
 
@@ -137,25 +138,12 @@ def check_config(cfg: Config) -> None:
         )
 
 
-def parse_profile_steps(spec: str) -> tuple[int, int] | None:
-    """``"A:B"`` -> (A, B), profiling steps A..B-1; ``""`` -> None."""
-    if not spec:
-        return None
-    try:
-        a, b = (int(v) for v in spec.split(":"))
-    except ValueError:
-        raise ConfigError(f"train.profile_steps: expected A:B (e.g. 50:60), got {spec!r}") from None
-    if not 0 <= a < b:
-        raise ConfigError(f"train.profile_steps: expected 0 <= A < B, got {spec!r}")
-    return a, b
-
-
 def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     """The training manifest, checked (every file exists) before any work; the synthetic one by default."""
     if cfg.data.source == "random":
         return ""
     if not cfg.data.train_manifest:
-        require_cuda_for_gpu_data(cfg)  # before generating the synthetic set for a device that is not there
+        preflight.data_device(cfg.data.device)  # CUDA, before generating a synthetic set for a missing device
         d = cfg.data
         dist.print0(
             f"no data.train_manifest: using the built-in synthetic dataset in {d.synthetic_dir} "
@@ -183,19 +171,12 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if cfg.train.knn_every and cfg.data.val_manifest:
         # fail now, not at the first kNN epoch
         checked.append((cfg.data.val_manifest, read_manifest(cfg.data.val_manifest, check_files=True)))
-    decoder = decode_device(cfg.data.device, torch.cuda.is_available())
-    # the driver's minimum sizes where a GPU answers, else NVIDIA's table
-    min_size = nvdec_min_size(env.local_rank) if decoder == "gpu" and torch.cuda.is_available() else None
+    decoder = preflight.data_device(cfg.data.device, require_cuda=False)
     for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
-        for note in check_decodable(listed, decoder, path, min_size):
+        for note in preflight.check_videos(listed, path, decoder, env.local_rank):
             dist.print0(f"warning: {note}")
-    require_cuda_for_gpu_data(cfg)
+    preflight.data_device(cfg.data.device)  # CUDA for data.device=gpu
     return cfg.data.train_manifest
-
-
-def require_cuda_for_gpu_data(cfg: Config) -> None:
-    if cfg.data.device == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("data.device: 'gpu' but CUDA is not available (use data.device=cpu or auto)")
 
 
 def make_knn_monitor(cfg: Config, manifest: str, model: nn.Module, env: dist.DistEnv):
@@ -273,7 +254,7 @@ def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):
             device=env.device,
             seed=cfg.train.seed,
         )
-    from dali_pipelines.loaders import build_pretrain_loader
+    from fastcvrl.data import build_pretrain_loader
 
     return build_pretrain_loader(
         cfg,
@@ -288,16 +269,13 @@ def build_loader(cfg: Config, manifest: str, env: dist.DistEnv):
 
 def step_normalize(cfg: Config, device: torch.device) -> Normalize:
     """The step's normalisation of uint8 views (``data.mean``/``data.std``) into the model's input dtype."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.train.precision, torch.float32
-    )  # = data_dtype
-    return Normalize(cfg.data.mean, cfg.data.std, dtype, device)
+    return Normalize(cfg.data.mean, cfg.data.std, input_dtype(cfg.train.precision), device)
 
 
 def build_optimization(cfg: Config, model: nn.Module, steps_per_epoch: int):
     """Optimizer (lr in a device tensor), warm-up + cosine schedule over all epochs, fp16 grad scaler."""
     optimizer = build_optimizer(cfg.optim, model, cfg.train.batch_size)
-    base_lr = cfg.optim.lr * cfg.train.batch_size / cfg.optim.base_batch_size  # linear scaling (CVRL App. A)
+    base_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.base_batch_size)  # as build_optimizer
     total = cfg.train.epochs * steps_per_epoch
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     schedule = WarmupCosine(optimizer.lr_tensor, base_lr, warmup, total, cfg.optim.min_lr)
@@ -359,7 +337,7 @@ class Run:
         file-system error, the previous checkpoints untouched."""
         agreed(
             functools.partial(
-                write_checkpoint, self.state(pos), self.run_dir, pos.step, self.cfg.train.keep_ckpts
+                ckpt.write_checkpoint, self.state(pos), self.run_dir, pos.step, self.cfg.train.keep_ckpts
             ),
             rank0_only=True,
         )
@@ -424,19 +402,6 @@ def resume(run: Run, allow_changes: bool) -> tuple[ckpt.Position, dict]:
     return pos, changes
 
 
-def write_checkpoint(state: dict, run_dir: Path, step: int, keep: int) -> Path:
-    """``ckpt.save_checkpoint`` with a file-system error turned into one ``StorageError`` line."""
-    try:
-        return ckpt.save_checkpoint(state, run_dir, step, keep)
-    except OSError as e:
-        try:
-            kept = ckpt.list_checkpoints(run_dir)
-        except OSError:
-            kept = []
-        last = f"The last good checkpoint, {kept[-1][1]}, is kept; " if kept else ""
-        raise storage_error(e, f"cannot write the checkpoint of step {step}:", last) from None
-
-
 # ------------------------------------------------------------------------------------------------ training
 def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
     """The loop: data -> step -> metrics every log_every -> checkpoint every ckpt_every -> kNN monitor every
@@ -444,7 +409,7 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
     cfg, env, run_dir, loader = run.cfg, run.env, run.run_dir, run.loader
     t = cfg.train
     steps_per_epoch, end = run.steps_per_epoch, run.end_step
-    profile = parse_profile_steps(t.profile_steps) if env.device.type == "cuda" else None
+    profile = steps_range(t.profile_steps) if env.device.type == "cuda" else None  # validated at load
     use_nvtx = env.device.type == "cuda"
     metrics = Metrics(env.device)
     progress = Progress(end, pos.step, enabled=env.rank == 0)
@@ -536,30 +501,6 @@ def read_window(metrics: Metrics, lr_tensor: torch.Tensor) -> tuple[float, float
     return loss, acc, lr
 
 
-def export_backbone(run_dir: Path, model: nn.Module, cfg: Config, step: int) -> Path:
-    """The trained backbone on its own, for downstream use: ``torch.load(p)["state_dict"]`` fits
-    ``fastcvrl.model.build_backbone(p["arch"], p["width"])``."""
-    backbone = model.backbone
-    try:
-        return ckpt.atomic_torch_save(
-            {
-                "arch": cfg.model.arch,
-                "width": cfg.model.width,
-                "out_dim": backbone.out_dim,
-                "step": step,
-                "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-                "config": to_dict(cfg),
-            },
-            run_dir / "backbone.pt",
-        )
-    except OSError as e:
-        raise storage_error(
-            e,
-            "cannot write the trained backbone:",
-            f"The final checkpoint in {run_dir / ckpt.CKPT_DIR} is kept; ",
-        ) from None
-
-
 # ----------------------------------------------------------------------------------------------------- main
 @dataclasses.dataclass
 class RunResult:
@@ -635,7 +576,7 @@ def main(argv: list[str] | None = None) -> RunResult:
         if run.stop.raised:
             return RunResult(143, pos.step, run.run_dir, run.plain)
         path = agreed(
-            functools.partial(export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True
+            functools.partial(ckpt.export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True
         )
         dist.print0(
             f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "

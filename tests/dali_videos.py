@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from videos import index_frames
 
-from dali_pipelines.manifest import VideoEntry, write_manifest
+from dali_pipelines.manifest import VideoEntry
 from fastcvrl.config import Config
+from fastcvrl.datasets.manifest import write_manifest
 from fastcvrl.datasets.video import write_video
 
 

@@ -275,12 +275,13 @@ def test_per_view_probabilities_are_checked_and_used(tmp_path):
 
     from dali_pipelines.host import PretrainSource
     from dali_pipelines.manifest import read_manifest
-    from fastcvrl.config import DataConfig
+    from fastcvrl.config import Config, DataConfig
+    from fastcvrl.data import pretrain_settings, recipe
 
     with pytest.raises(ValueError, match="data.blur_prob"):
-        PretrainSource([object()], 1, DataConfig(blur=True, blur_prob=[1.0]))
+        recipe(DataConfig(blur=True, blur_prob=[1.0]))
     with pytest.raises(ValueError, match="data.solarize_prob"):
-        PretrainSource([object()], 1, DataConfig(solarize=True, solarize_prob=[0.0, 1.5]))
+        recipe(DataConfig(solarize=True, solarize_prob=[0.0, 1.5]))
     make_static_video(tmp_path / "s.avi", 24)
     (tmp_path / "manifest.csv").write_text(
         "path,label,num_frames,fps,width,height,codec\ns.avi,0,24,25.0,64,48,mjpeg\n"
@@ -288,7 +289,9 @@ def test_per_view_probabilities_are_checked_and_used(tmp_path):
     cfg = DataConfig(
         num_frames=4, stride=2, blur=True, blur_prob=[0.0, 1.0], solarize=True, solarize_prob=[1.0, 0.0]
     )
-    src = PretrainSource(read_manifest(tmp_path / "manifest.csv"), 1, cfg)
+    config = Config()
+    config.data = cfg
+    src = PretrainSource(read_manifest(tmp_path / "manifest.csv"), 1, pretrain_settings(config))
     for epoch in range(
         5
     ):  # columns per view: roi_start, roi_end, colour params, colour order, sigma, solarize

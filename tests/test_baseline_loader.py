@@ -16,8 +16,9 @@ from videos import decode_index, index_frames
 
 from dali_pipelines import recipe, spatial, temporal
 from dali_pipelines.host import META, PretrainSource
-from dali_pipelines.manifest import VideoEntry, write_manifest
+from dali_pipelines.manifest import VideoEntry
 from fastcvrl.config import Config
+from fastcvrl.datasets.manifest import write_manifest
 from fastcvrl.datasets.video import write_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -192,8 +193,11 @@ def test_draws_match_the_dali_source(index_manifest):
 
     manifest, _ = index_manifest
     entries = read_manifest(manifest)
-    cfg = _cfg().data
-    source = PretrainSource(entries, 2, cfg, seed=5)
+    from fastcvrl.data import pretrain_settings
+
+    config = _cfg()
+    cfg = config.data
+    source = PretrainSource(entries, 2, pretrain_settings(config), seed=5)
     for epoch in (0, 3):
         source.set_epoch(epoch)
         for video, e in enumerate(entries):
@@ -222,7 +226,7 @@ def test_same_batches_as_the_dali_loader(index_manifest):
     """Both loaders deliver the same frames of the same videos in the same order (colour off: index
     coding)."""
     pytest.importorskip("nvidia.dali")
-    from dali_pipelines.loaders import build_pretrain_loader
+    from fastcvrl.data import build_pretrain_loader
 
     manifest, _ = index_manifest
     cfg = _cfg(color=False)

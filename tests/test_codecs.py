@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from dali_pipelines import codecs
-from dali_pipelines.manifest import VideoEntry, write_manifest
-from fastcvrl import train
+from dali_pipelines.manifest import VideoEntry
+from fastcvrl import preflight, train
+from fastcvrl.datasets.manifest import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,9 +91,17 @@ def test_a_queried_minimum_replaces_the_table():
     assert "96x96" in codecs.refusal("h264", 64, 64, "gpu", {"h264": (96, 96)})
 
 
-def test_decode_device_does_not_need_cuda_for_the_check():
-    assert codecs.decode_device("gpu", False) == "gpu"
-    assert codecs.decode_device("auto", False) == "cpu" and codecs.decode_device("auto", True) == "gpu"
+def test_data_device_does_not_need_cuda_for_the_check():
+    from fastcvrl.config import ConfigError
+    from fastcvrl.preflight import data_device
+
+    assert data_device("gpu", require_cuda=False, cuda_available=False) == "gpu"
+    assert (
+        data_device("auto", cuda_available=False) == "cpu"
+        and data_device("auto", cuda_available=True) == "gpu"
+    )
+    with pytest.raises(ConfigError, match="data.device: 'gpu' but CUDA is not available"):
+        data_device("gpu", cuda_available=False)
 
 
 def test_the_module_imports_without_dali_or_pyav():
@@ -268,7 +277,7 @@ def test_on_a_gpu_the_drivers_minimum_sizes_are_used(tmp_path, capsys, monkeypat
     m = _manifest(tmp_path / "h264", "h264")  # 128 x 128: fine by the table
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(train, "nvdec_min_size", lambda dev: asked.append(dev) or {"h264": (256, 256)})
+    monkeypatch.setattr(preflight, "nvdec_min_size", lambda dev: asked.append(dev) or {"h264": (256, 256)})
     code = train.cli(
         [*TINY, f"--train.out_dir={tmp_path / 'run'}", f"--data.train_manifest={m}", "--data.device=gpu"]
     )

@@ -14,8 +14,8 @@ import torch
 from dali_videos import corrupt_payload, make_index_videos, op_devices, small_config
 from videos import decode_index
 
-from dali_pipelines.loaders import build_linear_loader, build_test_loader
 from dali_pipelines.manifest import read_manifest
+from fastcvrl.data import build_linear_loader, build_test_loader, eval_settings
 from fastcvrl.datasets.video import write_video
 
 LENGTHS = [40, 25, 4, 33, 50]  # 4 frames: shorter than one 4 x 2 clip, loops
@@ -112,7 +112,7 @@ def test_eval_loaders_deliver_each_readable_video_once_and_no_stand_in(
     views = 1 if kind == "linear" else 2
     entries = read_manifest(manifest_with_bad_files)
     seen = []
-    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines"):
         for batch_out in loader:
             clip, label = batch_out[0], batch_out[1]
             video = loader.last_meta[:, 0].tolist()
@@ -177,18 +177,15 @@ def test_gpu_variants_place_decoding_and_augmentation_on_the_gpu(manifest):
     entries = read_manifest(manifest)
     linear = op_devices(
         linear_pipeline(
-            LinearSource(entries, 2, cfg.eval, cfg.data, True), device="gpu", crop_size=16, batch_size=2
+            LinearSource(entries, 2, eval_settings(cfg), True), device="gpu", batch_size=2
         ).serialize()
     )
     assert linear["decoders__Video"] == {"mixed"}
     assert linear["Resize"] == {"gpu"} and linear["SequenceRearrange"] == {"gpu"}
     test = op_devices(
         multiview_pipeline(
-            MultiViewSource(entries, 2, cfg.eval),
+            MultiViewSource(entries, 2, eval_settings(cfg)),  # 3 crops of 16 at short side 20
             device="gpu",
-            crop_size=16,
-            short_side=20,
-            num_crops=3,
             batch_size=2,
         ).serialize()
     )

@@ -15,9 +15,10 @@ from dali_videos import corrupt_payload, make_index_videos, make_static_video, o
 from videos import decode_index, index_color
 
 from dali_pipelines.host import PretrainSource
-from dali_pipelines.loaders import build_pretrain_loader, to_torch
+from dali_pipelines.loaders import to_torch
 from dali_pipelines.manifest import read_manifest
 from dali_pipelines.packets import VideoReadError
+from fastcvrl.data import build_pretrain_loader, pretrain_settings
 from fastcvrl.datasets.video import keyframe_indices
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7]  # 5 frames: shorter than one 4 x 2 clip (7 frames span), loops
@@ -126,7 +127,7 @@ def test_torch_augmentation_agrees_with_the_dali_graph(static_manifest, blur):
     seed = 4
     if blur:  # pick a seed whose epoch 0 solarizes some second view (p = 0.2 each), so that path is compared
         cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, crop_size=24, blur=True, solarize=True)
-        src = PretrainSource(read_manifest(static_manifest), 4, cfg.data)
+        src = PretrainSource(read_manifest(static_manifest), 4, pretrain_settings(cfg))
         for seed in range(50):
             src.seed = seed
             if any(bool(src.sample(v)["solarize2"]) for v in range(4)):
@@ -213,8 +214,8 @@ def test_hand_off_is_zero_copy_and_channels_last(manifest):
     from dali_pipelines.pipelines import pretrain_pipeline
 
     cfg = small_config()
-    src = PretrainSource(read_manifest(manifest), 2, cfg.data, seed=0)  # 4 steps
-    pipe = pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=2)
+    src = PretrainSource(read_manifest(manifest), 2, pretrain_settings(cfg), seed=0)  # 4 steps
+    pipe = pretrain_pipeline(src, device="cpu", batch_size=2)
     v1, *_ = pipe.run()
     t = to_torch(v1, torch.device("cpu"))
     assert t.data_ptr() == v1.as_tensor().data_ptr()  # DLPack, no copy
@@ -233,7 +234,7 @@ def test_unreadable_file_is_reported_by_name_and_skipped(tmp_path, caplog):
         f.write(b"\x1aE\xdf\xa3 this is not a video" * 10)
     cfg = small_config()
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
-    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines"):
         vids = np.concatenate([m[:, 0] for *_, m in _epoch(loader)])
     assert 2 not in vids.tolist() and len(vids) == 4
     assert bad in caplog.text
@@ -255,7 +256,7 @@ def test_corrupt_video_mid_epoch_is_skipped_with_a_warning(tmp_path, caplog):
     corrupt_payload(bad, 0, 39)
     cfg = small_config()
     loader = build_pretrain_loader(cfg, str(manifest), device="cpu", seed=0)
-    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines"):
         batches = _epoch(loader)
     vids = np.concatenate([m[:, 0] for *_, m in batches]).tolist()
     assert len(batches) == 2 and 5 not in vids
@@ -269,10 +270,8 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
     from dali_pipelines.pipelines import pretrain_pipeline
 
     cfg = small_config(blur=True, solarize=True)
-    src = PretrainSource(read_manifest(manifest), 4, cfg.data, seed=0)
-    pipe = pretrain_pipeline(
-        src, device="gpu", crop_size=16, batch_size=4, device_id=None, blur=True, solarize=True
-    )
+    src = PretrainSource(read_manifest(manifest), 4, pretrain_settings(cfg), seed=0)
+    pipe = pretrain_pipeline(src, device="gpu", batch_size=4, device_id=None)
     graph = op_devices(pipe.serialize())
     assert graph["decoders__Video"] == {"mixed"}
     for op in (
@@ -288,9 +287,7 @@ def test_gpu_variant_places_decoding_and_augmentation_on_the_gpu(manifest):
     ):
         assert graph[op] == {"gpu"}, (op, graph)
     assert "gpu" in graph["_ArithmeticGenericOp"]  # the colour ops and solarize (branch conditions: CPU)
-    cpu = op_devices(
-        pretrain_pipeline(src, device="cpu", crop_size=16, batch_size=4, blur=True, solarize=True).serialize()
-    )
+    cpu = op_devices(pretrain_pipeline(src, device="cpu", batch_size=4).serialize())
     assert cpu["decoders__Video"] == {"cpu"} and cpu["Resize"] == {"cpu"}
     assert set(graph) == set(cpu)  # one definition: the same operators
 
@@ -373,7 +370,7 @@ def test_one_read_per_video_per_epoch_and_a_bounded_index_cache(manifest, monkey
 
 
 def _count_opens(entries, cfg, cache, reads):
-    src = PretrainSource(entries, 4, cfg.data, seed=0, index_cache=cache)
+    src = PretrainSource(entries, 4, pretrain_settings(cfg), seed=0, index_cache=cache)
     for epoch in range(3):
         src.set_epoch(epoch)
         reads.clear()
@@ -415,14 +412,15 @@ def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_p
 def test_clip_plan_restates_the_array_statement(manifest):
     """The source's clip plan (Python lists) against the array statement: the union of the two clips'
     ``temporal.clip_indices`` by ``np.unique(..., return_inverse=True)``, trimmed by ``packets.trim``, and the
-    views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones
-    loop)."""
+    views' draws (``spatial`` crop, ``recipe`` colour, blur, solarize) in the documented order, for every
+    video over two epochs (short ones loop)."""
     from dali_pipelines import recipe, spatial, temporal
     from dali_pipelines.host import meta_field
     from dali_pipelines.packets import trim
 
-    c = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, blur=True, solarize=True).data
-    src = PretrainSource(read_manifest(manifest), 2, c, seed=7)
+    cfg = small_config(color_jitter_prob=1.0, grayscale_prob=0.3, blur=True, solarize=True)
+    c = cfg.data
+    src = PretrainSource(read_manifest(manifest), 2, pretrain_settings(cfg), seed=7)
     for epoch in (0, 1):
         src.set_epoch(epoch)
         for video in range(len(src.entries)):

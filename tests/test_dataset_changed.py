@@ -22,8 +22,8 @@ from dali_pipelines.manifest import (
     fingerprint_bytes,
     read_classes,
     read_manifest,
-    write_manifest,
 )
+from fastcvrl.datasets.manifest import write_manifest
 
 
 def reference_fingerprint(data: bytes) -> str:
@@ -107,7 +107,7 @@ def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["a\nb", "  ", "", "x\r"])
 def test_a_class_name_that_would_not_read_back_is_not_written(tmp_path, name):
-    from dali_pipelines.manifest import write_classes
+    from fastcvrl.datasets.manifest import write_classes
 
     with pytest.raises(ValueError, match="would not read back"):
         write_classes(tmp_path / "classes.txt", ["ok", name])
@@ -149,7 +149,7 @@ def replaced(tmp_path):
 def test_a_replaced_file_is_named_and_left_out(replaced, caplog):
     from dali_videos import small_config
 
-    from dali_pipelines.loaders import build_linear_loader
+    from fastcvrl.data import build_linear_loader
 
     manifest, v2 = replaced
     loader = build_linear_loader(small_config(), str(manifest), device="cpu", seed=0, train=False)
@@ -164,8 +164,8 @@ def test_a_replaced_file_is_named_and_left_out(replaced, caplog):
 def test_a_replaced_file_stops_a_strict_run_naming_it(replaced, workers):
     from dali_videos import small_config
 
-    from dali_pipelines.loaders import build_pretrain_loader
     from dali_pipelines.packets import VideoReadError
+    from fastcvrl.data import build_pretrain_loader
 
     manifest, v2 = replaced
     loader = build_pretrain_loader(

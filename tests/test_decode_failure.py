@@ -14,9 +14,10 @@ pytest.importorskip("av")
 from dali_videos import make_index_videos, small_config  # noqa: E402
 from videos import index_frames  # noqa: E402
 
-from dali_pipelines.loaders import build_linear_loader, build_pretrain_loader  # noqa: E402
-from dali_pipelines.manifest import VideoEntry, read_manifest, write_manifest  # noqa: E402
+from dali_pipelines.manifest import VideoEntry, read_manifest  # noqa: E402
 from dali_pipelines.packets import VideoReadError  # noqa: E402
+from fastcvrl.data import build_linear_loader, build_pretrain_loader  # noqa: E402
+from fastcvrl.datasets.manifest import write_manifest  # noqa: E402
 from fastcvrl.datasets.video import write_video  # noqa: E402
 
 

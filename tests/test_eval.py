@@ -21,12 +21,12 @@ from fastcvrl.eval.probe import (
     average_views,
     average_views_reference,
     probe_schedule,
-    scaled_lr,
     topk_accuracy,
     train_linear,
     video_result,
 )
 from fastcvrl.eval.weights import load_backbone
+from fastcvrl.schedule import scaled_lr
 
 
 def _gaussian_classes(
@@ -446,7 +446,8 @@ def _with_broken_file(manifest: str, row: int, folder, name: str) -> tuple[str, 
     returns (new manifest, the garbage file)."""
     import dataclasses
 
-    from dali_pipelines.manifest import read_manifest, write_manifest
+    from dali_pipelines.manifest import read_manifest
+    from fastcvrl.datasets.manifest import write_manifest
 
     broken = folder / "broken.webm"
     broken.write_bytes(b"\x1aE\xdf\xa3 not a video" * 20)
@@ -544,7 +545,8 @@ def test_precision_follows_the_device(monkeypatch):
 
 def _split(folder, labels: list[int], classes: list[str] | None) -> str:
     """A manifest (with ``classes.txt`` unless None) of empty files with the given labels."""
-    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
+    from dali_pipelines.manifest import VideoEntry
+    from fastcvrl.datasets.manifest import write_classes, write_manifest
 
     folder.mkdir(parents=True)
     entries = []

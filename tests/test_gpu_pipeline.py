@@ -14,7 +14,7 @@ pytest.importorskip("nvidia.dali")
 from dali_videos import make_index_videos, small_config  # noqa: E402
 from videos import decode_index  # noqa: E402
 
-from dali_pipelines.loaders import build_pretrain_loader  # noqa: E402
+from fastcvrl.data import build_pretrain_loader  # noqa: E402
 
 # uint8 levels: NVDEC + DALI's YUV->RGB and GPU resize vs libavcodec's and the CPU resize, on uniform frames
 MAX_ABS_DIFF = 12

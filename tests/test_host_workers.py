@@ -18,8 +18,9 @@ pytest.importorskip("nvidia.dali")
 from dali_videos import corrupt_payload, make_index_videos, small_config
 
 from dali_pipelines.host import META_FIELDS  # noqa: E402
-from dali_pipelines.loaders import build_linear_loader, build_pretrain_loader, resolve_host_workers
 from dali_pipelines.manifest import read_manifest
+from dali_pipelines.settings import resolve_host_workers
+from fastcvrl.data import build_linear_loader, build_pretrain_loader
 
 LENGTHS = [60, 41, 5, 75, 33, 50, 64, 7, 40, 52, 30, 45]
 
@@ -113,7 +114,7 @@ def test_unreadable_file_named_once_and_replaced_with_workers(tmp_path, caplog):
         loader = build_pretrain_loader(
             small_config(host_workers=workers), str(manifest), device="cpu", seed=0
         )
-        with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+        with caplog.at_level(logging.WARNING, "dali_pipelines"):
             metas[workers] = [b[4] for b in _batches(loader, epochs=(0, 1, 2))]
         assert _named(caplog, bad) == 1, caplog.text  # named once, by the loader's process
         assert loader.source.bad == {2}
@@ -131,7 +132,7 @@ def test_evaluation_with_workers_leaves_unreadable_out(tmp_path, caplog):
     cfg = small_config(host_workers=2)
     cfg.eval.batch_size = 3
     loader = build_linear_loader(cfg, str(manifest), device="cpu", train=False)
-    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines"):
         seen = []
         for _ in loader:
             seen += loader.last_meta[:, 0].tolist()
@@ -145,7 +146,7 @@ def test_undecodable_video_is_skipped_with_workers(tmp_path, caplog):
     bad = read_manifest(manifest)[5].path
     corrupt_payload(bad, 0, 39)  # indexes fine, fails in the decoder
     loader = build_pretrain_loader(small_config(host_workers=2), str(manifest), device="cpu", seed=0)
-    with caplog.at_level(logging.WARNING, "dali_pipelines.loaders"):
+    with caplog.at_level(logging.WARNING, "dali_pipelines"):
         batches = _batches(loader, epochs=(0,))
     loader.close()
     vids = np.concatenate([b[4][:, 0] for b in batches]).tolist()

@@ -229,8 +229,9 @@ def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
 def test_monitor_checks_the_splits_when_built(tmp_path):
     """The trainer builds the monitor before its first epoch: a validation class the training split lacks is
     refused then, naming it, not at the first kNN epoch."""
-    from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
+    from dali_pipelines.manifest import VideoEntry
     from fastcvrl.config import Config
+    from fastcvrl.datasets.manifest import write_classes, write_manifest
     from fastcvrl.eval.knn import EvalError, KnnMonitor
 
     for split, labels, names in (("train", [0, 1, 0], ["walk", "run"]), ("val", [0, 1], ["walk", "swim"])):

@@ -71,7 +71,7 @@ def manifest(tmp_path_factory) -> Path:
 def test_the_gpu_hand_off_copies_the_views_only_and_keeps_labels_on_the_host(manifest):
     """The DALI-augmented hand-off (the GPU default) to a device: the uint8 views cross (on a GPU that is an
     asynchronous device-to-device copy), the labels never do, nothing is read back."""
-    from dali_pipelines.loaders import build_pretrain_loader
+    from fastcvrl.data import build_pretrain_loader
 
     cfg = small_config(augment="dali")
     loader = build_pretrain_loader(cfg, str(manifest), device="meta", seed=0, normalize=False)

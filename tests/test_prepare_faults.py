@@ -22,11 +22,12 @@ av = pytest.importorskip("av")
 from processes import kill_and_wait  # noqa: E402
 from videos import index_frames  # noqa: E402
 
-from dali_pipelines.manifest import read_classes, read_manifest, write_classes  # noqa: E402
+from dali_pipelines.manifest import read_classes, read_manifest  # noqa: E402
 from fastcvrl.datasets import journal as journal_mod  # noqa: E402
 from fastcvrl.datasets import prepare as prep  # noqa: E402
 from fastcvrl.datasets.journal import JOURNAL  # noqa: E402
 from fastcvrl.datasets.listings import class_name_problem, read_folder  # noqa: E402
+from fastcvrl.datasets.manifest import write_classes  # noqa: E402
 from fastcvrl.datasets.prepare import main, prepare  # noqa: E402
 from fastcvrl.datasets.transcode import TEMP_PREFIX, Transcode  # noqa: E402
 from fastcvrl.datasets.video import write_video  # noqa: E402

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from videos import decode_index, index_frames
 
-from dali_pipelines.manifest import (
-    HEADER,
-    ManifestError,
-    ManifestWarning,
-    VideoEntry,
-    read_manifest,
-    write_manifest,
-)
+from dali_pipelines.manifest import HEADER, ManifestError, ManifestWarning, VideoEntry, read_manifest
+from fastcvrl.datasets.manifest import write_manifest
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 
 

@@ -44,16 +44,9 @@ from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from dali_pipelines.codecs import CPU_CODECS
 from dali_pipelines.cores import usable_cores
-from dali_pipelines.manifest import (
-    ManifestError,
-    VideoEntry,
-    escaped_name,
-    file_fingerprint,
-    read_classes,
-    write_classes,
-    write_manifest,
-)
+from dali_pipelines.manifest import ManifestError, VideoEntry, escaped_name, file_fingerprint, read_classes
 from fastcvrl.datasets.journal import (
     JOURNAL,
     JOURNAL_VERSION,
@@ -64,12 +57,12 @@ from fastcvrl.datasets.journal import (
     _retry_later,
 )
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
+from fastcvrl.datasets.manifest import write_classes, write_manifest
 from fastcvrl.datasets.transcode import _TEMP_RE, TEMP_PREFIX, TRANSCODE_CODECS, Transcode, transcode_video
 from fastcvrl.datasets.video import CODECS
 from fastcvrl.datasets.videoprobe import Probe, probe_video
 from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
 
-DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # DALI 2.4's CPU decoder (see shared DALI notes)
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 LOCK = ".prepare.lock"  # in --out: flock'ed for the run's life (one prepare per output folder)
 
@@ -614,9 +607,9 @@ def _print_summary(
         med = statistics.median(gops)
         hint = " (long: clips decode from far back; consider --transcode ... --gop 16)" if med > 32 else ""
         log(f"median keyframe interval: {med:.0f} frames{hint}")
-    if set(codecs) - DALI_CPU_CODECS:
+    if set(codecs) - CPU_CODECS:
         log(
-            f"note: DALI decodes {', '.join(sorted(set(codecs) - DALI_CPU_CODECS))} on the GPU only; "
+            f"note: DALI decodes {', '.join(sorted(set(codecs) - CPU_CODECS))} on the GPU only; "
             "for CPU decoding use --transcode vp9 or mjpeg"
         )
     log(

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from dali_pipelines.cores import usable_cores
-from dali_pipelines.manifest import VideoEntry, write_classes, write_manifest
+from dali_pipelines.manifest import VideoEntry
+from fastcvrl.datasets.manifest import write_classes, write_manifest
 from fastcvrl.datasets.video import CODECS, write_video
 
 FORMAT_VERSION = 2  # bump when the rendering changes, so cached datasets are regenerated

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastcvrl import preflight
 from fastcvrl.config import Config, add_config_flags, config_yaml, load_config, merge, to_dict
 from fastcvrl.eval.features import unreadable
 from fastcvrl.eval.finetune import finetune
@@ -61,12 +62,9 @@ def evaluate(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the linear protocol (or fine-tuning) with the DALI loaders of ``dali_pipelines.loaders`` on two
+    """Run the linear protocol (or fine-tuning) with the DALI loaders (``fastcvrl.data``) on two
     manifests."""
-    from dali_pipelines.loaders import (
-        build_linear_loader,
-        build_test_loader,
-    )  # DALI only where loaders are needed
+    from fastcvrl.data import build_linear_loader, build_test_loader  # DALI only where loaders are needed
 
     check_eval_config(cfg)
     splits = match_splits(train_manifest, test_manifest, log=log)
@@ -127,11 +125,11 @@ def _at_epoch(loader, epoch: int):
 def check_codecs(cfg: Config, manifest: str, entries) -> None:
     """Every video decodable by the decoder ``data.device`` picks (``dali_pipelines.codecs``), else
     EvalError."""
-    from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device
+    from dali_pipelines.codecs import UndecodableError
 
     try:
-        for note in check_decodable(
-            entries, decode_device(cfg.data.device, torch.cuda.is_available()), manifest
+        for note in preflight.check_videos(
+            entries, manifest, preflight.data_device(cfg.data.device, require_cuda=False)
         ):
             print(f"eval: warning: {note}", file=sys.stderr)
     except UndecodableError as e:

@@ -204,7 +204,7 @@ class KnnMonitor:
 
     def features(self, backbone: nn.Module, entries: Sequence[Any], rows: list[int]):
         """``ClipFeatures`` of this rank's share of ``rows`` (every world-th), ``video`` = manifest rows."""
-        from dali_pipelines.loaders import build_linear_loader
+        from fastcvrl.data import build_linear_loader
         from fastcvrl.eval.features import ClipFeatures, clip_features
 
         rank, world = _rank_world()

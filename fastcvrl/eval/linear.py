@@ -25,12 +25,12 @@ from fastcvrl.config import Config
 from fastcvrl.eval.features import ClipFeatures, clip_features
 from fastcvrl.eval.probe import (
     ViewAverager,
-    scaled_lr,
     topk_accuracy,
     train_linear,
     video_labels,
     video_result,
 )
+from fastcvrl.schedule import scaled_lr
 
 __all__ = ["video_scores", "probe_features", "linear_probe"]
 

@@ -3,8 +3,8 @@
 Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum 0.9, no Nesterov,
 no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to 0
 (``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
-(``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video
-(CVRL's 10 x 3, as SlowFast/X3D's dense testing).
+(``fastcvrl.schedule.scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are
+averaged per video (CVRL's 10 x 3, as SlowFast/X3D's dense testing).
 
     head = train_linear(feats, labels, num_classes, epochs=100, lr=scaled_lr(32, 256, 1024), warmup_epochs=5)
     acc = ViewAverager(num_videos, num_classes); acc.add(probs, view_video)     # any order, any batching
@@ -27,7 +27,6 @@ from fastcvrl.eval.knn import topk_accuracy
 from fastcvrl.schedule import WarmupCosine
 
 __all__ = [
-    "scaled_lr",
     "probe_schedule",
     "train_linear",
     "ViewAverager",
@@ -37,12 +36,6 @@ __all__ = [
     "video_result",
     "topk_accuracy",
 ]
-
-
-def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
-    """``lr`` given at ``base_batch_size``, scaled linearly to ``batch_size`` (the reference: 32 at 1024 = 8
-    at 256)."""
-    return lr * batch_size / base_batch_size
 
 
 def probe_schedule(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float) -> WarmupCosine:
