@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from dali_pipelines import torch_augment
-from dali_pipelines.cores import cores_per_rank
+from dali_pipelines.cores import cores_per_rank, resolve_num_threads
 from dali_pipelines.host import (
     META_FIELDS,
     SUBSTITUTE,
@@ -368,7 +368,7 @@ def _pipeline_kw(cfg: Config, dev: str, device: torch.device, seed: int) -> dict
     start = "spawn" if dev == "gpu" or torch.cuda.is_initialized() else "fork"
     return dict(
         device=dev,
-        num_threads=cfg.data.num_threads,
+        num_threads=resolve_num_threads(cfg.data.num_threads, dev),
         device_id=device_id,
         prefetch=cfg.data.prefetch,
         seed=seed,
