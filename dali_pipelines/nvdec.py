@@ -11,6 +11,7 @@ codes whole 16 x 16 macroblocks: coded == display exactly when both sides are mu
 
     groups = audit(entries, threads=8)        # one Group per (codec, width, height)
     report = summarize(groups, threads=8)     # counts, verdicts, the fix
+    line = gpu_warning(entries, 8, "m.csv")   # the trainer's one warning line ("" when fine)
 
 ``coded_size`` for codecs other than H.264 and MPEG-4 Part 2 (16 x 16 macroblocks) assumes the codec's
 smallest coding block (8); ``prepare`` writes H.264 only for the GPU.
@@ -200,6 +201,14 @@ def summarize(groups: list[Group], threads: int, manifest: str = "MANIFEST") -> 
     if r.refused or r.slow or r.wrong or r.long_gop or r.over_cache:
         r = Report(**{**r.__dict__, "fix": fix_command(manifest)})
     return r
+
+
+def gpu_warning(entries: Iterable, threads: int, manifest: str) -> str:
+    """The trainer's check at start (the manifest only, no file reads): one line naming the videos whose
+    sizes defeat decoder reuse, or the configurations beyond the cache, and the fix; "" when there are none.
+    Refusals are ``codecs.check_decodable``'s."""
+    line = summarize(audit(entries), threads, manifest).warning()
+    return f"{manifest}: {line}" if line else ""
 
 
 def format_report(groups: list[Group], report: Report) -> list[str]:

@@ -50,8 +50,10 @@ import torch
 from torch import nn
 
 from dali_pipelines.codecs import UndecodableError, check_decodable, decode_device, nvdec_min_size
+from dali_pipelines.cores import resolve_num_threads
 from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
+from dali_pipelines.nvdec import gpu_warning
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
@@ -188,6 +190,10 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
         for note in check_decodable(listed, decoder, path, min_size):
             dist.print0(f"warning: {note}")
+        if decoder == "gpu":  # sizes that defeat NVDEC's decoder reuse, more configurations than its cache
+            slow = gpu_warning(listed, resolve_num_threads(cfg.data.num_threads, "gpu"), path)
+            if slow:
+                dist.print0(f"warning: {slow}")
     require_cuda_for_gpu_data(cfg)
     return cfg.data.train_manifest
 

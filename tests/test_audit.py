@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from dali_pipelines.manifest import VideoEntry, write_manifest
 from fastcvrl.datasets.prepare import main
@@ -60,3 +61,51 @@ def test_missing_manifest_is_one_line_exit_2(tmp_path):
     )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "nope.csv" in r.stderr, r.stderr
     assert r.stderr.startswith("error: manifest not found")
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+def _resolve(tmp_path, monkeypatch, sizes, *overrides):
+    """``train.resolve_data`` for a GPU run on a manifest of ``sizes`` (files exist, never read), CUDA
+    stubbed."""
+    import torch
+
+    from fastcvrl import train
+    from fastcvrl.config import load_config
+
+    entries = []
+    for i, (w, h) in enumerate(sizes):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"not read")
+        entries.append(VideoEntry(str(tmp_path / f"v{i}.mp4"), 0, 64, 25.0, w, h, "h264"))
+    write_manifest(tmp_path / "manifest.csv", entries)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "nvdec_min_size", lambda dev: None)
+    cfg = load_config(
+        None,
+        [
+            f"--data.train_manifest={tmp_path / 'manifest.csv'}",
+            "--data.device=gpu",
+            "--train.batch_size=2",
+            *overrides,
+        ],
+    )
+    return train.resolve_data(cfg, SimpleNamespace(local_rank=0))
+
+
+def test_a_gpu_run_on_456x256_rows_warns_in_one_line(tmp_path, monkeypatch, capsys):
+    assert _resolve(tmp_path, monkeypatch, [(456, 256)] * 3 + [(448, 256)]).endswith("manifest.csv")
+    out = capsys.readouterr().out.strip().splitlines()
+    warn = [line for line in out if line.startswith("warning:")]
+    assert len(warn) == 1, out
+    assert "3 of 4 videos" in warn[0] and "--transcode h264 --short-side 256" in warn[0]
+
+
+def test_a_gpu_run_warns_when_configurations_x_threads_exceed_the_cache(tmp_path, monkeypatch, capsys):
+    sizes = [(256 + 16 * i, 256) for i in range(7)]
+    _resolve(tmp_path, monkeypatch, sizes, "--data.num_threads=16")  # 7 x 16 > 100
+    (warn,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert "7 distinct decoder configurations x 16 decode threads" in warn
+
+
+def test_a_gpu_run_on_aligned_sizes_says_nothing(tmp_path, monkeypatch, capsys):
+    _resolve(tmp_path, monkeypatch, [(448, 256), (336, 256)], "--data.num_threads=8")
+    assert "warning" not in capsys.readouterr().out
