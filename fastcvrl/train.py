@@ -63,7 +63,15 @@ from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
-from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
+from fastcvrl.step import (
+    Metrics,
+    TrainStep,
+    build_step,
+    nvtx_range,
+    side_stream,
+    synthetic_views,
+    warm_up,
+)
 
 REPO_ROOT = _HERE.parent
 
@@ -633,6 +641,8 @@ def main(argv: list[str] | None = None) -> RunResult:
             warmup=cfg.train.cuda_graph_warmup,
             stream=run.side,
         )
+        if warm_up_first(env):  # before the loader's first batch, which starts the DALI pipeline
+            warm_up(run.step_fn, step, synthetic_views(*view_spec(cfg, env)))
         run.stop = dist.StopFlag()
         pos = train(run, pos)
         if run.stop.raised:
@@ -652,6 +662,25 @@ def main(argv: list[str] | None = None) -> RunResult:
         if folder is not None:
             folder.release()
         dist.destroy()
+
+
+def warm_up_first(env: dist.DistEnv) -> bool:
+    """Whether the step is warmed up (and captured) on synthetic views before the data starts: on CUDA,
+    where cuDNN autotunes and the graph is captured (``fastcvrl.step.warm_up``)."""
+    return env.device.type == "cuda"
+
+
+def view_spec(cfg: Config, env: dist.DistEnv) -> tuple[int, int, int, torch.dtype, torch.device]:
+    """(batch per rank, frames, crop side, dtype, device) of the views the training loader yields: DALI's
+    uint8 frames where DALI augments, else the normalised views in the trainer's data dtype (random clips:
+    float32)."""
+    dtype = torch.float32
+    if cfg.data.source != "random":
+        from dali_pipelines.loaders import data_dtype, resolve_augment, resolve_data_device
+
+        dali = resolve_augment(cfg.data.augment, resolve_data_device(cfg.data.device)) == "dali"
+        dtype = torch.uint8 if dali else data_dtype(cfg, env.device)
+    return cfg.train.batch_size // env.world_size, cfg.data.num_frames, cfg.data.crop_size, dtype, env.device
 
 
 def _planned_device() -> torch.device:
