@@ -19,10 +19,11 @@ smallest coding block (8); ``prepare`` writes H.264 only for the GPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dali_pipelines.codecs import NVDEC_MIN_SIZE, codec_name, refusal
+from dali_pipelines.codecs import NVDEC_MIN_SIZE, UndecodableError, codec_name, refusal
 
 ALIGN = 16  # H.264 macroblock: both sides multiples of this make coded == display
 CODED_ALIGN = {"h264": 16, "mpeg4": 16, "vp8": 16, "hevc": 8, "vp9": 8, "av1": 8}
@@ -206,7 +207,18 @@ def summarize(groups: list[Group], threads: int, manifest: str = "MANIFEST") -> 
 def gpu_warning(entries: Iterable, threads: int, manifest: str) -> str:
     """The trainer's check at start (the manifest only, no file reads): one line naming the videos whose
     sizes defeat decoder reuse, or the configurations beyond the cache, and the fix; "" when there are none.
-    Refusals are ``codecs.check_decodable``'s."""
+    Raises ``codecs.UndecodableError`` for sizes above NVDEC's maximum (``codecs.check_decodable``, run
+    first, refuses codecs and sizes below the minimum)."""
+    entries = list(entries)
+    too_large = [e for e in entries if "above" in (size_refusal(e.codec, e.width, e.height) or "")]
+    if too_large:
+        names = ", ".join(f"{os.path.basename(e.path)} ({e.width}x{e.height})" for e in too_large[:5])
+        more = f" and {len(too_large) - 5} more" if len(too_large) > 5 else ""
+        why = size_refusal(too_large[0].codec, too_large[0].width, too_large[0].height)
+        raise UndecodableError(
+            f"{manifest}: {len(too_large)} of {len(entries)} videos cannot be decoded on the GPU "
+            f"(data.device=gpu): {why}: {names}{more}. Re-encode the collection: {fix_command(manifest)}"
+        )
     line = summarize(audit(entries), threads, manifest).warning()
     return f"{manifest}: {line}" if line else ""
 

@@ -274,8 +274,10 @@ class TrainingState:
         random.setstate(self.rng[0])
         np.random.set_state(self.rng[1])
         torch.set_rng_state(self.rng[2])
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        if self.cuda_rng is not None:  # only if the warm-up drew from it (the CVRL step does not)
+            now = torch.cuda.get_rng_state_all()
+            if any(not torch.equal(a, b) for a, b in zip(now, self.cuda_rng)):
+                torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
 def _clone_state(state: dict) -> dict:

@@ -198,7 +198,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
         for note in check_decodable(listed, decoder, path, min_size):
             dist.print0(f"warning: {note}")
-        if decoder == "gpu":  # sizes that defeat NVDEC's decoder reuse, more configurations than its cache
+        if decoder == "gpu":  # above NVDEC's maximum: stops; defeats decoder reuse, over its cache: warns
             slow = gpu_warning(listed, resolve_num_threads(cfg.data.num_threads, "gpu"), path)
             if slow:
                 dist.print0(f"warning: {slow}")

@@ -109,3 +109,15 @@ def test_a_gpu_run_warns_when_configurations_x_threads_exceed_the_cache(tmp_path
 def test_a_gpu_run_on_aligned_sizes_says_nothing(tmp_path, monkeypatch, capsys):
     _resolve(tmp_path, monkeypatch, [(448, 256), (336, 256)], "--data.num_threads=8")
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_gpu_run_on_sizes_above_nvdec_maximum_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from dali_pipelines.codecs import UndecodableError
+
+    with pytest.raises(UndecodableError) as e:
+        _resolve(tmp_path, monkeypatch, [(448, 256), (8192, 256)])
+    msg = str(e.value)
+    assert "1 of 2 videos" in msg and "v1.mp4 (8192x256)" in msg and "4096x4096 maximum" in msg
+    assert "--transcode h264" in msg and "\n" not in msg

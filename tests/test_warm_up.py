@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -174,3 +175,40 @@ def test_the_dali_loader_builds_no_pipeline_until_its_first_batch(tmp_path):
     )
     loader = build_pretrain_loader(cfg, str(tmp_path / "m.csv"))
     assert loader._pipe is None
+
+
+@pytest.mark.gpu
+def test_graphed_step_captured_before_the_data_trains_as_the_eager_step():
+    """On a GPU: warm-up and capture on synthetic uint8 views, then real batches through the graph, against
+    the eager step from the same start (the device check runs this)."""
+    from dali_pipelines.normalize import Normalize
+    from fastcvrl.step import GraphedStep
+
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        tuple(
+            torch.randint(0, 256, (4, 3, 4, 16, 16), generator=g, dtype=torch.uint8)
+            .to(dev)
+            .contiguous(memory_format=torch.channels_last_3d)
+            for _ in range(2)
+        )
+        for _ in range(4)
+    ]
+    runs = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = _Tiny().to(dev).to(memory_format=torch.channels_last_3d)
+        opt = LARS(model.parameters(), lr=0.5, momentum=0.9)
+        sched = WarmupCosine(opt.lr_tensor, 0.5, 2, 10)
+        norm = Normalize([0.5] * 3, [0.25] * 3, torch.float32, dev)
+        step = TrainStep(model, opt, sched, normalize=norm)
+        fn = GraphedStep(step, warmup=3) if graphed else step
+        if graphed:
+            warm_up(fn, step, synthetic_views(4, 4, 16, torch.uint8, dev))
+            assert fn.graph is not None  # captured before the first real batch
+        losses = [fn(*b)[0].item() for b in batches]
+        runs.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (la, sa), (lb, sb) = runs
+    assert np.allclose(la, lb, rtol=1e-4, atol=1e-5), (la, lb)
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), rtol=1e-3, atol=1e-5) for k in sa)
