@@ -149,7 +149,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
         if not out.ok or out.num_frames != probe.num_frames:
             why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
             return replace(probe, reason="transcode failed", detail=why)
-        if opts.codec in ("h264", "vp9"):  # keyframes every gop frames, each an IDR picture (H.264)
+        if opts.gop and opts.codec in ("h264", "vp9"):  # keyframes every gop frames, each an IDR (H.264)
             why = check_idr_gop(keyframe_info(tmp), opts.gop)
             if why:
                 return replace(probe, reason="transcode failed", detail=why)
