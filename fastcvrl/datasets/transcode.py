@@ -33,9 +33,8 @@ class Transcode:
     # H.264 B-frames: files about 12% smaller at the same CRF for the same frames decoded per clip, since a
     # trimmed run ends at the last packet a clip needs (README, "Which H.264 settings"); other codecs: unused
     bframes: int = 3
-    allow_upscale: bool = (
-        False  # scale a video up more than MAX_UPSCALE times (off: such videos are rejected)
-    )
+    # scale a video up more than MAX_UPSCALE times (off: such videos are rejected as "unsupported size")
+    allow_upscale: bool = False
     # the output rules (sizes, encoder settings) of this version: a journal of other rules is not reused
     rules: int = 2
 
