@@ -142,3 +142,27 @@ def test_nal_unit_types_of_both_framings():
     annexb = b"".join(b"\x00\x00\x00\x01" + n for n in nals)
     assert nal_unit_types(avcc, 4) == nal_unit_types(annexb, 0) == [7, 8, 5]
     assert nal_unit_types(avcc[:-2], 4) == [7, 8]  # a cut length ends the list, no error
+
+
+def test_the_command_line_passes_allow_upscale(tmp_path):
+    from fastcvrl.datasets.prepare import main
+
+    src = tmp_path / "src" / "x"
+    src.mkdir(parents=True)
+    write_video(src / "small.avi", index_frames(4, 16, 16, 1), codec="mjpeg")
+    args = [
+        str(tmp_path / "src"),
+        "--transcode",
+        "h264",
+        "--short-side",
+        "64",
+        "--gop",
+        "4",
+        "--workers",
+        "1",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a"), "--quiet"]) == 1  # 4x: refused, no usable video
+    assert _rejected(tmp_path / "a")[0]["reason"] == "unsupported size"
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet", "--allow-upscale"]) == 0
+    (e,) = read_manifest(tmp_path / "b" / "manifest.csv")
+    assert (e.width, e.height) == (64, 64)
