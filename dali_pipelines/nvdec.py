@@ -9,7 +9,7 @@ pays a ``cuvidCreateDecoder`` (tens of ms) and the cache, at most ``CACHE_SIZE``
 codes whole 16 x 16 macroblocks: coded == display exactly when both sides are multiples of 16
 (``prepare --transcode h264`` writes such sizes). See docs/dali.md, "NVDEC decoder reuse".
 
-    groups = audit(entries, threads=8)        # one Group per (codec, width, height)
+    groups = audit(entries)                   # one Group per (codec, width, height)
     report = summarize(groups, threads=8)     # counts, verdicts, the fix
     line = gpu_warning(entries, 8, "m.csv")   # the trainer's one warning line ("" when fine)
 
@@ -81,6 +81,17 @@ def size_refusal(
     return None
 
 
+@dataclass(frozen=True)
+class StreamFacts:
+    """What reading a file adds to the manifest's codec and size (``fastcvrl.datasets.keyframes``)."""
+
+    longest_gop: int  # frames from one keyframe to the next, at most
+    non_idr: int = 0  # H.264 keyframes that are not IDR pictures
+    coded: tuple[int, int] | None = None  # H.264: from the sequence parameter set
+    display: tuple[int, int] | None = None
+    decoder: tuple = ()  # the rest of the decoder configuration (DPB frames, chroma, bit depth; or pix_fmt)
+
+
 @dataclass
 class Group:
     """The videos of one codec and size, and what NVDEC makes of them."""
@@ -94,6 +105,8 @@ class Group:
     longest_gop: int | None = None  # frames; None: not known (the manifest does not say, not probed)
     non_idr: int = 0  # H.264 keyframes that are not IDR pictures (a clip cut there needs earlier pictures)
     configs: set = field(default_factory=set)  # decoder configurations: (codec, coded w, coded h, extra...)
+    read: int = 0  # videos whose files were read (``StreamFacts``)
+    stream_sized: bool = False  # ``reused`` decided by coded and display sizes read from the streams
 
     @property
     def verdict(self) -> str:
@@ -110,13 +123,12 @@ class Group:
 
 def audit(
     entries: Iterable,
-    keyframes: Mapping[str, tuple[int, int, str]] | None = None,
+    facts: Mapping[str, StreamFacts] | None = None,
     min_size: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Group]:
     """Group manifest ``entries`` (``path``, ``codec``, ``width``, ``height``) by codec and size, with
-    NVDEC's verdict per group. ``keyframes``: per path, ``(longest keyframe interval, non-IDR keyframes,
-    stream format)`` where known (the stream format, e.g. the pixel format, joins the decoder configuration:
-    chroma format and bit depth)."""
+    NVDEC's verdict per group. ``facts``: per path, what reading the file found, where it was read; a coded
+    and display size read from the stream decide reuse in place of the manifest's size."""
     groups: dict[tuple, Group] = {}
     for e in entries:
         c, w, h = codec_name(e.codec), int(e.width), int(e.height)
@@ -127,13 +139,17 @@ def audit(
             )
             g = groups[(c, w, h)] = Group(c, w, h, refusal=why, reused=reuses(c, w, h))
         g.count += 1
-        extra = ()
-        if keyframes and e.path in keyframes:
-            gop, non_idr, fmt = keyframes[e.path]
-            g.longest_gop = max(g.longest_gop or 0, gop)
-            g.non_idr += non_idr
-            extra = (fmt,)
-        g.configs.add((c, *coded_size(c, w, h), *extra))
+        f = (facts or {}).get(e.path)
+        if f is None:
+            g.configs.add((c, *coded_size(c, w, h)))
+            continue
+        g.longest_gop = max(g.longest_gop or 0, f.longest_gop)
+        g.non_idr += f.non_idr
+        if f.coded and f.display:  # the stream's own word on coded against display size wins
+            g.reused = (g.reused if g.stream_sized else True) and f.coded == f.display
+            g.stream_sized = True
+        g.read += 1
+        g.configs.add((c, *(f.coded or coded_size(c, w, h)), *f.decoder))
     return sorted(groups.values(), key=lambda g: (-g.count, g.codec, g.width, g.height))
 
 

@@ -78,14 +78,28 @@ def test_too_many_configurations_for_the_cache_warn():
     assert not r4.over_cache and r4.ok  # 52 decoders fit the cache of 100
 
 
-def test_keyframe_facts_join_the_verdict_and_the_configuration():
+def test_stream_facts_join_the_verdict_and_the_configuration():
     entries = _entries(("h264", 448, 256, 2))
-    kf = {entries[0].path: (16, 0, "yuv420p"), entries[1].path: (250, 3, "yuv420p10le")}
-    (g,) = nvdec.audit(entries, kf)
-    assert g.longest_gop == 250 and g.non_idr == 3 and len(g.configs) == 2
+    facts = {
+        entries[0].path: nvdec.StreamFacts(16, 0, (448, 256), (448, 256), (4, 1, 8)),
+        entries[1].path: nvdec.StreamFacts(250, 3, (448, 256), (448, 256), (4, 1, 10)),  # 10-bit
+    }
+    (g,) = nvdec.audit(entries, facts)
+    assert g.longest_gop == 250 and g.non_idr == 3 and len(g.configs) == 2 and g.read == 2
     assert g.verdict == "wrong: keyframes not IDR"
     r = nvdec.summarize([g], threads=8)
     assert r.wrong == 2 and r.long_gop == 2 and not r.ok
+
+
+def test_the_streams_coded_size_decides_reuse():
+    """A manifest that says 448 x 256 for a stream coded with cropping (coded 464 x 256) is caught."""
+    entries = _entries(("h264", 448, 256, 2))
+    facts = {e.path: nvdec.StreamFacts(16, 0, (448, 256), (448, 256), (4, 1, 8)) for e in entries}
+    facts[entries[1].path] = nvdec.StreamFacts(16, 0, (464, 256), (448, 256), (4, 1, 8))
+    (g,) = nvdec.audit(entries, facts)
+    assert not g.reused and g.verdict == "slow: new decoder per sample"
+    (g,) = nvdec.audit(entries[:1], facts)
+    assert g.reused
 
 
 # ------------------------------------------------------------------------------------------- decode threads

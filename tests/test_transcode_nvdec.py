@@ -6,17 +6,19 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from dali_pipelines import nvdec
 from dali_pipelines.manifest import read_manifest
-from fastcvrl.datasets.keyframes import check_idr_gop, keyframe_info, nal_unit_types
+from fastcvrl.datasets.keyframes import check_idr_gop, keyframe_info, nal_unit_types, parse_sps
 from fastcvrl.datasets.prepare import prepare
 from fastcvrl.datasets.transcode import Transcode
-from fastcvrl.datasets.video import read_video, write_video
+from fastcvrl.datasets.video import H264_REFS, add_video_stream, read_video, write_video
 from tests.videos import decode_index, index_frames
 
 VARIABLE = ("threads", "lookahead_threads")  # x264 settings that follow the machine, not the stream
@@ -38,14 +40,17 @@ def _rejected(out: Path) -> list[dict]:
 
 def _check_outputs(out: Path, gop: int) -> list:
     entries = read_manifest(out / "manifest.csv")
-    settings = []
+    settings, decoders = [], set()
     for e in entries:
         assert e.width % 16 == 0 and e.height % 16 == 0, (e.path, e.width, e.height)
         assert nvdec.reuses(e.codec, e.width, e.height)
         info = keyframe_info(e.path)
         assert info.idr is not None and check_idr_gop(info, gop) == "", e.path
         assert info.keyframes == tuple(range(0, e.num_frames, gop))
+        assert info.sps.coded == info.sps.display == (e.width, e.height)  # the stream's own word
+        decoders.add(info.sps.decoder[2:])  # DPB frames, chroma format, bit depth
         settings.append(x264_options(e.path))
+    assert len(decoders) == 1, decoders  # one decoder configuration per size
     assert all(s == settings[0] for s in settings), "the outputs' encoder settings differ"
     s = settings[0]
     assert (s["ref"], s["open_gop"], s["scenecut"], s["keyint"]) == ("1", "0", "0", str(gop))
@@ -166,3 +171,30 @@ def test_the_command_line_passes_allow_upscale(tmp_path):
     assert main([*args, "--out", str(tmp_path / "b"), "--quiet", "--allow-upscale"]) == 0
     (e,) = read_manifest(tmp_path / "b" / "manifest.csv")
     assert (e.width, e.height) == (64, 64)
+
+
+@pytest.mark.parametrize("container", [".mp4", ".mkv", ".h264"])
+def test_the_sps_reader_against_pyav(tmp_path, container):
+    """Coded and display sizes from the sequence parameter set (avcC or Annex B) against PyAV's decoded size;
+    x264's reference-frame setting comes back as written."""
+    for i, (w, h) in enumerate([(100, 60), (456, 256), (448, 256), (50, 178), (64, 64)]):
+        path = str(tmp_path / f"v{i}{container}")
+        with av.open(path, "w", format="h264" if container == ".h264" else None) as out:
+            st = add_video_stream(out, "h264", w, h, Fraction(25), 8, None, 0)
+            for fr in index_frames(10, h, w, i):
+                for pk in st.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                    out.mux(pk)
+            for pk in st.encode():
+                out.mux(pk)
+        sps = keyframe_info(path).sps
+        frames = read_video(path)
+        assert sps.display == (frames.shape[2], frames.shape[1]) == (w, h)
+        assert sps.coded == (-(-w // 16) * 16, -(-h // 16) * 16)
+        assert (sps.ref_frames, sps.chroma_format, sps.bit_depth) == (H264_REFS, 1, 8)
+
+
+def test_a_cut_sps_is_an_error_not_a_crash():
+    with pytest.raises(ValueError, match="cut short"):
+        parse_sps(bytes([0x67, 0x64, 0x00]))
+    with pytest.raises(ValueError, match="not an SPS"):
+        parse_sps(bytes([0x65, 1, 2]))

@@ -1,7 +1,8 @@
 """``python -m fastcvrl.prepare --audit MANIFEST``: will the GPU path decode this dataset at full speed?
 
 Reads the manifest (codec and size per video) and, since the manifest does not record keyframes, demuxes
-each file (no decoding) for its longest keyframe interval, its H.264 IDR pictures and its pixel format; then
+each file (no decoding) for its longest keyframe interval, its H.264 IDR pictures and sequence parameter set
+(coded and display size, DPB frames, chroma format, bit depth) or its pixel format; then
 applies ``dali_pipelines.nvdec``'s rules and prints per codec and size the number of files, NVDEC's verdict,
 the coded size, the longest keyframe interval, and the totals with the ``prepare`` command that fixes what
 is wrong. Exit status 0 when the GPU path would run at full speed, 1 when some files would decode slowly or
@@ -21,26 +22,34 @@ from dali_pipelines.cores import resolve_num_threads, usable_cores
 from dali_pipelines.manifest import ManifestError, read_manifest
 
 
-def _keyframes(path: str) -> tuple[int, int, str] | None:
-    """(longest keyframe interval, non-IDR keyframes, pixel format) of one file, None if it cannot be read."""
+def stream_facts(path: str) -> nvdec.StreamFacts | None:
+    """What one file's packets say (keyframes, IDR pictures, H.264's sequence parameter set), None if the
+    file cannot be read."""
     from fastcvrl.datasets.keyframes import keyframe_info
 
     try:
         info = keyframe_info(path)
     except Exception:  # a file the audit cannot read is counted, not fatal: the trainer's checks name it
         return None
-    return info.longest_interval, info.non_idr_keyframes, info.pix_fmt
+    sps = info.sps
+    return nvdec.StreamFacts(
+        info.longest_interval,
+        info.non_idr_keyframes,
+        coded=sps.coded if sps else None,
+        display=sps.display if sps else None,
+        decoder=sps.decoder[2:] if sps else (info.pix_fmt,),
+    )
 
 
-def read_keyframes(paths: list[str], workers: int | None = None) -> dict[str, tuple[int, int, str]]:
-    """``_keyframes`` of every path that exists, in ``workers`` processes (default: the usable cores)."""
+def read_keyframes(paths: list[str], workers: int | None = None) -> dict[str, nvdec.StreamFacts]:
+    """``stream_facts`` of every path that exists, in ``workers`` processes (default: the usable cores)."""
     todo = sorted({p for p in paths if os.path.isfile(p)})
     workers = max(1, min(workers or usable_cores(), len(todo)))
     if workers == 1:
-        found = map(_keyframes, todo)
+        found = map(stream_facts, todo)
     else:
         with ProcessPoolExecutor(workers) as ex:
-            found = list(ex.map(_keyframes, todo, chunksize=16))
+            found = list(ex.map(stream_facts, todo, chunksize=16))
     return {p: k for p, k in zip(todo, found) if k is not None}
 
 
