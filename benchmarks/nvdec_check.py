@@ -14,7 +14,9 @@ part could not run, why.
     differs grossly (an unwritten frame) and every index-coded frame reads back its own index.
 (b) The same clips resized to 16-aligned sizes (336 x 256, 448 x 256) and to today's even sizes (340 x 256,
     456 x 256), 16-frame stride-2 clips trimmed on the host beforehand (so only decoding is timed), at
-    ``--threads`` 4, 8, 16, 32: clips/s per size class and thread count.
+    ``--threads`` 4, 8, 16, 32: clips/s per size class and thread count; and one clip at a time on one
+    thread, whose median time at even sizes less that at aligned sizes estimates a decoder creation (a
+    figure that needs no profiler).
 (c) ``nsys profile --trace=cuda,nvtx,nvvideo`` around 50 training steps on the aligned set; the trace's
     ``cuvidCreateDecoder`` calls, against the expected bound of decode threads x decoder configurations.
 """
@@ -263,7 +265,7 @@ def part_speed(a: argparse.Namespace, work: Path) -> dict:
     sets = speed_sets(a, work, codec)
     res["clips_per_set"] = {k: len(v) for k, v in sets.items()}
     rng = np.random.default_rng(0)
-    rows = []
+    rows, latency = [], {}
     for name, paths in sets.items():
         from fastcvrl.datasets.video import read_video
 
@@ -286,7 +288,20 @@ def part_speed(a: argparse.Namespace, work: Path) -> dict:
             dt = time.perf_counter() - t0
             rows.append({"set": name, "threads": threads, "clips_per_s": round(batches * a.batch / dt, 1)})
             del pipe
-    res.update(ran=True, codec=codec, batch=a.batch, seconds_each=a.seconds, rows=rows)
+        # one thread, one clip a batch: a sample's whole cost, decoder creation included where reuse fails
+        pipe = decode_pipeline(samples, device, 1, 1)
+        pipe.run()
+        times = []
+        for _ in range(10 if a.dry_run else 40):
+            t0 = time.perf_counter()
+            pipe.run()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        latency[name] = round(1000 * float(np.median(times)), 2)
+        del pipe
+    res.update(ran=True, codec=codec, batch=a.batch, seconds_each=a.seconds, rows=rows, ms_per_clip=latency)
+    # aligned and even sizes differ by 1-2% in pixels: the rest of the difference is the decoder creation
+    res["creation_ms_estimate"] = None if a.dry_run else round(latency["even"] - latency["aligned"], 2)
     return res
 
 
