@@ -31,6 +31,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 DRY=0; [ "${1:-}" = "--dry-run" ] && DRY=1
 VIDEOS="${FASTCVRL_SHARED_VIDEOS:-$PWD/.device/videos}"
+WORK=$(mktemp -d /tmp/nvdec_check.XXXXXX)  # clips shared by parts a-c, removed at exit
+trap 'rm -rf "$WORK"' EXIT
 status=0
 t0=$(date +%s)
 BUDGET=470
@@ -42,7 +44,7 @@ nvdec_part() {  # nvdec_part NAME LIMIT ARGS...: one JSON line into nvdec_NAME.j
   local name=$1 limit; limit=$(lim "$2"); shift 2
   say "nvdec_check $name (limit ${limit}s)"
   rm -f "$RES/nvdec_$name.json"
-  timeout "$limit" $PY benchmarks/nvdec_check.py "$name" --videos "$VIDEOS" --json "$RES/nvdec_$name.json" \
+  timeout "$limit" $PY benchmarks/nvdec_check.py "$name" --videos "$VIDEOS" --work "$WORK" --json "$RES/nvdec_$name.json" \
     $([ $DRY -eq 1 ] && echo --dry-run) "$@" > "$RES/nvdec_$name.txt" 2>&1
   local rc=$?
   [ -s "$RES/nvdec_$name.json" ] || echo "{\"check\": \"nvdec_$name\", \"ran\": false, \"why_not\": \"exit $rc before its JSON line (timeout ${limit}s: 124); see nvdec_$name.txt\"}" > "$RES/nvdec_$name.json"
@@ -90,8 +92,8 @@ with open(os.path.join(os.environ.get("RES", "."), "nvdec_caps.json"), "w") as f
 EOF
 
 # a, b: NVDEC's frames against PyAV's, and decode speed at aligned vs even sizes
-nvdec_part frames 60
-nvdec_part speed 90
+nvdec_part frames 75
+nvdec_part speed 90 --seconds 3
 if [ $DRY -eq 1 ]; then
   nvdec_part creations 90
   say "dry run: parts 1-4 need a GPU, skipped; exit $status"
