@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,7 @@ def dali_missing(dry_run: bool) -> str:
 
 
 def real_clips(folder: str | None) -> list[Path]:
+    """The video files in ``folder`` (none when it is not given or absent)."""
     if not folder or not os.path.isdir(folder):
         return []
     return sorted(p for p in Path(folder).iterdir() if p.suffix in (".mp4", ".avi", ".mkv", ".webm"))
@@ -102,6 +104,7 @@ def textured(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def resized(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``frames`` scaled to ``width`` x ``height`` (area filter, as ``prepare`` scales)."""
     import av
 
     out = [
@@ -114,7 +117,7 @@ def resized(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- decoding
-def decode_pipeline(samples: list, device: str, threads: int, batch: int):
+def decode_pipeline(samples: list, device: str, threads: int, batch: int) -> Any:
     """A pipeline decoding ``samples`` (``(encoded uint8 array, positions int32 array)``) ``batch`` at a
     time, cycling; ``device`` "gpu" decodes on NVDEC ("mixed"), "cpu" on DALI's CPU decoder."""
     from nvidia.dali import fn, pipeline_def
@@ -156,6 +159,7 @@ def trimmed(path: str, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------- (a) frames
 def part_frames(a: argparse.Namespace, work: Path) -> dict:
+    """(a): NVDEC's frames against PyAV's (module docstring)."""
     from fastcvrl.datasets.transcode import Transcode, transcode_video
     from fastcvrl.datasets.video import read_video, write_video
     from tests.videos import decode_index, index_frames
@@ -257,6 +261,7 @@ def speed_sets(a: argparse.Namespace, work: Path, codec: str) -> dict[str, list[
 
 
 def part_speed(a: argparse.Namespace, work: Path) -> dict:
+    """(b): decode-only clips/s at aligned and even sizes per thread count, and one clip's time."""
     res = {"check": "nvdec_speed", "dry_run": a.dry_run}
     why = dali_missing(a.dry_run)
     if why:
@@ -352,6 +357,7 @@ def find_nsys() -> str | None:
 
 
 def part_creations(a: argparse.Namespace, work: Path) -> dict:
+    """(c): ``cuvidCreateDecoder`` calls in a traced training run against threads x configurations."""
     res = {"check": "nvdec_decoder_creations", "dry_run": a.dry_run, "steps": a.steps}
     nsys = find_nsys()
     res["nsys"] = nsys or "not found"
@@ -439,6 +445,7 @@ def part_creations(a: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one part, print its JSON line; exit 0 when it ran and passed (dry run: when it ran to its end)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("part", choices=("frames", "speed", "creations"))
     ap.add_argument("--videos", default=os.environ.get("FASTCVRL_SHARED_VIDEOS"), help="real clips (folder)")

@@ -1,7 +1,8 @@
 """Will NVDEC decode a dataset, and at full speed? The rules, from the manifest alone (pure Python, no DALI).
 
 DALI's ``fn.decoders.video(device="mixed")`` builds a frames decoder per sample and asks a per-GPU cache for
-an NVDEC decoder (``NVDECCache::GetDecoder`` in DALI 2.4's ``dali/operators/video/frames_decoder_gpu.cc``).
+an NVDEC decoder (``NVDECCache::GetDecoder`` in DALI's ``dali/operators/video/frames_decoder_gpu.cc``, read
+for 2.4: docs/dali.md says what was checked).
 A free cached decoder is reused only when its recorded width and height equal the new stream's *coded* size
 (and codec, decode-surface count, chroma format and bit depth match); the cache records the *display* size.
 So a stream whose coded size differs from its display size never meets a decoder it may reuse: every sample
@@ -110,6 +111,7 @@ class Group:
 
     @property
     def verdict(self) -> str:
+        """ok, or the first thing wrong: refused, slow (no reuse; long keyframe interval), wrong (non-IDR)."""
         if self.refusal:
             return "refused"
         if not self.reused:
@@ -173,6 +175,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """Nothing refused, slow or wrong, and the configurations fit the cache."""
         return not (self.refused or self.slow or self.wrong or self.long_gop or self.over_cache)
 
     def warning(self) -> str:

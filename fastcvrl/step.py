@@ -249,6 +249,7 @@ class TrainingState:
 
     @torch.no_grad()
     def restore(self) -> None:
+        """Write the copy back into the same tensors (and the generators' states)."""
         import random
 
         import numpy as np
