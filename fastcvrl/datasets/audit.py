@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from dali_pipelines import nvdec
+from dali_pipelines.codecs import nvdec_min_size
 from dali_pipelines.cores import resolve_num_threads, usable_cores
 from dali_pipelines.manifest import ManifestError, read_manifest
 
@@ -71,7 +72,7 @@ def run_audit(
     threads = threads or resolve_num_threads("auto", "gpu")
     keyframes = read_keyframes([e.path for e in entries], workers) if probe else {}
     unread = len({e.path for e in entries} - set(keyframes)) if probe else 0
-    groups = nvdec.audit(entries, keyframes)
+    groups = nvdec.audit(entries, keyframes, nvdec_min_size())  # the driver's minimums where a GPU answers
     report = nvdec.summarize(groups, threads, manifest)
     for line in nvdec.format_report(groups, report):
         log(line)
