@@ -18,6 +18,8 @@ these reasons (the detail says more):
 ``fps`` is the container's nominal rate unless the decoded timestamps say otherwise by more than 5% (variable
 frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
+- ``unsupported size`` (``prepare --transcode`` only): the output size breaks a rule (an upscale beyond 2x,
+  NVDEC's limits for H.264); nothing is written.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ REASONS = (
     "truncated",
     "too short",
     "timeout",
+    "unsupported size",
 )
 
 
