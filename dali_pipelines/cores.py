@@ -22,3 +22,19 @@ def cores_per_rank() -> int:
     """``usable_cores`` shared by the ranks on this node (``LOCAL_WORLD_SIZE``; 1 outside torchrun), at
     least 1."""
     return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+GPU_MIN_THREADS = 8  # decode threads on the GPU at least: each decodes one sample at a time on NVDEC
+CPU_THREADS = 2  # DALI threads on the CPU, where host workers and torch augmentation take the other cores
+
+
+def resolve_num_threads(setting: int | str, device: str) -> int:
+    """``data.num_threads`` -> DALI threads per pipeline. ``auto``: on the GPU (``device`` "gpu") the cores
+    of this rank (``cores_per_rank``), at least ``GPU_MIN_THREADS``: each thread decodes one sample at a
+    time and waits on its CUDA stream once per frame, so NVDEC's parallelism is the thread count; on the CPU
+    ``CPU_THREADS``. A number is used as it is."""
+    if setting == "auto":
+        return max(GPU_MIN_THREADS, cores_per_rank()) if device == "gpu" else CPU_THREADS
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"data.num_threads must be auto or an integer >= 1, got {setting!r}")
+    return setting

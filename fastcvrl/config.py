@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import re
+import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -260,6 +261,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {shown(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is typing.Union or isinstance(tp, types.UnionType):  # e.g. int | str: the first arm that fits
+        arms = typing.get_args(tp)
+        for arm in arms:
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in arms)
+        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(

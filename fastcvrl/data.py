@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from dali_pipelines import loaders
+from dali_pipelines.cores import resolve_num_threads
 from dali_pipelines.manifest import VideoEntry
 from dali_pipelines.recipe import Recipe
 from dali_pipelines.settings import (
@@ -49,7 +50,7 @@ def runtime(cfg: Config, device: torch.device | str = "cpu") -> Runtime:
     return Runtime(
         device=dev,
         augment=resolve_augment(d.augment, dev),
-        num_threads=d.num_threads,
+        num_threads=resolve_num_threads(d.num_threads, dev),
         prefetch=d.prefetch,
         host_workers=resolve_host_workers(d.host_workers),
         skip_corrupt=d.skip_corrupt,

@@ -125,6 +125,26 @@ def one_of(*choices: Any) -> OneOf:
 
 
 @dataclass(frozen=True)
+class AutoOr(Domain):
+    """``auto`` (resolved where the key is used) or a whole number in ``numbers``."""
+
+    numbers: Range
+
+    def allows(self, value: Any) -> bool:
+        return value == "auto" or (isinstance(value, int) and self.numbers.allows(value))
+
+    def describe(self) -> str:
+        return f"auto or an integer {self.numbers.describe()}"
+
+    def outside(self) -> list[Any]:
+        return ["not_auto", *self.numbers.outside()]
+
+
+def auto_or(numbers: Range) -> AutoOr:
+    return AutoOr(numbers)
+
+
+@dataclass(frozen=True)
 class Text(Domain):
     """Any string (a path, a name), or any non-empty one."""
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 
 from dali_pipelines.codecs import check_decodable, nvdec_min_size
+from dali_pipelines.cores import resolve_num_threads
+from dali_pipelines.nvdec import gpu_warning
 from fastcvrl.domains import ConfigError
 
 DATA_DEVICES = ("auto", "cpu", "gpu")
@@ -37,9 +39,18 @@ def data_device(setting: str, *, require_cuda: bool = True, cuda_available: bool
     return setting
 
 
-def check_videos(entries: Iterable, manifest: str, device: str, local_rank: int = 0) -> list[str]:
+def check_videos(
+    entries: Iterable, manifest: str, device: str, local_rank: int = 0, num_threads: int | str = "auto"
+) -> list[str]:
     """Every manifest row against what ``device``'s decoder takes (codec, and on the GPU NVDEC's minimum
-    sizes, asked of the driver where CUDA is up): raises ``UndecodableError`` naming the offenders and the
-    ``prepare`` command that fixes them; returns warnings (codecs that decode with caveats)."""
+    sizes, asked of the driver where CUDA is up, and its maximum): raises ``UndecodableError`` naming the
+    offenders and the ``prepare`` command that fixes them; returns warnings: codecs that decode with caveats
+    and, on the GPU, the dataset audit's one line (``dali_pipelines.nvdec``: sizes that defeat NVDEC's
+    decoder reuse, or more decoder configurations x ``num_threads`` than its cache holds)."""
+    entries = list(entries)
     min_size = nvdec_min_size(local_rank) if device == "gpu" and torch.cuda.is_available() else None
-    return check_decodable(list(entries), device, manifest, min_size)
+    notes = check_decodable(entries, device, manifest, min_size)
+    if device == "gpu":
+        slow = gpu_warning(entries, resolve_num_threads(num_threads, "gpu"), manifest)
+        notes += [slow] if slow else []
+    return notes

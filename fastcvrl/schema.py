@@ -15,6 +15,7 @@ from fastcvrl.domains import (
     Relation,
     above,
     at_least,
+    auto_or,
     between,
     flag,
     key,
@@ -83,7 +84,12 @@ class DataConfig:
         "video (DALI over train_manifest) | random (random tensors, no files: tests, step benchmarks)",
     )
     random_videos: int = key(256, at_least(1), "data.source=random: clips per epoch")
-    num_threads: int = key(2, at_least(1), "DALI CPU threads per pipeline")
+    num_threads: int | str = key(
+        "auto",
+        auto_or(at_least(1)),
+        "DALI threads per pipeline; auto: on the GPU the cores of this rank, at least 8 (each thread "
+        "decodes one sample at a time on NVDEC), on the CPU 2",
+    )
     prefetch: int = key(2, at_least(1), "DALI prefetch queue depth")
     host_workers: int = key(
         -1,

@@ -222,3 +222,104 @@ class Metrics:
     def reset(self) -> None:
         self.sums.zero_()
         self.count = 0
+
+
+# ------------------------------------------------------------------------------ warm-up before the data
+class TrainingState:
+    """A copy of everything one training step changes: the model's parameters and buffers (batch-norm
+    statistics included), the optimizer's state, the schedule's step and learning rate, the grad scaler and
+    the random generators. ``restore()`` writes it back *into the same tensors* (a captured CUDA graph holds
+    their addresses); optimizer state created after the copy is zeroed, which is what a fresh state is for
+    optimizers that start from zeros (``fastcvrl.optim``'s LARS)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, scaler=None) -> None:
+        import random
+
+        import numpy as np
+
+        self.model, self.optimizer, self.schedule, self.scaler = model, optimizer, schedule, scaler
+        with torch.no_grad():
+            self.tensors = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+            self.opt = {p: _clone_state(s) for p, s in optimizer.state.items()}
+            self.sched = [t.detach().clone() for t in _schedule_tensors(schedule)]
+        self.scaler_state = scaler.state_dict() if scaler is not None else None
+        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the copy back into the same tensors (and the generators' states)."""
+        import random
+
+        import numpy as np
+
+        for k, v in self.model.state_dict(keep_vars=True).items():
+            v.detach().copy_(self.tensors[k])
+        for p, s in self.optimizer.state.items():
+            before = self.opt.get(p, {})
+            for k in list(s):
+                if k in before:
+                    if torch.is_tensor(s[k]):
+                        s[k].copy_(before[k])
+                    else:
+                        s[k] = before[k]
+                elif torch.is_tensor(s[k]):
+                    s[k].zero_()  # created by the warm-up: kept (its address may be captured), as new
+                else:
+                    del s[k]
+        for t, saved in zip(_schedule_tensors(self.schedule), self.sched):
+            t.copy_(saved)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(self.scaler_state)
+        random.setstate(self.rng[0])
+        np.random.set_state(self.rng[1])
+        torch.set_rng_state(self.rng[2])
+        if self.cuda_rng is not None:  # only if the warm-up drew from it (the CVRL step does not)
+            now = torch.cuda.get_rng_state_all()
+            if any(not torch.equal(a, b) for a, b in zip(now, self.cuda_rng)):
+                torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _clone_state(state: dict) -> dict:
+    return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def _schedule_tensors(schedule) -> list[torch.Tensor]:
+    """The schedule's device state: its step counter and the learning rate it writes."""
+    return [
+        t
+        for t in (getattr(schedule, "step_tensor", None), getattr(schedule, "lr_tensor", None))
+        if t is not None
+    ]
+
+
+def synthetic_views(
+    batch: int, frames: int, size: int, dtype: torch.dtype, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views ``(batch, 3, frames, size, size)`` of ``dtype`` in channels_last_3d, as the loader yields
+    them (uint8 pixels or float values); random, from their own generator (no global random state used)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, 3, frames, size, size)
+    if dtype == torch.uint8:
+        views = [torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) for _ in range(2)]
+    else:
+        views = [torch.randn(shape, generator=g).to(dtype) for _ in range(2)]
+    return tuple(v.to(device).contiguous(memory_format=torch.channels_last_3d) for v in views)
+
+
+def warm_up(step_fn, step: TrainStep, views: tuple[torch.Tensor, torch.Tensor], calls: int = 1) -> int:
+    """Warm up (and, for a ``GraphedStep``, capture) ``step_fn`` on synthetic ``views``, then put the model,
+    optimizer, batch-norm statistics, schedule, scaler and random state back exactly as they were, in place.
+
+    Run before the data pipeline starts, so cuDNN's autotuning, lazy allocations and the capture happen while
+    no decoder thread competes, and the training run then equals an eager run step for step. A
+    ``GraphedStep`` gets its ``warmup`` eager calls and the capturing call (``calls`` is ignored); any other
+    step ``calls`` eager calls. Returns the number of calls made."""
+    saved = TrainingState(step.model, step.optimizer, step.schedule, step.scaler)
+    n = step_fn.warmup + 1 if isinstance(step_fn, GraphedStep) else calls
+    for _ in range(n):
+        step_fn(*views)
+    if views[0].is_cuda:
+        torch.cuda.synchronize()  # note: a one-time sync: the warm-up's kernels finish before the restore
+    saved.restore()
+    return n

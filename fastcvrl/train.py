@@ -64,7 +64,7 @@ from fastcvrl.precision import input_dtype, train_precision
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed
 from fastcvrl.schedule import WarmupCosine, scaled_lr
 from fastcvrl.schema import steps_range
-from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
+from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream, synthetic_views, warm_up
 
 REPO_ROOT = _HERE.parent
 
@@ -173,7 +173,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
         checked.append((cfg.data.val_manifest, read_manifest(cfg.data.val_manifest, check_files=True)))
     decoder = preflight.data_device(cfg.data.device, require_cuda=False)
     for path, listed in checked:  # before the CUDA check: the codec problem is the one to fix first
-        for note in preflight.check_videos(listed, path, decoder, env.local_rank):
+        for note in preflight.check_videos(listed, path, decoder, env.local_rank, cfg.data.num_threads):
             dist.print0(f"warning: {note}")
     preflight.data_device(cfg.data.device)  # CUDA for data.device=gpu
     return cfg.data.train_manifest
@@ -569,6 +569,8 @@ def main(argv: list[str] | None = None) -> RunResult:
             warmup=cfg.train.cuda_graph_warmup,
             stream=run.side,
         )
+        if warm_up_first(env):  # before the loader's first batch, which starts the DALI pipeline
+            warm_up(run.step_fn, step, synthetic_views(*view_spec(cfg, env)))
         run.stop = dist.StopFlag()
         pos = train(run, pos)
         if skipped_summary(run.loader):  # the files left out on the way, named once more at the end
@@ -590,6 +592,25 @@ def main(argv: list[str] | None = None) -> RunResult:
         if folder is not None:
             folder.release()
         dist.destroy()
+
+
+def warm_up_first(env: dist.DistEnv) -> bool:
+    """Whether the step is warmed up (and captured) on synthetic views before the data starts: on CUDA,
+    where cuDNN autotunes and the graph is captured (``fastcvrl.step.warm_up``)."""
+    return env.device.type == "cuda"
+
+
+def view_spec(cfg: Config, env: dist.DistEnv) -> tuple[int, int, int, torch.dtype, torch.device]:
+    """(batch per rank, frames, crop side, dtype, device) of the views the training loader yields: DALI's
+    uint8 frames where DALI augments, else the normalised views in the trainer's data dtype (random clips:
+    float32)."""
+    dtype = torch.float32
+    if cfg.data.source != "random":
+        from fastcvrl.data import runtime
+
+        rt = runtime(cfg, env.device)
+        dtype = torch.uint8 if rt.augment == "dali" else rt.dtype
+    return cfg.train.batch_size // env.world_size, cfg.data.num_frames, cfg.data.crop_size, dtype, env.device
 
 
 def _planned_device() -> torch.device:

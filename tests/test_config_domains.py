@@ -27,7 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = config_keys()  # (dotted key, field, default)
 # every declared domain's out-of-domain values (a key without a domain is named by the completeness test)
 DOMAIN_CASES = [(k, v) for k, f, _ in KEYS if "domain" in f.metadata for v in f.metadata["domain"].outside()]
-WRONG_TYPE = {"str": [1, 2], "int": 1.5, "float": "x", "bool": "maybe", "list[float]": "x"}
+WRONG_TYPE = {
+    "str": [1, 2],
+    "int": 1.5,
+    "int | str": [1, 2],
+    "float": "x",
+    "bool": "maybe",
+    "list[float]": "x",
+}
 
 
 def undeclared_keys(cfg: object) -> list[str]:

@@ -659,6 +659,17 @@ def main(argv: list[str] | None = None) -> int:
         default=Transcode.bframes,
         help="transcode: H.264 B-frames between reference frames (0 = none)",
     )
+    ap.add_argument(
+        "--allow-upscale",
+        action="store_true",
+        help="transcode: scale videos up more than 2x (else they are rejected as 'unsupported size')",
+    )
+    ap.add_argument(
+        "--audit",
+        metavar="MANIFEST",
+        help="instead of preparing: check MANIFEST for NVDEC (codecs, sizes, keyframes, decoder reuse); "
+        "exit 0 if the GPU path runs at full speed, 1 if not (the fix is printed), 2 unreadable",
+    )
     ap.add_argument("--min-frames", type=int, default=1, help="reject videos with fewer decoded frames")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     ap.add_argument(
@@ -671,8 +682,17 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted"
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    argv = sys.argv[1:] if argv is None else argv
+    if any(x == "--audit" or x.startswith("--audit=") for x in argv):  # no SRC, no --out: its own parser
+        from fastcvrl.datasets.audit import audit_main
+
+        return audit_main(argv)
     a = ap.parse_args(argv)
-    opts = Transcode(a.transcode, a.short_side, a.gop, a.quality, a.bframes) if a.transcode else None
+    opts = (
+        Transcode(a.transcode, a.short_side, a.gop, a.quality, a.bframes, a.allow_upscale)
+        if a.transcode
+        else None
+    )
     try:
         summary = prepare(
             a.src,

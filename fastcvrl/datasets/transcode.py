@@ -1,5 +1,7 @@
 """Re-encoding one video for fast clip decoding (``prepare --transcode``): every frame kept, in order, a
-keyframe every ``gop`` frames, the short side scaled; the output verified before it is renamed into place."""
+keyframe every ``gop`` frames (H.264: each an IDR picture), the short side scaled (H.264: both sides
+multiples of 16, for NVDEC's decoder reuse); the output verified before it is renamed into place. A video
+whose output size breaks a rule (``check_output_size``) is rejected as ``unsupported size``, not written."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
+from dali_pipelines import nvdec
+from fastcvrl.datasets.keyframes import check_idr_gop, keyframe_info
 from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
 from fastcvrl.datasets.videoprobe import Probe, display_rotation, probe_video
 
@@ -30,14 +34,54 @@ class Transcode:
     # H.264 B-frames: files about 12% smaller at the same CRF for the same frames decoded per clip, since a
     # trimmed run ends at the last packet a clip needs (README, "Which H.264 settings"); other codecs: unused
     bframes: int = 3
+    # scale a video up more than MAX_UPSCALE times (off: such videos are rejected as "unsupported size")
+    allow_upscale: bool = False
+    # the output rules (sizes, encoder settings) of this version: a journal of other rules is not reused
+    rules: int = 2
 
 
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Scale so the short side is ``short_side`` (0: keep), both sides even (4:2:0 chroma needs it)."""
-    if short_side > 0:
-        s = short_side / min(width, height)
-        width, height = width * s, height * s
-    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+MAX_UPSCALE = 2.0  # UCF-101's 240-line videos to 256 are fine; 1 x 1 to 64 x 64 is not a video any more
+SIZE_REASON = "unsupported size"  # the rejection of a video whose output size is refused
+
+
+class SizeRefused(ValueError):
+    """The output size of a video breaks a rule (upscale, NVDEC's limits); the message says which."""
+
+
+def output_size(width: int, height: int, short_side: int, codec: str = "") -> tuple[int, int]:
+    """The output size of a ``width`` x ``height`` video for ``codec``.
+
+    H.264: both sides multiples of 16 (``nvdec.ALIGN``), so NVDEC's coded size equals the display size and
+    its decoders are reused (``dali_pipelines.nvdec``): the short side is ``short_side`` rounded to a
+    multiple of 16, the long side the multiple of 16 nearest the aspect-preserving length; ``short_side``
+    0 rounds each side down to a multiple of 16. Other codecs: the short side is ``short_side`` (0: kept),
+    both sides even (4:2:0 chroma needs it)."""
+    a = nvdec.ALIGN if codec == "h264" else 2
+    if short_side <= 0:
+        if a == 2:
+            return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+        return max(a, width // a * a), max(a, height // a * a)
+    short = max(a, int(round(short_side / a)) * a) if a > 2 else short_side
+    s = short / min(width, height)
+    w, h = width * s, height * s
+    return max(a, int(round(w / a)) * a), max(a, int(round(h / a)) * a)
+
+
+def check_output_size(width: int, height: int, opts: Transcode) -> tuple[int, int]:
+    """``output_size`` for ``opts``, or ``SizeRefused``: an upscale beyond ``MAX_UPSCALE`` without
+    ``opts.allow_upscale``, or (H.264) an output NVDEC would not decode (``nvdec.size_refusal``)."""
+    w, h = output_size(width, height, opts.short_side, opts.codec)
+    scale = min(w, h) / max(1, min(width, height))
+    if scale > MAX_UPSCALE and not opts.allow_upscale:
+        raise SizeRefused(
+            f"{width}x{height} would be scaled up {scale:.1f}x to {w}x{h}, more than {MAX_UPSCALE:g}x "
+            "(--allow-upscale to allow it)"
+        )
+    if opts.codec == "h264":
+        why = nvdec.size_refusal("h264", w, h)
+        if why:
+            raise SizeRefused(f"{width}x{height} -> {w}x{h}: {why}")
+    return w, h
 
 
 def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Probe:
@@ -72,7 +116,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, rotation // 90)), "rgb24")
             src_range = ColorRange.JPEG
         if not state:
-            w, h = output_size(frame.width, frame.height, opts.short_side)
+            w, h = check_output_size(frame.width, frame.height, opts)  # SizeRefused: rejected below
             state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
             state["stream"] = add_video_stream(
                 state["out"], opts.codec, w, h, rate, opts.gop, opts.quality, opts.bframes
@@ -98,7 +142,10 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             state["out"].mux(packet)
 
     try:
-        probe = probe_video(src, on_frame=encode, threads=threads)
+        try:
+            probe = probe_video(src, on_frame=encode, threads=threads)
+        except SizeRefused as e:  # at the first frame: nothing written
+            return Probe(src, reason=SIZE_REASON, detail=str(e))
         if state:
             if probe.ok:
                 for packet in state["stream"].encode():
@@ -113,6 +160,10 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
         if not out.ok or out.num_frames != probe.num_frames:
             why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"
             return replace(probe, reason="transcode failed", detail=why)
+        if opts.gop and opts.codec in ("h264", "vp9"):  # keyframes every gop frames, each an IDR (H.264)
+            why = check_idr_gop(keyframe_info(tmp), opts.gop)
+            if why:
+                return replace(probe, reason="transcode failed", detail=why)
         os.replace(tmp, dst)
         return replace(out, path=dst)
     finally:

@@ -109,10 +109,24 @@ def add_video_stream(
             opts["row-mt"] = "1"
     elif codec == "h264":
         opts.update({"preset": "veryfast", "crf": str(quality or 18), "bf": str(int(bframes))})
+        if gop:  # without a keyframe interval: the encoder's own defaults (scene cuts included)
+            opts["x264-params"] = x264_params(gop, bframes)
     elif codec in ("mjpeg", "mpeg4"):
         stream.codec_context.qmin = stream.codec_context.qmax = int(quality or 3)
     stream.options = opts
     return stream
+
+
+H264_REFS = 1  # reference frames: with the B-frames, what decides NVDEC's decode-surface count
+
+
+def x264_params(gop: int, bframes: int = 0) -> str:
+    """The x264 settings every H.264 file with a keyframe interval shares (``prepare --transcode h264``
+    among them), so that every file of one size needs the same NVDEC decoder configuration
+    (``dali_pipelines.nvdec``): fixed reference frames and B-frames, closed GOPs, an IDR picture at every
+    keyframe, keyframes exactly every ``gop`` frames, no scene-cut keyframes, no intra refresh."""
+    p = [f"ref={H264_REFS}", f"bframes={int(bframes)}", "open-gop=0", "intra-refresh=0", "scenecut=0"]
+    return ":".join(p + [f"keyint={int(gop)}", f"min-keyint={int(gop)}"])
 
 
 def _chain(first: np.ndarray, rest: Iterable[np.ndarray]) -> Iterable[np.ndarray]:

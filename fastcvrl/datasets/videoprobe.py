@@ -19,6 +19,8 @@ these reasons (the detail says more):
 ``fps`` is the container's nominal rate unless the decoded timestamps say otherwise by more than 5% (variable
 frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
+- ``unsupported size`` (``prepare --transcode`` only): the output size breaks a rule (an upscale beyond 2x,
+  NVDEC's limits for H.264); nothing is written.
 
 ``prepare`` adds ``bad name`` (a file name that is not valid UTF-8: the manifest is UTF-8 text) and ``bad
 class name`` (a class folder named with a control character, or only white space), and, without
@@ -49,6 +51,7 @@ REASONS = (
     "truncated",
     "too short",
     "timeout",
+    "unsupported size",
     "bad name",
     "bad class name",
     "rotated",

@@ -7,11 +7,12 @@ One job per module:
 - ``inputs``: the inputs checked against each other before any model work (eval keys, the two splits'
   classes by name via ``classes.txt``, test labels the training split lacks).
 - ``weights``: the backbone a checkpoint file holds (trainer checkpoint, exported ``backbone.pt``, state
-dict).
-- ``precision``: the precision evaluation runs in (the config's, where the device supports it).
+  dict).
 - ``features``: the one feature-extraction loop (probe, fine-tuning's test, kNN), and its gather over ranks.
 - ``linear``: CVRL's linear protocol from loaders (cached feature passes, test views averaged per video).
 - ``finetune``: the whole network and a head trained together, then tested on the same views.
-- ``probe``: the probe's math, free of data (scaled lr, warm-up + cosine, SGD on features, view averaging).
+- ``probe``: the probe's math, free of data (warm-up + cosine, SGD on features, view averaging).
 - ``knn``: the weighted kNN monitor (``train.knn_every``), sharded over ranks, bank and queries capped.
+
+The precision evaluation runs in is ``fastcvrl.precision.eval_precision``.
 """
