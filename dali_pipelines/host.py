@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from . import spatial, temporal
-from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
+from .packets import PacketIndex, VideoChangedError, VideoReadError, index_and_bytes, trim
 from .settings import EvalSettings, PretrainSettings
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class VideoSource:
 
     columns: tuple[str, ...] = ()  # output names, in the order handed to DALI
     purpose = 0  # separates the random streams of the different pipelines
+    stop_on_change = False  # a file changed since the manifest raises instead of being replaced (loaders)
 
     def __init__(
         self,
@@ -220,6 +221,8 @@ class VideoSource:
             try:
                 sample = self.sample(v)
             except VideoReadError as e:
+                if self.stop_on_change and isinstance(e, VideoChangedError):
+                    raise  # data.skip_corrupt: false
                 self.mark_bad(v, str(e))
                 continue
             if k:
@@ -252,7 +255,7 @@ class VideoSource:
                 v = int(self.order[(pos + j) % len(self.order)])
                 if v not in self.bad:
                     try:
-                        index_and_bytes(self.entries[v].path)
+                        index_and_bytes(self.entries[v].path, self.entries[v].fingerprint)
                         reason = "unreadable in a loader worker"
                     except VideoReadError as e:
                         reason = str(e)
@@ -263,7 +266,7 @@ class VideoSource:
         path = self.entries[video].path
         idx = self._index.get(path)
         if idx is None:
-            idx, self._first_read[path] = index_and_bytes(path)
+            idx, self._first_read[path] = index_and_bytes(path, self.entries[video].fingerprint)
             self._index[path] = idx
             if len(self._index) > self.index_cache:
                 self._index.popitem(last=False)

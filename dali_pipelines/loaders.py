@@ -86,6 +86,7 @@ class DaliLoader:
         self.device = torch.device(device)
         self.batch_size = source.batch_size
         self.skip_corrupt = skip_corrupt
+        source.stop_on_change = not skip_corrupt  # a file replaced since prepare stops the run, named
         self.clips_per_sample = clips_per_sample
         self.stats = {"videos": 0, "clips": 0, "frames_decoded": 0, "bytes_read": 0}
         self.last_meta: np.ndarray | None = None
@@ -177,8 +178,11 @@ class DaliLoader:
             return self._pipe.run()
         except StopIteration:
             raise RuntimeError(f"the pipeline ended the epoch early at step {step} of {len(self)}") from None
-        except RuntimeError as e:
-            if self.host_workers:  # the samples were made in the workers: make them again here to check them
+        except Exception as e:  # DALI's own errors are RuntimeErrors; a host worker's arrive as Exception
+            if isinstance(e, VideoReadError) or not (isinstance(e, RuntimeError) or self.host_workers):
+                raise  # raised by the source itself in this process (a strict stop, a bug): as it is
+            if self.host_workers:  # the samples were made in the workers: make them again here (a strict stop
+                # raises here, in this process, with its own message)
                 for ahead in range(step, min(step + self.host_workers + 2, len(self))):
                     self.source.batch(ahead)
             video = self._find_undecodable()

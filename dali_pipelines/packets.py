@@ -26,6 +26,7 @@ import av
 import numpy as np
 
 from . import matroska
+from .manifest import fingerprint_bytes
 
 
 class VideoReadError(RuntimeError):
@@ -34,6 +35,10 @@ class VideoReadError(RuntimeError):
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path = path
+
+
+class VideoChangedError(VideoReadError):
+    """A file whose bytes no longer match its manifest fingerprint (replaced after ``prepare``)."""
 
 
 _IVF_FOURCC = {"vp8": b"VP80", "vp9": b"VP90"}
@@ -94,11 +99,20 @@ def build_index(path: str) -> PacketIndex:
     return index_and_bytes(path)[0]
 
 
-def index_and_bytes(path: str) -> tuple[PacketIndex, bytes]:
-    """``build_index`` plus the file's bytes (one read serves both the index and the first clip)."""
+def index_and_bytes(path: str, fingerprint: str = "") -> tuple[PacketIndex, bytes]:
+    """``build_index`` plus the file's bytes (one read serves both the index and the first clip).
+    ``fingerprint``: the manifest's ``file_fingerprint`` of the file (``""``: not checked); a file whose
+    bytes no longer match it (replaced after ``prepare``) is a ``VideoReadError`` saying so, computed from
+    the bytes read here (no extra read)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
+        if fingerprint and fingerprint_bytes(data) != fingerprint:
+            raise VideoChangedError(
+                path,
+                f"changed since the manifest was written ({len(data)} bytes, fingerprint "
+                f"{fingerprint_bytes(data)}; the manifest says {fingerprint}): prepare it again",
+            )
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
                 raise VideoReadError(path, "no video stream")

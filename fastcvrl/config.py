@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fastcvrl.domains import ConfigError, Relation
+from fastcvrl.domains import SHOWN_CHARS, ConfigError, Relation, shown
 from fastcvrl.schema import Config, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 
 __all__ = [  # the config API: the keys (fastcvrl.schema) and the loading machinery below
@@ -46,6 +46,7 @@ __all__ = [  # the config API: the keys (fastcvrl.schema) and the loading machin
     "get_value",
     "load_config",
     "load_yaml",
+    "read_yaml_text",
     "merge",
     "parse_overrides",
     "relations",
@@ -93,10 +94,10 @@ def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
         if domain is not None and not domain.allows(
             value
         ):  # (a key without one fails tests/test_config_domains.py)
-            raise ConfigError(f"{dotted}: expected {domain.describe()}, got {value!r}")
+            raise ConfigError(f"{dotted}: expected {domain.describe()}, got {shown(value)}")
     for r in relations():
         if wanted(r.keys[0]) and not r.holds(cfg):
-            got = ", ".join(f"{k}={get_value(cfg, k)!r}" for k in r.keys)
+            got = ", ".join(f"{k}={shown(get_value(cfg, k))}" for k in r.keys)
             raise ConfigError(f"{r.keys[0]}: expected {r.rule}, got {got}")
     return cfg
 
@@ -168,8 +169,55 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- YAML I/O
+MAX_YAML_BYTES = 1 << 20  # a config is a few kB; anything near this is not a config
+MAX_YAML_NODES = 100_000  # values after alias expansion: the shipped configs have a few hundred
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one) and documents whose
+    aliases expand beyond ``MAX_YAML_NODES`` values (a "billion laughs" of a few hundred bytes would
+    otherwise take gigabytes as soon as anything walks the value)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        expanded = _expanded_size(node, MAX_YAML_NODES)
+        if expanded > MAX_YAML_NODES:
+            raise ConfigError(
+                f"aliases (*name) expand to more than {MAX_YAML_NODES} values: refused (a config needs a few "
+                "hundred; write the values out)"
+            )
+        return self.construct_document(node)
+
+
+def _expanded_size(root: yaml.Node, budget: int) -> int:
+    """Values in the tree of ``root`` with every alias expanded, counted without expanding (each node's size
+    is computed once); stops counting past ``budget``. Cycles (an alias inside its own anchor) count as
+    over the budget."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if not children_done:
+            if key in busy:
+                return budget + 1  # a cycle: infinite expansion
+            busy.add(key)
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        busy.discard(key)
+        sizes[key] = min(budget + 1, 1 + sum(sizes.get(id(k), budget + 1) for k in kids))
+    return sizes[id(root)]
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -179,7 +227,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         key = loader.construct_object(key_node, deep=deep)
         if key in out:
             line = key_node.start_mark.line + 1
-            raise ConfigError(f"duplicate key {key!r} (line {line})")
+            raise ConfigError(f"duplicate key {shown(key)} (line {line})")
         out[key] = loader.construct_object(value_node, deep=deep)
     return out
 
@@ -206,12 +254,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {shown(value)}")
         return _from_dict(tp, value, key + ".")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {shown(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is typing.Union or isinstance(tp, types.UnionType):  # e.g. int | str: the first arm that fits
         arms = typing.get_args(tp)
@@ -224,19 +272,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a bool (true/false), got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{key}: expected a bool (true/false), got {type(value).__name__} {shown(value)}"
+            )
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an int, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected an int, got {type(value).__name__} {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a float, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a float, got {type(value).__name__} {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {shown(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - schema error
 
@@ -246,7 +296,7 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     unknown = [k for k in data if k not in hints]
     if unknown:
         known = ", ".join(sorted(hints))
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s} (known keys here: {known})")
+        raise ConfigError(f"unknown key {prefix}{_cut(unknown[0])} (known keys here: {known})")
     kwargs = {k: _coerce(v, hints[k], prefix + str(k)) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -254,13 +304,13 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def merge(base: Any, data: dict, prefix: str = "") -> Any:
     """Return a copy of dataclass ``base`` with the (possibly partial, nested) mapping ``data`` applied."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {shown(data)}")
     hints = _hints(type(base))
     changes = {}
     for k, v in data.items():
         if k not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown key {prefix}{k!s} (known keys here: {known})")
+            raise ConfigError(f"unknown key {prefix}{_cut(k)} (known keys here: {known})")
         cur = getattr(base, k)
         if dataclasses.is_dataclass(cur):
             changes[k] = merge(cur, v, f"{prefix}{k}.")
@@ -282,7 +332,7 @@ def parse_overrides(args: Sequence[str]) -> dict:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--"):
-            raise ConfigError(f"expected an override like --section.key=value, got {arg!r}")
+            raise ConfigError(f"expected an override like --section.key=value, got {shown(arg)}")
         body = arg[2:]
         if "=" in body:
             key, raw = body.split("=", 1)
@@ -293,7 +343,7 @@ def parse_overrides(args: Sequence[str]) -> dict:
             raise ConfigError(f"override --{body} has no value (write --{body}=VALUE)")
         try:
             value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         if value is None or (":" in raw and isinstance(value, (int, float))):
             value = raw  # YAML 1.1 reads 50:60 as a base-60 number; on a command line it is text
@@ -308,17 +358,48 @@ def parse_overrides(args: Sequence[str]) -> dict:
     return out
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def _cut(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def read_yaml_text(path: str | os.PathLike, limit: int = MAX_YAML_BYTES) -> str:
+    """The text of a YAML file the project reads (a config, a run folder's ``config.yaml``): at most
+    ``limit`` bytes, UTF-8; ``ConfigError`` naming the file otherwise (read no further than the limit)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_StrictLoader)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: larger than {limit} bytes, too large for a config file: refused")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """The top-level mapping of a YAML file, read through ``read_yaml_text`` (size and encoding bounded)
+    and ``_StrictLoader`` (no duplicate keys, bounded alias expansion); errors are one ``ConfigError`` line
+    naming the file."""
+    path = os.fspath(path)
+    text = read_yaml_text(path)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,6 +4,7 @@ between keys, and ``key(...)``, the declaration of one config key with its defau
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,19 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key (and file) at fault."""
+
+
+SHOWN_CHARS = 80  # the most of a value an error message quotes
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 8, 8, 8
+_SHORT.maxstring = _SHORT.maxother = SHOWN_CHARS
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to about ``SHOWN_CHARS`` characters (nesting and lengths bounded before any
+    string is built), so an error quoting a huge or deeply shared value stays one short line."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------------- value domains

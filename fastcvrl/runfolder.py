@@ -12,7 +12,6 @@ message. It is advisory: it binds fastcvrl trainers, not other programs.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -29,10 +28,12 @@ from fastcvrl import dist
 from fastcvrl.atomic import atomic_write, sweep, temp_path
 from fastcvrl.config import Config, save_config, to_dict
 from fastcvrl.logger import write_env
+from fastcvrl.storage import StorageError, storage_error  # noqa: F401 (StorageError: part of this API)
 
 LOCK_NAME = "train.lock"
 CHANGES_NAME = "config_changes.yaml"
 BACKBONE_NAME = ckpt.BACKBONE_NAME
+TB_NAME = "tb"  # TensorBoard logs (fastcvrl.logger.Board)
 T = TypeVar("T")
 
 
@@ -42,34 +43,10 @@ class RunFolderError(RuntimeError):
     exit_code = 2
 
 
-class StorageError(RuntimeError):
-    """A file-system error (permission, read-only, full disk, I/O): the message names the path and what to
-    do."""
-
-    exit_code = 4
-
-
 class PeerFailed(RuntimeError):
     """Another rank failed; its own message is printed by the lowest failing rank."""
 
     exit_code = 1
-
-
-def storage_error(e: OSError, doing: str, after: str = "") -> StorageError:
-    """One line from an ``OSError``: what failed on which path, the system's reason, and what to do."""
-    path = e.filename or "?"
-    code = errno.errorcode.get(e.errno or 0, "")
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        todo = f"free space on the file system holding {path} (or set train.out_dir elsewhere)"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = path if os.path.isdir(path) else os.path.dirname(path) or path
-        todo = f"make {where} writable (and readable) for this user, or set train.out_dir elsewhere"
-    else:
-        todo = f"check the disk and file system holding {path}"
-    return StorageError(
-        f"{doing} {path}: {e.strerror or e}{f' ({code})' if code else ''}. {after}"
-        f"{todo}, then rerun the same command (it resumes from the last good checkpoint)."
-    )
 
 
 def agreed(fn: Callable[[], T], rank0_only: bool = False) -> T | None:
@@ -243,9 +220,11 @@ class RunFolder:
         """Rank 0, once the checks passed: the resolved config, the environment record, the accepted changes
         appended to ``config_changes.yaml``, the checkpoint folder made (and checked writable) and the
         temporaries of dead writers removed. ``StorageError`` naming the path on any file-system error."""
+        self.check_paths()
         try:
             folder = ckpt.checkpoint_dir(self.path)
             folder.mkdir(exist_ok=True)
+            (self.path / TB_NAME).mkdir(exist_ok=True)
             probe = temp_path(folder / "write-test")  # a temporary's name: swept if we die right here
             try:  # a read-only checkpoints/ fails now, not after the first train.ckpt_every steps
                 os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
@@ -260,6 +239,32 @@ class RunFolder:
             write_env(self.path, world_size, device)
         except OSError as e:
             raise storage_error(e, "cannot write to the run folder:") from None
+
+    def check_paths(self) -> None:
+        """Every path the run writes, checked before anything is written: a file where the run makes a folder
+        (``tb``, ``checkpoints``) or a folder where it writes a file is a ``RunFolderError`` naming it (not a
+        ``FileExistsError`` traceback at the first log line)."""
+        folders = {TB_NAME: "its TensorBoard logs", ckpt.CKPT_DIR: "its checkpoints"}
+        files = {
+            "config.yaml": "the resolved config",
+            "env.json": "the environment record",
+            CHANGES_NAME: "the accepted config changes",
+            BACKBONE_NAME: "the trained backbone",
+        }
+        for name, what in folders.items():
+            p = self.path / name
+            if (p.exists() or p.is_symlink()) and not p.is_dir():
+                raise RunFolderError(
+                    f"{p} exists and is not a folder (the run keeps {what} there): move it away, or set "
+                    "another train.out_dir"
+                )
+        for name, what in files.items():
+            p = self.path / name
+            if p.is_dir():
+                raise RunFolderError(
+                    f"{p} is a folder (the run writes {what} to that name): move it away, or set another "
+                    "train.out_dir"
+                )
 
     def record_changes(self, changes: dict[str, tuple[Any, Any]], step: int) -> Path:
         """Append one YAML document (time, step, ``key: {old, new}``) to ``config_changes.yaml``."""

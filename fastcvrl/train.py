@@ -56,6 +56,7 @@ from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist, preflight
 from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
 from fastcvrl.datasets.synthetic import ensure_synthetic
+from fastcvrl.faults import OOM_EXIT, out_of_memory_message, skipped_summary
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
@@ -572,6 +573,8 @@ def main(argv: list[str] | None = None) -> RunResult:
             warm_up(run.step_fn, step, synthetic_views(*view_spec(cfg, env)))
         run.stop = dist.StopFlag()
         pos = train(run, pos)
+        if skipped_summary(run.loader):  # the files left out on the way, named once more at the end
+            print(skipped_summary(run.loader), flush=True)
         if run.stop.raised:
             return RunResult(143, pos.step, run.run_dir, run.plain)
         path = agreed(
@@ -619,7 +622,8 @@ def _planned_device() -> torch.device:
 
 def cli(argv: list[str] | None = None) -> int:
     """``main`` with the known failures turned into one clear line and an exit code (no traceback): 2 bad
-    input or a refused run folder, 3 a non-finite loss, 4 a file-system error, 1 another rank failed."""
+    input or a refused run folder, 3 a non-finite loss, 4 a file-system error, 5 out of memory, 1 another
+    rank failed."""
     try:
         return main(argv).exit_code
     except (ConfigError, ManifestError, UndecodableError) as e:
@@ -631,6 +635,12 @@ def cli(argv: list[str] | None = None) -> int:
     except (RunFolderError, StorageError, PeerFailed) as e:
         _error(e)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:  # out of memory: one line naming the settings to lower (exit 5)
+        msg = out_of_memory_message(e)
+        if msg is None:
+            raise
+        _error(RuntimeError(msg))
+        return OOM_EXIT
 
 
 def _error(e: BaseException) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -49,21 +50,38 @@ def test_tree_cpu_seconds_counts_child_processes():
         "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
         "print('ok', flush=True)\ntime.sleep(30)"
     )
-    before = common.tree_cpu_seconds()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ok"
-        assert common.tree_cpu_seconds() - before >= 0.25  # the child's busy loop is in the tree's total
+        # no "before" baseline: other children of this process (an earlier test's workers) may exit in between
+        child_s = common.tree_cpu_seconds(child.pid)  # the child's busy loop (it sleeps now: it stays put)
+        own = time.process_time()
+        total = common.tree_cpu_seconds()
+        assert child_s >= 0.25 and total - own >= child_s  # the tree's total holds the child's time
     finally:
         kill_and_wait(child)
 
 
+_SHORT_WORK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import common
+before = common.tree_cpu_seconds()
+x = 0
+for i in range(20000):  # about a millisecond: below the 10 ms /proc tick
+    x += i * i
+print(common.tree_cpu_seconds() > before)
+"""
+
+
 def test_tree_cpu_seconds_resolves_short_work_in_this_process():
-    before = common.tree_cpu_seconds()
-    x = 0
-    for i in range(20000):  # about a millisecond: below the 10 ms /proc tick
-        x += i * i
-    assert common.tree_cpu_seconds() > before
+    """In a fresh interpreter without children: here, an earlier test's child exiting in between would
+    lower the tree's total by its own time."""
+    r = subprocess.run(
+        [sys.executable, "-c", _SHORT_WORK, str(BENCH)], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
 
 
 def test_ratio_guards_zero_and_missing():
@@ -74,7 +92,6 @@ def test_ratio_guards_zero_and_missing():
 
 
 def test_tree_memory_counts_child_processes():
-    before, _ = common.tree_memory_mb()
     code = (
         "import time; b = bytearray(80 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
         "print('ok', flush=True); time.sleep(30)"
@@ -82,8 +99,13 @@ def test_tree_memory_counts_child_processes():
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ok"
-        after, pss = common.tree_memory_mb()
-        assert after - before > 70 and pss > 70  # the child's 80 MB are in the tree's total
+        # no "before" baseline: other children of this process (an earlier test's workers) may exit in between
+        child_rss, child_pss = common.tree_memory_mb(child.pid)
+        total_rss, total_pss = common.tree_memory_mb()
+        own_rss, own_pss = (kb / 1024.0 for kb in common._rss_pss_kb(os.getpid()))
+        assert child_rss > 70 and child_pss > 70  # the child's 80 MB
+        # in the tree's total beside this process's own (5 MB: what this process may free in between)
+        assert total_rss > own_rss + child_rss - 5 and total_pss > own_pss + child_pss - 5
     finally:
         kill_and_wait(child)
 

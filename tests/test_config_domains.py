@@ -231,7 +231,7 @@ def test_the_synthetic_set_too_small_for_a_batch_is_refused_before_it_is_generat
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
     )
 
 

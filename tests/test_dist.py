@@ -6,7 +6,7 @@ import os
 
 import torch
 import torch.multiprocessing as mp
-from processes import free_port
+from processes import rendezvous_env
 from torch import nn
 
 from fastcvrl import dist as fdist
@@ -33,10 +33,9 @@ def _step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, gather=None) -> 
     return loss.detach()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, meet: dict, out_dir: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        meet,
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
         LOCAL_RANK=str(rank),
@@ -67,7 +66,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_gloo_ranks_match_single_process_gradient(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    with rendezvous_env() as meet:
+        mp.spawn(_worker, args=(meet, str(tmp_path)), nprocs=WORLD, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     model = _model()
@@ -112,12 +112,11 @@ class _OldDDP(nn.parallel.DistributedDataParallel):
         )
 
 
-def _api_worker(rank: int, port: int, out_dir: str, old_api: bool) -> None:
+def _api_worker(rank: int, meet: dict, out_dir: str, old_api: bool) -> None:
     import warnings
 
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        meet,
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
         LOCAL_RANK=str(rank),
@@ -164,7 +163,8 @@ def test_current_and_older_torch_collective_names_give_the_same_gradients(tmp_pa
     for old in (False, True):
         out = tmp_path / ("old" if old else "new")
         out.mkdir()
-        mp.spawn(_api_worker, args=(free_port(), str(out), old), nprocs=WORLD, join=True)
+        with rendezvous_env() as meet:
+            mp.spawn(_api_worker, args=(meet, str(out), old), nprocs=WORLD, join=True)
         for r in range(WORLD):
             res = torch.load(out / f"api{r}.pt")
             for g, ref in zip(res["grads"], full):

@@ -378,7 +378,7 @@ def test_cli_reports_a_missing_manifest(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert r.returncode == 2
     assert "manifest not found" in r.stderr and str(missing) in r.stderr
@@ -606,7 +606,7 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "fastcvrl.eval", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         env=env,
         cwd=cwd,
     )

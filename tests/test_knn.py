@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
-from processes import free_port
+from processes import rendezvous_env
 from torch import nn
 
 from fastcvrl.eval.features import clip_features, video_features
@@ -174,10 +174,9 @@ def _knn_run(train_m: str, test_m: str) -> dict:
     }
 
 
-def _knn_worker(rank: int, port: int, train_m: str, test_m: str, out: str) -> None:
+def _knn_worker(rank: int, meet: dict, train_m: str, test_m: str, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
+        meet,
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
         LOCAL_RANK=str(rank),
@@ -194,23 +193,24 @@ def _knn_worker(rank: int, port: int, train_m: str, test_m: str, out: str) -> No
 def test_two_gloo_ranks_give_the_single_process_knn(knn_set, tmp_path):
     train_m, test_m = knn_set
     ctx = mp.get_context("spawn")
-    port = free_port()
-    procs = [
-        ctx.Process(target=_knn_worker, args=(r, port, train_m, test_m, str(tmp_path))) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 300
-    try:
-        while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
-            if any(p.exitcode not in (None, 0) for p in procs):
-                break  # one rank failed: the other would wait at a collective until the deadline
-            time.sleep(0.2)
-    finally:
+    with rendezvous_env() as meet:
+        procs = [
+            ctx.Process(target=_knn_worker, args=(r, meet, train_m, test_m, str(tmp_path)))
+            for r in range(WORLD)
+        ]
         for p in procs:
-            if p.exitcode is None:
-                p.kill()
-            p.join(10)
+            p.start()
+        deadline = time.monotonic() + 300
+        try:
+            while any(p.exitcode is None for p in procs) and time.monotonic() < deadline:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    break  # one rank failed: the other would wait at a collective until the deadline
+                time.sleep(0.2)
+        finally:
+            for p in procs:
+                if p.exitcode is None:
+                    p.kill()
+                p.join(10)
     assert [p.exitcode for p in procs] == [0, 0], "a kNN rank failed or ran past the deadline"
 
     single = _knn_run(train_m, test_m)  # no process group: the same caps, one process

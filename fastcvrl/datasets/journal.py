@@ -3,16 +3,20 @@ that an interrupted run is resumed by running the same command again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 from fastcvrl.datasets.videoprobe import Probe
+from fastcvrl.storage import storage_error
 
 JOURNAL = ".prepare-journal.jsonl"
 JOURNAL_VERSION = 1
 NO_PERMISSION = "no permission to read"  # the detail of a rejection the next run retries
+STORAGE = "storage"  # the reason of a worker's write fault: the run stops (exit 4), nothing journaled
+RERUN = "it redoes only the files not done"  # what rerunning prepare does (fastcvrl.storage messages)
 
 
 def _retry_later(probe: Probe) -> bool:
@@ -20,7 +24,7 @@ def _retry_later(probe: Probe) -> bool:
     permission): not journaled, so the next run tries the file again. (Journals of earlier versions hold
     permission rejections as ``unreadable`` with a ``PermissionError: ...`` detail: retried too.)"""
     return (
-        probe.reason in ("failed", "timeout")
+        probe.reason in ("failed", "timeout", STORAGE)
         or probe.detail.startswith(NO_PERMISSION)
         or (probe.reason == "unreadable" and probe.detail.startswith("PermissionError"))
     )
@@ -45,7 +49,11 @@ class Journal:
                         continue
                     if isinstance(rec, dict) and rec.get("settings") == settings and "src" in rec:
                         self.records[rec["src"]] = rec
-        self._file = open(path, "a", encoding="utf-8")
+        self.failed = False
+        try:
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise storage_error(e, "cannot open the resume journal", setting="--out", rerun=RERUN) from None
 
     def lookup(self, src: str) -> Probe | None:
         rec = self.records.get(src)
@@ -82,12 +90,32 @@ class Journal:
             "probe": asdict(probe),
             "out_size": out_size,
         }
+        try:
+            self._file.write(json.dumps(rec) + "\n")
+            self._file.flush()
+        except OSError as e:  # a line cut short is ignored when read: the file is simply done again
+            self.failed = True
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise storage_error(e, "cannot write the resume journal", setting="--out", rerun=RERUN) from None
         self.records[src] = rec
-        self._file.write(json.dumps(rec) + "\n")
-        self._file.flush()
 
     def close(self) -> None:
-        if not self._file.closed:
+        """Flush and fsync; a fault is a ``StorageError`` (after an earlier one: silent, it was told)."""
+        if self._file.closed:
+            return
+        if self.failed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            return
+        try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+        except OSError as e:
+            self.failed = True
+            with contextlib.suppress(OSError):
+                self._file.close()
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise storage_error(e, "cannot write the resume journal", setting="--out", rerun=RERUN) from None

@@ -19,8 +19,11 @@ gets the same labels as its training split.
 from __future__ import annotations
 
 import csv
+import os
 import re
-from dataclasses import dataclass
+import stat
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_EXTENSIONS = {
@@ -58,6 +61,51 @@ class Source:
     items: list[Item]
     classes: list[str]
     notes: list[str]  # what was chosen or skipped, for the user
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail): never listed
+
+
+def class_name_problem(name: str) -> str:
+    """Why ``name`` cannot be a class name ("" when it can): ``classes.txt`` holds one name per line and must
+    read back exactly, so no control characters (a newline would split the name), no line or paragraph
+    separators, not empty or only white space, and valid UTF-8 (a folder name may not be)."""
+    if not name.strip():
+        return "is empty or only white space"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    for c in name:
+        if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            return f"holds the control character U+{ord(c):04X}"
+    return ""
+
+
+def special_kind(p: Path) -> str:
+    """ "FIFO", "socket", "character device", "block device" for such a file (followed through links),
+    else ""."""
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return ""
+    for test, kind in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return ""
+
+
+def _cut(value: str, limit: int = 120) -> str:
+    """``repr(value)`` of at most about ``limit`` characters: an error quoting a line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown_name(name: str) -> str:
+    return repr(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
 
 def _is_video(p: Path) -> bool:
@@ -71,9 +119,10 @@ def _is_video(p: Path) -> bool:
 
 
 def _absolute(p: Path) -> str:
-    """``p`` resolved; a broken symbolic link (a loop, or a link to nothing) keeps its own name, so the user
-    reads the file they listed, not where it leads (a loop has no end to resolve to)."""
-    if p.is_symlink() and not p.exists():
+    """``p`` resolved; a broken symbolic link (a loop, or a link to nothing) or a link to a special file keeps
+    its own name, so the user reads the file they listed, not where it leads (a loop has no end to resolve
+    to)."""
+    if p.is_symlink() and (not p.exists() or special_kind(p)):  # a link to a device: named as listed too
         try:
             return str(p.parent.resolve() / p.name)
         except RuntimeError:  # a loop in the folders above
@@ -118,17 +167,28 @@ def detect_format(src: Path) -> tuple[str, str]:
 
 def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | None = None) -> Source:
     notes: list[str] = []
+    rejected: list[tuple[str, str, str]] = []
     exclude = exclude.resolve() if exclude else None
     found: dict[str, list[Path]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if exclude is not None and (d.resolve() == exclude or exclude in d.resolve().parents):
             notes.append(f"skipped {d}: it is the output folder")
             continue
+        for p in sorted(d.rglob("*")):
+            kind = special_kind(p)
+            if kind:  # a FIFO, socket or device (or a link to one): never a video, never left out unseen
+                link = f" (a symbolic link to {os.readlink(p)})" if p.is_symlink() else ""
+                rejected.append((str(p), "special file", f"a {kind}{link}, not a regular file"))
         videos = sorted(
             p
             for p in d.rglob("*")
             if _is_video(p) and not (exclude and exclude in Path(_absolute(p)).parents)
         )
+        problem = class_name_problem(d.name)
+        if videos and problem:
+            why = f"the class folder name {_shown_name(d.name)} {problem}: rename the folder"
+            rejected.extend((_absolute(p), "bad class name", why) for p in videos)
+            continue
         if videos:
             found[d.name] = videos
         others = [p for p in d.rglob("*") if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS]
@@ -138,12 +198,13 @@ def read_folder(root: Path, classes: list[str] | None = None, exclude: Path | No
     if loose:
         notes.append(f"ignored {len(loose)} video(s) directly in {root}, outside any class folder")
     if not found:
+        bad = f" ({len(rejected)} file(s) rejected: {rejected[0][2]})" if rejected else ""
         raise SourceError(
-            f"{root}: no class sub-folders with video files ({', '.join(sorted(VIDEO_EXTENSIONS))})"
+            f"{root}: no class sub-folders with video files ({', '.join(sorted(VIDEO_EXTENSIONS))}){bad}"
         )
     classes, index = _labels_for(list(found), classes, str(root))
     items = [Item(_absolute(p), index[c]) for c in sorted(found, key=index.get) for p in found[c]]
-    return Source("folder", items, classes, notes)
+    return Source("folder", items, classes, notes, rejected)
 
 
 def read_kinetics(
@@ -194,7 +255,7 @@ def read_ucf101(list_path: Path, videos: Path, classes: list[str] | None = None)
         rel = parts[0]
         name = rel.replace("\\", "/").split("/")[0]
         if name not in index:
-            raise SourceError(f"{list_path}:{lineno}: class {name!r} is not in {ind}")
+            raise SourceError(f"{list_path}:{lineno}: class {_cut(name)} is not in {ind}")
         if len(parts) > 1 and int(parts[1]) - 1 != index[name]:
             raise SourceError(
                 f"{list_path}:{lineno}: label {parts[1]} disagrees with classInd.txt for {name}"
@@ -232,7 +293,7 @@ def read_list(list_path: Path, videos: Path | None = None, classes: list[str] | 
             continue
         parts = re.split(r"[\s,]+(?=[^\s,]+$)", line, maxsplit=1)  # the label is the last field
         if len(parts) != 2 or not parts[0].strip():
-            raise SourceError(f"{list_path}:{lineno}: expected 'path label', got {line!r}")
+            raise SourceError(f"{list_path}:{lineno}: expected 'path label', got {_cut(line)}")
         path, label = parts[0].strip().rstrip(","), parts[1].strip()
         if lineno == 1 and label.lower() == "label":  # a header row
             continue
@@ -292,6 +353,12 @@ def read_source(
     else:
         source = read_list(src, videos, classes)
     source.notes.insert(0, f"format: {fmt} ({why})")
+    for name in source.classes:  # a folder's bad names are rejected file by file above; here: the lists'
+        problem = class_name_problem(name)
+        if problem:
+            raise SourceError(
+                f"{src}: the class name {_shown_name(name)} {problem} (classes.txt holds one name per line)"
+            )
     seen: set[str] = set()
     unique = [it for it in source.items if not (it.path in seen or seen.add(it.path))]
     if len(unique) < len(source.items):

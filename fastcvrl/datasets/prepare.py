@@ -14,17 +14,25 @@ redoes nothing already done. Rejections that may be the machine's fault rather t
 permission, a worker failure, a timeout) are not journaled: the next run tries those files again. The manifest
 is written only when every file is done, atomically (temporary file, then rename), so it is never
 half-written. The worker processes die with the command (a parent-death signal on Linux), even when it is
-killed."""
+killed.
+
+One run per output folder: ``DIR/.prepare.lock`` is ``flock``'ed for the run's life (a second run is refused
+naming the holder), and only temporaries whose writer is dead are swept. A fault of the machine while writing
+(full disk, file-size limit, I/O error, no permission) stops the run with exit 4 in one line; the partial
+file is removed and nothing is journaled for it, so the same command redoes it."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -38,15 +46,25 @@ from pathlib import Path
 
 from dali_pipelines.codecs import CPU_CODECS
 from dali_pipelines.cores import usable_cores
-from dali_pipelines.manifest import VideoEntry, read_classes
-from fastcvrl.datasets.journal import JOURNAL, JOURNAL_VERSION, NO_PERMISSION, Journal, _retry_later
+from dali_pipelines.manifest import ManifestError, VideoEntry, escaped_name, file_fingerprint, read_classes
+from fastcvrl.datasets.journal import (
+    JOURNAL,
+    JOURNAL_VERSION,
+    NO_PERMISSION,
+    RERUN,
+    STORAGE,
+    Journal,
+    _retry_later,
+)
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
 from fastcvrl.datasets.manifest import write_classes, write_manifest
-from fastcvrl.datasets.transcode import _TEMP_RE, TRANSCODE_CODECS, Transcode, transcode_video
+from fastcvrl.datasets.transcode import _TEMP_RE, TEMP_PREFIX, TRANSCODE_CODECS, Transcode, transcode_video
 from fastcvrl.datasets.video import CODECS
 from fastcvrl.datasets.videoprobe import Probe, probe_video
+from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+LOCK = ".prepare.lock"  # in --out: flock'ed for the run's life (one prepare per output folder)
 
 
 class PrepareError(ValueError):
@@ -74,8 +92,22 @@ def _work(job: Job) -> dict:
         probe = (
             transcode_video(src, dst, opts, threads) if opts and dst else probe_video(src, threads=threads)
         )
+    except OSError as e:
+        if not (dst and e.errno in WRITE_FAULTS):
+            return asdict(Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}"))
+        # writing failed (full disk, file-size limit, I/O): the machine's fault; the run stops (exit 4)
+        where = dst if os.path.basename(str(e.filename or "")).startswith(TEMP_PREFIX) else e.filename or dst
+        fault = storage_error(
+            OSError(e.errno, e.strerror, where), "cannot write", setting="--out", rerun=RERUN
+        )
+        return asdict(Probe(src, reason=STORAGE, detail=str(fault)))
     except Exception as e:  # one bad file never stops the run
         probe = Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
+    if probe.ok:
+        try:  # the loader checks it against the bytes it reads (dali_pipelines.manifest)
+            probe = replace(probe, fingerprint=file_fingerprint(probe.path))
+        except OSError as e:
+            probe = Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}")
     return asdict(probe)
 
 
@@ -87,6 +119,7 @@ def _worker_init(parent: int) -> None:
     parent-death signal: even a SIGKILLed ``prepare`` leaves no worker decoding on). ``parent``: the pid
     that created the pool; a parent that died before the signal was set is caught by the ``getppid`` check."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # beyond the file-size limit: EFBIG, told, not a crash
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # not fatal: the work is still right
@@ -147,16 +180,74 @@ def _output_paths(items: list[Item], classes: list[str], out: Path, codec: str) 
     return paths
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Half-written outputs of a killed run under ``DIR/videos``, which we own: ``temp_path`` names, and the
-    ``<stem>.tmp<pid><ext>`` names of earlier versions."""
+def _temp_writer(name: str) -> int | None:
+    """The pid in a transcode temporary's name (``temp_path``, or ``<stem>.tmp<pid><ext>`` of earlier
+    versions); ``None`` for any other name."""
+    m = _TEMP_RE.match(name)
+    if m:
+        return int(m.group(1))
+    stem = os.path.splitext(name)[0]
+    if ".tmp" in stem and stem.rsplit(".tmp", 1)[-1].isdigit():
+        return int(stem.rsplit(".tmp", 1)[-1])
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return pid != os.getpid()
+
+
+def _remove_stale_temporaries(out: Path) -> list[Path]:
+    """Half-written outputs under ``DIR/videos`` whose writer (the pid in the name) is dead: a killed run's.
+    A live writer's temporary is never touched (the ``--out`` lock keeps a second run out; this is the
+    second line of defence). Best effort: what cannot be removed stays."""
+    removed: list[Path] = []
     videos = out / "videos"
     if videos.is_dir():
         for p in videos.rglob("*"):
-            if p.is_file() and (
-                _TEMP_RE.match(p.name) or (".tmp" in p.stem and p.stem.rsplit(".tmp", 1)[-1].isdigit())
-            ):
-                p.unlink()
+            pid = _temp_writer(p.name)
+            if pid is not None and p.is_file() and not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def _lock_out(out: Path) -> int:
+    """Take ``DIR/.prepare.lock`` (``flock``, released by the OS when the process ends, however it ends);
+    ``PrepareError`` naming the holder when another ``prepare`` writes into ``out``."""
+    path = out / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise storage_error(e, "cannot create the lock file", setting="--out", rerun=RERUN) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        except OSError:
+            holder = []
+        os.close(fd)
+        who = f"pid {holder[0]} on host {holder[1]}" if len(holder) >= 2 else "a process starting up"
+        raise PrepareError(
+            f"{out} is in use by another prepare ({who}; lock file {path}): wait for it to end, or use "
+            "another --out"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode(), 0
+        )
+    except OSError as e:
+        os.close(fd)
+        raise storage_error(e, "cannot write the lock file", setting="--out", rerun=RERUN) from None
+    return fd
 
 
 def _result(fut: Future, src: str, crashed: Probe | None = None) -> Probe:
@@ -172,8 +263,12 @@ def _result(fut: Future, src: str, crashed: Probe | None = None) -> Probe:
 
 
 def _kill_workers(ex: ProcessPoolExecutor) -> None:
-    for p in list(getattr(ex, "_processes", {}).values()):
+    """SIGKILL the pool's processes and wait for them to end (so their temporaries can be swept)."""
+    procs = list(getattr(ex, "_processes", {}).values())
+    for p in procs:
         p.kill()
+    for p in procs:
+        p.join(timeout=30)
     ex.shutdown(wait=False, cancel_futures=True)
 
 
@@ -258,12 +353,30 @@ def _run_pool(
 
 
 def _write_rejected(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    """``rejected.csv``; names that are not valid UTF-8 written with ``\\xNN`` escapes (``escaped_name``)."""
     from fastcvrl.atomic import atomic_open
 
     with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason", "detail"])
-        w.writerows(rows)
+        w.writerows([tuple(escaped_name(c) for c in row) for row in rows])
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_name(path: str) -> Probe:
+    return Probe(
+        path,
+        reason="bad name",
+        detail="the file name is not valid UTF-8 (the manifest is UTF-8 text): rename it, e.g. with "
+        "convmv -f latin1 -t utf-8",
+    )
 
 
 def prepare(
@@ -283,8 +396,12 @@ def prepare(
     log: Callable[[str], None] = print,
 ) -> Summary:
     """Probe (and optionally transcode) every video listed by ``src``; write the manifest, classes and
-    rejections into ``out``. Raises ``PrepareError`` for bad arguments; never for a bad video."""
+    rejections into ``out``. Raises ``PrepareError`` for bad arguments (or an ``out`` in use by another run),
+    ``StorageError`` when writing into ``out`` fails (nothing journaled for the file at fault: the next run
+    does it again); never for a bad video."""
     start = time.perf_counter()
+    say = log
+    log = lambda msg: say(escaped_name(msg))  # noqa: E731 (names that are not UTF-8 are printed escaped)
     src_p, out_p = (
         Path(os.path.expanduser(os.fspath(src))).absolute(),
         Path(os.path.expanduser(os.fspath(out))).absolute(),
@@ -317,12 +434,20 @@ def prepare(
     if classes_file is not None:
         if not os.path.isfile(classes_file):
             raise PrepareError(f"--classes file not found: {classes_file}")
-        classes = read_classes(classes_file)
+        try:
+            classes = read_classes(classes_file)
+        except (ManifestError, UnicodeDecodeError) as e:
+            raise PrepareError(f"--classes {classes_file}: {e}") from None
     try:
         source = read_source(
             src_p, fmt, Path(videos).absolute() if videos else None, subset, split_id, classes, exclude=out_p
         )
-    except (SourceError, OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # a list, CSV or split file that is not UTF-8 text
+        raise PrepareError(
+            f"{src_p} (or a file it needs, such as classInd.txt) is not UTF-8 text ({e.reason}): "
+            "save it as UTF-8"
+        ) from None
+    except (SourceError, OSError) as e:
         raise PrepareError(str(e)) from None
     for note in source.notes:
         log(note)
@@ -332,15 +457,34 @@ def prepare(
             raise PrepareError(
                 f"source video {inside[0]} lies inside {out_p / 'videos'}, where transcodes are written"
             )
-    out_p.mkdir(parents=True, exist_ok=True)
+    try:
+        out_p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, "cannot create the output folder", setting="--out", rerun=RERUN) from None
+    lock = _lock_out(out_p)  # held until this process ends (the OS releases it, however it ends)
+    try:
+        return _prepare_locked(
+            source, out_p, transcode, min_frames, workers, stop_after, timeout, quiet, log, start
+        )
+    finally:
+        os.close(lock)
+
+
+def _prepare_locked(
+    source, out_p: Path, transcode, min_frames, workers, stop_after, timeout, quiet, log, start
+) -> Summary:
+    """``prepare`` once it holds ``out``'s lock."""
     _remove_stale_temporaries(out_p)
     dst = _output_paths(source.items, source.classes, out_p, transcode.codec) if transcode else {}
     settings = json.dumps({"version": JOURNAL_VERSION, "transcode": asdict(transcode) if transcode else None})
     journal = Journal(out_p / JOURNAL, settings)
-    summary = Summary(listed=len(source.items))
+    summary = Summary(listed=len(source.items) + len(source.rejected))
     results: dict[str, Probe] = {}
     todo: list[str] = []
     for it in source.items:
+        if not _utf8(it.path):
+            results[it.path] = _bad_name(it.path)
+            continue
         found = journal.lookup(it.path)
         if found is None:
             todo.append(it.path)
@@ -362,6 +506,8 @@ def prepare(
     bar = tqdm(total=len(todo), unit="video", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True)
 
     def on_result(path: str, probe: Probe) -> None:
+        if probe.reason == STORAGE:  # the worker could not write: stop now (its partial file is gone)
+            raise StorageError(probe.detail)
         if not _retry_later(probe):  # may be ours (disk full, load, permissions): retried by the next run
             journal.add(path, probe)
         results[path] = probe
@@ -384,6 +530,11 @@ def prepare(
         )
         summary.seconds = time.perf_counter() - start
         raise
+    except StorageError:
+        bar.close()
+        journal.close()
+        _remove_stale_temporaries(out_p)  # the workers are gone: their partial files go too
+        raise
     finally:
         bar.close()
         journal.close()
@@ -395,27 +546,43 @@ def prepare(
             "run the same command again to continue"
         )
         return summary
-    entries, rejected = [], []
+    entries, rejected = [], list(source.rejected)
     summary.rejected.clear()  # recounted over every listed file, reused ones included
-    for it in source.items:
-        p = results[it.path]
-        if p.ok and p.num_frames < min_frames:
-            p = replace(
-                p, reason="too short", detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}"
-            )
-        if p.ok:
-            entries.append(VideoEntry(p.path, it.label, p.num_frames, p.fps, p.width, p.height, p.codec))
-        else:
-            rejected.append((it.path, p.reason, p.detail))
-            summary.rejected[p.reason] += 1
-    summary.usable, summary.complete = len(entries), True
-    _write_rejected(out_p / "rejected.csv", rejected)
-    write_classes(out_p / "classes.txt", source.classes)
-    if entries:
-        write_manifest(out_p / "manifest.csv", entries)  # last: its presence means the rest is written
-        summary.manifest = str(out_p / "manifest.csv")
-    elif (out_p / "manifest.csv").exists():
-        os.remove(out_p / "manifest.csv")
+    summary.rejected.update(r[1] for r in rejected)
+    try:
+        for it in source.items:
+            p = results[it.path]
+            if p.ok and p.num_frames < min_frames:
+                p = replace(
+                    p,
+                    reason="too short",
+                    detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}",
+                )
+            if p.ok and p.rotation:  # only without --transcode (a transcode is stored upright)
+                p = replace(
+                    p,
+                    reason="rotated",
+                    detail=f"display rotation {p.rotation} degrees, which the loaders do not apply (clips "
+                    "would be sideways): prepare with --transcode, which stores it upright",
+                )
+            if p.ok:
+                fingerprint = p.fingerprint or file_fingerprint(p.path)  # (journals of earlier versions)
+                entries.append(
+                    VideoEntry(p.path, it.label, p.num_frames, p.fps, p.width, p.height, p.codec, fingerprint)
+                )
+            else:
+                rejected.append((it.path, p.reason, p.detail))
+                summary.rejected[p.reason] += 1
+        summary.usable, summary.complete = len(entries), True
+        _write_rejected(out_p / "rejected.csv", rejected)
+        write_classes(out_p / "classes.txt", source.classes)
+        if entries:
+            write_manifest(out_p / "manifest.csv", entries)  # last: its presence means the rest is written
+            summary.manifest = str(out_p / "manifest.csv")
+        elif (out_p / "manifest.csv").exists():
+            os.remove(out_p / "manifest.csv")
+    except OSError as e:
+        raise storage_error(e, "cannot write", setting="--out", rerun=RERUN) from None
     _print_summary(summary, entries, [results[it.path] for it in source.items], out_p, log)
     return summary
 
@@ -457,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     epilog = (
         fastcvrl.datasets.listings.__doc__.split("\n", 1)[1]
         + "\nExit status: 0 done, 1 no usable video, 2 bad arguments, "
-        "3 stopped by --stop-after, 130 interrupted (rerun the same command to continue)."
+        "3 stopped by --stop-after, 4 a file-system fault writing --out (full disk, file-size limit, I/O "
+        "error, no permission: fix it and rerun, nothing done is lost), 130 interrupted (rerun the same "
+        "command to continue)."
     )
     ap = argparse.ArgumentParser(
         prog="python -m fastcvrl.prepare",
@@ -541,8 +710,11 @@ def main(argv: list[str] | None = None) -> int:
             quiet=a.quiet,
         )
     except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {escaped_name(str(e))}", file=sys.stderr)
         return 2
+    except StorageError as e:
+        print(f"error: {escaped_name(str(e))}", file=sys.stderr)
+        return StorageError.exit_code
     except KeyboardInterrupt:
         return 130
     if not summary.complete:

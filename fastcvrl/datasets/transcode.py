@@ -12,12 +12,13 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
+import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from dali_pipelines import nvdec
 from fastcvrl.datasets.keyframes import check_idr_gop, keyframe_info
 from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
-from fastcvrl.datasets.videoprobe import Probe, probe_video
+from fastcvrl.datasets.videoprobe import Probe, display_rotation, probe_video
 
 TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
 TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
@@ -102,6 +103,18 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
     state: dict = {}
 
     def encode(frame: av.VideoFrame) -> None:
+        # Rotation metadata (a phone's portrait video) is applied: the output is stored upright, at the
+        # displayed size, and carries no rotation of its own (the loaders do not read one).
+        src_range = frame.color_range
+        if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
+            src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
+        rotation = display_rotation(frame)
+        if rotation:
+            rgb = scaler.reformat(
+                frame, format="rgb24", src_color_range=src_range, dst_color_range=ColorRange.JPEG, threads=1
+            ).to_ndarray()
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, rotation // 90)), "rgb24")
+            src_range = ColorRange.JPEG
         if not state:
             w, h = check_output_size(frame.width, frame.height, opts)  # SizeRefused: rejected below
             state["out"] = av.open(tmp, mode="w", container_options=BITEXACT)
@@ -111,10 +124,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             state["stream"].codec_context.thread_count = threads
             state["size"], state["n"] = (w, h), 0
         w, h = state["size"]
-        # Say the source's range explicitly: swscale otherwise takes full-range (JPEG) input as limited.
-        src_range = frame.color_range
-        if src_range not in (ColorRange.MPEG, ColorRange.JPEG):
-            src_range = ColorRange.JPEG if frame.format.name.startswith("yuvj") else ColorRange.MPEG
+        # The source's range is said explicitly (above): swscale otherwise takes full-range input as limited.
         f2 = scaler.reformat(
             frame,
             w,
@@ -144,6 +154,8 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             state.clear()
         if not probe.ok:
             return probe
+        if not os.path.isfile(tmp):  # removed under us: not the video's fault (an error, retried next run)
+            raise FileNotFoundError(f"the output {tmp} vanished before it was checked")
         out = probe_video(tmp, threads=threads)
         if not out.ok or out.num_frames != probe.num_frames:
             why = out.detail or f"{out.num_frames} frames written, {probe.num_frames} read"

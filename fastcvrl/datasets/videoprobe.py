@@ -6,6 +6,7 @@ these reasons (the detail says more):
 
 - ``missing``: the path does not exist (a list or annotation file names a video that is not there);
 - ``broken link``: a symbolic link that loops or points at nothing (the detail says which, and where to);
+- ``special file``: a FIFO, socket or device (or a link to one), not a regular file;
 - ``empty``: zero bytes;
 - ``unreadable``: not a container FFmpeg can open, or no frame decodes;
 - ``no video stream``: e.g. an audio file;
@@ -20,12 +21,17 @@ frame rate), then their average rate.
 - ``too short``: fewer frames than the caller's ``min_frames``.
 - ``unsupported size`` (``prepare --transcode`` only): the output size breaks a rule (an upscale beyond 2x,
   NVDEC's limits for H.264); nothing is written.
+
+``prepare`` adds ``bad name`` (a file name that is not valid UTF-8: the manifest is UTF-8 text) and ``bad
+class name`` (a class folder named with a control character, or only white space), and, without
+``--transcode``, ``rotated`` (rotation metadata the loaders would not apply; a transcode applies it).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +43,7 @@ TRUNCATION_SLACK = 2  # frames always allowed missing, for very short videos
 REASONS = (
     "missing",
     "broken link",
+    "special file",
     "empty",
     "unreadable",
     "no video stream",
@@ -45,6 +52,9 @@ REASONS = (
     "too short",
     "timeout",
     "unsupported size",
+    "bad name",
+    "bad class name",
+    "rotated",
 )
 
 
@@ -59,6 +69,8 @@ class Probe:
     height: int = 0
     codec: str = ""
     keyframes: int = 0  # decoded keyframes: num_frames / keyframes is the mean keyframe interval
+    fingerprint: str = ""  # dali_pipelines.manifest.file_fingerprint of the usable file (prepare's workers)
+    rotation: int = 0  # display rotation, degrees counter-clockwise (0, 90, 180, 270), from the first frame
     reason: str = ""
     detail: str = ""
 
@@ -113,6 +125,16 @@ def _broken_link_detail(path: str) -> str:
         return f"symbolic link that cannot be followed ({e.strerror})"
 
 
+def display_rotation(frame: av.VideoFrame) -> int:
+    """The frame's display rotation (its container's display matrix), counter-clockwise degrees rounded to a
+    multiple of 90 (flips are not read)."""
+    try:
+        degrees = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
 def _declared_duration(container, stream) -> float:
     """Seconds the container claims for the stream (else for the file); 0.0 when it does not say."""
     if stream.duration and stream.time_base:
@@ -142,6 +164,15 @@ def probe_video(
     if os.path.isdir(path):
         return _reject(path, "unreadable", "is a folder")
     try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # reported below
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device"}
+        kind = kinds.get(stat.S_IFMT(mode), "block device" if stat.S_ISBLK(mode) else "special file")
+        link = f" (a symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+        return _reject(path, "special file", f"a {kind}{link}, not a regular file")
+    try:
         size = os.path.getsize(path)
         if size == 0:
             return _reject(path, "empty", "0 bytes")
@@ -167,7 +198,7 @@ def probe_video(
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         declared_frames = int(stream.frames or 0)  # from the container's index (MP4, AVI); 0 if none
         declared_seconds = _declared_duration(container, stream)
-        n, keyframes, width, height, error = 0, 0, 0, 0, ""
+        n, keyframes, width, height, error, rotation = 0, 0, 0, 0, "", 0
         first_time, last_time = None, None
         frames = container.decode(stream)
         while True:
@@ -180,6 +211,7 @@ def probe_video(
                 break
             if n == 0:
                 width, height, first_time = frame.width, frame.height, frame.time
+                rotation = display_rotation(frame)
             last_time = frame.time
             n += 1
             keyframes += bool(frame.key_frame)
@@ -190,7 +222,13 @@ def probe_video(
         if span > 0 and (not fps or abs((n - 1) / span - fps) > 0.05 * fps):
             fps = (n - 1) / span  # variable frame rate (or a wrong nominal rate): the measured average
         found = dict(
-            num_frames=n, keyframes=keyframes, width=width, height=height, codec=codec, fps=round(fps, 4)
+            num_frames=n,
+            keyframes=keyframes,
+            width=width,
+            height=height,
+            codec=codec,
+            fps=round(fps, 4),
+            rotation=rotation,
         )
         if error and n == 0:
             return _reject(path, "unreadable", f"no frame decodes ({error})", **found)
