@@ -106,7 +106,10 @@ def _transcoded(
 
             out.append((str(dst), build_index(str(dst)).num_frames))
             continue
-        probe = transcode_video(src, str(dst), Transcode(codec, short_side, gop), threads=1)
+        # the small synthetic stand-ins (48 x 64) are scaled up to the real clips' size on purpose
+        probe = transcode_video(
+            src, str(dst), Transcode(codec, short_side, gop, allow_upscale=True), threads=1
+        )
         if not probe.ok:
             raise SystemExit(f"--host-only: cannot transcode {src} to {codec}: {probe.reason} {probe.detail}")
         out.append((str(dst), probe.num_frames))

@@ -37,27 +37,34 @@ def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """The temporary file a write of ``path`` by this process uses (hidden, same folder, bounded length)."""
+def temp_path(path: str | os.PathLike, keep_suffix: bool = False, pid: int | None = None) -> Path:
+    """The temporary file a write of ``path`` by this process (``pid``) uses: hidden, in the same folder (the
+    rename into place is atomic), bounded in length: ``.<name>.tmp.<host>.<pid>``. ``keep_suffix``: the
+    target's extension is repeated at the end (``.<name>.tmp.<host>.<pid>.mp4``), for writers such as
+    encoders that pick the container format from it."""
     path = Path(path)
-    suffix = f"{_TMP}{host_tag()}.{os.getpid()}"
+    ext = path.suffix if keep_suffix else ""
+    suffix = f"{_TMP}{host_tag()}.{os.getpid() if pid is None else pid}{ext}"
     name = f".{path.name}{suffix}"
-    if len(name.encode()) > _MAX_NAME:  # a long target name: keep the temporary within the limit
-        name = f".{hashlib.sha1(path.name.encode()).hexdigest()[:16]}{suffix}"
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME:  # a long name: keep the temporary short
+        digest = hashlib.sha1(path.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f".{digest}{suffix}"
     return path.with_name(name)
 
 
 def temp_writer(name: str) -> tuple[str, int] | None:
-    """``(host, pid)`` of the writer of a temporary file name (``None`` for any other name); also reads the
-    older ``<name>.tmp.<pid>`` form, taken as this host's."""
+    """``(host, pid)`` of the writer of a temporary file name (``None`` for any other name), with or without
+    the repeated extension of ``temp_path(..., keep_suffix=True)``; also reads the older
+    ``<name>.tmp.<pid>`` form, taken as this host's."""
     i = name.rfind(_TMP)
     if i < 0:
         return None
-    tail = name[i + len(_TMP) :]
-    host, _, pid = tail.rpartition(".")
-    if not pid.isdigit():
+    parts = name[i + len(_TMP) :].split(".")
+    if len(parts) >= 2 and not parts[-1].isdigit() and parts[-2].isdigit():
+        parts = parts[:-1]  # the repeated extension
+    if not parts[-1].isdigit():
         return None
-    return (host or host_tag()), int(pid)
+    return (".".join(parts[:-1]) or host_tag()), int(parts[-1])
 
 
 def writer_alive(host: str, pid: int) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from fastcvrl.schedule import scaled_lr
+from fastcvrl.schema import scaled_lr
 
 
 def _adapted(p: torch.Tensor, group: dict) -> bool:

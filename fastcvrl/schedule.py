@@ -13,12 +13,6 @@ import math
 import torch
 
 
-def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
-    """The linear scaling rule (Goyal et al. 2017; CVRL Sec. 4.1): ``lr`` given at ``base_batch_size``,
-    scaled to ``batch_size``. Pretraining: 0.32 at 1024; the linear probe: 32 at 1024 (8 at 256)."""
-    return lr * batch_size / base_batch_size
-
-
 class WarmupCosine:
     """lr(s) = base * (s + 1) / warmup for s < warmup (from ~0 up to base), then
     min + (base - min) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2, and min from ``total_steps``

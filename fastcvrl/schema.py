@@ -24,7 +24,12 @@ from fastcvrl.domains import (
     probability,
     text,
 )
-from fastcvrl.schedule import scaled_lr
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
+    """The linear scaling rule (Goyal et al. 2017; CVRL Sec. 4.1): ``lr`` given at ``base_batch_size``,
+    scaled to ``batch_size``. Pretraining: 0.32 at 1024; the linear probe: 32 at 1024 (8 at 256)."""
+    return lr * batch_size / base_batch_size
 
 
 def steps_range(spec: str) -> tuple[int, int] | None:

@@ -62,8 +62,8 @@ from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.precision import input_dtype, train_precision
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed
-from fastcvrl.schedule import WarmupCosine, scaled_lr
-from fastcvrl.schema import steps_range
+from fastcvrl.schedule import WarmupCosine
+from fastcvrl.schema import scaled_lr, steps_range
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream, synthetic_views, warm_up
 
 REPO_ROOT = _HERE.parent

@@ -45,6 +45,8 @@ def test_temporary_names_carry_the_writer_and_fit_the_name_limit(tmp_path):
     assert temp_writer(t.name) == (atomic.host_tag(), os.getpid())
     assert temp_writer("ckpt_000000004.pt.tmp.1234") == (atomic.host_tag(), 1234)  # the older form
     assert temp_writer("manifest.csv") is None
+    video = temp_path(tmp_path / "clip.mp4", keep_suffix=True, pid=4321)  # an encoder's: the extension kept
+    assert video.name.endswith(".mp4") and temp_writer(video.name) == (atomic.host_tag(), 4321)
     long = tmp_path / ("v" * 250 + ".csv")
     assert len(temp_path(long).name.encode()) <= 255
     atomic_write(long, "ok")  # would fail with ENAMETOOLONG if the temporary were the name plus a suffix

@@ -26,7 +26,7 @@ from fastcvrl.eval.probe import (
     video_result,
 )
 from fastcvrl.eval.weights import load_backbone
-from fastcvrl.schedule import scaled_lr
+from fastcvrl.schema import scaled_lr
 
 
 def _gaussian_classes(

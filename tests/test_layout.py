@@ -86,7 +86,7 @@ def test_the_data_path_logs_under_its_own_name():
     [
         ("usable cores", r"sched_getaffinity", False, ["dali_pipelines/cores.py"]),
         ("precision names to dtypes", r"['\"]bf16['\"]\s*:\s*torch\.", True, ["fastcvrl/precision.py"]),
-        ("learning-rate scaling", r"/\s*[\w.]*base_batch_size", False, ["fastcvrl/schedule.py"]),
+        ("learning-rate scaling", r"/\s*[\w.]*base_batch_size", False, ["fastcvrl/schema.py"]),
         (
             "data device (auto: gpu when CUDA is up)",
             r"'gpu' if (torch\.cuda\.is_available\(\)|cuda)",

@@ -24,10 +24,11 @@ from processes import exited, kill_and_wait, wait_exited
 from videos import decode_index, index_frames
 
 from dali_pipelines.manifest import read_classes, read_manifest
+from fastcvrl.atomic import temp_path, temp_writer
 from fastcvrl.datasets import prepare as prep
 from fastcvrl.datasets.journal import JOURNAL, NO_PERMISSION
 from fastcvrl.datasets.prepare import PrepareError, main, prepare
-from fastcvrl.datasets.transcode import TEMP_PREFIX, Transcode, temp_path
+from fastcvrl.datasets.transcode import Transcode
 from fastcvrl.datasets.video import keyframe_indices, read_video, write_video
 from fastcvrl.datasets.videoprobe import probe_video
 
@@ -275,7 +276,7 @@ def test_ctrl_c_leaves_no_manifest_and_the_rerun_finishes(tmp_path):
     done = journal.read_text().count("\n")
     assert 2 <= done < 24
     assert not (out / "manifest.csv").exists()
-    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)]  # no half-written transcode left
+    assert not [p for p in out.rglob("*") if temp_writer(p.name)]  # no half-written transcode left
     s = prepare(src, out, transcode=Transcode("vp9", 144, 16), workers=2, quiet=True, log=lambda *_: None)
     assert s.complete and s.reused == done and s.processed == 24 - done
     assert [e.num_frames for e in read_manifest(out / "manifest.csv")] == [48] * 24
@@ -444,7 +445,8 @@ def test_long_file_names_transcode(tmp_path):
         2,
         3,
     ]  # none overwritten
-    assert len(Path(temp_path(str(tmp_path / ("c" * 255)))).name) < 64
+    longest = temp_path(tmp_path / ("c" * 251 + ".mp4"), keep_suffix=True)  # a transcode's temporary
+    assert len(longest.name.encode()) <= 255 and longest.name.endswith(".mp4")
 
 
 _HANG_ALL = textwrap.dedent("""

@@ -23,13 +23,14 @@ from processes import kill_and_wait  # noqa: E402
 from videos import index_frames  # noqa: E402
 
 from dali_pipelines.manifest import read_classes, read_manifest  # noqa: E402
+from fastcvrl.atomic import temp_path, temp_writer  # noqa: E402
 from fastcvrl.datasets import journal as journal_mod  # noqa: E402
 from fastcvrl.datasets import prepare as prep  # noqa: E402
 from fastcvrl.datasets.journal import JOURNAL  # noqa: E402
 from fastcvrl.datasets.listings import class_name_problem, read_folder  # noqa: E402
 from fastcvrl.datasets.manifest import write_classes  # noqa: E402
 from fastcvrl.datasets.prepare import main, prepare  # noqa: E402
-from fastcvrl.datasets.transcode import TEMP_PREFIX, Transcode  # noqa: E402
+from fastcvrl.datasets.transcode import Transcode  # noqa: E402
 from fastcvrl.datasets.video import write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_a_full_output_stops_with_exit_4_keeps_nothing_partial_and_the_rerun_fin
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "File too large" in lines[0]
     assert "--out" in lines[0] and "Traceback" not in stderr
-    assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_PREFIX)]  # partial files removed
+    assert not [p for p in out.rglob("*") if temp_writer(p.name)]  # partial files removed
     assert not [p for p in out.rglob("*.avi") if p.is_file()]
     assert not (out / "manifest.csv").exists()
     journaled = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines() if x.strip()]
@@ -143,12 +144,16 @@ def test_only_a_dead_runs_temporaries_are_swept(three, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=60)
     try:
-        live_tmp = folder / f"{TEMP_PREFIX}{live.pid}-{'a' * 16}.avi"
-        dead_tmp = folder / f"{TEMP_PREFIX}{dead.pid}-{'b' * 16}.avi"
-        live_tmp.write_bytes(b"half")
-        dead_tmp.write_bytes(b"half")
+        # today's names (the atomic writer's) and an earlier version's, each of a live and a dead writer
+        live_tmp = temp_path(folder / "a.avi", keep_suffix=True, pid=live.pid)
+        dead_tmp = temp_path(folder / "b.avi", keep_suffix=True, pid=dead.pid)
+        live_old = folder / f".prepare-tmp-{live.pid}-{'a' * 16}.avi"
+        dead_old = folder / f".prepare-tmp-{dead.pid}-{'b' * 16}.avi"
+        for p in (live_tmp, dead_tmp, live_old, dead_old):
+            p.write_bytes(b"half")
         prepare(three, out, transcode=Transcode("mjpeg", 0), workers=1, **QUIET)
-        assert live_tmp.exists() and not dead_tmp.exists()
+        assert live_tmp.exists() and live_old.exists()
+        assert not dead_tmp.exists() and not dead_old.exists()
     finally:
         kill_and_wait(live)
 

@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -47,6 +48,7 @@ from pathlib import Path
 from dali_pipelines.codecs import CPU_CODECS
 from dali_pipelines.cores import usable_cores
 from dali_pipelines.manifest import ManifestError, VideoEntry, escaped_name, file_fingerprint, read_classes
+from fastcvrl.atomic import host_tag, sweep, temp_writer, writer_alive
 from fastcvrl.datasets.journal import (
     JOURNAL,
     JOURNAL_VERSION,
@@ -58,7 +60,7 @@ from fastcvrl.datasets.journal import (
 )
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
 from fastcvrl.datasets.manifest import write_classes, write_manifest
-from fastcvrl.datasets.transcode import _TEMP_RE, TEMP_PREFIX, TRANSCODE_CODECS, Transcode, transcode_video
+from fastcvrl.datasets.transcode import TRANSCODE_CODECS, Transcode, transcode_video
 from fastcvrl.datasets.video import CODECS
 from fastcvrl.datasets.videoprobe import Probe, probe_video
 from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
@@ -96,7 +98,7 @@ def _work(job: Job) -> dict:
         if not (dst and e.errno in WRITE_FAULTS):
             return asdict(Probe(src, reason="failed", detail=f"{type(e).__name__}: {e}"))
         # writing failed (full disk, file-size limit, I/O): the machine's fault; the run stops (exit 4)
-        where = dst if os.path.basename(str(e.filename or "")).startswith(TEMP_PREFIX) else e.filename or dst
+        where = dst if temp_writer(os.path.basename(str(e.filename or ""))) else e.filename or dst
         fault = storage_error(
             OSError(e.errno, e.strerror, where), "cannot write", setting="--out", rerun=RERUN
         )
@@ -180,10 +182,13 @@ def _output_paths(items: list[Item], classes: list[str], out: Path, codec: str) 
     return paths
 
 
-def _temp_writer(name: str) -> int | None:
-    """The pid in a transcode temporary's name (``temp_path``, or ``<stem>.tmp<pid><ext>`` of earlier
-    versions); ``None`` for any other name."""
-    m = _TEMP_RE.match(name)
+_LEGACY_TEMP = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")  # earlier versions' transcodes
+
+
+def _legacy_temp_pid(name: str) -> int | None:
+    """The pid in the name of a transcode temporary left by an earlier version (``.prepare-tmp-<pid>-<hash>``
+    or ``<stem>.tmp<pid><ext>``); ``None`` for any other name. Today's are ``fastcvrl.atomic``'s."""
+    m = _LEGACY_TEMP.match(name)
     if m:
         return int(m.group(1))
     stem = os.path.splitext(name)[0]
@@ -192,29 +197,22 @@ def _temp_writer(name: str) -> int | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return pid != os.getpid()
-
-
 def _remove_stale_temporaries(out: Path) -> list[Path]:
-    """Half-written outputs under ``DIR/videos`` whose writer (the pid in the name) is dead: a killed run's.
-    A live writer's temporary is never touched (the ``--out`` lock keeps a second run out; this is the
-    second line of defence). Best effort: what cannot be removed stays."""
+    """Half-written outputs under ``DIR/videos`` whose writer is dead: a killed run's (``atomic.sweep`` per
+    folder, and earlier versions' names). A live writer's temporary is never touched (the ``--out`` lock keeps
+    a second run out; this is the second line of defence). Best effort: what cannot be removed stays."""
     removed: list[Path] = []
     videos = out / "videos"
     if videos.is_dir():
-        for p in videos.rglob("*"):
-            pid = _temp_writer(p.name)
-            if pid is not None and p.is_file() and not _pid_alive(pid):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed.append(p)
+        for folder, _, names in os.walk(videos):
+            removed += sweep(folder)
+            for name in names:
+                pid = _legacy_temp_pid(name)
+                p = Path(folder) / name
+                if pid is not None and p.is_file() and not writer_alive(host_tag(), pid):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        removed.append(p)
     return removed
 
 

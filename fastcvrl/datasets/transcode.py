@@ -5,9 +5,7 @@ whose output size breaks a rule (``check_output_size``) is rejected as ``unsuppo
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -16,13 +14,12 @@ import numpy as np
 from av.video.reformatter import ColorRange, VideoReformatter
 
 from dali_pipelines import nvdec
+from fastcvrl.atomic import temp_path
 from fastcvrl.datasets.keyframes import check_idr_gop, keyframe_info
 from fastcvrl.datasets.video import BITEXACT, CODECS, add_video_stream
 from fastcvrl.datasets.videoprobe import Probe, display_rotation, probe_video
 
 TRANSCODE_CODECS = ("h264", "vp9", "mjpeg")
-TEMP_PREFIX = ".prepare-tmp-"  # half-written transcodes: .prepare-tmp-<pid>-<hash of the final name><ext>
-_TEMP_RE = re.compile(r"^\.prepare-tmp-(\d+)-[0-9a-f]{16}\.\w+$")
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
     except Exception:  # probe_video below reports why
         rate = Fraction(25)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = temp_path(dst)
+    tmp = str(temp_path(dst, keep_suffix=True))  # the one temporary-name rule (fastcvrl.atomic)
     pix_fmt = CODECS[opts.codec][1]
     dst_range = ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
     scaler = VideoReformatter()
@@ -171,12 +168,3 @@ def transcode_video(src: str, dst: str, opts: Transcode, threads: int = 0) -> Pr
             state["out"].close()
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def temp_path(dst: str) -> str:
-    """A temporary name beside ``dst`` (same folder: the rename into place is atomic) whose length does not
-    depend on ``dst``'s: ``.prepare-tmp-<pid>-<16 hex digits of dst's hash><ext>``, well under
-    ``NAME_MAX``."""
-    folder, name = os.path.split(dst)
-    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{digest}{os.path.splitext(name)[1]}")

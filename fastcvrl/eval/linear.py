@@ -30,7 +30,7 @@ from fastcvrl.eval.probe import (
     video_labels,
     video_result,
 )
-from fastcvrl.schedule import scaled_lr
+from fastcvrl.schema import scaled_lr
 
 __all__ = ["video_scores", "probe_features", "linear_probe"]
 
