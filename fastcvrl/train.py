@@ -54,7 +54,15 @@ from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist
-from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
+from fastcvrl.config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    builtin_default,
+    config_yaml,
+    load_config,
+    to_dict,
+)
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.model import build_model
@@ -62,8 +70,6 @@ from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream
-
-REPO_ROOT = _HERE.parent
 
 
 class NonFiniteLoss(RuntimeError):
@@ -79,7 +85,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "(--help-config lists them all)",
     )
     ap.add_argument(
-        "--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)"
+        "--config",
+        default=None,
+        help="YAML file or shipped config name, e.g. cvrl_r3d50_k400 (default: synthetic_gpu/synthetic_cpu)",
     )
     ap.add_argument(
         "--profile-steps",
@@ -99,12 +107,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return (
-        REPO_ROOT
-        / "fastcvrl"
-        / "configs"
-        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
-    )
+    return builtin_default(torch.cuda.is_available())  # package data: works from a wheel, in any folder
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:

@@ -153,7 +153,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--train-manifest", required=True, help="labelled manifest the probe is trained on")
     p.add_argument("--test-manifest", required=True, help="labelled manifest it is tested on")
     p.add_argument(
-        "--config", help="YAML config (default: config.yaml of the checkpoint's run folder, if any)"
+        "--config",
+        help="YAML file or shipped config name (default: config.yaml of the checkpoint's run folder, if any)",
     )
     p.add_argument(
         "--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)"
