@@ -41,6 +41,7 @@ from pathlib import Path
 
 from dali_pipelines.cores import usable_cores
 from dali_pipelines.manifest import VideoEntry, read_classes, write_classes, write_manifest
+from fastcvrl.datasets import shards
 from fastcvrl.datasets.journal import JOURNAL, JOURNAL_VERSION, NO_PERMISSION, Journal, _retry_later
 from fastcvrl.datasets.listings import FORMATS, Item, SourceError, read_source
 from fastcvrl.datasets.transcode import _TEMP_RE, TRANSCODE_CODECS, Transcode, transcode_video
@@ -283,9 +284,11 @@ def prepare(
     timeout: float | None = 1800.0,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    shard: shards.Shard | None = None,
 ) -> Summary:
     """Probe (and optionally transcode) every video listed by ``src``; write the manifest, classes and
-    rejections into ``out``. Raises ``PrepareError`` for bad arguments; never for a bad video."""
+    rejections into ``out``. Raises ``PrepareError`` for bad arguments; never for a bad video. ``shard``:
+    only that share of the listing, and ``out/part.json`` for ``--merge`` (``fastcvrl.datasets.shards``)."""
     start = time.perf_counter()
     src_p, out_p = (
         Path(os.path.expanduser(os.fspath(src))).absolute(),
@@ -328,6 +331,10 @@ def prepare(
         raise PrepareError(str(e)) from None
     for note in source.notes:
         log(note)
+    listing, root = source.items, shards.source_root(src_p, Path(videos).absolute() if videos else None)
+    if shard is not None:
+        source = shards.select(source, shard, root)
+        log(f"shard {shard}: {len(source.items)} of the {len(listing)} listed videos")
     if transcode is not None:
         inside = [it.path for it in source.items if (out_p / "videos") in Path(it.path).parents]
         if inside:
@@ -397,7 +404,7 @@ def prepare(
             "run the same command again to continue"
         )
         return summary
-    entries, rejected = [], []
+    entries, rejected, outcomes = [], [], []
     summary.rejected.clear()  # recounted over every listed file, reused ones included
     for it in source.items:
         p = results[it.path]
@@ -405,6 +412,7 @@ def prepare(
             p = replace(
                 p, reason="too short", detail=f"{p.num_frames} frames, fewer than --min-frames {min_frames}"
             )
+        outcomes.append((it.path, p.ok))
         if p.ok:
             entries.append(VideoEntry(p.path, it.label, p.num_frames, p.fps, p.width, p.height, p.codec))
         else:
@@ -413,6 +421,9 @@ def prepare(
     summary.usable, summary.complete = len(entries), True
     _write_rejected(out_p / "rejected.csv", rejected)
     write_classes(out_p / "classes.txt", source.classes)
+    if shard is not None:  # before the manifest, whose presence means the rest is written
+        run = dict(journal=settings, min_frames=min_frames, format=fmt, subset=subset, split=split_id)
+        shards.write_part(out_p, src_p, root, run, shard, listing, source.classes, outcomes)
     if entries:
         write_manifest(out_p / "manifest.csv", entries)  # last: its presence means the rest is written
         summary.manifest = str(out_p / "manifest.csv")
@@ -455,6 +466,10 @@ def _print_summary(
 
 def main(argv: list[str] | None = None) -> int:
     import fastcvrl.datasets.listings
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--merge"]:  # python -m fastcvrl.prepare --merge OUT PART_DIR...
+        return shards.merge_main(argv[1:])
 
     epilog = (
         fastcvrl.datasets.listings.__doc__.split("\n", 1)[1]
@@ -504,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted"
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument(
+        "--shard",
+        type=shards.parse_shard,
+        metavar="I/N",
+        help="only shard I of N (by a hash of each path) and a part.json; join the parts with "
+        "`python -m fastcvrl.prepare --merge OUT PART_DIR...`",
+    )
     a = ap.parse_args(argv)
     opts = Transcode(a.transcode, a.short_side, a.gop, a.quality, a.bframes) if a.transcode else None
     try:
@@ -521,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             a.stop_after,
             timeout=a.timeout,
             quiet=a.quiet,
+            shard=a.shard,
         )
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -529,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not summary.complete:
         return 3
-    return 0 if summary.usable else 1
+    return 0 if summary.usable or a.shard else 1  # a shard without usable videos is still a finished part
 
 
 if __name__ == "__main__":
