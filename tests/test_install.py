@@ -1,5 +1,5 @@
 """Installed like a library: a wheel in a fresh virtual environment finds its shipped configs by name and its
-built-in default from any folder, with the package taken from the wheel, never from this checkout.
+built-in default from any folder, and trains it, with the package taken from the wheel, never this checkout.
 
 To keep the cost small the fresh environment sees the dependencies (torch, DALI, ...) through a ``.pth`` line
 naming this interpreter's site-packages; a ``.pth`` line only adds a folder to ``sys.path``, so the
@@ -133,3 +133,22 @@ def test_wheel_in_a_fresh_environment_from_an_empty_folder(tmp_path):
     named = run(venv / "bin" / "fastcvrl-train", "--config", "cvrl_r3d50_k400", "--print-config")
     assert "epochs: 800" in named and "out_dir: runs/cvrl_r3d50_k400" in named
     assert list(empty.iterdir()) == []  # nothing written by listing or printing
+    # and it trains the built-in default (two steps on a small built-in set)
+    run_dir = tmp_path / "run"
+    out = run(
+        venv / "bin" / "fastcvrl-train",
+        f"--data.synthetic_dir={tmp_path / 'synthetic'}",
+        "--data.synthetic_classes=2",
+        "--data.synthetic_videos_per_class=4",
+        "--data.synthetic_size=64",
+        "--train.batch_size=8",
+        "--train.max_steps=2",
+        "--train.knn_every=0",
+        "--optim.warmup_epochs=0",
+        f"--train.out_dir={run_dir}",
+    )
+    default_line = next(
+        line for line in out.splitlines() if line.startswith("no --config: the built-in default")
+    )
+    assert Path(default_line.rsplit(" ", 1)[1]).resolve().is_relative_to(venv.resolve()), default_line
+    assert (run_dir / "backbone.pt").is_file() and (run_dir / "config.yaml").is_file()
