@@ -12,9 +12,7 @@ epoch order (``shard_order``): two clips of T frames at stride s placed by CVRL'
 al. 2021, Sec. 3.1), then per clip, identical for all its frames: random resized crop (area 0.3-1, aspect
 0.5-2), horizontal flip (p 0.5), the reference's colour jitter (p 0.8; ``torch_augment.color_jitter``) and
 grayscale (p 0.2), clamp to [0, 1], normalisation. Each view is decoded on its own (two seeks per video), as
-peers
-do; ``frames_decoded`` counts every frame the decoder produced.
-"""
+peers do; ``frames_decoded`` counts every frame the decoder produced."""
 
 from __future__ import annotations
 
@@ -28,7 +26,12 @@ import torch.nn.functional as F
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, Dataset
 
-from dali_pipelines import spatial, temporal, torch_augment  # host-side rules and torch ops, no DALI import
+from dali_pipelines import (  # host-side rules and torch ops, no DALI import
+    recipe,
+    spatial,
+    temporal,
+    torch_augment,
+)
 from dali_pipelines.cores import usable_cores
 from dali_pipelines.host import PretrainSource, shard_order
 from dali_pipelines.manifest import VideoEntry, read_manifest
@@ -79,7 +82,7 @@ class ClipAug:
     """One clip's spatial augmentation, applied identically to all its frames.
 
     Crop box in source pixels; ``color``/``order``: the colour jitter and grayscale draw
-    (``spatial.color_params``).
+    (``recipe.color_params``).
     """
 
     top: int
@@ -106,7 +109,7 @@ def draw_video(
             rng, height, width, (cfg.min_area, cfg.max_area), (cfg.min_aspect, cfg.max_aspect)
         )
         flip = bool(rng.random() < cfg.flip_prob)
-        color, order = spatial.color_params(
+        color, order = recipe.color_params(
             rng,
             cfg.color_jitter_prob,
             (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),

@@ -24,9 +24,8 @@ from fastcvrl.logger import environment as _record  # noqa: E402
 
 def environment() -> dict[str, Any]:
     """The project's environment record (``fastcvrl.logger.environment``, also the trainer's env.json):
-    versions,
-    CPU and GPU model, usable cores, load average and git commit (None outside a checkout), with every
-    result."""
+    versions, CPU and GPU model, usable cores, load average and git commit (None outside a checkout), with
+    every result."""
     return _record()
 
 

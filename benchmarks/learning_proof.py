@@ -4,15 +4,14 @@
                                         [--reuse] [--section.key=value ...]
 
 On the built-in synthetic motion dataset (``fastcvrl.datasets.synthetic``: classes differ only by motion; the
-default
-``dots`` scene, or ``--data.synthetic_scene=objects`` for the scene where it fails, see the README), for every
-seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless ``--config``;
-dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
-(``fastcvrl.eval``) on the pretrained backbone and on a randomly initialised backbone of the same
-architecture (seeded by the same seed). The evaluation clips are decoded once and every backbone runs on
-them, so all six probes see identical clips. A weighted kNN (k=200, T=0.1) on the same features is reported
-beside the probe. Prints a table (mean and sample standard deviation over seeds) and one JSON line, and
-writes ``OUT/learning_proof.json``. ``--reuse`` skips pretraining where ``OUT/seed<S>/backbone.pt`` exists.
+default ``dots`` scene, or ``--data.synthetic_scene=objects`` for the scene where it fails, see the README),
+for every seed: pretrain with the trainer (``fastcvrl/train.py``, its built-in default config unless
+``--config``; dotted overrides go to the trainer and to the evaluation alike), then run the CVRL linear probe
+(``fastcvrl.eval``) on the pretrained backbone and on a randomly initialised backbone of the same architecture
+(seeded by the same seed). The evaluation clips are decoded once and every backbone runs on them, so all six
+probes see identical clips. A weighted kNN (k=200, T=0.1) on the same features is reported beside the probe.
+Prints a table (mean and sample standard deviation over seeds) and one JSON line, and writes
+``OUT/learning_proof.json``. ``--reuse`` skips pretraining where ``OUT/seed<S>/backbone.pt`` exists.
 
 The probe is trained and tested on a labelled set from the same generator with another seed (by default 48
 train and 32 test videos per class, generated once beside the pretraining set): 256 test videos put the
@@ -57,11 +56,11 @@ from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
 from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
 from fastcvrl.eval.linear import probe_features  # noqa: E402
-from fastcvrl.eval.precision import eval_precision  # noqa: E402
 from fastcvrl.eval.probe import ViewAverager  # noqa: E402
 from fastcvrl.eval.weights import load_backbone  # noqa: E402
 from fastcvrl.logger import environment  # noqa: E402
 from fastcvrl.model import build_backbone  # noqa: E402
+from fastcvrl.precision import eval_precision  # noqa: E402
 
 
 def log(msg: str) -> None:

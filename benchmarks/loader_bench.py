@@ -6,10 +6,10 @@ ceiling.
     python benchmarks/loader_bench.py --host-only        # the host source alone, no decoding (host_feed.py)
 
 Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults:
-112x112,
-64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do the same
-work per video: two clips placed by CVRL's temporal sampling, each cropped, flipped, colour-jittered with one
-3x3 colour matrix, grayscaled, normalised, handed to torch as float ``(B, 3, T, S, S)`` channels_last_3d.
+112x112, 64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do
+the same work per video: two clips placed by CVRL's temporal sampling, each cropped, flipped, colour-jittered
+with one 3x3 colour matrix, grayscaled, normalised, handed to torch as float ``(B, 3, T, S, S)``
+channels_last_3d.
 
 Units. A *clip* is one view: T frames at stride s (a video gives two clips; a training clip in train_bench is
 the same unit). ``clips/s`` counts clips delivered. The decode ceiling is the frame rate of a plain decode of

@@ -5,14 +5,10 @@
 
 Times nothing: counts the bytes one forward pass keeps for the backward pass (saved-tensor hooks,
 unique storages, parameters left out), per clip, of ``--arch`` (R3D-50) at ``--frames`` x ``--size``^2 (16 x
-224^2)
-under bf16 autocast, without and with activation checkpointing (``model.activation_checkpointing``), and the
-activation memory at ``--clips-per-gpu`` clips (256: the paper's batch 1024 on 8 GPUs, two views each). It
-runs on
-fake CPU tensors (shapes and dtypes, no data: seconds, no memory), which count exactly what real CPU tensors
-do
-(``--real`` counts on real ones, slowly; the tests compare the two on a small model).
-"""
+224^2) under bf16 autocast, without and with activation checkpointing (``model.activation_checkpointing``),
+and the activation memory at ``--clips-per-gpu`` clips (256: the paper's batch 1024 on 8 GPUs, two views
+each). It runs on fake CPU tensors (shapes and dtypes, no data: seconds, no memory), which count exactly what
+real CPU tensors do (``--real`` counts on real ones, slowly; the tests compare the two on a small model)."""
 
 from __future__ import annotations
 
@@ -110,9 +106,9 @@ def memory_report(
 
     Per clip = (the count for four clips - the count for two) / 2 (what does not grow with the batch, such as
     the bf16 copies of the weights autocast makes, cancels; the head's BN needs two clips or more). With
-    checkpointing the backward pass also holds
-    the recomputed activations of one unit (stage or block) at a time: the largest is ``recompute``, and
-    ``at_clips_per_gpu`` = clips x (saved + recompute) is the activation memory of a step on one GPU."""
+    checkpointing the backward pass also holds the recomputed activations of one unit (stage or block) at a
+    time: the largest is ``recompute``, and ``at_clips_per_gpu`` = clips x (saved + recompute) is the
+    activation memory of a step on one GPU."""
     from fastcvrl.model import CHECKPOINTING
 
     torch.manual_seed(0)

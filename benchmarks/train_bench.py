@@ -267,9 +267,7 @@ def bench_optimizer(arch: str, fused: bool, args: argparse.Namespace, device: to
     """The optimizer step alone on ``arch``'s parameters, every step on the same random gradients.
 
     The fused LARS overwrites ``.grad`` with its update, so the gradients are restored before each step,
-    outside
-    the timed window (each step is its own window), for both variants alike.
-    """
+    outside the timed window (each step is its own window), for both variants alike."""
     torch.manual_seed(0)
     model = make_model(arch, args.proj_hidden).to(device)
     params = list(model.parameters())

@@ -1,6 +1,5 @@
 """Everything that defines a clip: CVRL's temporal and spatial draws, packet trimming, the host sources and
-the
-DALI graphs (the only package importing ``nvidia.dali`` besides ``dali_pipelines.loaders``).
+the DALI graphs (the only package importing ``nvidia.dali`` besides ``dali_pipelines.loaders``).
 
 - ``temporal``: where the two clips of a video start (CVRL's gap rule), NumPy.
 - ``spatial``: per-clip augmentation parameters (crop box, flip, colour, blur, solarize), NumPy.

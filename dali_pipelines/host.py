@@ -3,24 +3,20 @@
 A source is the callable handed to ``fn.external_source(batch=True, batch_info=True)``: for step ``i`` of the
 epoch it returns one batch of columns (trimmed encoded video, frame positions, augmentation parameters,
 label, bookkeeping). Every random draw for a video comes from ``default_rng([seed, epoch, video, stream])``,
-so
-a clip's frames and augmentation depend only on the seed, the epoch and the video, not on the rank, the
+so a clip's frames and augmentation depend only on the seed, the epoch and the video, not on the rank, the
 batch or the process that made it.
 
 Sharding: each epoch a seeded permutation of all videos is dealt out round-robin, ``perm[rank::world]``, so
-the
-shards partition the epoch (no video twice, none lost). Training drops the last partial batch and runs the
+the shards partition the epoch (no video twice, none lost). Training drops the last partial batch and runs the
 same ``(N // world) // B`` steps on every rank, so collectives stay in step; at most ``world * (B - 1) + N %
-world``
-videos (different ones each epoch) sit out an epoch. Evaluation keeps every video (a short last batch).
+world`` videos (different ones each epoch) sit out an epoch. Evaluation keeps every video (a short last
+batch).
 
 A video that cannot be demuxed or read is reported once by a warning naming the file and replaced by the next
 readable video of the shard, so one corrupt file does not end a run. The replacement's meta row says so
 (``substitute``; ``skipped``: how many unreadable videos it was found past): training keeps it (whole
-batches),
-evaluation drops it (``DaliLoader``), so an evaluation epoch delivers every readable video exactly once and
-the
-unreadable ones (``VideoSource.bad``) not at all.
+batches), evaluation drops it (``DaliLoader``), so an evaluation epoch delivers every readable video exactly
+once and the unreadable ones (``VideoSource.bad``) not at all.
 
 Columns are named: ``source.columns`` lists a source's outputs in order, ``Sample[name]`` reads one, and the
 meta row's fields are ``META_FIELDS`` (``meta_field(meta, name)``). Nothing outside this module decodes a
@@ -45,15 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from . import spatial, temporal
+from . import recipe, spatial, temporal
 from .packets import PacketIndex, VideoReadError, index_and_bytes, trim
 
 log = logging.getLogger("dali_pipelines.loaders")
 
 # meta column, (len(META_FIELDS),) int64 per sample: video index, frames decoded (packets handed to the
-# decoder),
-# first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable videos passed
-# over
+# decoder), first start, second start, bytes read, 1 if it stands in for an unreadable video, unreadable
+# videos passed over
 META_FIELDS = ("video", "frames_decoded", "start1", "start2", "bytes_read", "substitute", "skipped")
 META = {name: i for i, name in enumerate(META_FIELDS)}
 SUBSTITUTE = META["substitute"]
@@ -161,9 +156,8 @@ class VideoSource:
 
     def for_workers(self) -> VideoSource:
         """The copy DALI's worker processes run: it follows the pipeline's epochs from the current one (see
-        the
-        module docstring), starts at ``start_step``, keeps the bad videos and packet indices known so far, and
-        logs nothing. Each worker indexes the other files itself, the first time it meets them."""
+        the module docstring), starts at ``start_step``, keeps the bad videos and packet indices known so far,
+        and logs nothing. Each worker indexes the other files itself, the first time it meets them."""
         clone = copy.copy(self)
         clone.bad = set(self.bad)
         clone.recent, clone._first_read = OrderedDict(), {}
@@ -300,10 +294,9 @@ class VideoSource:
 
 class PretrainSource(VideoSource):
     """Two CVRL views per video. Columns: ``encoded``, ``frames``, ``order1``, ``order2``, then per view ``v``
-    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``spatial.color_params``)
+    ``roi_start{v}``, ``roi_end{v}``, ``color{v}`` (6,) and ``color_order{v}`` (4,) (``recipe.color_params``)
     (+ ``sigma{v}`` when blurring, + ``solarize{v}`` when solarizing), then ``label``, ``meta``. ``frames``:
-    the
-    sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
+    the sorted union of both clips' frames as positions in the trimmed stream (decoded in one forward pass);
     ``order1/2``: each view's frames within that union."""
 
     purpose = 1
@@ -311,8 +304,8 @@ class PretrainSource(VideoSource):
     def __init__(self, entries: Sequence[Any], batch_size: int, data_cfg: Any, **kw: Any):
         self.cfg = data_cfg
         temporal.check_rule(data_cfg.gap_distribution, data_cfg.gap_power)
-        spatial.check_view_probs("blur_prob", data_cfg.blur_prob)
-        spatial.check_view_probs("solarize_prob", data_cfg.solarize_prob)
+        recipe.check_view_probs("blur_prob", data_cfg.blur_prob)
+        recipe.check_view_probs("solarize_prob", data_cfg.solarize_prob)
         self.columns = (
             "encoded",
             "frames",
@@ -366,12 +359,12 @@ class PretrainSource(VideoSource):
                 rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
             )
             values[names[0]], values[names[1]] = spatial.crop_roi(box, rng.random() < c.flip_prob)
-            values[names[2]], values[names[3]] = spatial.color_params(
+            values[names[2]], values[names[3]] = recipe.color_params(
                 rng, c.color_jitter_prob, (c.brightness, c.contrast, c.saturation, c.hue), c.grayscale_prob
             )
             # per-view blur and solarize probabilities (the reference: blur 1.0 / 0.1, solarize 0 / 0.2)
             if c.blur:
-                values[names[4]] = np.array(spatial.blur_sigma(rng, c.blur_prob[view]), np.float32)
+                values[names[4]] = np.array(recipe.blur_sigma(rng, c.blur_prob[view]), np.float32)
             if c.solarize:
                 values[names[-1]] = np.array(rng.random() < c.solarize_prob[view])
         values["label"] = np.array(self.entries[video].label, np.int32)
@@ -430,8 +423,7 @@ class LinearSource(VideoSource):
 class MultiViewSource(VideoSource):
     """Test views: ``test_clips`` evenly spaced clips x ``test_crops`` crops per video, every video once, in
     manifest order. Columns ``encoded``, ``frames``, ``order`` (clips*T,), ``anchors`` (crops, 2) relative (y,
-    x),
-    ``label``, ``meta``."""
+    x), ``label``, ``meta``."""
 
     columns = ("encoded", "frames", "order", "anchors", "label", "meta")
     purpose = 3

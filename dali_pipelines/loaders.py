@@ -10,9 +10,8 @@ Hand-off. With ``data.augment=dali`` (the GPU default) DALI hands over uint8 N-T
 (N, C, T, H, W) they are already channels_last_3d, so the hand-off is zero-copy on the CPU (DLPack) and one
 same-layout device-to-device copy on the GPU, never a layout change; normalising to the trainer's dtype
 (float32 / bf16 / fp16) is one multiply-add that keeps the layout. With ``data.augment=torch`` (the CPU
-default,
-``resolve_augment``) DALI hands over each video's decoded frames zero-copy and ``torch_augment`` writes every
-clip straight into a channels_last_3d batch.
+default, ``resolve_augment``) DALI hands over each video's decoded frames zero-copy and ``torch_augment``
+writes every clip straight into a channels_last_3d batch.
 
 A video the decoder fails on mid-epoch is named in a warning, dropped from the shard and the pipeline rebuilt
 to resume at the same step (``cfg.data.skip_corrupt``); with skipping off the error names the file. The file
@@ -20,8 +19,8 @@ is found by a host re-check (PyAV decodes each recent sample's trimmed stream), 
 decodes but DALI's decoder refuses before decoding (a codec or size it does not take: "Failed to create video
 decoder", "not supported by the CPU variant"), by decoding each recent sample alone on the loader's decoder.
 Training batches stay whole (another video of the shard fills the place); evaluation loaders (which keep every
-video)
-drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the rest).
+video) drop the stand-in instead, so they deliver each readable video exactly once (``loader.source.bad``: the
+rest).
 
 Host work. With ``cfg.data.host_workers`` > 0 (``host_workers``: ``auto`` sizes it from the cores this process
 may use) the sources run in DALI's parallel external source, whole batches per worker process, started by
@@ -57,7 +56,7 @@ from dali_pipelines.host import (
 from dali_pipelines.manifest import VideoEntry, read_manifest
 from dali_pipelines.normalize import Normalize
 from dali_pipelines.packets import VideoReadError
-from dali_pipelines.spatial import blur_window
+from dali_pipelines.recipe import blur_window
 from fastcvrl.config import Config
 
 log = logging.getLogger("dali_pipelines.loaders")
@@ -65,8 +64,8 @@ log = logging.getLogger("dali_pipelines.loaders")
 
 def resolve_augment(augment: str, dev: str) -> str:
     """``cfg.data.augment`` -> ``"dali"`` | ``"torch"``. ``auto``: torch on the CPU, where DALI 2.4's CPU
-    resize
-    and colour-matrix kernels are several times slower than torch's (``dali_pipelines/torch_augment.py``)."""
+    resize and colour-matrix kernels are several times slower than torch's
+    (``dali_pipelines/torch_augment.py``)."""
     if augment == "auto":
         return "torch" if dev == "cpu" else "dali"
     if augment not in ("dali", "torch"):
@@ -90,8 +89,7 @@ class DaliLoader:
 
     ``stats``: running totals since construction: ``videos`` (samples), ``clips`` (views delivered: two per
     video when pretraining), ``frames_decoded`` (packets handed to the decoder, an upper bound on the frames
-    it
-    decodes), ``bytes_read``; also as attributes ``videos`` and ``frames_decoded``. ``last_meta``: the last
+    it decodes), ``bytes_read``; also as attributes ``videos`` and ``frames_decoded``. ``last_meta``: the last
     batch's per-sample bookkeeping (``META_FIELDS`` columns, NumPy)."""
 
     def __init__(

@@ -91,9 +91,9 @@ def write_packets(
 ) -> bytes:
     """A Matroska file of ``payloads`` (decode order, bytes-like, ``sizes`` (P,) their lengths);
     ``tracks_element``: ``tracks(...)`` of the file (built once per file); ``rank``: (P,) presentation
-    position
-    of each packet in the trimmed stream (0..P-1); ``key``: (P,) keyframe flags. Byte-identical to ``write``
-    (the plain reference), with the block headers built as one array instead of one ``struct.pack`` each."""
+    position of each packet in the trimmed stream (0..P-1); ``key``: (P,) keyframe flags. Byte-identical to
+    ``write`` (the plain reference), with the block headers built as one array instead of one ``struct.pack``
+    each."""
     n = len(payloads)
     stamps = np.asarray(rank, np.int64) * FRAME_MS
     hdr = np.empty(n, _BLOCK)

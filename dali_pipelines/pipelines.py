@@ -16,9 +16,8 @@ trainer wants is known (DALI has no bf16). Per-sample arguments apply to every f
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
 applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU
-resize
-and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this graph.
-"""
+resize and colour-matrix kernels cost several times torch's. The GPU default keeps the whole chain in this
+graph."""
 
 from __future__ import annotations
 
@@ -28,12 +27,11 @@ import nvidia.dali.math as dmath
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from . import recipe_graph as ops
 from .host import LinearSource, MultiViewSource, PretrainSource, VideoSource
-from .spatial import GRAY, blur_window
 
 DEVICES = ("cpu", "gpu")
 AUGMENT = ("dali", "torch")
-_GRAY = [float(w) for w in GRAY] * 3  # 3x3, every output channel the grey
 
 
 def check_augment(augment: str) -> None:
@@ -75,8 +73,7 @@ def _settings(
 
 def _source_columns(source: VideoSource, host_workers: int) -> dict[str, Any]:
     """The source's outputs by name. With workers, each prepares whole batches, ``host_workers + 1`` of them
-    in
-    flight so that every worker stays busy while the pipeline consumes one."""
+    in flight so that every worker stays busy while the pipeline consumes one."""
     kw = dict(parallel=True, prefetch_queue_depth=host_workers + 1) if host_workers else dict(parallel=False)
     outs = fn.external_source(
         source=source, num_outputs=source.num_outputs, batch=True, batch_info=True, **kw
@@ -103,90 +100,6 @@ def _crop_resize(video: Any, order: Any, roi_start: Any, roi_end: Any, size: int
     )
 
 
-def _channel_max_min(x: Any) -> tuple[Any, Any]:
-    """Per-pixel max and min over the channels of ``(T, S, S, 3)``: two ``(T, S, S, 1)``."""
-    return fn.reductions.max(x, axes=[3], keep_dims=True), fn.reductions.min(x, axes=[3], keep_dims=True)
-
-
-def _saturation(x: Any, f: Any) -> Any:
-    """HSV saturation times ``f`` (capped at 1) with hue and value kept, in closed form: a channel ``c`` of a
-    pixel with value ``v`` (its max) and chroma ``v - min`` becomes ``v - (v - c) * min(f, v / chroma)``."""
-    v, mn = _channel_max_min(x)
-    return v - (v - x) * dmath.min(f, v / dmath.max(v - mn, 1e-12))
-
-
-def _hue(x: Any, delta: Any) -> Any:
-    """HSV hue plus ``delta`` turns (wrapping), saturation and value kept: the hue in sixths from the max
-    channel
-    (ties resolved R, G, B as TF's kernel), shifted, then each channel ``v - chroma * clamp(min(k, 4 - k), 0,
-    1)``
-    with ``k = (n + hue) mod 6``, ``n`` = 5, 3, 1 for R, G, B."""
-    r, g, b = x[:, :, :, 0], x[:, :, :, 1], x[:, :, :, 2]  # (T, S, S) each
-    v = dmath.max(r, dmath.max(g, b))
-    chroma = v - dmath.min(r, dmath.min(g, b))
-    safe = dmath.max(chroma, 1e-12)
-    is_r = (r == v) * 1.0
-    is_g = (g == v) * (1.0 - is_r)
-    h6 = (
-        is_r * ((g - b) / safe) + is_g * ((b - r) / safe + 2.0) + (1.0 - is_r - is_g) * ((r - g) / safe + 4.0)
-    )
-    h6 = h6 + 6.0 * delta
-    chans = []
-    for n in (5.0, 3.0, 1.0):
-        k = n + h6
-        k = k - 6.0 * dmath.floor(k / 6.0)
-        chans.append(v - chroma * dmath.clamp(dmath.min(k, 4.0 - k), 0.0, 1.0))
-    return fn.stack(*chans, axis=3)
-
-
-def _jitter_op(x: Any, op: Any, p: Any) -> Any:
-    """``JITTER_OPS[op]`` (a per-sample index) with the clip's factors ``p``, then a clip to [0, 1]."""
-    if op == 0:
-        x = _fhwc(x * p[1])
-    elif op == 1:
-        mean = fn.reductions.mean(x, axes=[0, 1, 2])  # (3,): the clip's per-channel mean
-        x = _fhwc((x - mean) * p[2] + mean)
-    elif op == 2:
-        x = _fhwc(_saturation(x, p[3]))
-    else:
-        x = _fhwc(_hue(x, p[4]))
-    return dmath.clamp(x, 0.0, 1.0)
-
-
-def _fhwc(x: Any) -> Any:
-    """Restore the FHWC layout (arithmetic and stacking drop it; the branches of a conditional must agree)."""
-    return fn.reshape(x, layout="FHWC")
-
-
-def _color(x: Any, params: Any, order: Any, values: Any) -> Any:
-    """The reference's colour jitter (four ops in the clip's random ``order``, a clip after each) and
-    grayscale
-    on a float clip in [0, 1]. ``params`` (CPU) decides the branches, ``values`` (on the op device) scales."""
-    if params[0] > 0.5:
-        for i in range(4):
-            x = _jitter_op(x, order[i], values)
-    if params[5] > 0.5:
-        x = _fhwc(fn.coord_transform(x, M=_GRAY))
-    return x
-
-
-def _blur(x: Any, sigma: Any, size: int) -> Any:
-    """Separable Gaussian blur with zero padding (the reference's 'SAME' convolution): pad ``r`` zeros, blur
-    (``fn.gaussian_blur`` mirrors its borders, which then only see the zeros), cut the padding off."""
-    window = blur_window(size)
-    r = window // 2
-    x = fn.slice(
-        x,
-        start=[-r, -r],
-        shape=[size + 2 * r, size + 2 * r],
-        axes=[1, 2],
-        out_of_bounds_policy="pad",
-        fill_values=0.0,
-    )
-    x = fn.gaussian_blur(x, sigma=sigma, window_size=window)
-    return _fhwc(fn.slice(x, start=[r, r], shape=[size, size], axes=[1, 2]))
-
-
 def _pretrain_view(
     video: Any, cols: list, size: int, blur: bool, solarize: bool, order: Any, device: str
 ) -> Any:
@@ -194,14 +107,14 @@ def _pretrain_view(
     sigma = cols[4] if blur else None
     sol = cols[-1] if solarize else None
     x = _crop_resize(video, order, roi_start, roi_end, size)
-    x = _fhwc(fn.cast(x, dtype=types.FLOAT) * (1.0 / 255.0))  # (T, S, S, 3) in [0, 1]
-    x = _color(x, params, color_order, params.gpu() if device == "gpu" else params)
+    x = ops.fhwc(fn.cast(x, dtype=types.FLOAT) * (1.0 / 255.0))  # (T, S, S, 3) in [0, 1]
+    x = ops.color(x, params, color_order, params.gpu() if device == "gpu" else params)
     if blur:
         if sigma > 0.0:
-            x = _blur(x, sigma, size)
+            x = ops.blur(x, sigma, size)
     if solarize:
         if sol:
-            x = _fhwc(x + (x >= 0.5) * (1.0 - 2.0 * x))
+            x = ops.fhwc(x + (x >= 0.5) * (1.0 - 2.0 * x))
     return fn.cast(dmath.clamp(x, 0.0, 1.0) * 255.0, dtype=types.UINT8)
 
 
@@ -295,8 +208,8 @@ def linear_pipeline(
     start_method: str = "fork",
 ) -> Pipeline:
     """Linear evaluation: one clip per video, crop and flip only: ``clip`` (N, T, S, S, 3), ``label``,
-    ``meta``
-    (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``, ``meta``)."""
+    ``meta`` (``augment="torch"``: decoded frames, ``order``, ``roi_start``, ``roi_end``, ``label``,
+    ``meta``)."""
     op_devices(device)
     check_augment(augment)
     return _linear_graph(

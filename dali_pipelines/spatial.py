@@ -1,16 +1,11 @@
-"""Per-clip spatial augmentation parameters drawn on the host (NumPy, no DALI), one draw per clip, and slow
-NumPy statements of the reference's ops that the DALI graph and the torch twin are tested against.
+"""Crop geometry of the recipe (NumPy, no DALI) and slow NumPy statements of the reference's ops.
 
-Drawing on the host makes every clip's augmentation a deterministic function of (seed, epoch, video), lets
-the same numbers drive the CPU and GPU pipelines and any baseline loader, and gives the tests a NumPy
-statement of each rule. The DALI graph only applies them: a crop box (flip = swapped x bounds) to
-``fn.resize``, the colour-jitter factors and op order, the blur sigma and the solarize flag.
-
-The rules are the reference's (TF Model Garden ``official/projects/video_ssl``): the crop of
-``tf.image.sample_distorted_bounding_box`` (aspect uniform in 0.5-2, height uniform between the area bounds'
-heights, 100 attempts), flip p 0.5, colour jitter p 0.8 (brightness, contrast, saturation 0.8, hue 0.2, in
-random order, HSV saturation and hue, contrast around the clip's per-channel mean, a clip to [0, 1] after each
-op), grayscale p 0.2, Gaussian blur (sigma 0.1-2, zero padding) and solarize with per-view probabilities.
+``random_resized_crop`` is TF's ``sample_distorted_bounding_box`` exactly (aspect uniform in 0.5-2, height
+uniform between the area bounds' heights, 100 attempts); ``crop_roi`` turns a box and a flip into
+``fn.resize``'s ROI; ``eval_crop_anchors`` places the test crops. What is drawn per view, in which order and
+with which probability is ``dali_pipelines.recipe``. The ``*_reference`` functions state the reference's
+colour jitter, grayscale, blur and solarize in plain NumPy: the DALI graph and the torch twin are tested
+against them (and they against TF's own ops where TensorFlow is installed).
 """
 
 from __future__ import annotations
@@ -20,6 +15,8 @@ import math
 import struct
 
 import numpy as np
+
+from .recipe import GRAY
 
 _F32 = struct.Struct("<f")
 _EPS32 = float(np.float32(1e-7))
@@ -59,12 +56,10 @@ def crop_attempt(
 
     ``aspect`` is width / height (a float32 value); ``u_height``, ``u_y``, ``u_x`` are uniforms in [0, 1)
     standing for TF's ``Uniform(n)`` (an integer in ``[0, n)``) draws. Returns ``[y0, x0, y1, x1]`` or
-    ``None``
-    when the attempt fails: the height is uniform over the integer heights between those of the area bounds at
-    this aspect (nudged by one pixel where rounding leaves the area outside them), the width
+    ``None`` when the attempt fails: the height is uniform over the integer heights between those of the area
+    bounds at this aspect (nudged by one pixel where rounding leaves the area outside them), the width
     ``rint(height * aspect)``, the offset uniform over ``[0, H - h)`` (TF never places a crop flush with the
-    far
-    edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
+    far edge unless it spans the frame); it fails when its area is outside the bounds or it covers less than
     ``min_covered`` of the frame (the reference's whole-image box). ``round`` is ``rint`` (half to even)."""
     f, r = _f32, aspect  # float32 where TF's kernel computes in float, double where it computes in double
     lo, hi, least = _area_bounds(height, width, tuple(area), min_covered)
@@ -128,37 +123,6 @@ def crop_roi(box: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.array([y0, x0], np.float32), np.array([y1, x1], np.float32)
 
 
-GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, the reference's grayscale
-JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-
-
-def color_params(
-    rng: np.random.Generator,
-    jitter_prob: float = 0.8,
-    strength: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
-    grayscale_prob: float = 0.2,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One clip's colour draw, as the reference's ``random_color_jitter_3d``: ``params`` (6,) float32
-    ``[jitter on, brightness factor, contrast factor, saturation factor, hue delta, grayscale on]`` and
-    ``order`` (4,) int32, the ``JITTER_OPS`` indices in the order they apply. Factors are uniform in
-    ``[max(0, 1 - s), 1 + s]``, the hue delta in ``[-h, h]`` (a fraction of a full turn); with jitter off
-    the factors are 1 and the delta 0 (identity)."""
-    b, c, s, h = strength
-    u = rng.random(6).tolist()  # Python floats: the same float64 arithmetic without NumPy scalar calls
-    on = u[0] < jitter_prob
-    f = [
-        max(0.0, 1 - b) + (1 + b - max(0.0, 1 - b)) * u[2],
-        max(0.0, 1 - c) + (1 + c - max(0.0, 1 - c)) * u[3],
-        max(0.0, 1 - s) + (1 + s - max(0.0, 1 - s)) * u[4],
-        -h + 2 * h * u[5],
-    ]
-    order = rng.permutation(4).astype(np.int32)
-    if not on:
-        f = [1.0, 1.0, 1.0, 0.0]
-    params = np.array([float(on), *f, float(u[1] < grayscale_prob)], np.float32)
-    return params, order
-
-
 def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
     """Textbook RGB -> HSV on ``(..., 3)`` in [0, 1], hue in [0, 1) (the tie order of TF's kernel: R, G,
     B)."""
@@ -188,10 +152,9 @@ def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
 
 def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Slow NumPy statement of the reference's colour jitter and grayscale on one clip ``(T, H, W, 3)`` float
-    in
-    [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
-    brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation
-    ``S * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
+    in [0, 1] (float64 out): with jitter on, the four ops in ``order``, each followed by a clip to [0, 1]:
+    brightness ``x * f``; contrast ``(x - m) * f + m`` with ``m`` the clip's per-channel mean; saturation ``S
+    * f`` (capped at 1) in HSV; hue ``H + delta`` (wrapping) in HSV. Then grayscale (``GRAY`` weights, 3
     channels) when drawn."""
     x = np.asarray(clip, np.float64)
     on, fb, fc, fs, dh, gray = (float(v) for v in params)
@@ -216,17 +179,6 @@ def apply_color_reference(clip: np.ndarray, params: np.ndarray, order: np.ndarra
     return x
 
 
-def blur_sigma(rng: np.random.Generator, prob: float, lo: float = 0.1, hi: float = 2.0) -> float:
-    """Gaussian blur sigma (SimCLR: uniform 0.1-2.0) with probability ``prob``, else 0 (no blur)."""
-    u, s = rng.random(2).tolist()
-    return float(lo + (hi - lo) * s) if u < prob else 0.0
-
-
-def blur_window(size: int) -> int:
-    """The reference's blur kernel: ``size // 10`` taps rounded up to odd (23 at 224, 11 at 112)."""
-    return 2 * ((size // 10) // 2) + 1
-
-
 def blur_reference(clip: np.ndarray, sigma: float, window: int) -> np.ndarray:
     """Slow NumPy statement of the reference's blur on ``(T, H, W, 3)``: separable Gaussian, zero padding."""
     r = window // 2
@@ -241,12 +193,6 @@ def blur_reference(clip: np.ndarray, sigma: float, window: int) -> np.ndarray:
 def solarize_reference(clip: np.ndarray) -> np.ndarray:
     """The reference's solarize: ``x`` below 0.5, ``1 - x`` from 0.5 on."""
     return np.where(clip < 0.5, clip, 1.0 - clip)
-
-
-def check_view_probs(name: str, probs: list[float]) -> None:
-    """Raise ``ValueError`` naming the key unless ``probs`` is two probabilities (view 1, view 2)."""
-    if len(probs) != 2 or not all(0.0 <= float(p) <= 1.0 for p in probs):
-        raise ValueError(f"data.{name} must be two probabilities in [0, 1] (view 1, view 2), got {probs!r}")
 
 
 def eval_crop_anchors(height: int, width: int, num_crops: int) -> np.ndarray:

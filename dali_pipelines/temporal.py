@@ -2,13 +2,11 @@
 
 CVRL (Qian et al., CVPR 2021, Sec. 3.2 and the reference ``sample_ssl_sequence``): a clip is ``T`` frames at
 stride ``s``. With ``L`` frames and ``M = L - (T-1)*s`` possible starts, the gap between the two starts is
-drawn
-from a density that decreases with the gap (``M - gap`` for the default ``linear`` rule; ``1 - (gap/M)^p`` in
-general; ``uniform`` as the ablation), the first start is uniform on ``[0, M - gap)``, the second is
-``first + gap`` and the order of the two is swapped at random. A video shorter than one clip (``L <=
-(T-1)*s``)
-has ``M = L``: its two starts are independent uniforms on ``[0, L)`` and its clips loop its frames, as the
-reference code does.
+drawn from a density that decreases with the gap (``M - gap`` for the default ``linear`` rule; ``1 -
+(gap/M)^p`` in general; ``uniform`` as the ablation), the first start is uniform on ``[0, M - gap)``, the
+second is ``first + gap`` and the order of the two is swapped at random. A video shorter than one clip (``L <=
+(T-1)*s``) has ``M = L``: its two starts are independent uniforms on ``[0, L)`` and its clips loop its frames,
+as the reference code does.
 
 Gaps are continuous draws floored to whole frames, so ``P(gap = k) = F((k+1)/M) - F(k/M)`` with ``F`` the
 CDF of the rule on ``[0, 1]`` (``gap_pmf``), which is what the statistical test checks against.

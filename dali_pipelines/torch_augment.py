@@ -18,16 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spatial import GRAY
+from .recipe import GRAY
 
 
 def crop_resize(
     video: torch.Tensor, order: np.ndarray, roi_start: np.ndarray, roi_end: np.ndarray, size: int
 ) -> torch.Tensor:
     """One clip: frames ``order`` of ``video`` (F, H, W, 3) uint8, cropped to the integer ROI (x bounds
-    swapped
-    = flipped), bilinearly resized (no antialiasing, half-pixel centres, as ``fn.resize``).
-    Returns ``(T, 3, S, S)`` uint8 with channels-last strides (the memory of a ``(T, S, S, 3)`` clip)."""
+    swapped = flipped), bilinearly resized (no antialiasing, half-pixel centres, as ``fn.resize``). Returns
+    ``(T, 3, S, S)`` uint8 with channels-last strides (the memory of a ``(T, S, S, 3)`` clip)."""
     (y0, x0), (y1, x1) = roi_start.tolist(), roi_end.tolist()
     flip = x0 > x1
     x0, x1 = min(x0, x1), max(x0, x1)
@@ -62,7 +61,7 @@ def color_normalize(
     dtype).
 
     To [0, 1], the reference's colour jitter and grayscale (``params``, ``order`` from
-    ``spatial.color_params``;
+    ``recipe.color_params``;
     ``None``: no colour change), a zero-padded Gaussian blur and solarize where asked, a clip to [0, 1], then
     ``(y - mean) / std``. Without colour, blur or solarize and with one mean and std for every channel the
     normalisation is one multiply-add on the uint8 clip."""
@@ -91,11 +90,10 @@ def color_normalize(
 
 def color_jitter(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> torch.Tensor:
     """The reference's colour jitter and grayscale on one clip ``x`` (T, 3, H, W) float in [0, 1]: with jitter
-    on
-    (``params[0]``), brightness, contrast (around the clip's per-channel mean), HSV saturation and HSV hue in
-    ``order``, each followed by a clip to [0, 1]; then grayscale (``params[5]``). Returns a new (T, 3, H, W)
-    tensor with contiguous channel planes; ``x`` is left alone. Saturation and hue use the closed forms of
-    ``pipelines._saturation`` / ``_hue`` (no HSV round trip); ``spatial.apply_color_reference`` is the slow
+    on (``params[0]``), brightness, contrast (around the clip's per-channel mean), HSV saturation and HSV hue
+    in ``order``, each followed by a clip to [0, 1]; then grayscale (``params[5]``). Returns a new (T, 3, H,
+    W) tensor with contiguous channel planes; ``x`` is left alone. Saturation and hue use the closed forms of
+    ``recipe_graph._saturation`` / ``_hue`` (no HSV round trip); ``spatial.apply_color_reference`` is the slow
     statement they are tested against."""
     return _color_jitter_(torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x), params, order)
 
@@ -107,8 +105,7 @@ def _scratch(name: str, shape: Sequence[int], dtype: torch.dtype, device: torch.
     """A work tensor of ``shape`` kept per thread and name between calls (its contents are garbage).
 
     On the CPU a fresh tensor of a clip's size is fresh pages from the kernel: the page faults cost about as
-    much
-    as the arithmetic on it. The buffer grows to the largest shape asked for (a few clips' worth per
+    much as the arithmetic on it. The buffer grows to the largest shape asked for (a few clips' worth per
     thread)."""
     cache = _SCRATCH.__dict__
     n = math.prod(shape)
@@ -130,8 +127,8 @@ def _color_jitter_(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> to
     Every op is in place or writes (T, 1, H, W) planes: full-size temporaries and boolean masks (torch.where,
     comparisons) cost several times the arithmetic on one CPU thread. Saturation and hue next to each other in
     ``order`` run as one op: both keep the HSV value, hue keeps the chroma and saturation the hue, so the pair
-    is
-    the hue rotation with the chroma scaled (the clip between them changes nothing: both stay in [0, 1])."""
+    is the hue rotation with the chroma scaled (the clip between them changes nothing: both stay in [0,
+    1])."""
     on, fb, fc, fs, dh, gray = (float(v) for v in params)
     if on > 0.5:
         ops = np.asarray(order).tolist()
@@ -167,8 +164,7 @@ def _color_jitter_(x: torch.Tensor, params: np.ndarray, order: np.ndarray) -> to
 
 def _frames_per_part(x: torch.Tensor) -> int:
     """Frames of ``x`` (T, 3, H, W) per part for the per-pixel HSV ops: about 64k pixels, whose planes fit in
-    a
-    CPU core's L2 cache (about 15% faster than whole clips at 16 x 112 x 112, one thread, measured)."""
+    a CPU core's L2 cache (about 15% faster than whole clips at 16 x 112 x 112, one thread, measured)."""
     return max(1, (1 << 16) // (x.shape[2] * x.shape[3])) if x.device.type == "cpu" else x.shape[0]
 
 
@@ -187,18 +183,16 @@ def _saturation_(x: torch.Tensor, factor: float) -> None:
 
 
 def _hue_(x: torch.Tensor, delta: float, saturation: float | None = None) -> None:
-    """HSV hue plus ``delta`` turns in place on (T, 3, H, W) planes, in closed form (``pipelines._hue``); with
-    ``saturation``, the HSV saturation times it (capped at 1) as well: the chroma becomes ``min(chroma * f,
-    v)``.
+    """HSV hue plus ``delta`` turns in place on (T, 3, H, W) planes, in closed form
+    (``recipe_graph._hue``); with ``saturation``, the HSV saturation times it (capped at 1) as well: the
+    chroma becomes ``min(chroma * f, v)``.
 
     Hue in sixths ``h6`` (-1 to 5) from the channel that holds the max (ties: R, then G, then B, as TF), then
     channel ``c`` is ``v - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n_c + h6 + 6 delta) mod 6`` with
-    ``n`` =
-    (5, 3, 1). The masks are 0/1 floats (``sign(max - channel)``) and select by ``lerp`` (exact with weights 0
-    and 1); the modulo is folded into the shape: with ``s_c = (n_c + 6 delta) mod 6`` on the host,
+    ``n`` = (5, 3, 1). The masks are 0/1 floats (``sign(max - channel)``) and select by ``lerp`` (exact with
+    weights 0 and 1); the modulo is folded into the shape: with ``s_c = (n_c + 6 delta) mod 6`` on the host,
     ``k' = h6 + s_c`` lies in [-1, 11) and its distance to the nearest of 2 and 8 (2 + 6Z) is ``|3 - |k' -
-    5||``;
-    ``clamp(2 - that, 0, 1)`` is the same triangle as ``clamp(min(k, 4 - k), 0, 1)``."""
+    5||``; ``clamp(2 - that, 0, 1)`` is the same triangle as ``clamp(min(k, 4 - k), 0, 1)``."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]  # (T, 1, H, W) views
     v, chroma, not_r, not_g, h6, t = _planes(x, 6)  # (T, 1, H, W) each
     torch.amax(x, 1, keepdim=True, out=v)

@@ -241,8 +241,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def run_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (old, new)}`` for the keys that change the run and differ between the config a checkpoint was
     trained under (``saved``) and ``current`` (both as ``config.to_dict`` gives them). A key the checkpoint
-    does
-    not know (added since) is not compared."""
+    does not know (added since) is not compared."""
     old, new = _flatten(saved), _flatten(current)
     return {
         k: (old[k], new[k])

@@ -83,10 +83,8 @@ def get_value(cfg: Config, dotted: str) -> Any:
 
 def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
     """Check every key against its domain, then every relation; raise ``ConfigError`` (one line naming the
-    key,
-    its value and what is allowed) at the first violation. Returns ``cfg`` unchanged. ``sections``: only the
-    keys
-    of these sections (and the relations whose first key is one of them), e.g. ``("eval",)``."""
+    key, its value and what is allowed) at the first violation. Returns ``cfg`` unchanged. ``sections``: only
+    the keys of these sections (and the relations whose first key is one of them), e.g. ``("eval",)``."""
 
     def wanted(dotted: str) -> bool:
         return sections is None or dotted.split(".", 1)[0] in sections

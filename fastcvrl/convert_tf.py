@@ -198,8 +198,7 @@ def _check(
     what: str,
 ) -> dict[str, torch.Tensor]:
     """The state dict for ``expected`` (a module's ``state_dict()``) out of ``found``, or a ConvertError
-    naming
-    the missing and mis-shaped variables (checkpoint path, and ours)."""
+    naming the missing and mis-shaped variables (checkpoint path, and ours)."""
     missing = [
         f"{tf_paths.get(k, '?')} (for {k})"
         for k in expected

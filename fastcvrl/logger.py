@@ -70,8 +70,7 @@ class Progress:
         self.bar = None
         if enabled and self.stream.isatty():
             # the width from shutil (which falls back where the terminal reports 0 columns); the bar comes
-            # last
-            # so that a narrow terminal cuts the bar, not the numbers
+            # last so that a narrow terminal cuts the bar, not the numbers
             self.bar = tqdm(
                 total=total_steps,
                 initial=start_step,

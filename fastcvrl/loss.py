@@ -2,11 +2,9 @@
 
 Embeddings are L2-normalised; for each clip the other view of the same video is the positive and every other
 clip of both views (over all ranks when ``gather`` is given) is a negative; self-similarity is excluded. The
-two
-directions (view 1 -> view 2 and view 2 -> view 1) are summed, each the mean over the local batch, as the TF
-reference (``simclr/objective.py``) does. Pure tensor math: cross-rank communication comes in as ``gather``
-(``fastcvrl.dist.gather_with_grad``), so this module never touches ``torch.distributed``.
-"""
+two directions (view 1 -> view 2 and view 2 -> view 1) are summed, each the mean over the local batch, as the
+TF reference (``simclr/objective.py``) does. Pure tensor math: cross-rank communication comes in as ``gather``
+(``fastcvrl.dist.gather_with_grad``), so this module never touches ``torch.distributed``."""
 
 from __future__ import annotations
 

@@ -91,8 +91,7 @@ class SameConv3d(nn.Conv3d):
 
 class SameMaxPool3d(nn.MaxPool3d):
     """``nn.MaxPool3d`` padded as TF ``'same'`` (padding never wins the max, as in TF). Where the far side
-    needs
-    one cell more than the near side, ``ceil_mode`` adds exactly that cell, so no input copy is made."""
+    needs one cell more than the near side, ``ceil_mode`` adds exactly that cell, so no input copy is made."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = _triple(self.kernel_size), _triple(self.stride)
@@ -236,10 +235,9 @@ def _checkpoint(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)`` keeping only ``x`` for the backward pass, which runs ``module`` again.
 
     Non-reentrant (``use_reentrant=False``: no host sync, meant to be captured in a CUDA graph with the rest
-    of
-    the step); no RNG state is stashed and restored (the backbone draws no random numbers, so that would only
-    add work to every step); during the recomputation BN normalises with the batch statistics as before but
-    does not update its running statistics a second time."""
+    of the step); no RNG state is stashed and restored (the backbone draws no random numbers, so that would
+    only add work to every step); during the recomputation BN normalises with the batch statistics as before
+    but does not update its running statistics a second time."""
     return torch.utils.checkpoint.checkpoint(
         module,
         x,

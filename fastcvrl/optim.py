@@ -75,9 +75,8 @@ class LARS(Optimizer):
                 vs.append(state["momentum_buffer"])
             m, wd = group["momentum"], group["weight_decay"]
             # Every op below is in place: no model-sized temporaries (on CPU, fresh large allocations cost
-            # page
-            # faults that made an allocating version slower than the per-parameter loop). The gradients are
-            # overwritten with the update direction; backward writes new ones before the next step.
+            # page faults that made an allocating version slower than the per-parameter loop). The gradients
+            # are overwritten with the update direction; backward writes new ones before the next step.
             if ad_p:
                 if wd:
                     torch._foreach_add_(ad_g, ad_p, alpha=wd)  # g' = g + wd * w

@@ -182,8 +182,7 @@ class RunFolder:
 
     def latest_checkpoint(self, map_location: Any = "cpu") -> tuple[dict, Path] | None:
         """The newest checkpoint that passes the integrity check (corrupt ones skipped with a warning
-        printed);
-        ``StorageError`` if the checkpoints cannot be listed or read."""
+        printed); ``StorageError`` if the checkpoints cannot be listed or read."""
         import warnings
 
         with warnings.catch_warnings(record=True) as caught:

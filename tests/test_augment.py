@@ -16,7 +16,7 @@ from nvidia.dali import fn, pipeline_def  # noqa: E402
 
 stats = pytest.importorskip("scipy.stats")
 
-from dali_pipelines import pipelines, spatial, torch_augment
+from dali_pipelines import recipe, recipe_graph, spatial, torch_augment
 
 
 # ------------------------------------------------------------------------------------------ crop sampler
@@ -141,15 +141,13 @@ def _clips(rng):
 
 def _draws(rng, clips, per_clip=6):
     return [
-        (c, *spatial.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3))
-        for c in clips
-        for _ in range(per_clip)
+        (c, *recipe.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3)) for c in clips for _ in range(per_clip)
     ]
 
 
 def test_colour_params_follow_the_reference_ranges():
     rng = np.random.default_rng(3)
-    draws = [spatial.color_params(rng) for _ in range(4000)]
+    draws = [recipe.color_params(rng) for _ in range(4000)]
     p = np.stack([d[0] for d in draws])
     on = p[:, 0] == 1
     assert abs(on.mean() - 0.8) < 0.03 and abs(p[:, 5].mean() - 0.2) < 0.03
@@ -189,16 +187,15 @@ def test_torch_colour_jitter_matches_the_numpy_statement():
 
 def test_torch_colour_jitter_in_parts_and_reused_buffers_matches_the_numpy_statement(monkeypatch):
     """The HSV ops a few frames at a time (two here, so that small clips split unevenly), on clips of two
-    sizes
-    one after the other (the work buffers are kept between calls): every op order (saturation and hue adjacent
-    or not), the input untouched."""
+    sizes one after the other (the work buffers are kept between calls): every op order (saturation and hue
+    adjacent or not), the input untouched."""
     assert torch_augment._frames_per_part(torch.empty(16, 3, 112, 112)) < 16
     monkeypatch.setattr(torch_augment, "_frames_per_part", lambda x: 2)
     rng = np.random.default_rng(9)
     worst = 0.0
     for k, order in enumerate(itertools.permutations(range(4))):
         clip = rng.random((5, 20, 24, 3)) if k % 2 else rng.random((3, 16, 12, 3))
-        params, _ = spatial.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 0.0)
+        params, _ = recipe.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 0.0)
         x = torch.from_numpy(clip).float().permute(0, 3, 1, 2)  # (T, 3, H, W)
         before = x.clone()
         got = torch_augment.color_jitter(x, params, np.array(order)).permute(0, 2, 3, 1).double().numpy()
@@ -223,7 +220,7 @@ def test_dali_colour_jitter_matches_the_numpy_statement():
     draws = _draws(rng, _clips(rng), per_clip=3)
     clips, params, orders = ([d[i] for d in draws] for i in range(3))
     got = _run_dali(
-        lambda x, p, o: pipelines._color(x, p, o, p),
+        lambda x, p, o: recipe_graph.color(x, p, o, p),
         [[c.astype(np.float32) for c in clips], params, orders],
         ["FHWC", "", ""],
     )
@@ -239,21 +236,21 @@ def test_blur_in_dali_and_torch_matches_the_numpy_statement(size):
     rng = np.random.default_rng(7)
     clips = [rng.random((2, size, size, 3)).astype(np.float32) for _ in range(3)]
     sigmas = [np.float32(s) for s in (0.1, 0.9, 2.0)]
-    got = _run_dali(lambda x, s: pipelines._blur(x, s, size), [clips, sigmas], ["FHWC", ""])
-    window = spatial.blur_window(size)
+    got = _run_dali(lambda x, s: recipe_graph.blur(x, s, size), [clips, sigmas], ["FHWC", ""])
+    window = recipe.blur_window(size)
     for g, c, s in zip(got, clips, sigmas):
         want = spatial.blur_reference(c, float(s), window)
         assert np.abs(g - want).max() < 1e-5
         t = torch_augment._blur(torch.from_numpy(c).permute(0, 3, 1, 2), float(s), window)
         assert np.abs(t.permute(0, 2, 3, 1).numpy() - want).max() < 1e-5
-    assert spatial.blur_window(224) == 23 and spatial.blur_window(112) == 11
+    assert recipe.blur_window(224) == 23 and recipe.blur_window(112) == 11
 
 
 def test_color_normalize_applies_colour_blur_solarize_in_order():
     """The torch twin end to end on a uint8 clip: colour, blur, solarize, clip, then normalisation."""
     rng = np.random.default_rng(8)
     clip = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
-    params, order = spatial.color_params(rng, 1.0)
+    params, order = recipe.color_params(rng, 1.0)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     out = torch.empty(3, 2, 24, 24)
     torch_augment.color_normalize(
@@ -265,10 +262,10 @@ def test_color_normalize_applies_colour_blur_solarize_in_order():
         out,
         1.3,
         True,
-        spatial.blur_window(24),
+        recipe.blur_window(24),
     )
     x = spatial.apply_color_reference(clip / 255.0, params, order)
-    x = np.clip(spatial.solarize_reference(spatial.blur_reference(x, 1.3, spatial.blur_window(24))), 0, 1)
+    x = np.clip(spatial.solarize_reference(spatial.blur_reference(x, 1.3, recipe.blur_window(24))), 0, 1)
     want = (x - np.array(mean)) / np.array(std)
     assert np.abs(out.permute(1, 2, 3, 0).numpy() - want).max() < 1e-4
 

@@ -14,7 +14,7 @@ pytest.importorskip("av")  # absent on a bare GPU image: skip, not a collection 
 import torch
 from videos import decode_index, index_frames
 
-from dali_pipelines import spatial, temporal
+from dali_pipelines import recipe, spatial, temporal
 from dali_pipelines.host import META, PretrainSource
 from dali_pipelines.manifest import VideoEntry, write_manifest
 from fastcvrl.config import Config
@@ -169,7 +169,7 @@ def _bilinear(img: np.ndarray, size: int) -> np.ndarray:
 def test_augment_clip_matches_reference(flip, gray):
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (2, 20, 26, 3), dtype=np.uint8)
-    color, order = spatial.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 1.0 if gray else 0.0)
+    color, order = recipe.color_params(rng, 1.0, (0.8, 0.8, 0.8, 0.2), 1.0 if gray else 0.0)
     aug = ClipAug(top=3, left=5, height=13, width=17, flip=flip, color=color, order=order)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     fast = augment_clip(torch.from_numpy(frames), aug, 9, mean, std).numpy()

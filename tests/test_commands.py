@@ -1,6 +1,5 @@
 """The console scripts of setup.cfg: each resolves to a callable, and behaves as its module form does (the
-same
-exit status and the same one-line error for bad input)."""
+same exit status and the same one-line error for bad input)."""
 
 from __future__ import annotations
 

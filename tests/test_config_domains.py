@@ -1,6 +1,6 @@
 """Value domains: every key declares one, every value outside it is refused by the loader naming the key,
-every
-entry point refuses before any work (one line, exit 2, nothing on disk), and ``--help-config`` lists them.
+every entry point refuses before any work (one line, exit 2, nothing on disk), and ``--help-config`` lists
+them.
 
 The cases are generated from the declarations in ``fastcvrl/config.py``, so a new key is covered (or the
 completeness test names it) without editing this file.

@@ -1,6 +1,5 @@
 """Host-side trimming: the cut stream holds exactly the runs from a keyframe to the last packet each needed
-frame
-requires, decodes on its own to the right frames (PyAV as the reference decoder; H.264 with and without
+frame requires, decodes on its own to the right frames (PyAV as the reference decoder; H.264 with and without
 B-frames), is written without opening the source again, and bad files are named."""
 
 from __future__ import annotations

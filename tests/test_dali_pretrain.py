@@ -385,8 +385,7 @@ def _count_opens(entries, cfg, cache, reads):
 
 def test_iter_from_yields_the_rest_of_the_epoch_without_decoding_the_start(tmp_path):
     """Resuming mid-epoch: ``iter_from(k)`` gives exactly batches k.. of ``iter()`` for that epoch, and
-    decodes
-    none of the frames of the batches before k."""
+    decodes none of the frames of the batches before k."""
     manifest = make_index_videos(tmp_path, [40, 33, 50, 64, 45, 38], codec="vp9", gop=8)
     cfg = small_config()
     cfg.train.batch_size = 2
@@ -418,7 +417,7 @@ def test_clip_plan_restates_the_array_statement(manifest):
     ``temporal.clip_indices`` by ``np.unique(..., return_inverse=True)``, trimmed by ``packets.trim``, and the
     views' draws from ``spatial`` in the documented order, for every video over two epochs (short ones
     loop)."""
-    from dali_pipelines import spatial, temporal
+    from dali_pipelines import recipe, spatial, temporal
     from dali_pipelines.host import meta_field
     from dali_pipelines.packets import trim
 
@@ -446,13 +445,13 @@ def test_clip_plan_restates_the_array_statement(manifest):
                     rng, idx.height, idx.width, (c.min_area, c.max_area), (c.min_aspect, c.max_aspect)
                 )
                 start, end = spatial.crop_roi(box, bool(rng.random() < c.flip_prob))
-                params, order = spatial.color_params(
+                params, order = recipe.color_params(
                     rng,
                     c.color_jitter_prob,
                     (c.brightness, c.contrast, c.saturation, c.hue),
                     c.grayscale_prob,
                 )
-                sigma = spatial.blur_sigma(rng, c.blur_prob[view - 1])
+                sigma = recipe.blur_sigma(rng, c.blur_prob[view - 1])
                 sol = bool(rng.random() < c.solarize_prob[view - 1])
                 for name, want in (
                     ("roi_start", start),

@@ -88,8 +88,7 @@ def test_probe_schedule_warms_up_linearly_then_decays_by_cosine():
 
 def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
     """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the
-    batch
-    (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
+    batch (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
     seen: list[tuple] = []
     step = torch.optim.SGD.step
 
@@ -525,7 +524,7 @@ def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp
 # ------------------------------------------------------------------------------------ inputs against each
 # other
 def test_precision_follows_the_device(monkeypatch):
-    from fastcvrl.eval.precision import eval_precision
+    from fastcvrl.precision import eval_precision
 
     for p in ("auto", "fp32", "bf16", "fp16"):
         assert eval_precision(p, "cpu") == "fp32"

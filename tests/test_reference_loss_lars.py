@@ -57,8 +57,7 @@ def test_nt_xent_equals_contrastive_loss(n, d, temperature):
 
 
 # One small model's variables under the names the reference's Keras layers give them: the reference excludes
-# by
-# name (exclude_from_weight_decay=['batch_normalization', 'bias'], the SimCLR/CVRL setting), fastcvrl by
+# by name (exclude_from_weight_decay=['batch_normalization', 'bias'], the SimCLR/CVRL setting), fastcvrl by
 # ndim <= 1; for conv/dense kernels, BN scale/offset and biases the two rules pick the same variables.
 SHAPES = {
     "conv3d/kernel": (3, 3, 3, 4, 8),

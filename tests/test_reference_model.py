@@ -2,12 +2,10 @@
 ``fastcvrl.convert_tf`` on both checkpoint forms the reference writes.
 
 Runs only where TensorFlow and ``official.projects.video_ssl`` are installed (``python -m pytest -m
-reference``;
-see the README); skipped elsewhere. The reference model is built as its pretraining task builds it: the
-experiment ``video_ssl_pretrain_kinetics600`` overridden with the model part of
+reference``; see the README); skipped elsewhere. The reference model is built as its pretraining task builds
+it: the experiment ``video_ssl_pretrain_kinetics600`` overridden with the model part of
 ``cvrl_pretrain_k600_200ep.yaml`` (the yaml itself where the installed package carries it), random weights and
-random BN statistics, inference mode.
-"""
+random BN statistics, inference mode."""
 
 from __future__ import annotations
 
@@ -33,9 +31,9 @@ INPUT = (2, 16, 64, 64, 3)  # (B, T, H, W, C) as TF takes it; small so the test 
 TOL = 1e-4  # max |ours - reference| / max |reference|
 
 # The model part of official/projects/video_ssl/configs/experiments/cvrl_pretrain_k600_200ep.yaml (used when
-# the
-# installed package does not ship the yaml): R3D-50 with temporal kernels 1/1/3/3 by stage, no temporal stride
-# after the stem, a (5, 7, 7) stem conv with temporal stride 2, no temporal stride in the stem pool, SyncBN.
+# the installed package does not ship the yaml): R3D-50 with temporal kernels 1/1/3/3 by stage, no temporal
+# stride after the stem, a (5, 7, 7) stem conv with temporal stride 2, no temporal stride in the stem pool,
+# SyncBN.
 K600_200EP_MODEL = {
     "dropout_rate": 1.0,
     "norm_activation": {"use_sync_bn": True},

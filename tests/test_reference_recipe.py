@@ -9,7 +9,7 @@ import pytest
 
 stats = pytest.importorskip("scipy.stats")
 
-from dali_pipelines import spatial, temporal
+from dali_pipelines import recipe, spatial, temporal
 
 pytestmark = pytest.mark.reference
 tf = pytest.importorskip("tensorflow")
@@ -142,7 +142,7 @@ def test_numpy_colour_jitter_matches_tensorflow_ops():
     worst = 0.0
     for clip in _clips(rng):
         for _ in range(6):
-            params, order = spatial.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3)
+            params, order = recipe.color_params(rng, 0.9, (0.8, 0.8, 0.8, 0.2), 0.3)
             want = _tf_color(clip.astype(np.float32), params, order)
             got = spatial.apply_color_reference(clip.astype(np.float32), params, order)
             worst = max(worst, float(np.abs(got - want).max()))
@@ -155,7 +155,7 @@ def test_blur_and_solarize_match_the_reference_ops():
     clip = rng.random((2, 24, 24, 3)).astype(np.float32)
     for sigma in (0.1, 0.7, 2.0):
         want = ops.gaussian_blur(tf.constant(clip), kernel_size=24 // 10, sigma=sigma, padding="SAME").numpy()
-        got = spatial.blur_reference(clip, sigma, spatial.blur_window(24))
+        got = spatial.blur_reference(clip, sigma, recipe.blur_window(24))
         assert np.abs(got - want).max() < 1e-5
     want = ops.random_solarization(tf.constant(clip), p=1.0).numpy()
     assert np.abs(spatial.solarize_reference(clip) - want).max() < 1e-6

@@ -1,6 +1,5 @@
 """The resume journal of ``prepare`` (``DIR/.prepare-journal.jsonl``): one JSON line per finished file, so
-that
-an interrupted run is resumed by running the same command again."""
+that an interrupted run is resumed by running the same command again."""
 
 from __future__ import annotations
 

@@ -1,23 +1,20 @@
 """Check a video collection once, up front: ``python -m fastcvrl.prepare SRC --out DIR [options]``.
 
 Every listed file is decoded in parallel worker processes (``fastcvrl.datasets.videoprobe``): usable videos go
-to
-``DIR/manifest.csv`` (``dali_pipelines.manifest`` header; the decoded frame count, not the header's claim),
-their
-class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason. ``--transcode``
-re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the short side scaled to
-``--short-side``, so that a clip decodes from a nearby keyframe instead of from the start of a long GOP
-(H.264 for NVDEC on the GPU; VP9 or MJPEG for DALI on the CPU, whose CPU decoder lacks H.264). Every frame is
-kept, in order; the manifest then lists the new files.
+to ``DIR/manifest.csv`` (``dali_pipelines.manifest`` header; the decoded frame count, not the header's claim),
+their class names to ``DIR/classes.txt``, unusable ones to ``DIR/rejected.csv`` with the reason.
+``--transcode`` re-encodes each video into ``DIR/videos/`` with a keyframe every ``--gop`` frames and the
+short side scaled to ``--short-side``, so that a clip decodes from a nearby keyframe instead of from the start
+of a long GOP (H.264 for NVDEC on the GPU; VP9 or MJPEG for DALI on the CPU, whose CPU decoder lacks H.264).
+Every frame is kept, in order; the manifest then lists the new files.
 
 Sources are never written to. Results are appended to ``DIR/.prepare-journal.jsonl`` as each file finishes,
 so an interrupted run (Ctrl-C, a crash, ``--stop-after``) is resumed by running the same command again, which
 redoes nothing already done. Rejections that may be the machine's fault rather than the file's (no read
 permission, a worker failure, a timeout) are not journaled: the next run tries those files again. The manifest
 is written only when every file is done, atomically (temporary file, then rename), so it is never
-half-written.
-The worker processes die with the command (a parent-death signal on Linux), even when it is killed.
-"""
+half-written. The worker processes die with the command (a parent-death signal on Linux), even when it is
+killed."""
 
 from __future__ import annotations
 

@@ -48,9 +48,7 @@ def write_video(
 
     ``quality``: CRF for vp9/h264 (lower is better), qscale for mjpeg/mpeg4. ``bframes``: B-frames between
     reference frames (h264 only; frames then reorder: decode order differs from presentation). Writes to a
-    temporary name and
-    renames, so a killed writer never leaves a half-written file under the final name.
-    """
+    temporary name and renames, so a killed writer never leaves a half-written file under the final name."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     path = os.fspath(path)

@@ -44,8 +44,8 @@ from fastcvrl.eval.features import unreadable
 from fastcvrl.eval.finetune import finetune
 from fastcvrl.eval.inputs import check_eval_config, match_splits
 from fastcvrl.eval.linear import linear_probe
-from fastcvrl.eval.precision import eval_precision
 from fastcvrl.eval.weights import EvalError, load_backbone
+from fastcvrl.precision import eval_precision
 
 __all__ = ["EvalError", "evaluate", "main"]
 

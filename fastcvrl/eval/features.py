@@ -4,11 +4,9 @@ The linear probe (its cached training passes and the test views), fine-tuning's 
 grouping) and the kNN monitor all read features here:
 
     cf = clip_features([backbone], loader, device, precision)   # cf.feats[0] (M, D) L2-normalised, float32,
-    CPU
-    bank = gather_features(cf)                                  # every rank's rows (torch.distributed), row
-    order
-    feats, labels, videos = video_features(cf)                  # views of a video averaged: (V, D), (V,),
-    (V,)
+    CPU bank = gather_features(cf)                                  # every rank's rows (torch.distributed),
+    row order feats, labels, videos = video_features(cf)                  # views of a video averaged: (V, D),
+    (V,), (V,)
 
 Each clip's video (its manifest row) comes from the batch's third element (the test loader's ``video_index``)
 or, for one-clip-per-video loaders, from the loader's ``last_meta`` (a ``DaliLoader``); plain iterables of
@@ -26,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastcvrl.eval.precision import autocast
+from fastcvrl.precision import autocast
 
 __all__ = ["ClipFeatures", "clip_features", "unreadable", "video_features", "gather_features", "gather_rows"]
 
@@ -36,10 +34,8 @@ class ClipFeatures:
     """Features of every clip a loader yielded, for one or more backbones (the clips decoded once).
 
     ``feats[i]`` (M, D_i) float32, CPU (L2-normalised unless asked otherwise); ``labels`` (M,) per clip;
-    ``video`` (M,) the video
-    (manifest row) each clip belongs to, or None where the loader does not say; ``unreadable``: the videos the
-    loader left out as unreadable.
-    """
+    ``video`` (M,) the video (manifest row) each clip belongs to, or None where the loader does not say;
+    ``unreadable``: the videos the loader left out as unreadable."""
 
     feats: list[torch.Tensor]
     labels: torch.Tensor
@@ -164,8 +160,8 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 def gather_features(cf: ClipFeatures) -> ClipFeatures:
     """``cf`` of every rank in one, rows sorted by video (then by rank order within a video), so that the
-    result
-    does not depend on how the videos were sharded. Needs ``cf.video`` when there is more than one rank."""
+    result does not depend on how the videos were sharded. Needs ``cf.video`` when there is more than one
+    rank."""
     if _world() == 1:
         return cf
     if cf.video is None:

@@ -19,8 +19,8 @@ from torch import nn
 
 from fastcvrl.config import Config
 from fastcvrl.eval.features import clip_features, unreadable
-from fastcvrl.eval.precision import autocast
 from fastcvrl.eval.probe import ViewAverager, probe_schedule, video_labels, video_result
+from fastcvrl.precision import autocast
 
 __all__ = ["Classifier", "predict_videos", "finetune"]
 
@@ -52,14 +52,12 @@ def predict_videos(
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video softmax scores averaged over all views (num_videos, C), and per-video labels (num_videos,),
-    CPU.
-    Videos the loader found unreadable have NaN scores and label -1.
+    CPU. Videos the loader found unreadable have NaN scores and label -1.
 
     ``test_loader`` yields ``(clips (B*V,3,T,H,W), label (B,), video_index (B,))`` with the V views of each
-    video
-    contiguous (``build_test_loader``); views are grouped by ``video_index``, so a video's views may also be
-    split over batches. The model's logits come from the evaluation's one feature loop (``clip_features``).
-    """
+    video contiguous (``build_test_loader``); views are grouped by ``video_index``, so a video's views may
+    also be split over batches. The model's logits come from the evaluation's one feature loop
+    (``clip_features``)."""
     out = clip_features([model], test_loader, device, precision, normalize=False)  # logits (B*V, C) per batch
     if out.video is None:
         raise ValueError("the test loader must yield (clips, label, video_index)")

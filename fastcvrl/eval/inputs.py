@@ -60,8 +60,7 @@ class Splits:
 
 def match_splits(train_manifest: str, test_manifest: str, *, log: Callable[[str], None] = print) -> Splits:
     """Read both manifests and put the test labels in the training split's numbering (by class name, where
-    both
-    have ``classes.txt``); raise ``EvalError`` for test classes or labels the training split lacks."""
+    both have ``classes.txt``); raise ``EvalError`` for test classes or labels the training split lacks."""
     train, test = read_split(train_manifest), read_split(test_manifest)
     train_names, train_path = _classes(train_manifest)
     test_names, test_path = _classes(test_manifest)

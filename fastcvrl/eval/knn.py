@@ -189,7 +189,7 @@ class KnnMonitor:
     ) -> None:
         from fastcvrl.config import merge
         from fastcvrl.eval.inputs import check_eval_config, match_splits
-        from fastcvrl.eval.precision import eval_precision
+        from fastcvrl.precision import eval_precision
 
         check_eval_config(cfg)
         self.device = torch.device(device)

@@ -39,8 +39,7 @@ def video_scores(
     head: nn.Linear, feats: torch.Tensor, video: torch.Tensor, num_videos: int, excused: Collection[int] = ()
 ) -> torch.Tensor:
     """Per-video mean of the softmax scores of all its views: (M, D) view features -> (num_videos, C); NaN
-    rows
-    for the ``excused`` videos that have no view (unreadable)."""
+    rows for the ``excused`` videos that have no view (unreadable)."""
     with torch.no_grad():
         probs = head(F.normalize(feats.to(head.weight.device), dim=1)).softmax(dim=1).cpu()  # (M, C)
     acc = ViewAverager(num_videos, probs.shape[1])
@@ -103,10 +102,8 @@ def linear_probe(
     """CVRL linear protocol on a frozen backbone; ``train_passes`` yields one train loader per cached pass.
 
     Each train loader yields ``(clip (B,3,T,H,W), label (B,))``; features are extracted once per pass (no
-    grad,
-    BatchNorm in eval mode), and once per test view. Returns top-1/top-5 over test videos and the probe's
-    training accuracy on the last pass.
-    """
+    grad, BatchNorm in eval mode), and once per test view. Returns top-1/top-5 over test videos and the
+    probe's training accuracy on the last pass."""
     backbone.to(device)
     for p in backbone.parameters():
         p.requires_grad_(False)

@@ -4,8 +4,7 @@ Frozen backbone, L2-normalised pooled features, one linear layer trained with SG
 no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to 0
 (``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
 (``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video
-(CVRL's
-10 x 3, as SlowFast/X3D's dense testing).
+(CVRL's 10 x 3, as SlowFast/X3D's dense testing).
 
     head = train_linear(feats, labels, num_classes, epochs=100, lr=scaled_lr(32, 256, 1024), warmup_epochs=5)
     acc = ViewAverager(num_videos, num_classes); acc.add(probs, view_video)     # any order, any batching
@@ -141,8 +140,7 @@ class ViewAverager:
 
     def mean(self, excused: Collection[int] = ()) -> torch.Tensor:
         """(num_videos, C) float32. A video with no views is a loader bug, not a zero score, and raises,
-        unless
-        it is ``excused`` (a video the loader found unreadable): its row is NaN."""
+        unless it is ``excused`` (a video the loader found unreadable): its row is NaN."""
         missing = [v for v in (self.counts == 0).nonzero().flatten().tolist() if v not in excused]
         if missing:
             raise ValueError(f"{len(missing)} video(s) received no test views, e.g. video {missing[0]}")
