@@ -135,7 +135,7 @@ def retrieval(
     name (``match_splits``). An unreadable video is named in the result and left out of its set."""
     from fastcvrl.config import merge
     from fastcvrl.eval.inputs import check_eval_config, match_splits
-    from fastcvrl.eval.precision import eval_precision
+    from fastcvrl.precision import eval_precision
 
     check_eval_config(cfg)
     splits = match_splits(train_manifest, test_manifest, log=log)
