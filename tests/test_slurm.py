@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -18,17 +19,24 @@ from processes import free_port
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "examples" / "slurm"
 
-# srun: one copy of the command per node, in parallel, each with its node's ids; the worst exit status
+# srun: one copy of the command per node, in parallel, each with its node's ids; as --kill-on-bad-exit, the
+# first task to fail ends the others; the exit status is the first failure's. Every fake node is this machine,
+# so each torchrun takes itself for the rendezvous host (on a cluster only the first node does): the others
+# start a moment after the first, which then hosts the store, rather than racing it for the port.
 FAKE_SRUN = r"""#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done
 echo "srun $SLURM_JOB_NUM_NODES $*" >> "$FAKE_LOG"
 pids=()
 for ((n = 0; n < SLURM_JOB_NUM_NODES; n++)); do
+    ((n == 1)) && sleep 2
     SLURM_NODEID=$n SLURM_PROCID=$n SLURM_LOCALID=0 "$@" > "$FAKE_DIR/node$n.log" 2>&1 &
     pids+=($!)
 done
 rc=0
-for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+for ((left = ${#pids[@]}; left > 0; left--)); do
+    wait -n; s=$?
+    if ((s != 0 && rc == 0)); then rc=$s; kill "${pids[@]}" 2> /dev/null; fi
+done
 exit $rc
 """
 # scontrol: every node of the list is this machine; a requeue is recorded
@@ -117,11 +125,41 @@ TINY = [
 ]
 
 
-def _submit(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**env, "RDZV_PORT": str(free_port())}
-    return subprocess.run(
-        ["bash", str(SLURM / "train.sbatch"), *args], capture_output=True, text=True, env=env, timeout=timeout
+def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` in its own process group; past ``timeout`` the whole group (the fake nodes, torchrun and its
+    workers) is killed, so nothing is left running, and the result says so (returncode None)."""
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGTERM)  # torchrun ends its workers (their own sessions) on SIGTERM
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+        _kill_leftovers(env["FAKE_DIR"])
+        return subprocess.CompletedProcess(cmd, None, out, err + f"\n(killed after {timeout} s)")
+
+
+def _kill_leftovers(marker: str) -> None:
+    """SIGKILL every process of ours whose command line names ``marker`` (this test's folder)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # gone meanwhile, or not ours
+
+
+def _submit(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**env, "RDZV_PORT": str(free_port())}
+    return _run(["bash", str(SLURM / "train.sbatch"), *args], env, timeout)
 
 
 def _logs(tmp_path: Path) -> str:
@@ -174,13 +212,7 @@ def test_prepare_script_runs_the_shards_then_the_merge(tmp_path):
             write_video(src / c / f"{v}.webm", index_frames(12 + v, 16, 16, v), codec="vp9", gop=4)
     (src / "run" / "bad.mp4").write_bytes(b"not a video")
     env = {**_scheduler(tmp_path), "SRC": str(src), "OUT": str(tmp_path / "data"), "SHARDS": "3"}
-    r = subprocess.run(
-        ["bash", str(SLURM / "prepare.sbatch"), "--workers", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    r = _run(["bash", str(SLURM / "prepare.sbatch"), "--workers", "1"], env, 300)
     log = tmp_path / "sbatch.log"
     assert r.returncode == 0, r.stdout + r.stderr + (log.read_text() if log.exists() else "")
     calls = (tmp_path / "calls.log").read_text().splitlines()
