@@ -67,8 +67,8 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_environment_from_an_empty_folder(tmp_path):
-    # built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout, and the
-    # checkout's egg-info would make pip think the wheel is installed already
+    # built from a copy, with the test extras' setuptools and wheel: an in-tree build would leave build/ and
+    # *.egg-info in the checkout, whose egg-info would make pip think the wheel is installed already
     src = tmp_path / "src"
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         src.mkdir(exist_ok=True)
