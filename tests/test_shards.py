@@ -147,3 +147,19 @@ def test_merge_command_reports_a_bad_part_in_one_line(collection, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: shard(s) 1/2 missing"]
     assert not (tmp_path / "out").exists()
+
+
+def test_merged_transcodes_point_into_the_parts(collection, tmp_path):
+    from fastcvrl.datasets.transcode import Transcode
+
+    opts = Transcode("mjpeg", 0, 4, None, 0)
+    parts = _sharded(collection, tmp_path, 2, transcode=opts)
+    assert main(["--merge", str(tmp_path / "merged"), *map(str, parts)]) == 0
+    merged = read_manifest(tmp_path / "merged" / "manifest.csv")  # every listed file exists (checked)
+    assert len(merged) == 9 and all(e.codec == "mjpeg" for e in merged)
+    homes = {Path(e.path).resolve().relative_to(tmp_path.resolve()).parts[:2] for e in merged}
+    assert homes == {("part0", "videos"), ("part1", "videos")}
+    assert prepare(collection, tmp_path / "ref", transcode=opts, **QUIET).usable == 9
+    want = read_manifest(tmp_path / "ref" / "manifest.csv")
+    assert [(e.label, e.num_frames) for e in merged] == [(e.label, e.num_frames) for e in want]
+    assert [Path(e.path).name for e in merged] == [Path(e.path).name for e in want]
