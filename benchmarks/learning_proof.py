@@ -43,7 +43,15 @@ sys.path.insert(0, str(REPO))
 
 from dali_pipelines.manifest import read_manifest  # noqa: E402
 from fastcvrl.atomic import atomic_write  # noqa: E402
-from fastcvrl.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict  # noqa: E402
+from fastcvrl.config import (  # noqa: E402
+    Config,
+    ConfigError,
+    builtin_default,
+    load_config,
+    merge,
+    parse_overrides,
+    to_dict,
+)
 from fastcvrl.eval.features import ClipFeatures, clip_features  # noqa: E402
 from fastcvrl.eval.inputs import check_eval_config  # noqa: E402
 from fastcvrl.eval.knn import knn_predict, topk_accuracy  # noqa: E402
@@ -60,12 +68,7 @@ def log(msg: str) -> None:
 
 
 def default_config() -> Path:
-    return (
-        REPO
-        / "fastcvrl"
-        / "configs"
-        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
-    )
+    return builtin_default(torch.cuda.is_available())  # the trainer's built-in default (package data)
 
 
 # The proof's settings on top of the pretraining config, for pretraining and evaluation alike (command-line
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/learning_proof")
-    ap.add_argument("--config", default=None, help="pretraining config (default: the trainer's built-in one)")
+    ap.add_argument(
+        "--config", default=None, help="pretraining config, a file or shipped name (default: the trainer's)"
+    )
     ap.add_argument(
         "--reuse", action="store_true", help="skip pretraining where OUT/seed<S>/backbone.pt exists"
     )

@@ -1,6 +1,6 @@
 """Typed, nested configuration: YAML files mapped onto dataclasses, with dotted command-line overrides.
 
-    cfg = load_config("fastcvrl/configs/cvrl_r3d50_k400.yaml", ["--optim.lr=0.32", "--train.epochs=200"])
+    cfg = load_config("cvrl_r3d50_k400", ["--train.epochs=200"])  # a shipped name, or a path
     save_config(cfg, "run/config.yaml")            # reloads to an equal object
 
 Strict by design (unknown keys are typos, not options): an unknown key, a duplicate YAML key, a value of the
@@ -22,6 +22,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -51,6 +52,9 @@ __all__ = [  # the config API: the keys (fastcvrl.schema) and the loading machin
     "parse_overrides",
     "relations",
     "save_config",
+    "shipped_configs",
+    "resolve_config",
+    "builtin_default",
     "to_dict",
     "validate",
 ]
@@ -410,9 +414,10 @@ def load_yaml(path: str | os.PathLike) -> dict:
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file (if any) <- dotted command-line overrides, then every value checked against its
     domain and every relation (``validate``). Errors name the key, and the file when the value came from
-    it."""
+    it. ``path``: a YAML file or the name of a shipped config (``resolve_config``)."""
     cfg, from_file = Config(), {}
     if path:
+        path = resolve_config(path)
         try:
             from_file = load_yaml(path)
             cfg = merge(cfg, from_file)
@@ -433,6 +438,43 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         if path and _given(from_file, dotted) and not _given(from_cli, dotted):
             raise ConfigError(f"{path}: {e}") from None
         raise
+
+
+# ------------------------------------------------------------------------------------- shipped configs
+def _configs_dir() -> Path:
+    """The shipped configs: package data of ``fastcvrl`` (``fastcvrl/configs/*.yaml``), wherever the package
+    is installed (a wheel, ``pip install .``, an editable checkout)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with the package (``cvrl_r3d50_k400``, ...), sorted."""
+    return sorted(p.stem for p in _configs_dir().glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """``--config NAME_OR_PATH`` to a file: an existing path as given, else a shipped config by name (with or
+    without ``.yaml``). A path that exists wins over a shipped name, so a local ``my.yaml`` is never
+    shadowed. Raises ``ConfigError`` listing the shipped names when neither is found."""
+    given = os.fspath(name_or_path)
+    path = Path(os.path.expanduser(given))
+    if path.is_file():
+        return path
+    if os.sep not in given and "/" not in given:
+        stem = given[: -len(".yaml")] if given.endswith(".yaml") else given
+        shipped = _configs_dir() / f"{stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(
+        f"config not found: {given} (neither a file nor a shipped config; shipped: "
+        f"{', '.join(shipped_configs())})"
+    )
+
+
+def builtin_default(cuda: bool) -> Path:
+    """The built-in default of ``fastcvrl-train`` without ``--config``: the synthetic dataset with a small
+    model, sized for the device at hand (``synthetic_gpu`` with CUDA, else ``synthetic_cpu``)."""
+    return resolve_config("synthetic_gpu" if cuda else "synthetic_cpu")
 
 
 def _given(data: dict, dotted: str) -> bool:

@@ -54,7 +54,15 @@ from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist, preflight
-from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
+from fastcvrl.config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    builtin_default,
+    config_yaml,
+    load_config,
+    to_dict,
+)
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.faults import OOM_EXIT, out_of_memory_message, skipped_summary
 from fastcvrl.logger import Board, Progress, Report
@@ -65,8 +73,6 @@ from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageErr
 from fastcvrl.schedule import WarmupCosine
 from fastcvrl.schema import scaled_lr, steps_range
 from fastcvrl.step import Metrics, TrainStep, build_step, nvtx_range, side_stream, synthetic_views, warm_up
-
-REPO_ROOT = _HERE.parent
 
 
 class NonFiniteLoss(RuntimeError):
@@ -82,7 +88,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "(--help-config lists them all)",
     )
     ap.add_argument(
-        "--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)"
+        "--config",
+        default=None,
+        help="YAML file or shipped config name, e.g. cvrl_r3d50_k400 (default: synthetic_gpu/synthetic_cpu)",
     )
     ap.add_argument(
         "--profile-steps",
@@ -102,12 +110,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return (
-        REPO_ROOT
-        / "fastcvrl"
-        / "configs"
-        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
-    )
+    return builtin_default(torch.cuda.is_available())  # package data: works from a wheel, in any folder
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:

@@ -49,6 +49,7 @@ from dali_pipelines.codecs import CPU_CODECS
 from dali_pipelines.cores import usable_cores
 from dali_pipelines.manifest import ManifestError, VideoEntry, escaped_name, file_fingerprint, read_classes
 from fastcvrl.atomic import host_tag, sweep, temp_writer, writer_alive
+from fastcvrl.datasets import shards
 from fastcvrl.datasets.journal import (
     JOURNAL,
     JOURNAL_VERSION,
@@ -392,11 +393,13 @@ def prepare(
     timeout: float | None = 1800.0,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    shard: shards.Shard | None = None,
 ) -> Summary:
     """Probe (and optionally transcode) every video listed by ``src``; write the manifest, classes and
     rejections into ``out``. Raises ``PrepareError`` for bad arguments (or an ``out`` in use by another run),
     ``StorageError`` when writing into ``out`` fails (nothing journaled for the file at fault: the next run
-    does it again); never for a bad video."""
+    does it again); never for a bad video. ``shard``: only that share of the listing, and ``out/part.json``
+    for ``--merge`` (``fastcvrl.datasets.shards``)."""
     start = time.perf_counter()
     say = log
     log = lambda msg: say(escaped_name(msg))  # noqa: E731 (names that are not UTF-8 are printed escaped)
@@ -449,6 +452,10 @@ def prepare(
         raise PrepareError(str(e)) from None
     for note in source.notes:
         log(note)
+    listing, root = source.items, shards.source_root(src_p, Path(videos).absolute() if videos else None)
+    if shard is not None:
+        source = shards.select(source, shard, root)
+        log(f"shard {shard}: {len(source.items)} of the {len(listing)} listed videos")
     if transcode is not None:
         inside = [it.path for it in source.items if (out_p / "videos") in Path(it.path).parents]
         if inside:
@@ -459,17 +466,24 @@ def prepare(
         out_p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise storage_error(e, "cannot create the output folder", setting="--out", rerun=RERUN) from None
+    part = None
+    if shard is not None:  # out/part.json for --merge, written before the manifest
+
+        def part(settings: str, outcomes: list[tuple[str, bool]]) -> None:
+            run = dict(journal=settings, min_frames=min_frames, format=fmt, subset=subset, split=split_id)
+            shards.write_part(out_p, src_p, root, run, shard, listing, source.classes, outcomes)
+
     lock = _lock_out(out_p)  # held until this process ends (the OS releases it, however it ends)
     try:
         return _prepare_locked(
-            source, out_p, transcode, min_frames, workers, stop_after, timeout, quiet, log, start
+            source, out_p, transcode, min_frames, workers, stop_after, timeout, quiet, log, start, part
         )
     finally:
         os.close(lock)
 
 
 def _prepare_locked(
-    source, out_p: Path, transcode, min_frames, workers, stop_after, timeout, quiet, log, start
+    source, out_p: Path, transcode, min_frames, workers, stop_after, timeout, quiet, log, start, part=None
 ) -> Summary:
     """``prepare`` once it holds ``out``'s lock."""
     _remove_stale_temporaries(out_p)
@@ -544,7 +558,7 @@ def _prepare_locked(
             "run the same command again to continue"
         )
         return summary
-    entries, rejected = [], list(source.rejected)
+    entries, rejected, outcomes = [], list(source.rejected), []
     summary.rejected.clear()  # recounted over every listed file, reused ones included
     summary.rejected.update(r[1] for r in rejected)
     try:
@@ -563,6 +577,7 @@ def _prepare_locked(
                     detail=f"display rotation {p.rotation} degrees, which the loaders do not apply (clips "
                     "would be sideways): prepare with --transcode, which stores it upright",
                 )
+            outcomes.append((it.path, p.ok))
             if p.ok:
                 fingerprint = p.fingerprint or file_fingerprint(p.path)  # (journals of earlier versions)
                 entries.append(
@@ -574,6 +589,8 @@ def _prepare_locked(
         summary.usable, summary.complete = len(entries), True
         _write_rejected(out_p / "rejected.csv", rejected)
         write_classes(out_p / "classes.txt", source.classes)
+        if part is not None:  # before the manifest, whose presence means the rest is written
+            part(settings, outcomes)
         if entries:
             write_manifest(out_p / "manifest.csv", entries)  # last: its presence means the rest is written
             summary.manifest = str(out_p / "manifest.csv")
@@ -618,6 +635,14 @@ def _print_summary(
 
 def main(argv: list[str] | None = None) -> int:
     import fastcvrl.datasets.listings
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--merge"]:  # python -m fastcvrl.prepare --merge OUT PART_DIR...
+        return shards.merge_main(argv[1:])
+    if any(x == "--audit" or x.startswith("--audit=") for x in argv):  # no SRC, no --out: its own parser
+        from fastcvrl.datasets.audit import audit_main
+
+        return audit_main(argv)
 
     epilog = (
         fastcvrl.datasets.listings.__doc__.split("\n", 1)[1]
@@ -680,11 +705,13 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-after", type=int, default=None, help="process at most N files, then stop as if interrupted"
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    argv = sys.argv[1:] if argv is None else argv
-    if any(x == "--audit" or x.startswith("--audit=") for x in argv):  # no SRC, no --out: its own parser
-        from fastcvrl.datasets.audit import audit_main
-
-        return audit_main(argv)
+    ap.add_argument(
+        "--shard",
+        type=shards.parse_shard,
+        metavar="I/N",
+        help="only shard I of N (by a hash of each path) and a part.json; join the parts with "
+        "`python -m fastcvrl.prepare --merge OUT PART_DIR...`",
+    )
     a = ap.parse_args(argv)
     opts = (
         Transcode(a.transcode, a.short_side, a.gop, a.quality, a.bframes, a.allow_upscale)
@@ -706,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             a.stop_after,
             timeout=a.timeout,
             quiet=a.quiet,
+            shard=a.shard,
         )
     except PrepareError as e:
         print(f"error: {escaped_name(str(e))}", file=sys.stderr)
@@ -717,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not summary.complete:
         return 3
-    return 0 if summary.usable else 1
+    return 0 if summary.usable or a.shard else 1  # a shard without usable videos is still a finished part
 
 
 if __name__ == "__main__":

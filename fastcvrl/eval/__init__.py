@@ -13,6 +13,7 @@ One job per module:
 - ``finetune``: the whole network and a head trained together, then tested on the same views.
 - ``probe``: the probe's math, free of data (warm-up + cosine, SGD on features, view averaging).
 - ``knn``: the weighted kNN monitor (``train.knn_every``), sharded over ranks, bank and queries capped.
+- ``retrieval``: ``--retrieval``, Recall@1/5/10/20 of test videos (queries) among training videos (gallery).
 
 The precision evaluation runs in is ``fastcvrl.precision.eval_precision``.
 """

@@ -151,10 +151,17 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--train-manifest", required=True, help="labelled manifest the probe is trained on")
     p.add_argument("--test-manifest", required=True, help="labelled manifest it is tested on")
     p.add_argument(
-        "--config", help="YAML config (default: config.yaml of the checkpoint's run folder, if any)"
+        "--config",
+        help="YAML file or shipped config name (default: config.yaml of the checkpoint's run folder, if any)",
     )
     p.add_argument(
         "--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)"
+    )
+    p.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="video retrieval instead: test videos as queries, training videos as the gallery, "
+        "Recall@1/5/10/20 (fastcvrl.eval.retrieval)",
     )
     p.add_argument(
         "--out", help="output folder for eval.json and TensorBoard (default: beside the checkpoint)"
@@ -189,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.finetune:
         cfg = merge(cfg, {"eval": {"finetune": True}})
     check_eval_config(cfg)
+    if args.retrieval and cfg.eval.finetune:
+        raise EvalError("--retrieval reads frozen features: it cannot be combined with --finetune")
     if (
         args.print_config
     ):  # the resolved config (the model section is replaced by the checkpoint's at run time)
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         backbone, cfg = load_backbone(args.checkpoint, cfg)
         source = str(args.checkpoint)
-    mode = "finetune" if cfg.eval.finetune else "linear"
+    mode = "retrieval" if args.retrieval else "finetune" if cfg.eval.finetune else "linear"
     if args.out:
         out = Path(args.out)
     elif args.checkpoint:
@@ -227,7 +236,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"eval: {mode} evaluation of {source} ({cfg.model.arch}) on {device} in {precision}{note}; results "
         f"in {out}"
     )
-    result = evaluate(cfg, backbone, args.train_manifest, args.test_manifest, device=device, seed=args.seed)
+    if args.retrieval:
+        from fastcvrl.eval.retrieval import retrieval
+
+        result = retrieval(cfg, backbone, args.train_manifest, args.test_manifest, device=device)
+    else:
+        result = evaluate(
+            cfg, backbone, args.train_manifest, args.test_manifest, device=device, seed=args.seed
+        )
     result.update(
         checkpoint=source,
         train_manifest=args.train_manifest,
@@ -238,18 +254,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _write_json(result, out / "eval.json")
     from torch.utils.tensorboard import SummaryWriter
 
+    metrics = [k for k in result if k.startswith("recall@")] if args.retrieval else ["top1", "top5"]
     with SummaryWriter(str(out)) as tb:
-        tb.add_scalar("eval/top1", result["top1"], 0)
-        tb.add_scalar("eval/top5", result["top5"], 0)
-    print(
-        f"eval: {mode} top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-        f"({result['num_scored_videos']} test videos x {result['views_per_video']} views, "
-        f"{result['seconds']}s)"
-    )
+        for k in metrics:
+            tb.add_scalar(f"eval/{k}", result[k], 0)
+    if args.retrieval:
+        print(
+            "eval: retrieval "
+            + "  ".join(f"R@{k.split('@')[1]} {100 * result[k]:.2f}%" for k in metrics)
+            + f"  ({result['num_queries']} queries, {result['num_gallery']} gallery videos x "
+            f"{result['views_per_video']} views, {result['seconds']}s)"
+        )
+    else:
+        print(
+            f"eval: {mode} top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+            f"({result['num_scored_videos']} test videos x {result['views_per_video']} views, "
+            f"{result['seconds']}s)"
+        )
     for split in ("test", "train"):
         bad = result[f"unreadable_{split}_videos"]
         if bad:
             left = "left out of the accuracy" if split == "test" else "replaced by other training videos"
+            if args.retrieval:
+                left = "left out of the queries" if split == "test" else "left out of the gallery"
             print(
                 f"eval: {len(bad)} unreadable {split} video(s) {left}: {', '.join(bad[:5])}"
                 + (" ..." if len(bad) > 5 else "")
