@@ -137,6 +137,12 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProce
     )
 
 
+def _warning_lines(stderr: str) -> list[str]:
+    """Lines of a run's stderr that are warnings: Python's (``...Warning:``, torch's C++ ones included) and
+    glog-style ``W1203 12:00:00`` lines of torch's launcher."""
+    return [ln for ln in stderr.splitlines() if re.search(r"\w*Warning\b|^W\d{4} \d\d:", ln)]
+
+
 def test_config_and_manifest_errors_come_before_any_work(tmp_path):
     run_dir = tmp_path / "run"
     r = _cli(*_args(run_dir, "--train.bogus=1"))
@@ -289,10 +295,10 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
         str(tmp_path),
         *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true"),
     ]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "always"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert _warning_lines(r.stderr) == [], r.stderr  # DDP's gradient-stride warning among others
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
     params = [k for k in a if "running" not in k and "num_batches" not in k]
