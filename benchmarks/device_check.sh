@@ -7,9 +7,10 @@
 #   2. a 30-step smoke of `python fastcvrl/train.py` on the built-in GPU default (H.264 synthetic set),
 #   3. the loader benchmark on the GPU (benchmarks/loader_bench.py --device gpu),
 #   4. the train-step benchmark for R3D-50 at 16 x 224^2 (benchmarks/train_bench.py; rows print as they finish).
-# The machine's python3 (3.12, torch preinstalled) runs the package from the tree via PYTHONPATH=. . DALI and
-# PyAV come from /tmp/site (../shared/gpu/README.md); if their parts were carried to /tmp/dali_parts and are
-# not unpacked yet, this script unpacks them there (local files only). Everything lands in $OUT when set, else
+# The machine's python3 (torch preinstalled) runs the package from the tree via PYTHONPATH=. . DALI and PyAV
+# come from the environment, or from /tmp/site where they were installed there: if their wheels were carried
+# to /tmp/dali_parts (split parts of a tar) and are not unpacked yet, this script unpacks them there (local
+# files only). Everything lands in $OUT when set, else
 # in results/device_check/: summary.txt, one .txt per part, one JSON line per benchmark.
 #
 #   bash benchmarks/device_check.sh            # on the lent machine, from the repository root
@@ -25,7 +26,7 @@ t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$RES/summary.txt"; }
 has() { $PY -c "import $1" >/dev/null 2>&1; }
 
-# DALI and PyAV: unpack the carried parts once (as ../shared/gpu/README.md does), then use /tmp/site
+# DALI and PyAV: unpack the carried parts once, then use /tmp/site
 if ! PYTHONPATH="/tmp/site:$PYTHONPATH" $PY -c "import nvidia.dali" >/dev/null 2>&1 && ls /tmp/dali_parts/part.* >/dev/null 2>&1; then
   say "unpacking DALI and PyAV from /tmp/dali_parts to /tmp/site"
   (cd /tmp && cat dali_parts/part.* | tar xf - \
@@ -82,7 +83,7 @@ if has nvidia.dali && has av && has yaml; then
   rc=$?; grep -E "step|done|error|Error" "$RES/smoke_train.txt" | tail -n 6 | tee -a "$RES/summary.txt"
   [ $rc -eq 0 ] && grep -q "done at step 30" "$RES/smoke_train.txt" || { say "smoke exit $rc (see smoke_train.txt)"; status=1; }
 else
-  say "DALI, PyAV or PyYAML not importable here: training smoke skipped (see ../shared/gpu/README.md)"
+  say "DALI, PyAV or PyYAML not importable here: training smoke skipped"
 fi
 
 # 3. loader benchmark on the GPU (the smoke's H.264 synthetic set at 128 x 128, reused; 70 s at most)

@@ -1,6 +1,6 @@
 """Host-side demuxing: hand the video decoder only the packets a clip needs (PyAV demux, no decoding).
 
-DALI 2.4's ``fn.decoders.video`` does not seek: it decodes from the first frame of its input (DALI-NOTES.md),
+DALI 2.4's ``fn.decoders.video`` does not seek: it decodes from the first frame of its input (docs/dali.md),
 so a clip late in a video would cost the whole prefix. Instead, for each sample we cut the stream down to the
 runs of packets from the keyframe before each needed frame to the last packet needed to present it (decode
 order: with B-frames that is short of the end of the group of pictures), and wrap them in a small in-memory

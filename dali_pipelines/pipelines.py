@@ -12,7 +12,7 @@ sources (``host.py``) hand each sample a trimmed stream and its augmentation par
 Outputs are uint8 FHWC per sample (NTHWC per batch): viewed as (N, C, T, H, W) that is channels_last_3d, so
 the hand-off to torch needs no layout copy; normalisation to float/bf16 happens there, where the dtype the
 trainer wants is known (DALI has no bf16). Per-sample arguments apply to every frame of a sequence
-(DALI-NOTES.md), so a clip's frames share one crop, flip and colour.
+(docs/dali.md), so a clip's frames share one crop, flip and colour.
 
 ``augment="torch"`` stops the graph after decoding and passes the parameters through; ``torch_augment`` then
 applies the same steps. That is the CPU default (``dali_pipelines.loaders.resolve_augment``): DALI 2.4's CPU
