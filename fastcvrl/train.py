@@ -53,8 +53,17 @@ from dali_pipelines.codecs import UndecodableError, check_decodable, decode_devi
 from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
-from fastcvrl import dist
-from fastcvrl.config import Config, ConfigError, add_config_flags, config_yaml, load_config, to_dict
+from fastcvrl import dist, resolve
+from fastcvrl.commands import HelpFormatter, prog
+from fastcvrl.config import (
+    Config,
+    ConfigError,
+    add_config_flags,
+    config_help,
+    config_yaml,
+    load_config,
+    to_dict,
+)
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.logger import Board, Progress, Report
 from fastcvrl.model import build_model
@@ -73,13 +82,16 @@ class NonFiniteLoss(RuntimeError):
 # ------------------------------------------------------------------------------------------ configuration
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(
-        prog="fastcvrl/train.py",
+        prog=prog("fastcvrl-train", "fastcvrl.train"),
         description="CVRL video pretraining",
+        formatter_class=HelpFormatter,
         epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
         "(--help-config lists them all)",
     )
     ap.add_argument(
-        "--config", default=None, help="YAML config (default: fastcvrl/configs/synthetic_{gpu,cpu}.yaml)"
+        "--config",
+        default=None,
+        help="YAML config (default: the built-in synthetic_gpu.yaml with a GPU, else synthetic_cpu.yaml)",
     )
     ap.add_argument(
         "--profile-steps",
@@ -94,17 +106,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="resume even though keys that change the run (model, data, batch, optimizer, schedule) "
         "differ from the checkpoint's config; the change is appended to config_changes.yaml",
     )
-    return ap.parse_known_args(argv)
+    args, overrides = ap.parse_known_args(argv)
+    if args.help_config:  # the keys, with the values of the config this command line would run
+        print(config_help(args.config or default_config_path(), overrides))
+        raise SystemExit(0)
+    return args, overrides
 
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return (
-        REPO_ROOT
-        / "fastcvrl"
-        / "configs"
-        / ("synthetic_gpu.yaml" if torch.cuda.is_available() else "synthetic_cpu.yaml")
-    )
+    return resolve.default_config_path()
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:
@@ -126,14 +137,28 @@ def check_config(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     world = int(os.environ.get("WORLD_SIZE", 1))
     if t.batch_size % world:
-        raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is not divisible by the {world} processes; "
+            + lower_batch_to(t.batch_size, world)
+        )
     videos = d.synthetic_classes * d.synthetic_videos_per_class
     if d.source == "video" and not d.train_manifest and t.batch_size > videos:
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the "
-            "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or "
-            "raise those"
+            "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); "
+            + lower_batch_to(videos, world)
+            + " or raise those"
         )
+
+
+def lower_batch_to(limit: int, world: int) -> str:
+    """The hint of a batch-size error: the largest global batch that is at most ``limit`` (the videos there
+    are, or the batch asked for) and divisible by the ``world`` processes."""
+    best = limit // world * world
+    procs = f"{world} process{'es' if world > 1 else ''}"
+    if best == 0:
+        return f"no global batch fits: {limit} video(s) for {procs} (each needs one); use fewer processes"
+    return f"the largest train.batch_size that works with {procs} is {best} (--train.batch_size={best})"
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
@@ -176,7 +201,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if len(entries) < cfg.train.batch_size:
         raise ManifestError(
             f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
-            f"(train.batch_size={cfg.train.batch_size})"
+            f"(train.batch_size={cfg.train.batch_size}); " + lower_batch_to(len(entries), env.world_size)
         )
     checked = [(cfg.data.train_manifest, entries)]
     if cfg.train.knn_every and cfg.data.val_manifest:
@@ -574,7 +599,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     cfg = resolve_config(args, overrides, device)
     if args.print_config:  # the resolved config of this command line; nothing runs, nothing is written
         if int(os.environ.get("RANK", 0)) == 0:
-            print(config_yaml(cfg), end="", flush=True)
+            print(config_yaml(resolve.resolved_config(cfg)), end="", flush=True)
         raise SystemExit(0)
     if cfg.train.cuda_graph and device.type == "cuda":
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")  # NCCL collectives inside a CUDA graph

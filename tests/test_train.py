@@ -177,8 +177,47 @@ def test_more_config_errors_name_their_key(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="data.device"):
             train.main(_args(run_dir, "--data.source=video", "--data.device=gpu"))
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ConfigError, match="train.batch_size: 4 is not divisible by the 3"):
+    with pytest.raises(ConfigError, match="train.batch_size: 4 is not divisible by the 3") as e:
         train.main(_args(run_dir))
+    assert "the largest train.batch_size that works with 3 processes is 3 (--train.batch_size=3)" in str(
+        e.value
+    )
+    assert not run_dir.exists()
+
+
+def test_a_batch_larger_than_the_data_names_the_largest_that_works(tmp_path, monkeypatch):
+    """The Kinetics-400 config on 4 clips: train.batch_size=1024 is refused with the value to lower it to,
+    for this manifest and this number of processes; so is a built-in dataset smaller than one batch."""
+    from dali_pipelines.manifest import ManifestError
+    from fastcvrl.config import ConfigError
+
+    rows = []
+    for i in range(4):
+        (tmp_path / f"clip{i}.mp4").write_bytes(b"")
+        rows.append(f"clip{i}.mp4,0,64,25,320,240,h264")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,num_frames,fps,width,height,codec\n" + "\n".join(rows) + "\n")
+    k400 = str(REPO / "fastcvrl" / "configs" / "cvrl_r3d50_k400.yaml")
+    args = [
+        "--config",
+        k400,
+        f"--data.train_manifest={manifest}",
+        "--data.val_manifest=",
+        "--data.device=cpu",
+    ]
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        ManifestError, match=r"4 videos, fewer than one global batch \(train.batch_size=1024\)"
+    ) as e:
+        train.main([*args, f"--train.out_dir={run_dir}"])
+    assert "the largest train.batch_size that works with 1 process is 4 (--train.batch_size=4)" in str(
+        e.value
+    )
+    synthetic = ["--data.source=video", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=3"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="more than the 6 training videos") as e:
+        train.main(_args(run_dir, *synthetic, "--train.batch_size=8"))
+    assert "works with 4 processes is 4 (--train.batch_size=4)" in str(e.value)
     assert not run_dir.exists()
 
 

@@ -455,6 +455,7 @@ def _print_summary(
 
 def main(argv: list[str] | None = None) -> int:
     import fastcvrl.datasets.listings
+    from fastcvrl.commands import HelpFormatter, prog
 
     epilog = (
         fastcvrl.datasets.listings.__doc__.split("\n", 1)[1]
@@ -462,10 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         "3 stopped by --stop-after, 130 interrupted (rerun the same command to continue)."
     )
     ap = argparse.ArgumentParser(
-        prog="python -m fastcvrl.prepare",
+        prog=prog("fastcvrl-prepare", "fastcvrl.prepare"),
         description=__doc__.split("\n\n")[0],
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument(
         "src",
