@@ -54,7 +54,7 @@ from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import dist, resolve
-from fastcvrl.commands import HelpFormatter, prog
+from fastcvrl.commands import HelpFormatter, prog, sibling
 from fastcvrl.config import (
     Config,
     ConfigError,
@@ -65,7 +65,7 @@ from fastcvrl.config import (
     to_dict,
 )
 from fastcvrl.datasets.synthetic import ensure_synthetic
-from fastcvrl.logger import Board, Progress, Report
+from fastcvrl.logger import Board, Progress, Report, closing_lines
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.runfolder import PeerFailed, RunFolder, RunFolderError, StorageError, agreed, storage_error
@@ -350,6 +350,7 @@ class Run:
     step_fn: Callable | None = None  # built after resuming (a CUDA graph captures the restored state)
     side: Any = None  # graphed runs: the one side stream of DDP construction, warm-up and capture
     stop: dist.StopFlag | None = None
+    progress: Progress | None = None  # set by the loop; its loss figures and time go into the closing lines
 
     @property
     def run_dir(self) -> Path:
@@ -471,7 +472,7 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
     profile = parse_profile_steps(t.profile_steps) if env.device.type == "cuda" else None
     use_nvtx = env.device.type == "cuda"
     metrics = Metrics(env.device)
-    progress = Progress(end, pos.step, enabled=env.rank == 0)
+    progress = run.progress = Progress(end, pos.step, enabled=env.rank == 0)
     board = Board(run_dir, enabled=env.rank == 0)
     lr_tensor = run.optimizer.lr_tensor
     loader.set_epoch(pos.epoch)
@@ -495,6 +496,7 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
             loss, acc = run.step_fn(view1, view2)
             metrics.add(loss, acc)
             pos.step, pos.batch, window_steps = pos.step + 1, pos.batch + 1, window_steps + 1
+            progress.tick(pos.step)
             if profile and pos.step == profile[1]:
                 torch.cuda.synchronize()
                 torch.cuda.profiler.stop()
@@ -659,11 +661,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         path = agreed(
             functools.partial(export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True
         )
-        dist.print0(
-            f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "
-            f"backbone), {ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir "
-            f"{run.run_dir / 'tb'}"
-        )
+        if env.rank == 0:
+            print(closing_lines_of(run, pos.step, path), flush=True)
         return RunResult(0, pos.step, run.run_dir, run.plain)
     finally:
         if run is not None and run.stop is not None:
@@ -671,6 +670,23 @@ def main(argv: list[str] | None = None) -> RunResult:
         if folder is not None:
             folder.release()
         dist.destroy()
+
+
+def closing_lines_of(run: Run, step: int, backbone: Path | None) -> str:
+    """``logger.closing_lines`` for this run: its newest checkpoint, and the evaluation command with the
+    run's labelled splits where it has them (the built-in dataset's train and test splits)."""
+    kept = ckpt.list_checkpoints(run.run_dir)
+    d = run.cfg.data
+    labelled = (d.train_manifest, d.val_manifest) if d.train_manifest and d.val_manifest else None
+    return closing_lines(
+        run.run_dir,
+        step,
+        backbone,
+        kept[-1][1] if kept else None,
+        run.progress,
+        sibling("fastcvrl-eval"),
+        labelled,
+    )
 
 
 def _planned_device() -> torch.device:
