@@ -675,7 +675,10 @@ def main(argv: list[str] | None = None) -> RunResult:
 def closing_lines_of(run: Run, step: int, backbone: Path | None) -> str:
     """``logger.closing_lines`` for this run: its newest checkpoint, and the evaluation command with the
     run's labelled splits where it has them (the built-in dataset's train and test splits)."""
-    kept = ckpt.list_checkpoints(run.run_dir)
+    try:
+        kept = ckpt.list_checkpoints(run.run_dir)
+    except OSError:  # the folder became unreadable after the run: the lines name what they can
+        kept = []
     d = run.cfg.data
     labelled = (d.train_manifest, d.val_manifest) if d.train_manifest and d.val_manifest else None
     return closing_lines(
