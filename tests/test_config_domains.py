@@ -382,3 +382,13 @@ def test_eval_print_config(tmp_path, capsys):
     printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
     assert printed.eval.epochs == 7 and printed.eval.finetune is True
     assert not (tmp_path / "out").exists()
+    # with a checkpoint: the model section the evaluation will take from it, auto values filled in
+    from fastcvrl.model import build_backbone
+
+    bb = build_backbone("r3d_tiny", 2)
+    torch.save({"arch": "r3d_tiny", "width": 2, "state_dict": bb.state_dict()}, tmp_path / "backbone.pt")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(tmp_path / "backbone.pt"), "--print-config"])
+    printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
+    assert (printed.model.arch, printed.model.width) == ("r3d_tiny", 2)
+    assert "auto" not in (printed.data.device, printed.data.augment, printed.train.precision)

@@ -242,8 +242,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.finetune:
         cfg = merge(cfg, {"eval": {"finetune": True}})
     check_eval_config(cfg)
-    # resolved for this machine (the model section becomes the checkpoint's at run time)
+    # resolved for this machine, with the checkpoint's model section as the run will take it
     if args.print_config:
+        if args.checkpoint:
+            _, cfg = load_backbone(args.checkpoint, cfg)
         print(config_yaml(resolved_config(cfg)), end="", flush=True)
         raise SystemExit(0)
     splits = match_splits(
