@@ -109,3 +109,15 @@ def test_help_names_the_command_as_typed_and_shows_defaults(tmp_path, name, modu
     assert script.stdout.startswith(f"usage: {name} "), script.stdout[:200]
     assert module.stdout.startswith(f"usage: {usage} "), module.stdout[:200]
     assert default in " ".join(script.stdout.split()), script.stdout  # (help lines are wrapped)
+
+
+def test_no_development_paths_in_the_product():
+    """Code, help texts and comments name no folder outside the repository (``../shared``) and cite no
+    document that is not in it under its old name."""
+    found = []
+    for top in ("fastcvrl", "dali_pipelines", "benchmarks"):
+        for path in sorted((REPO / top).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".sh", ".yaml", ".md", ".cfg"):
+                text = path.read_text(encoding="utf-8")
+                found += [f"{path}: {word}" for word in ("shared/", "DALI-NOTES") if word in text]
+    assert found == []
