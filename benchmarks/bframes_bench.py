@@ -3,7 +3,7 @@ spacing.
 
     python benchmarks/bframes_bench.py [--videos DIR] [--gops 8 16 32] [--bframes 0 3] [--json OUT]
 
-Each source video (default: the real clips in ``../shared/videos``) is transcoded by prepare's transcoder at
+Each source video (``--videos DIR``; without it, synthetic ones) is transcoded by prepare's transcoder at
 short side 256 for every (keyframe spacing, B-frames) pair. Then the pretraining source plans CVRL clips (two
 16 x 2 views per video, the recipe's gap distribution, ``--plans`` epochs over the files) and trims each
 video's packets as the pipelines do. Reported per setting:
@@ -33,7 +33,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, environment, format_table, write_json  # noqa: E402
+from common import environment, format_table, write_json  # noqa: E402
 
 from dali_pipelines.host import PretrainSource  # noqa: E402
 from dali_pipelines.manifest import VideoEntry  # noqa: E402
@@ -56,21 +56,44 @@ def _transcode(src: str, dst: str, gop: int, bframes: int) -> int:
     return probe.num_frames
 
 
+def _synthetic_sources(work: Path) -> list[str]:
+    """Three 250-frame videos of smooth moving noise at 320 x 256 (a 10 s clip at 25 fps), written to
+    ``work``."""
+    from fastcvrl.datasets.video import write_video
+
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(3):
+        base = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)
+        frames = np.stack(
+            [np.kron(np.roll(base, t, axis=1), np.ones((8, 8, 1), np.uint8)) for t in range(250)]
+        )
+        out.append(str(write_video(work / f"synthetic{k}.mp4", frames[:, :256, :320], codec="h264", gop=250)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
+    ap.add_argument(
+        "--videos", type=Path, default=None, help="folder of source videos (default: synthetic videos)"
+    )
     ap.add_argument("--gops", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--bframes", type=int, nargs="+", default=[0, 3])
     ap.add_argument("--plans", type=int, default=8, help="epochs of clip plans over the files")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    sources = sorted(
-        str(p) for p in args.videos.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm")
-    )
-    if not sources:
-        raise SystemExit(f"no videos in {args.videos}")
-    cfg = Config().data
     work = Path(tempfile.mkdtemp(prefix="bframes-"))
+    if args.videos is None:
+        sources = _synthetic_sources(work)
+        print(f"videos: {len(sources)} synthetic 250-frame videos (--videos DIR to use yours)", flush=True)
+    else:
+        sources = sorted(
+            str(p) for p in args.videos.glob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".webm")
+        )
+        if not sources:
+            raise SystemExit(f"error: no videos in {args.videos}")
+        print(f"videos: {len(sources)} from {args.videos}", flush=True)
+    cfg = Config().data
     rows, result = [], {"benchmark": "h264_bframes", "sources": sources, "settings": {}}
     for gop in args.gops:
         for bf in args.bframes:

@@ -14,9 +14,10 @@
 # Parts a-c each print one JSON line (nvdec_*.json) that says what ran and, where a part could not, why.
 # Real clips for a-c: $FASTCVRL_SHARED_VIDEOS, else .device/videos (an ignored folder the caller fills and
 # carries); without them a and b use generated clips and say so.
-# The machine's python3 (3.12, torch preinstalled) runs the package from the tree via PYTHONPATH=. . DALI and
-# PyAV come from /tmp/site (../shared/gpu/README.md); if their parts were carried to /tmp/dali_parts and are
-# not unpacked yet, this script unpacks them there (local files only). Everything lands in $OUT when set, else
+# The machine's python3 (torch preinstalled) runs the package from the tree via PYTHONPATH=. . DALI and PyAV
+# come from the environment, or from /tmp/site where they were installed there: if their wheels were carried
+# to /tmp/dali_parts (split parts of a tar) and are not unpacked yet, this script unpacks them there (local
+# files only). Everything lands in $OUT when set, else
 # in results/device_check/: summary.txt, one .txt per part, one JSON line per benchmark.
 #
 #   bash benchmarks/device_check.sh            # on the lent machine, from the repository root
@@ -52,7 +53,7 @@ nvdec_part() {  # nvdec_part NAME LIMIT ARGS...: one JSON line into nvdec_NAME.j
   [ $rc -eq 0 ] || status=1
 }
 
-# DALI and PyAV: unpack the carried parts once (as ../shared/gpu/README.md does), then use /tmp/site
+# DALI and PyAV: unpack the carried parts once, then use /tmp/site
 if ! PYTHONPATH="/tmp/site:$PYTHONPATH" $PY -c "import nvidia.dali" >/dev/null 2>&1 && ls /tmp/dali_parts/part.* >/dev/null 2>&1; then
   say "unpacking DALI and PyAV from /tmp/dali_parts to /tmp/site"
   (cd /tmp && cat dali_parts/part.* | tar xf - \
@@ -121,7 +122,7 @@ if has nvidia.dali && has av && has yaml; then
   rc=$?; grep -E "step|done|error|Error" "$RES/smoke_train.txt" | tail -n 6 | tee -a "$RES/summary.txt"
   [ $rc -eq 0 ] && grep -q "done at step 30" "$RES/smoke_train.txt" || { say "smoke exit $rc (see smoke_train.txt)"; status=1; }
 else
-  say "DALI, PyAV or PyYAML not importable here: training smoke skipped (see ../shared/gpu/README.md)"
+  say "DALI, PyAV or PyYAML not importable here: training smoke skipped"
 fi
 
 # 3. loader benchmark on the GPU (the smoke's H.264 synthetic set at 128 x 128, reused; 40 s at most)

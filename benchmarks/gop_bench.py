@@ -4,7 +4,7 @@ PyAV.
     python benchmarks/gop_bench.py [--videos DIR] [--codecs vp9 h264] [--clips 16] [--repeats 3]
                                    [--short-side 256] [--json OUT]
 
-Each source video (default: the real clips in ``../shared/videos``; without them, synthetic 250-frame videos)
+Each source video (``--videos DIR``; without it, or where DIR has none, synthetic 250-frame videos)
 is transcoded with prepare's own transcoder twice per codec at the same short side: once with the encoder's
 default keyframe placement (``default``) and once with a keyframe every 16 frames (``gop16``). Then, for the
 same random clip positions, a CVRL clip (16 frames at stride 2) is decoded with PyAV on one thread in two
@@ -33,7 +33,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, environment, format_table, summarize, write_json  # noqa: E402
+from common import environment, format_table, summarize, write_json  # noqa: E402
 
 from fastcvrl.datasets.transcode import Transcode, transcode_video  # noqa: E402
 from fastcvrl.datasets.video import CODECS, keyframe_indices, read_video, write_video  # noqa: E402
@@ -64,10 +64,17 @@ def decode_clip(path: str, start: int, seek: bool) -> tuple[int, list[np.ndarray
 
 
 def _sources(folder: Path | None, scratch: Path) -> list[Path]:
+    """The videos in ``folder``, else three synthetic ones written to ``scratch``; says which it uses."""
     if folder and folder.is_dir():
         found = sorted(p for p in folder.iterdir() if p.suffix in (".mp4", ".avi", ".webm", ".mkv"))
         if found:
+            print(f"videos: {len(found)} from {folder}", flush=True)
             return found
+    print(
+        f"videos: {'no videos in ' + str(folder) + '; ' if folder else ''}3 synthetic 250-frame videos "
+        "(--videos DIR to use yours)",
+        flush=True,
+    )
     rng = np.random.default_rng(0)
     out = []
     for k in range(3):  # smooth moving noise, 250 frames (a 10 s Kinetics clip at 25 fps)
@@ -83,7 +90,9 @@ def _sources(folder: Path | None, scratch: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
+    ap.add_argument(
+        "--videos", type=Path, default=None, help="folder of source videos (default: synthetic videos)"
+    )
     ap.add_argument("--codecs", nargs="+", default=["vp9", "h264"], choices=["vp9", "h264"])
     ap.add_argument("--clips", type=int, default=16, help="random clip positions per video")
     ap.add_argument("--repeats", type=int, default=3)

@@ -7,7 +7,7 @@ What is timed is what the pipelines' host side does per batch: epoch order, CVRL
 views, crops, colour), cutting each video's packets down to the runs the clips need and writing them into a
 small in-memory container (``dali_pipelines/packets.py``). Nothing is decoded.
 
-Data: the real clips in ``../shared/videos`` (with ``--quick``, or where they are absent: small synthetic
+Data: the clips in ``--videos DIR`` (without it, with ``--quick``, or where DIR has none: small synthetic
 videos), transcoded by this benchmark with ``prepare``'s own transcoder to each of H.264, VP9 and MJPEG at
 short side 256 with a keyframe every 16 frames (``prepare --transcode``'s defaults), cached under
 ``~/.cache/fastcvrl/host-bench``. Each file is listed ``--host-copies`` times under distinct names (links) so
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import REPO, PeakMemory, environment, format_table, summarize, tree_cpu_seconds, usable_cores  # noqa: E402
+from common import PeakMemory, environment, format_table, summarize, tree_cpu_seconds, usable_cores  # noqa: E402
 
 CODECS = ("h264", "vp9", "mjpeg")
 CACHE = "~/.cache/fastcvrl/host-bench"
@@ -49,10 +49,12 @@ def add_arguments(p: Any) -> None:
         help="measure the host source alone (no decoding) for H.264, VP9 and MJPEG; see host_feed.py",
     )
     p.add_argument(
+        "--videos",
         "--host-videos",
+        dest="host_videos",
         default="",
-        help="--host-only: folder of source videos (transcoded by the benchmark); default: the first "
-        "of ../shared/videos and ../../shared/videos (from a worktree) that exists",
+        help="--host-only: folder of source videos (transcoded by the benchmark); default: small "
+        "synthetic videos",
     )
     p.add_argument("--host-copies", type=int, default=64, help="--host-only: times each file is listed")
     p.add_argument("--host-batch", type=int, default=32, help="--host-only: videos per batch")
@@ -65,18 +67,14 @@ def add_arguments(p: Any) -> None:
 
 def _sources(args: Any, work: Path) -> list[str]:
     """Source videos: the real clips, or (``--quick`` or none found) small synthetic ones."""
-    candidates = (
-        [Path(args.host_videos)]
-        if args.host_videos
-        else [REPO.parent / "shared" / "videos", REPO.parent.parent / "shared" / "videos"]
-    )
-    folder = next((c for c in candidates if c.is_dir()), candidates[0])
+    folder = Path(args.host_videos) if args.host_videos else None
     exts = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-    found = sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in exts) if folder.is_dir() else []
+    found = sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in exts) if folder else []
     if found and not args.quick:
+        print(f"--host-only: {len(found)} videos from {folder}", flush=True)
         return found
-    if not args.quick:
-        print(f"--host-only: no videos in {folder}; measuring on small synthetic clips instead", flush=True)
+    why = "--quick" if args.quick else f"no videos in {folder}" if folder else "no --videos DIR"
+    print(f"--host-only: {why}; measuring on small synthetic clips", flush=True)
     from fastcvrl.datasets.video import write_video
 
     rng = np.random.default_rng(0)

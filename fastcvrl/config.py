@@ -107,26 +107,43 @@ def validate(cfg: Config, sections: Sequence[str] | None = None) -> Config:
 
 
 # ------------------------------------------------------------------------------------------- help, printing
-def config_help() -> str:
-    """Every key with its type, default, allowed values and help, then the relations (``--help-config``)."""
+def config_help(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> str:
+    """Every key with its type, built-in default, allowed values and help, then the relations
+    (``--help-config``). With ``path`` (the config the command would run: ``--config`` or the built-in
+    default file) and ``overrides``, a ``value`` column shows what that command line sets, ``*`` marking
+    each value that differs from the built-in default."""
+    cfg = load_config(path, overrides) if path or overrides else None
+    defaults = {dotted: value for dotted, _, value in config_keys()}
     rows = []
-    for dotted, f, value in config_keys():
+    for dotted, f, value in config_keys(cfg):
         domain = f.metadata.get("domain")
-        rows.append(
-            (
-                dotted,
-                _type_name(f.type),
-                _yaml_scalar(value),
-                domain.describe() if domain else "(undeclared)",
-                f.metadata.get("help", ""),
-            )
-        )
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
+        row = [dotted, _type_name(f.type)]
+        if cfg is not None:
+            row.append(_yaml_scalar(value) + (" *" if value != defaults[dotted] else ""))
+        row += [
+            _yaml_scalar(defaults[dotted]),
+            domain.describe() if domain else "(undeclared)",
+            f.metadata.get("help", ""),
+        ]
+        rows.append(row)
+    head = ["key", "type", *(["value"] if cfg is not None else []), "built-in default", "allowed", "meaning"]
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(f"{c:{n}}" for c, n in zip(cells, w)) + "  " + cells[-1]
+
+    source = (
+        f"the values of {path}" + (" with this command line's overrides" if overrides else "")
+        if path
+        else "the values of this command line's overrides"
+    )
     lines = [
         "Config keys: set in a YAML file (section: key: value) or on the command line (--section.key=VALUE).",
-        f"{'key':{w[0]}}  {'type':{w[1]}}  {'default':{w[2]}}  {'allowed':{w[3]}}  meaning",
+        "built-in default: the value of a key that neither the config file nor the command line sets.",
     ]
-    lines += [f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d:{w[3]}}  {e}".rstrip() for a, b, c, d, e in rows]
+    if cfg is not None:
+        lines.append(f"value: {source}; * marks a value that differs from the built-in default.")
+    lines += ["", line(head).rstrip()] + [line(r).rstrip() for r in rows]
     lines += ["", "Relations between keys:"] + [f"  {r.rule}" for r in relations()]
     return "\n".join(lines)
 
@@ -146,24 +163,15 @@ def config_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-class _HelpConfig(argparse.Action):
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None
-    ):
-        print(config_help())
-        parser.exit()
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``--help-config`` (list every key, its default and allowed values, then exit) and ``--print-config``
-    (the caller prints the resolved config of the command line, ``config_yaml``, and exits without
-    running)."""
+    """``--help-config`` and ``--print-config``: the caller, once it knows which config the command line
+    runs (``--config``, or its built-in default), prints ``config_help(path, overrides)`` or the resolved
+    config (``config_yaml``) and exits without running."""
     parser.add_argument(
         "--help-config",
-        action=_HelpConfig,
-        nargs=0,
-        default=argparse.SUPPRESS,
-        help="list every config key with its default and allowed values, and exit",
+        action="store_true",
+        help="list every config key with its built-in default, the value the config this command runs "
+        "gives it (marked * where they differ) and the allowed values, and exit",
     )
     parser.add_argument(
         "--print-config",

@@ -360,8 +360,13 @@ def backbone_file(conv: Converted) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from fastcvrl.checkpoint import atomic_torch_save
+    from fastcvrl.commands import HelpFormatter, prog
 
-    p = argparse.ArgumentParser(prog="python -m fastcvrl.convert_tf", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("python -m fastcvrl.convert_tf", "fastcvrl.convert_tf"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("prefix", metavar="CHECKPOINT_PREFIX", help="TF checkpoint prefix (without .index)")
     p.add_argument("--out", default="backbone.pt", help="where to write the backbone (default: backbone.pt)")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ is a no-op, so the same training code runs on a laptop CPU.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import signal
@@ -105,7 +106,32 @@ def wrap_ddp(
         if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else "broadcast_buffers"
     )
+    match_grad_strides(model)
     return ddp(model, device_ids=device_ids, static_graph=static_graph, **{key: sync_buffers})
+
+
+def match_grad_strides(model: nn.Module) -> None:
+    """Hand each parameter its gradient with the parameter's own strides, where the two differ only on dims
+    of size 1 (the same elements at the same offsets, so the gradient is re-viewed, never copied).
+
+    A 1x1x1 kernel (C_out, C_in, 1, 1, 1) in channels_last_3d has strides (C_in, 1, C_in, C_in, C_in); the
+    convolution's backward may hand back (C_in, 1, 1, 1, 1) for the same memory, which autograd's layout
+    rule accepts (it ignores size-1 dims) but DDP's buckets, built from the parameters' strides, do not: it
+    warns "Grad strides do not match bucket view strides" and copies. A hook on such parameters restrides the
+    gradient before it is accumulated."""
+    for p in model.parameters():
+        if p.requires_grad and p.dim() > 1 and 1 in p.shape:
+            p.register_hook(functools.partial(_restride, tuple(p.shape), p.stride()))
+
+
+def _restride(shape: tuple[int, ...], stride: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` viewed with ``stride`` when it addresses its elements exactly so (strides equal on every dim
+    of size > 1); unchanged otherwise."""
+    if grad.stride() == stride or tuple(grad.shape) != shape:
+        return grad
+    if any(n > 1 and a != b for n, a, b in zip(shape, grad.stride(), stride)):
+        return grad
+    return grad.as_strided(shape, stride)
 
 
 class _GatherWithGrad:
@@ -156,11 +182,15 @@ _host_group: Any = None
 
 
 def host_group() -> Any:
-    """A gloo group for small host-side agreements (the stop flag, errors), so that they never touch the GPU
-    stream; the default group where it is gloo already. Created on first use: call it on every rank."""
+    """A gloo group of its own for small host-side agreements (the stop flag, errors), so that they never
+    touch the GPU stream. Its own also on the CPU, where the default group is gloo already: DDP keeps the
+    default group alive past ``destroy_process_group``, with its worker threads, and a worker that drops the
+    last host collective's tensors while the interpreter exits aborts the process ("terminate called without
+    an active exception"); this group is freed, its threads joined, at ``destroy``. Created on first use:
+    call it on every rank."""
     global _host_group
     if _host_group is None and _active():
-        _host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        _host_group = dist.new_group(backend="gloo")
     return _host_group
 
 

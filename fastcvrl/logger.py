@@ -1,12 +1,15 @@
-"""What a user sees: the progress line, TensorBoard scalars, and the run's environment record (env.json).
+"""What a user sees: the progress line, TensorBoard scalars, the closing lines, and the run's environment
+record (env.json).
 
-Only rank 0 logs. The progress line is a tqdm bar on a terminal and one plain line per report otherwise
-(log files stay readable); both show epoch, step, loss, contrastive accuracy, lr, clips/s, the fraction of
-time spent waiting for data, and the ETA.
+Only rank 0 logs. The progress line is one tqdm bar for the whole run on a terminal, moving every step, and
+otherwise (a log file, a pipe) a plain line every ``every_s`` seconds and at the last step, so that logs stay
+readable; both show epoch, step, loss, contrastive accuracy, lr, clips/s, the fraction of time spent waiting
+for data, and the ETA. ``closing_lines`` says where the results are and how to look at them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -60,13 +64,26 @@ def format_report(r: Report) -> str:
 
 
 class Progress:
-    """A tqdm bar when ``stream`` is a terminal, else one printed line per ``update``."""
+    """The run's progress on rank 0: a tqdm bar when ``stream`` is a terminal, else periodic lines.
+
+    ``tick(step)`` after every step (no host sync: it only counts) moves the bar and its ETA, which counts
+    down from the last report's; ``update(report)`` after every metric read refreshes the numbers, and
+    without a terminal prints a line when ``every_s`` seconds have passed since the last one (always for the
+    first report and the last step). ``first_loss``/``last_loss`` and ``elapsed`` are for the closing
+    lines."""
 
     def __init__(
-        self, total_steps: int, start_step: int = 0, stream: TextIO | None = None, enabled: bool = True
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        self.total, self.start, self.every_s, self.clock = total_steps, start_step, every_s, clock
         self.bar = None
         if enabled and self.stream.isatty():
             # the width from shutil (which falls back where the terminal reports 0 columns); the bar comes
@@ -80,17 +97,51 @@ class Progress:
                 leave=True,
             )
         self.step = start_step
+        self.started = clock()
+        self.last: Report | None = None  # the last report, and when it came
+        self.last_at = self.started
+        self.printed_at: float | None = None
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def tick(self, step: int) -> None:
+        """Step ``step`` is done: the bar moves (tqdm redraws at most ten times a second)."""
+        if self.bar is None or step <= self.step:
+            return
+        self.bar.set_description_str(self._live(step), refresh=False)
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def _live(self, step: int) -> str:
+        """The bar's text at ``step``: the last report's numbers, this step, an ETA counted down from the last
+        report's (before the first report: from the rate since the start)."""
+        now = self.clock()
+        if self.last is None:
+            done = step - self.start
+            eta = (self.total - step) * (now - self.started) / done if done > 0 else 0.0
+            return f"step {step}/{self.total} eta {format_eta(eta)}"
+        eta = max(self.last.eta_s - (now - self.last_at), 0.0) if step < self.total else 0.0
+        return format_report(dataclasses.replace(self.last, step=step, eta_s=eta))
 
     def update(self, r: Report) -> None:
         if not self.enabled:
             return
-        line = format_report(r)
+        now = self.clock()
+        self.first_loss = r.loss if self.first_loss is None else self.first_loss
+        self.last_loss = r.loss
+        self.last, self.last_at = r, now
         if self.bar is not None:
+            self.bar.set_description_str(format_report(r), refresh=False)
             self.bar.update(r.step - self.step)
-            self.bar.set_description_str(line, refresh=True)
-        else:
-            print(line, file=self.stream, flush=True)
-        self.step = r.step
+            self.bar.refresh()
+        elif self.printed_at is None or now - self.printed_at >= self.every_s or r.step >= r.total_steps:
+            print(format_report(r), file=self.stream, flush=True)
+            self.printed_at = now
+        self.step = max(self.step, r.step)
 
     def write(self, msg: str) -> None:
         """A message that does not break the bar."""
@@ -104,6 +155,45 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def closing_lines(
+    run_dir: str | os.PathLike,
+    step: int,
+    backbone: str | os.PathLike | None,
+    checkpoint: str | os.PathLike | None,
+    progress: Progress | None = None,
+    eval_command: str = "python -m fastcvrl.eval",
+    manifests: tuple[str, str] | None = None,
+) -> str:
+    """The trainer's last lines: where the trained backbone, the newest checkpoint and the TensorBoard events
+    are, and how to look at each (evaluate, load in Python, resume, ``tensorboard --logdir``).
+    ``manifests``: a labelled (train, test) pair to put in the evaluation command, else placeholders."""
+    run = Path(run_dir)
+    head = f"done at step {step}"
+    if progress is not None and progress.first_loss is not None:
+        head += (
+            f" in {format_eta(progress.elapsed)} (loss {progress.first_loss:.2f} -> {progress.last_loss:.2f})"
+        )
+    train_m, test_m = manifests or ("TRAIN.csv", "TEST.csv")
+    lines = [f"{head}. Results in {run}:"]
+    if backbone:
+        lines += [
+            f"  trained backbone  {backbone}",
+            f"    evaluate it:    {eval_command} --checkpoint {backbone} --train-manifest {train_m} "
+            f"--test-manifest {test_m}",
+            f"    load it:        p = torch.load({str(backbone)!r}); "
+            "m = fastcvrl.model.build_backbone(p['arch'], p['width']); m.load_state_dict(p['state_dict'])",
+        ]
+    if checkpoint:
+        lines.append(
+            f"  checkpoint        {checkpoint}  (the whole training state: rerun the command to resume)"
+        )
+    lines += [
+        f"  TensorBoard       tensorboard --logdir {run / 'tb'}  (then open http://localhost:6006)",
+        f"  config, env       {run / 'config.yaml'}, {run / 'env.json'}",
+    ]
+    return "\n".join(lines)
 
 
 class Board:

@@ -53,19 +53,20 @@ from dali_pipelines.codecs import UndecodableError
 from dali_pipelines.manifest import ManifestError, read_manifest
 from dali_pipelines.normalize import Normalize
 from fastcvrl import checkpoint as ckpt
-from fastcvrl import dist, preflight
+from fastcvrl import dist, preflight, resolve
+from fastcvrl.commands import HelpFormatter, prog, sibling
 from fastcvrl.config import (
     Config,
     ConfigError,
     add_config_flags,
-    builtin_default,
+    config_help,
     config_yaml,
     load_config,
     to_dict,
 )
 from fastcvrl.datasets.synthetic import ensure_synthetic
 from fastcvrl.faults import OOM_EXIT, out_of_memory_message, skipped_summary
-from fastcvrl.logger import Board, Progress, Report
+from fastcvrl.logger import Board, Progress, Report, closing_lines
 from fastcvrl.model import build_model
 from fastcvrl.optim import build_optimizer
 from fastcvrl.precision import input_dtype, train_precision
@@ -82,15 +83,17 @@ class NonFiniteLoss(RuntimeError):
 # ------------------------------------------------------------------------------------------ configuration
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(
-        prog="fastcvrl/train.py",
+        prog=prog("fastcvrl-train", "fastcvrl.train"),
         description="CVRL video pretraining",
+        formatter_class=HelpFormatter,
         epilog="Any config key can be overridden: --optim.lr=0.32 --train.epochs=200 "
         "(--help-config lists them all)",
     )
     ap.add_argument(
         "--config",
         default=None,
-        help="YAML file or shipped config name, e.g. cvrl_r3d50_k400 (default: synthetic_gpu/synthetic_cpu)",
+        help="YAML file or shipped config name, e.g. cvrl_r3d50_k400 (default: the built-in synthetic_gpu "
+        "with a GPU, else synthetic_cpu)",
     )
     ap.add_argument(
         "--profile-steps",
@@ -105,12 +108,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="resume even though keys that change the run (model, data, batch, optimizer, schedule) "
         "differ from the checkpoint's config; the change is appended to config_changes.yaml",
     )
-    return ap.parse_known_args(argv)
+    args, overrides = ap.parse_known_args(argv)
+    if args.help_config:  # the keys, with the values of the config this command line would run
+        print(config_help(args.config or default_config_path(), overrides))
+        raise SystemExit(0)
+    return args, overrides
 
 
 def default_config_path() -> Path:
     """The built-in default: the synthetic dataset with a small model, sized for the device at hand."""
-    return builtin_default(torch.cuda.is_available())  # package data: works from a wheel, in any folder
+    return resolve.default_config_path()  # package data: works from a wheel, in any folder
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], device: torch.device) -> Config:
@@ -131,14 +138,28 @@ def check_config(cfg: Config) -> None:
     t, d = cfg.train, cfg.data
     world = int(os.environ.get("WORLD_SIZE", 1))
     if t.batch_size % world:
-        raise ConfigError(f"train.batch_size: {t.batch_size} is not divisible by the {world} processes")
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is not divisible by the {world} processes; "
+            + lower_batch_to(t.batch_size, world)
+        )
     videos = d.synthetic_classes * d.synthetic_videos_per_class
     if d.source == "video" and not d.train_manifest and t.batch_size > videos:
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is more than the {videos} training videos of the "
-            "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); lower it or "
-            "raise those"
+            "built-in dataset (data.synthetic_classes x data.synthetic_videos_per_class); "
+            + lower_batch_to(videos, world)
+            + " or raise those"
         )
+
+
+def lower_batch_to(limit: int, world: int) -> str:
+    """The hint of a batch-size error: the largest global batch that is at most ``limit`` (the videos there
+    are, or the batch asked for) and divisible by the ``world`` processes."""
+    best = limit // world * world
+    procs = f"{world} process{'es' if world > 1 else ''}"
+    if best == 0:
+        return f"no global batch fits: {limit} video(s) for {procs} (each needs one); use fewer processes"
+    return f"the largest train.batch_size that works with {procs} is {best} (--train.batch_size={best})"
 
 
 def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
@@ -168,7 +189,7 @@ def resolve_data(cfg: Config, env: dist.DistEnv) -> str:
     if len(entries) < cfg.train.batch_size:
         raise ManifestError(
             f"{cfg.data.train_manifest}: {len(entries)} videos, fewer than one global batch "
-            f"(train.batch_size={cfg.train.batch_size})"
+            f"(train.batch_size={cfg.train.batch_size}); " + lower_batch_to(len(entries), env.world_size)
         )
     checked = [(cfg.data.train_manifest, entries)]
     if cfg.train.knn_every and cfg.data.val_manifest:
@@ -307,6 +328,7 @@ class Run:
     step_fn: Callable | None = None  # built after resuming (a CUDA graph captures the restored state)
     side: Any = None  # graphed runs: the one side stream of DDP construction, warm-up and capture
     stop: dist.StopFlag | None = None
+    progress: Progress | None = None  # set by the loop; its loss figures and time go into the closing lines
 
     @property
     def run_dir(self) -> Path:
@@ -415,7 +437,7 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
     profile = steps_range(t.profile_steps) if env.device.type == "cuda" else None  # validated at load
     use_nvtx = env.device.type == "cuda"
     metrics = Metrics(env.device)
-    progress = Progress(end, pos.step, enabled=env.rank == 0)
+    progress = run.progress = Progress(end, pos.step, enabled=env.rank == 0)
     board = Board(run_dir, enabled=env.rank == 0)
     lr_tensor = run.optimizer.lr_tensor
     loader.set_epoch(pos.epoch)
@@ -439,6 +461,7 @@ def train(run: Run, pos: ckpt.Position) -> ckpt.Position:
             loss, acc = run.step_fn(view1, view2)
             metrics.add(loss, acc)
             pos.step, pos.batch, window_steps = pos.step + 1, pos.batch + 1, window_steps + 1
+            progress.tick(pos.step)
             if profile and pos.step == profile[1]:
                 torch.cuda.synchronize()
                 torch.cuda.profiler.stop()
@@ -519,7 +542,7 @@ def main(argv: list[str] | None = None) -> RunResult:
     cfg = resolve_config(args, overrides, device)
     if args.print_config:  # the resolved config of this command line; nothing runs, nothing is written
         if int(os.environ.get("RANK", 0)) == 0:
-            print(config_yaml(cfg), end="", flush=True)
+            print(config_yaml(resolve.resolved_config(cfg)), end="", flush=True)
         raise SystemExit(0)
     if cfg.train.cuda_graph and device.type == "cuda":
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")  # NCCL collectives inside a CUDA graph
@@ -583,11 +606,8 @@ def main(argv: list[str] | None = None) -> RunResult:
         path = agreed(
             functools.partial(ckpt.export_backbone, run.run_dir, run.plain, cfg, pos.step), rank0_only=True
         )
-        dist.print0(
-            f"done at step {pos.step}. Results in {run.run_dir}: {path.name if path else ''} (the trained "
-            f"backbone), {ckpt.CKPT_DIR}/, config.yaml, env.json; TensorBoard: tensorboard --logdir "
-            f"{run.run_dir / 'tb'}"
-        )
+        if env.rank == 0:
+            print(closing_lines_of(run, pos.step, path), flush=True)
         return RunResult(0, pos.step, run.run_dir, run.plain)
     finally:
         if run is not None and run.stop is not None:
@@ -614,6 +634,26 @@ def view_spec(cfg: Config, env: dist.DistEnv) -> tuple[int, int, int, torch.dtyp
         rt = runtime(cfg, env.device)
         dtype = torch.uint8 if rt.augment == "dali" else rt.dtype
     return cfg.train.batch_size // env.world_size, cfg.data.num_frames, cfg.data.crop_size, dtype, env.device
+
+
+def closing_lines_of(run: Run, step: int, backbone: Path | None) -> str:
+    """``logger.closing_lines`` for this run: its newest checkpoint, and the evaluation command with the
+    run's labelled splits where it has them (the built-in dataset's train and test splits)."""
+    try:
+        kept = ckpt.list_checkpoints(run.run_dir)
+    except OSError:  # the folder became unreadable after the run: the lines name what they can
+        kept = []
+    d = run.cfg.data
+    labelled = (d.train_manifest, d.val_manifest) if d.train_manifest and d.val_manifest else None
+    return closing_lines(
+        run.run_dir,
+        step,
+        backbone,
+        kept[-1][1] if kept else None,
+        run.progress,
+        sibling("fastcvrl-eval"),
+        labelled,
+    )
 
 
 def _planned_device() -> torch.device:

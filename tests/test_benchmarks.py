@@ -177,6 +177,32 @@ def test_loader_bench_host_only_quick(tmp_path):
     assert all(f > 0 for f in result["codecs"]["vp9"]["frames_per_video"])  # transcoded files were indexed
 
 
+def test_benchmarks_use_the_given_videos_else_their_own_and_say_which(tmp_path, capsys):
+    """No benchmark reaches for a folder outside the repository: the host-only benchmark and gop_bench take
+    --videos DIR, else generate synthetic videos, and print which they use."""
+    import argparse
+
+    import gop_bench
+    import host_feed
+
+    from fastcvrl.datasets.video import write_video
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write_video(mine / "a.mp4", torch.zeros(8, 32, 32, 3, dtype=torch.uint8).numpy(), codec="h264", gop=None)
+    for work in (tmp_path / "w1", tmp_path / "w2"):
+        work.mkdir()
+    assert host_feed._sources(argparse.Namespace(host_videos=str(mine), quick=False), tmp_path / "w1") == [
+        str(mine / "a.mp4")
+    ]
+    assert f"1 videos from {mine}" in capsys.readouterr().out
+    own = host_feed._sources(argparse.Namespace(host_videos="", quick=False), tmp_path / "w2")
+    assert own and all(Path(p).parent == tmp_path / "w2" for p in own)
+    assert "no --videos DIR; measuring on small synthetic clips" in capsys.readouterr().out
+    assert gop_bench._sources(mine, tmp_path) == [mine / "a.mp4"]
+    assert f"videos: 1 from {mine}" in capsys.readouterr().out
+
+
 def test_decode_ceiling_counts_frames(loader_result):
     result, _ = loader_result
     from dali_pipelines.manifest import read_manifest

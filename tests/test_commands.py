@@ -87,3 +87,36 @@ def test_console_script_exits_as_the_module_form(tmp_path, name, module_form, ba
     )  # ... and one line, no traceback
     assert errors == [line for line in module.stderr.splitlines() if line.strip()]
     assert named in errors[0]  # naming what is wrong
+
+
+# (console script, its python form's arguments, that form as its usage shows it, a default its help shows)
+HELP = [
+    ("fastcvrl-train", ["-m", "fastcvrl.train"], "python -m fastcvrl.train", "(default: the built-in"),
+    ("fastcvrl-eval", ["-m", "fastcvrl.eval"], "python -m fastcvrl.eval", "(default: 0)"),
+    ("fastcvrl-prepare", ["-m", "fastcvrl.prepare"], "python -m fastcvrl.prepare", "(default: 16)"),
+    ("fastcvrl-synthetic", ["-m", "fastcvrl.synthetic"], "python -m fastcvrl.synthetic", "(default: 24)"),
+]
+
+
+@pytest.mark.parametrize("name, module_form, usage, default", HELP, ids=[h[0] for h in HELP])
+def test_help_names_the_command_as_typed_and_shows_defaults(tmp_path, name, module_form, usage, default):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = dict(cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    script = subprocess.run([sys.executable, "-c", _SCRIPT, _entry_points()[name], name, "--help"], **run)
+    module = subprocess.run([sys.executable, *module_form, "--help"], **run)
+    assert script.returncode == module.returncode == 0, script.stderr + module.stderr
+    assert script.stdout.startswith(f"usage: {name} "), script.stdout[:200]
+    assert module.stdout.startswith(f"usage: {usage} "), module.stdout[:200]
+    assert default in " ".join(script.stdout.split()), script.stdout  # (help lines are wrapped)
+
+
+def test_no_development_paths_in_the_product():
+    """Code, help texts and comments name no folder outside the repository (``../shared``) and cite no
+    document that is not in it under its old name."""
+    found = []
+    for top in ("fastcvrl", "dali_pipelines", "benchmarks"):
+        for path in sorted((REPO / top).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".sh", ".yaml", ".md", ".cfg"):
+                text = path.read_text(encoding="utf-8")
+                found += [f"{path}: {word}" for word in ("shared/", "DALI-NOTES") if word in text]
+    assert found == []

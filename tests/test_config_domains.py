@@ -22,6 +22,7 @@ import yaml
 from fastcvrl import config as C
 from fastcvrl import domains as D
 from fastcvrl.config import Config, ConfigError, config_keys, load_config, relations, validate
+from fastcvrl.resolve import resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = config_keys()  # (dotted key, field, default)
@@ -306,6 +307,32 @@ def test_help_config_lists_every_key_with_its_default_and_allowed_values(capsys,
         assert any(r.rule in ln for ln in lines), r.rule
 
 
+def _row(lines: list[str], key: str) -> list[str]:
+    (row,) = [ln for ln in lines if ln.split(" ", 1)[0] == key]
+    return re.split(r"\s{2,}", row)
+
+
+@pytest.mark.parametrize("entry", ["train", "eval"])
+def test_help_config_shows_the_values_of_the_config_the_command_runs(capsys, entry):
+    """With --config (and overrides) each key shows that command line's value beside the built-in default,
+    ``*`` marking the ones that differ; the trainer without --config shows its built-in default file."""
+    from fastcvrl import train
+    from fastcvrl.eval import evaluate
+    from fastcvrl.resolve import default_config_path
+
+    parse = train.parse_args if entry == "train" else evaluate._parse
+    path = str(REPO / "fastcvrl" / "configs" / "synthetic_cpu.yaml")
+    lines = _help_lines(lambda a: parse([*a, "--config", path, "--optim.lr=0.5"]), capsys)
+    assert any(path in ln for ln in lines[:4]) and "built-in default" in _row(lines, "key")
+    assert _row(lines, "data.crop_size")[2:4] == ["64 *", "224"]  # set by the file
+    assert _row(lines, "optim.lr")[2:4] == ["0.5 *", "0.32"]  # set on the command line
+    assert _row(lines, "loss.temperature")[2:4] == ["0.1", "0.1"]  # the file repeats the default
+    if entry == "train":  # a plain run's config: the built-in default file for this machine
+        plain = _help_lines(train.parse_args, capsys)
+        assert any(str(default_config_path()) in ln for ln in plain[:4])
+        assert _row(plain, "model.arch")[2] == load_config(default_config_path()).model.arch + " *"
+
+
 def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path, capsys):
     from fastcvrl import train
 
@@ -315,10 +342,33 @@ def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path, caps
         train.main([*args, "--print-config"])
     assert e.value.code == 0
     printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
-    expected = train.resolve_config(*train.parse_args(args), train._planned_device())
+    expected = resolved_config(train.resolve_config(*train.parse_args(args), train._planned_device()))
     assert printed == expected and printed.optim.lr == 0.5 and printed.train.profile_steps == "3:5"
     assert printed.train.precision in ("fp32", "bf16")  # "auto" resolved for this machine
     assert not run_dir.exists()
+
+
+def test_print_config_fills_in_auto_values_as_the_run_would(tmp_path, capsys, monkeypatch):
+    """``auto`` and ``-1`` become what the loaders and the trainer pick on this machine: the data device,
+    the augmentation backend, the host workers (from the usable cores) and the precision."""
+    from dali_pipelines.cores import resolve_num_threads
+    from dali_pipelines.settings import resolve_augment, resolve_host_workers
+    from fastcvrl import train
+    from fastcvrl.preflight import data_device
+
+    args = ["--data.device=auto", "--data.augment=auto", "--data.host_workers=-1", "--train.precision=auto"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.raises(SystemExit):
+        train.main([*args, f"--train.out_dir={tmp_path / 'run'}", "--print-config"])
+    printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
+    device = data_device("auto")
+    assert printed.data.device == device and printed.data.augment == resolve_augment("auto", device)
+    assert printed.data.num_threads == resolve_num_threads("auto", device)
+    assert printed.data.host_workers == resolve_host_workers(-1) >= 0
+    assert printed.train.precision == ("bf16" if torch.cuda.is_available() else "fp32")
+    # explicit values are kept, and the printed config is a config file that loads
+    (tmp_path / "printed.yaml").write_text(C.config_yaml(printed))
+    assert C.load_config(tmp_path / "printed.yaml") == printed
 
 
 def test_eval_print_config(tmp_path, capsys):
@@ -343,3 +393,13 @@ def test_eval_print_config(tmp_path, capsys):
     printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
     assert printed.eval.epochs == 7 and printed.eval.finetune is True
     assert not (tmp_path / "out").exists()
+    # with a checkpoint: the model section the evaluation will take from it, auto values filled in
+    from fastcvrl.model import build_backbone
+
+    bb = build_backbone("r3d_tiny", 2)
+    torch.save({"arch": "r3d_tiny", "width": 2, "state_dict": bb.state_dict()}, tmp_path / "backbone.pt")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(tmp_path / "backbone.pt"), "--print-config"])
+    printed = C.merge(Config(), yaml.safe_load(capsys.readouterr().out))
+    assert (printed.model.arch, printed.model.width) == ("r3d_tiny", 2)
+    assert "auto" not in (printed.data.device, printed.data.augment, printed.train.precision)

@@ -175,3 +175,26 @@ def test_current_and_older_torch_collective_names_give_the_same_gradients(tmp_pa
                 assert res["type"] == "_OldDDP"
                 if new_api:  # this torch deprecates the old names: their warnings show the fallback ran
                     assert any("all_gather_into_tensor" in m for m in res["future"]), res["future"]
+
+
+def test_gradients_take_the_strides_of_their_channels_last_parameters():
+    """A 1x1x1 kernel in channels_last_3d and a gradient with contiguous strides address the same memory the
+    same way; autograd keeps such a gradient as it is, and DDP (buckets built from the parameters' strides)
+    would warn and copy. ``match_grad_strides`` re-views it with the parameter's strides, without a copy."""
+    kernel = nn.Conv3d(4, 6, 1, bias=False).to(memory_format=torch.channels_last_3d)
+    p = kernel.weight
+    assert p.stride() == (4, 1, 4, 4, 4)
+    contiguous = torch.arange(24.0).reshape(6, 4, 1, 1, 1)  # strides (4, 1, 1, 1, 1)
+
+    (p * contiguous).sum().backward()
+    assert p.grad.stride() == (4, 1, 1, 1, 1)  # what DDP's bucket check refuses
+    p.grad = None
+    fdist.match_grad_strides(kernel)
+    (p * contiguous).sum().backward()
+    assert p.grad.stride() == p.stride() and torch.equal(p.grad, contiguous)
+    # a gradient laid out otherwise on a dim of size > 1 is left to autograd's own layout rule
+    wide = nn.Parameter(torch.zeros(3, 1, 5))
+    fdist.match_grad_strides(nn.ParameterList([wide]))
+    other = torch.arange(15.0).reshape(5, 1, 3).permute(2, 1, 0)  # strides (1, 3, 3)
+    (wide * other).sum().backward()
+    assert torch.equal(wide.grad, other)

@@ -430,6 +430,7 @@ def test_cli_linear_probe_end_to_end(tiny_synthetic, tmp_path):
             "--out",
             str(out),
             *TINY,
+            "--eval.test_crops=3",
             "--train.precision=bf16",
         ]
     )
@@ -520,6 +521,54 @@ def test_cli_rejects_a_train_manifest_smaller_than_one_batch(tiny_synthetic, tmp
                 "--eval.batch_size=16",
             ]
         )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default's eval.batch_size is the one named")
+def test_a_failing_eval_names_the_batch_that_fits_and_leaves_no_folder(
+    tiny_synthetic, tmp_path, capsys, monkeypatch
+):
+    """Without --config (on the CPU): the trainer's default's eval.batch_size (32) is more than the 8 training
+    videos. The error says what to lower it to; neither --out nor the default output folder is created, and
+    the output folder is never announced."""
+    from fastcvrl.eval.__main__ import cli
+
+    train_m, test_m = tiny_synthetic
+    out = tmp_path / "given" / "out"
+    base = ["--random-init", "--train-manifest", train_m, "--test-manifest", test_m]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    codes = [cli([*base, "--out", str(out), "--eval.batch_size=9"]), cli(base)]  # and the default folder
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert codes == [2, 2] and len(errors) == 2, captured
+    assert all(
+        "the largest eval.batch_size that works for it is 8 (--eval.batch_size=8)" in e for e in errors
+    )
+    assert "eval.batch_size=9" in errors[0] and "eval.batch_size=32" in errors[1]
+    assert not (tmp_path / "given").exists() and list(work.iterdir()) == []
+    assert "results" not in captured.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU default decodes H.264 with NVDEC")
+def test_cli_without_config_takes_the_trainers_built_in_default(tiny_synthetic, tmp_path, capsys):
+    """``eval --random-init`` without --config evaluates what a plain training run trains: the built-in
+    default config for this machine (on the CPU r3d_tiny with CPU-sized clips), not the R3D-50 defaults."""
+    import json
+
+    from fastcvrl.config import load_config
+    from fastcvrl.eval.evaluate import main
+    from fastcvrl.resolve import default_config_path
+
+    train_m, test_m = tiny_synthetic
+    out = tmp_path / "ev"
+    small = ["--eval.batch_size=4", "--eval.epochs=2", "--eval.warmup_epochs=1", "--eval.test_clips=1"]
+    main(["--random-init", "--train-manifest", train_m, "--test-manifest", test_m, "--out", str(out), *small])
+    saved = json.loads((out / "eval.json").read_text())["config"]
+    default = load_config(default_config_path())
+    assert saved["model"]["arch"] == default.model.arch != Config().model.arch
+    assert saved["eval"]["crop_size"] == default.eval.crop_size != Config().eval.crop_size
+    assert str(default_config_path()) in capsys.readouterr().out  # it says which config it took
 
 
 # ------------------------------------------------------------------------------------ inputs against each

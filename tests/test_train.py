@@ -137,6 +137,12 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProce
     )
 
 
+def _warning_lines(stderr: str) -> list[str]:
+    """Lines of a run's stderr that are warnings: Python's (``...Warning:``, torch's C++ ones included) and
+    glog-style ``W1203 12:00:00`` lines of torch's launcher."""
+    return [ln for ln in stderr.splitlines() if re.search(r"\w*Warning\b|^W\d{4} \d\d:", ln)]
+
+
 def test_config_and_manifest_errors_come_before_any_work(tmp_path):
     run_dir = tmp_path / "run"
     r = _cli(*_args(run_dir, "--train.bogus=1"))
@@ -171,8 +177,47 @@ def test_more_config_errors_name_their_key(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match="data.device"):
             train.main(_args(run_dir, "--data.source=video", "--data.device=gpu"))
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ConfigError, match="train.batch_size: 4 is not divisible by the 3"):
+    with pytest.raises(ConfigError, match="train.batch_size: 4 is not divisible by the 3") as e:
         train.main(_args(run_dir))
+    assert "the largest train.batch_size that works with 3 processes is 3 (--train.batch_size=3)" in str(
+        e.value
+    )
+    assert not run_dir.exists()
+
+
+def test_a_batch_larger_than_the_data_names_the_largest_that_works(tmp_path, monkeypatch):
+    """The Kinetics-400 config on 4 clips: train.batch_size=1024 is refused with the value to lower it to,
+    for this manifest and this number of processes; so is a built-in dataset smaller than one batch."""
+    from dali_pipelines.manifest import ManifestError
+    from fastcvrl.config import ConfigError
+
+    rows = []
+    for i in range(4):
+        (tmp_path / f"clip{i}.mp4").write_bytes(b"")
+        rows.append(f"clip{i}.mp4,0,64,25,320,240,h264")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,num_frames,fps,width,height,codec\n" + "\n".join(rows) + "\n")
+    k400 = str(REPO / "fastcvrl" / "configs" / "cvrl_r3d50_k400.yaml")
+    args = [
+        "--config",
+        k400,
+        f"--data.train_manifest={manifest}",
+        "--data.val_manifest=",
+        "--data.device=cpu",
+    ]
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        ManifestError, match=r"4 videos, fewer than one global batch \(train.batch_size=1024\)"
+    ) as e:
+        train.main([*args, f"--train.out_dir={run_dir}"])
+    assert "the largest train.batch_size that works with 1 process is 4 (--train.batch_size=4)" in str(
+        e.value
+    )
+    synthetic = ["--data.source=video", "--data.synthetic_classes=2", "--data.synthetic_videos_per_class=3"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="more than the 6 training videos") as e:
+        train.main(_args(run_dir, *synthetic, "--train.batch_size=8"))
+    assert "works with 4 processes is 4 (--train.batch_size=4)" in str(e.value)
     assert not run_dir.exists()
 
 
@@ -251,8 +296,8 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
         [sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        for line in proc.stderr:  # the progress lines (not a terminal: one line per report)
-            if " step 3/" in line:
+        for line in proc.stderr:  # the first progress line (not a terminal: the first report is printed)
+            if " step 1/" in line:
                 break
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
@@ -261,7 +306,7 @@ def test_sigterm_checkpoints_and_exits_then_resumes(tmp_path):
     assert proc.returncode == 143, err
     assert "SIGTERM" in err
     ((step, _),) = ckpt.list_checkpoints(tmp_path)  # ckpt_every=1000: only the SIGTERM checkpoint exists
-    assert step >= 3
+    assert step >= 1
     r = _cli(*args, f"--train.max_steps={step + 2}")
     assert r.returncode == 0 and "resumed from" in r.stdout
     assert ckpt.load_latest(tmp_path)[0]["step"] == step + 2
@@ -290,10 +335,12 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
         str(tmp_path),
         *_args(tmp_path / "run", "--train.epochs=2", "--model.sync_bn=true"),
     ]
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "always"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert _warning_lines(r.stderr) == [], r.stderr  # DDP's gradient-stride warning among others
+    steps = re.findall(r"^ep \d+/\d+ step (\d+)/8 ", r.stderr, re.M)  # the progress of rank 0 only
+    assert steps.count("8") == 1 and len(steps) == len(set(steps)), r.stderr
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert a.keys() == b.keys()
     params = [k for k in a if "running" not in k and "num_batches" not in k]
@@ -380,3 +427,87 @@ def test_progress_line_shows_every_field_on_a_terminal_and_in_a_log():
         ):
             assert part in text, (part, text)
     assert format_eta(59) == "00:59" and format_eta(61) == "01:01"
+
+
+def _report(step: int, total: int = 10, eta: float = 100.0):
+    from fastcvrl.logger import Report
+
+    return Report(0, 1, step, total, 5.0, 0.5, 0.1, 10.0, 0.0, eta)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_bar_moves_every_step_with_an_eta_on_a_terminal():
+    """One bar for the run: every step moves it; its ETA comes from the steps' rate before the first
+    report, then counts down from the last report's."""
+    import io
+
+    from fastcvrl.logger import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    clock = _Clock()
+    p = Progress(10, 0, stream=Tty(), clock=clock)
+    for step in (1, 2):
+        clock.t += 3.0
+        p.tick(step)
+    assert p.bar.n == 2 and p.bar.desc == "step 2/10 eta 00:24"  # 3 s a step, 8 steps to go
+    clock.t += 3.0
+    p.tick(3)
+    p.update(_report(3, eta=70.0))
+    clock.t += 10.0
+    p.tick(4)
+    assert p.bar.n == 4 and "step 4/10" in p.bar.desc and p.bar.desc.endswith("eta 01:00")
+    p.close()
+
+
+def test_progress_without_a_terminal_prints_a_line_with_the_eta_every_period():
+    """A log file gets the first report, then one line per ``every_s`` seconds, and the last step."""
+    import io
+
+    from fastcvrl.logger import Progress
+
+    clock, stream = _Clock(), io.StringIO()
+    p = Progress(10, 0, stream=stream, every_s=30.0, clock=clock)
+    for t, step in ((0, 2), (10, 4), (31, 6), (40, 8), (45, 10)):
+        clock.t = t
+        p.tick(step)  # no bar: nothing printed
+        p.update(_report(step, eta=10.0 * (10 - step)))
+    lines = stream.getvalue().splitlines()
+    assert [re.search(r"step (\d+)/10", ln)[1] for ln in lines] == ["2", "6", "10"]
+    assert all(" eta " in ln for ln in lines)
+    assert (p.first_loss, p.last_loss) == (5.0, 5.0)
+    quiet = io.StringIO()
+    other_rank = Progress(10, 0, stream=quiet, enabled=False, clock=clock)
+    other_rank.update(_report(10))
+    assert quiet.getvalue() == ""
+
+
+def test_a_tiny_run_is_quiet_and_ends_saying_where_its_results_are(tmp_path):
+    """`python fastcvrl/train.py` with no terminal: no warning at all on stderr (PYTHONWARNINGS=always),
+    progress lines with an ETA, and last lines naming the backbone, the newest checkpoint and the
+    TensorBoard command, each pointing at what is there."""
+    run_dir = tmp_path / "run"
+    r = _cli(*_args(run_dir), env={"PYTHONWARNINGS": "always", "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _warning_lines(r.stderr) == [], r.stderr
+    progress = [ln for ln in r.stderr.splitlines() if ln.startswith("ep ")]
+    assert progress and all(re.search(r" eta \d\d:\d\d$", ln) for ln in progress), r.stderr
+    assert "step 12/12" in progress[-1]
+    tail = r.stdout[r.stdout.index("done at step 12") :]
+    assert str(run_dir) in tail.splitlines()[0]
+    backbone = re.search(r"^ +trained backbone +(\S+)", tail, re.M)[1]
+    checkpoint = re.search(r"^ +checkpoint +(\S+)", tail, re.M)[1]
+    logdir = re.search(r"tensorboard --logdir (\S+)", tail)[1]
+    assert Path(backbone) == run_dir / "backbone.pt" and Path(backbone).is_file()
+    assert Path(checkpoint) == ckpt.list_checkpoints(run_dir)[-1][1]
+    assert list(Path(logdir).glob("events.out.tfevents.*"))
+    assert f"--checkpoint {backbone}" in tail  # the evaluation command to run next

@@ -635,6 +635,7 @@ def _print_summary(
 
 def main(argv: list[str] | None = None) -> int:
     import fastcvrl.datasets.listings
+    from fastcvrl.commands import HelpFormatter, prog
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--merge"]:  # python -m fastcvrl.prepare --merge OUT PART_DIR...
@@ -652,10 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         "command to continue)."
     )
     ap = argparse.ArgumentParser(
-        prog="python -m fastcvrl.prepare",
+        prog=prog("fastcvrl-prepare", "fastcvrl.prepare"),
         description=__doc__.split("\n\n")[0],
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument(
         "src",

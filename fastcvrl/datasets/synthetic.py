@@ -567,7 +567,13 @@ def ensure_synthetic(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastcvrl.synthetic", description=__doc__.split("\n")[0])
+    from fastcvrl.commands import HelpFormatter, prog
+
+    ap = argparse.ArgumentParser(
+        prog=prog("fastcvrl-synthetic", "fastcvrl.synthetic"),
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
+    )
     ap.add_argument("--out", required=True, help="dataset folder (created; reused when parameters match)")
     ap.add_argument("--classes", type=int, default=8, help=f"number of motion classes, 1..{len(MOTIONS)}")
     ap.add_argument("--videos-per-class", type=int, default=24, help="training videos per class")

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from fastcvrl import preflight
-from fastcvrl.config import Config, add_config_flags, config_yaml, load_config, merge, to_dict
+from fastcvrl.commands import HelpFormatter, prog
+from fastcvrl.config import Config, add_config_flags, config_help, config_yaml, load_config, merge, to_dict
 from fastcvrl.eval.features import unreadable
 from fastcvrl.eval.finetune import finetune
 from fastcvrl.eval.inputs import check_eval_config, match_splits
@@ -72,11 +73,7 @@ def evaluate(
     cfg = merge(cfg, {"train": {"precision": precision}})  # the loaders hand over clips in this dtype
     do_finetune = cfg.eval.finetune if finetune_all is None else finetune_all
     e = cfg.eval
-    if len(splits.train) < e.batch_size:  # training batches are whole: none at all would be a silent no-op
-        raise EvalError(
-            f"{train_manifest}: {len(splits.train)} videos, fewer than one training batch "
-            f"(eval.batch_size={e.batch_size}); lower eval.batch_size"
-        )
+    check_batch(cfg, len(splits.train), train_manifest)
     test_loader = build_test_loader(cfg, splits.test, device=device)
     train_loader = build_linear_loader(cfg, splits.train, device=device, seed=seed, train=True)
     t0 = time.perf_counter()
@@ -115,6 +112,17 @@ def evaluate(
     return result
 
 
+def check_batch(cfg: Config, videos: int, train_manifest: str) -> None:
+    """Training batches are whole (none at all would be a silent no-op): EvalError naming the largest
+    ``eval.batch_size`` that works when the training split holds fewer videos than one batch."""
+    if videos < cfg.eval.batch_size:
+        raise EvalError(
+            f"{train_manifest}: {videos} videos, fewer than one training batch "
+            f"(eval.batch_size={cfg.eval.batch_size}); the largest eval.batch_size that works for it is "
+            f"{videos} (--eval.batch_size={videos})"
+        )
+
+
 def _at_epoch(loader, epoch: int):
     """The loader reseeded for ``epoch`` (a fresh augmentation draw and order, deterministic per epoch)."""
     if hasattr(loader, "set_epoch"):
@@ -139,20 +147,22 @@ def check_codecs(cfg: Config, manifest: str, entries) -> None:
 # --------------------------------------------------------------------------------------------------- CLI
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
-        prog="python -m fastcvrl.eval",
+        prog=prog("fastcvrl-eval", "fastcvrl.eval"),
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="trainer checkpoint or exported backbone (.pt)")
+    # required, but checked after --help-config and --print-config, which need none of them
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="trainer checkpoint or exported backbone (.pt) (required, or:)")
     src.add_argument(
         "--random-init", action="store_true", help="evaluate a randomly initialised backbone (baseline)"
     )
-    p.add_argument("--train-manifest", required=True, help="labelled manifest the probe is trained on")
-    p.add_argument("--test-manifest", required=True, help="labelled manifest it is tested on")
+    p.add_argument("--train-manifest", help="labelled manifest the probe is trained on (required)")
+    p.add_argument("--test-manifest", help="labelled manifest it is tested on (required)")
     p.add_argument(
         "--config",
-        help="YAML file or shipped config name (default: config.yaml of the checkpoint's run folder, if any)",
+        help="YAML file or shipped config name (default: config.yaml of the checkpoint's run folder, else "
+        "the trainer's built-in default for this machine)",
     )
     p.add_argument(
         "--finetune", action="store_true", help="fine-tune the whole network (= --eval.finetune=true)"
@@ -166,12 +176,30 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument(
         "--out", help="output folder for eval.json and TensorBoard (default: beside the checkpoint)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe's initialisation and data order")
     add_config_flags(p)
-    return p.parse_known_args(argv)
+    args, overrides = p.parse_known_args(argv)
+    if args.help_config:  # the keys, with the values of the config this command line would use
+        print(config_help(_default_config_path(args), overrides))
+        raise SystemExit(0)
+    if not args.print_config:
+        missing = [
+            flag
+            for flag, given in (
+                ("--checkpoint or --random-init", args.checkpoint or args.random_init),
+                ("--train-manifest", args.train_manifest),
+                ("--test-manifest", args.test_manifest),
+            )
+            if not given
+        ]
+        if missing:
+            raise EvalError(f"missing {', '.join(missing)} (see {p.prog} --help)")
+    return args, overrides
 
 
-def _default_config_path(args: argparse.Namespace) -> str | None:
+def _default_config_path(args: argparse.Namespace) -> str:
+    """``--config``, else the checkpoint's run folder's ``config.yaml``, else the trainer's built-in default
+    for this machine (CPU-sized without a GPU): ``eval --random-init`` then matches a plain training run."""
     if args.config:
         return args.config
     if args.checkpoint:
@@ -179,7 +207,23 @@ def _default_config_path(args: argparse.Namespace) -> str | None:
         for folder in (ck.parent, ck.parent.parent):
             if (folder / "config.yaml").is_file():
                 return str(folder / "config.yaml")
-    return None
+    from fastcvrl.resolve import default_config_path
+
+    return str(default_config_path())
+
+
+def check_out(out: Path) -> None:
+    """EvalError unless ``out`` can be created (or written) later: the nearest existing folder on its path
+    must be a writable folder. Nothing is created here."""
+    import os
+
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EvalError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EvalError(f"--out {out}: {probe} is not writable")
 
 
 def _write_json(obj: dict, path: Path) -> None:
@@ -191,17 +235,24 @@ def _write_json(obj: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Check everything (config, manifests, codecs, checkpoint, batch size, output folder) before any model
+    work and before the output folder is named or created; the folder is created only when the results
+    are written, so a failing evaluation leaves none behind."""
+    from fastcvrl.resolve import resolved_config
+
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(_default_config_path(args), overrides)
+    config_path = _default_config_path(args)
+    cfg = load_config(config_path, overrides)
     if args.finetune:
         cfg = merge(cfg, {"eval": {"finetune": True}})
     check_eval_config(cfg)
     if args.retrieval and cfg.eval.finetune:
         raise EvalError("--retrieval reads frozen features: it cannot be combined with --finetune")
-    if (
-        args.print_config
-    ):  # the resolved config (the model section is replaced by the checkpoint's at run time)
-        print(config_yaml(cfg), end="", flush=True)
+    # resolved for this machine, with the checkpoint's model section as the run will take it
+    if args.print_config:
+        if args.checkpoint:
+            _, cfg = load_backbone(args.checkpoint, cfg)
+        print(config_yaml(resolved_config(cfg)), end="", flush=True)
         raise SystemExit(0)
     splits = match_splits(
         args.train_manifest, args.test_manifest, log=lambda s: None
@@ -218,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         backbone, cfg = load_backbone(args.checkpoint, cfg)
         source = str(args.checkpoint)
+    check_batch(cfg, len(splits.train), args.train_manifest)
     mode = "retrieval" if args.retrieval else "finetune" if cfg.eval.finetune else "linear"
     if args.out:
         out = Path(args.out)
@@ -225,7 +277,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path(args.checkpoint).parent / f"eval_{mode}"
     else:
         out = Path("runs") / f"eval_random_init_{mode}"
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
+    if not args.config:
+        print(f"eval: no --config: using {config_path}")
     precision = eval_precision(cfg.train.precision, device)
     note = (
         f" (train.precision={cfg.train.precision} on {device.type}: evaluating in {precision})"
@@ -233,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else ""
     )
     print(
-        f"eval: {mode} evaluation of {source} ({cfg.model.arch}) on {device} in {precision}{note}; results "
-        f"in {out}"
+        f"eval: {mode} evaluation of {source} ({cfg.model.arch}) on {device} in {precision}{note}; "
+        f"results go to {out} when it is done"
     )
     if args.retrieval:
         from fastcvrl.eval.retrieval import retrieval
@@ -251,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         config=to_dict(cfg),
     )
+    out.mkdir(parents=True, exist_ok=True)
     _write_json(result, out / "eval.json")
     from torch.utils.tensorboard import SummaryWriter
 
