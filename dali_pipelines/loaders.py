@@ -43,7 +43,7 @@ import av
 import numpy as np
 import torch
 
-from dali_pipelines import torch_augment
+from dali_pipelines import jpeg_frames, torch_augment
 from dali_pipelines.cores import cores_per_rank
 from dali_pipelines.host import (
     META_FIELDS,
@@ -313,7 +313,9 @@ def _torch_views(
     outs: tuple, views: list[tuple[int, int]], k: int, size: int, norm: Normalize, device: torch.device
 ) -> list[torch.Tensor]:
     n = len(outs[0])
-    videos = [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) uint8 each
+    per_frame = isinstance(outs[0], list)  # the MJPEG path (jpeg_frames): a list of frame tensors per video
+    crop = jpeg_frames.crop_resize_frames if per_frame else torch_augment.crop_resize
+    videos = outs[0] if per_frame else [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) each
     result = []
     for order_col, first in views:
         order = _host(outs[order_col])  # (B, T)
@@ -325,9 +327,7 @@ def _torch_views(
             memory_format=torch.channels_last_3d,
         )  # (B, 3, T, S, S)
         for i in range(n):
-            clip = torch_augment.crop_resize(
-                videos[i], order[i], c[0][i], c[1][i], size
-            )  # (T, 3, S, S) uint8
+            clip = crop(videos[i], order[i], c[0][i], c[1][i], size)  # (T, 3, S, S) uint8
             m, t = (c[2][i], c[3][i]) if k > 2 else (None, None)  # colour params (6,), op order (4,)
             sigma = float(c[4][i]) if norm.blur else 0.0
             sol = bool(c[-1][i]) if norm.solarize else False
@@ -405,15 +405,22 @@ def build_pretrain_loader(
     device = torch.device(device)
     dev = resolve_data_device(cfg.data.device)
     batch = cfg.train.batch_size // world_size
-    source = PretrainSource(read_manifest(manifest), batch, cfg.data, rank=rank, world=world_size, seed=seed)
-    kw = _pipeline_kw(cfg, dev, device, seed)
+    entries = read_manifest(manifest)
     augment = resolve_augment(cfg.data.augment, dev)
+    jpeg = dev == "cpu" and augment == "torch" and jpeg_frames.all_mjpeg(entries)  # JPEG images, no video
+    kind = jpeg_frames.JpegPretrainSource if jpeg else PretrainSource
+    source = kind(entries, batch, cfg.data, rank=rank, world=world_size, seed=seed)
+    kw = _pipeline_kw(cfg, dev, device, seed)
     d = cfg.data
     norm = Normalize(
         d.mean, d.std, data_dtype(cfg, device), device, views=2, blur=d.blur, solarize=d.solarize
     )
 
     def make(src: VideoSource) -> Any:
+        if jpeg:
+            frames = jpeg_frames.FrameSource(src)
+            pipe = jpeg_frames.frames_pipeline(frames, max_frames=batch * 2 * d.num_frames, **kw)
+            return jpeg_frames.VideoBatches(pipe, frames)
         return pretrain_pipeline(
             src,
             crop_size=d.crop_size,
