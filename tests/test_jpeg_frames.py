@@ -72,7 +72,8 @@ def test_jpeg_source_draws_what_the_video_source_draws(mjpeg_manifest):
 
 
 def test_frame_source_rows_regroup_to_the_videos(mjpeg_manifest):
-    """One row per frame: the JPEGs in order, slots (video, frame), and each video's columns on its rows."""
+    """One row per frame: the JPEGs in order, slots (video, frame), and each video's columns packed on its
+    first row (empty on the others), unpacked to the source's own values."""
     cfg = small_config()
     source = jpeg_frames.JpegPretrainSource(read_manifest(mjpeg_manifest), 4, cfg.data, seed=0)
     frames = jpeg_frames.FrameSource(source)
@@ -84,8 +85,11 @@ def test_frame_source_rows_regroup_to_the_videos(mjpeg_manifest):
         mine = np.flatnonzero(slot[:, 0] == b)
         assert slot[mine, 1].tolist() == list(range(len(s["jpeg_ends"])))
         assert b"".join(rows["jpeg"][i].tobytes() for i in mine) == s.encoded.tobytes()
+        assert all(len(rows["video"][i]) == 0 for i in mine[1:])
+        unpacked = frames.unpack(rows["video"][mine[0]])
+        assert list(unpacked) == list(frames.video_columns)
         for name in frames.video_columns:
-            assert all(np.array_equal(rows[name][i], s[name]) for i in mine), name
+            assert np.array_equal(unpacked[name], s[name]) and unpacked[name].dtype == s[name].dtype, name
 
 
 @pytest.mark.parametrize("host_workers", [0, 1])
