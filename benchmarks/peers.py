@@ -330,12 +330,21 @@ def datasets(args: Any, codecs: set[str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ stages
+# the stage pipelines run one iteration per run(), none ahead (else the next decode lands in the next stage)
+_SYNC = dict(prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+
+
 def _cpu() -> float:
     return time.process_time()  # this process, all threads (DALI's included)
 
 
-def stages(cfg: Any, manifest: str, seed: int, max_videos: int) -> dict[str, float]:
-    """CPU ms per clip of each stage of our loader for one codec, one thread, stage by stage."""
+def _own() -> float:
+    return time.thread_time()  # this thread only: the host and torch stages (DALI's idle threads apart)
+
+
+def stages(cfg: Any, manifest: str, seed: int, max_videos: int, chunk: int) -> dict[str, float]:
+    """CPU ms per clip of each stage of our loader for one codec, one thread, stage by stage, over
+    ``max_videos`` videos in batches of ``chunk``."""
     import av
     from av.video.reformatter import VideoReformatter
     from nvidia.dali import fn, pipeline_def, types
@@ -344,6 +353,7 @@ def stages(cfg: Any, manifest: str, seed: int, max_videos: int) -> dict[str, flo
     from dali_pipelines.manifest import read_manifest
     from dali_pipelines.packets import _read_payloads, _runs
 
+    torch.set_num_threads(1)  # before any torch op: idle pool threads spinning would count as work here
     d = cfg.data
     entries = read_manifest(manifest)
     jpeg = jpeg_frames.all_mjpeg(entries)
@@ -356,75 +366,87 @@ def stages(cfg: Any, manifest: str, seed: int, max_videos: int) -> dict[str, flo
     samples = []
     for v in videos:
         e, idx = entries[v], source.index(v)
-        c0 = _cpu()
+        c0 = _own()
         plan = clip_plan(d, seed, 1, v, source.length(v, idx), idx.height, idx.width)
-        c1 = _cpu()
+        c1 = _own()
         first, last = _runs(idx, plan.union)
         packets = np.array([p for a, b in zip(first, last) for p in range(a, b + 1)], np.int64)
         _read_payloads(idx, packets, None)
-        c2 = _cpu()
+        c2 = _own()
         cut = source.cut(idx, plan.union, None)
-        c3 = _cpu()
+        c3 = _own()
         ms["host plan"] += c1 - c0
         ms["packet cut"] += c2 - c1
         ms["container write"] += max(0.0, (c3 - c2) - (c2 - c1))
         samples.append((cut, plan, getattr(source, "_ends", None), e))
-    # decode alone: the prepared inputs through the decoder, one thread
+    # decode alone (the prepared inputs through the decoder, one thread), the hand-off and the crops, in
+    # batches of ``chunk`` videos as the loader runs them (one batch of every video: outputs of a few 100 MB)
+    chunks = [samples[k : k + chunk] for k in range(0, len(samples), chunk)]
+    current: list = []
     if jpeg:
-        jpegs = []
-        for cut, _, ends, _ in samples:
-            starts = np.concatenate([[0], ends[:-1]])
-            jpegs += [cut.encoded[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
 
-        @pipeline_def(batch_size=len(jpegs), num_threads=1, device_id=None, prefetch_queue_depth=1)
+        def feed() -> list:
+            out = []
+            for cut, _, ends, _ in current:
+                starts = np.concatenate([[0], ends[:-1]])
+                out += [cut.encoded[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+            return out
+
+        most = max(sum(len(p.union) for _, p, _, _ in c) for c in chunks)
+
+        @pipeline_def(batch_size=most, num_threads=1, device_id=None, **_SYNC)
         def dec():
-            return fn.decoders.image(
-                fn.external_source(source=lambda: jpegs, batch=True), output_type=types.RGB
-            )
+            return fn.decoders.image(fn.external_source(source=feed, batch=True), output_type=types.RGB)
     else:
-        enc = [c.encoded for c, *_ in samples]
-        pos = [c.positions for c, *_ in samples]
 
-        @pipeline_def(batch_size=len(enc), num_threads=1, device_id=None, prefetch_queue_depth=1)
+        def feed2() -> tuple:
+            return [c.encoded for c, *_ in current], [c.positions for c, *_ in current]
+
+        @pipeline_def(batch_size=chunk, num_threads=1, device_id=None, **_SYNC)
         def dec():
-            e, f = fn.external_source(source=lambda: (enc, pos), num_outputs=2, batch=True)
+            e, f = fn.external_source(source=feed2, num_outputs=2, batch=True)
             return fn.decoders.video(e, device="cpu", frames=f, build_index=False)
 
     pipe = dec()
+    current[:] = chunks[0]
     pipe.run()  # untimed: the decoder's first run
-    c0 = _cpu()
-    (out,) = pipe.run()
-    ms["DALI decode (with RGB)"] = _cpu() - c0
-    # the hand-off to torch and the crops, per video
-    c0 = _cpu()
-    if jpeg:
-        frames = [torch.from_dlpack(out[i]) for i in range(len(out))]
-        vids, k = [], 0
-        for _, plan, _, _ in samples:
-            vids.append(frames[k : k + len(plan.union)])
-            k += len(plan.union)
-    else:
-        vids = [loaders.to_torch(out, torch.device("cpu"), i) for i in range(len(samples))]
-    ms["hand-off to torch"] = _cpu() - c0
     crop = jpeg_frames.crop_resize_frames if jpeg else torch_augment.crop_resize
-    ms["crop and resize"] = 0.0
-    clips = []
-    torch.set_num_threads(1)
-    for vid, (_, plan, _, _) in zip(vids, samples):
+    for k in ("DALI decode (with RGB)", "hand-off to torch", "crop and resize"):
+        ms[k] = 0.0
+    for part in chunks:
+        current[:] = part
         c0 = _cpu()
-        for v in (0, 1):
-            clips.append(crop(vid, plan.order[v], plan.roi_start[v], plan.roi_end[v], d.crop_size))
-        ms["crop and resize"] += _cpu() - c0
-    c0 = _cpu()
-    for i in range(0, len(clips), 2):  # writing the clips into the batch: part of the hand-off
-        batch = torch.empty(
-            (2, 3, d.num_frames, d.crop_size, d.crop_size),
-            dtype=torch.uint8,
-            memory_format=torch.channels_last_3d,
-        )
-        batch[0].copy_(clips[i].permute(1, 0, 2, 3))
-        batch[1].copy_(clips[i + 1].permute(1, 0, 2, 3))
-    ms["hand-off to torch"] += _cpu() - c0
+        (out,) = pipe.run()
+        c1 = _cpu()
+        o1 = _own()
+        if jpeg:
+            frames = [torch.from_dlpack(out[i]) for i in range(len(out))]
+            vids, k = [], 0
+            for _, plan, _, _ in part:
+                vids.append(frames[k : k + len(plan.union)])
+                k += len(plan.union)
+        else:
+            vids = [loaders.to_torch(out, torch.device("cpu"), i) for i in range(len(part))]
+        c2 = _own()
+        clips = [
+            crop(vid, plan.order[v], plan.roi_start[v], plan.roi_end[v], d.crop_size)
+            for vid, (_, plan, _, _) in zip(vids, part)
+            for v in (0, 1)
+        ]
+        c3 = _own()
+        for v in (0, 1):  # writing the clips into the two views' batches: part of the hand-off
+            batch = torch.empty(
+                (len(part), 3, d.num_frames, d.crop_size, d.crop_size),
+                dtype=torch.uint8,
+                memory_format=torch.channels_last_3d,
+            )
+            for i in range(len(part)):
+                batch[i].copy_(clips[2 * i + v].permute(1, 0, 2, 3))
+        c4 = _own()
+        ms["DALI decode (with RGB)"] += c1 - c0
+        ms["hand-off to torch"] += (c2 - o1) + (c4 - c3)
+        ms["crop and resize"] += c3 - c2
+        del out, vids
     # what RGB conversion of the same frames costs with PyAV's converter (an estimate: DALI's is inside)
     rgb = VideoReformatter()
     conv = 0.0
@@ -553,7 +575,9 @@ def run(args: Any) -> dict[str, Any]:
         if hasattr(loader, "close"):
             loader.close()
     st = {
-        n: stages(cfg, manifests[n.split("/")[1]], args.seed, 64) for n in names if n.startswith("fastcvrl/")
+        n: stages(cfg, manifests[n.split("/")[1]], args.seed, 64, args.batch_size)
+        for n in names
+        if n.startswith("fastcvrl/")
     }
     result: dict[str, Any] = {
         "benchmark": "loader-peers",
