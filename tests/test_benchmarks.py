@@ -58,6 +58,15 @@ def test_tree_cpu_seconds_counts_child_processes():
         kill_and_wait(child)
 
 
+def test_tree_cpu_seconds_counts_children_that_exit_inside_the_window():
+    """A DataLoader's workers end with each epoch: their CPU time still counts once they are waited for."""
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    before = common.tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", code])
+    assert child.wait(timeout=60) == 0
+    assert common.tree_cpu_seconds() - before >= 0.25
+
+
 def test_tree_cpu_seconds_resolves_short_work_in_this_process():
     before = common.tree_cpu_seconds()
     x = 0
