@@ -4,6 +4,7 @@ ceiling.
     python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
     python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
     python benchmarks/loader_bench.py --host-only        # the host source alone, no decoding (host_feed.py)
+    python benchmarks/loader_bench.py --device cpu --peers decord --videos DIR --json peers.json  # peers.py
 
 Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults:
 112x112,
