@@ -103,9 +103,10 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds used so far by this process and its live descendants (Linux /proc).
 
     On a shared machine wall-clock rates swing with the other load; CPU time per unit of work swings much
-    less, so benchmarks report both. Children that exit inside a window are not counted. This process's own
-    time (all its threads, DALI's included) comes from ``time.process_time`` (sub-microsecond); the
-    descendants' from /proc, in clock ticks (10 ms)."""
+    less, so benchmarks report both. This process's own time (all its threads, DALI's included) comes from
+    ``time.process_time`` (sub-microsecond); the live descendants' from /proc, in clock ticks (10 ms); the
+    children already waited for (a ``DataLoader``'s workers at the end of each epoch) from ``os.times``, so
+    a difference of two readings also counts the children that exited between them."""
     me = os.getpid()
     root = pid or me
     ticks = 0
@@ -118,7 +119,10 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
         except (OSError, IndexError, ValueError):
             pass
-    own = time.process_time() if root == me else 0.0
+    own = 0.0
+    if root == me:
+        t = os.times()
+        own = time.process_time() + t.children_user + t.children_system
     return own + ticks / _TICK
 
 

@@ -4,6 +4,7 @@ ceiling.
     python benchmarks/loader_bench.py --device cpu --json results/loader_cpu.json
     python benchmarks/loader_bench.py --device gpu --manifest data/k400/train/manifest.csv --batch-size 64
     python benchmarks/loader_bench.py --host-only        # the host source alone, no decoding (host_feed.py)
+    python benchmarks/loader_bench.py --device cpu --peers decord --videos DIR --json peers.json  # peers.py
 
 Default data: the built-in synthetic dataset (``fastcvrl.datasets.synthetic.ensure_synthetic`` defaults:
 112x112, 64 frames, VP9, a keyframe every 16 frames), 112x112 crops, 16 x 2 clips, batch 8. Both loaders do
@@ -51,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import av  # noqa: E402
 import host_feed  # noqa: E402  (benchmarks/host_feed.py: --host-only)
+import peers  # noqa: E402  (benchmarks/peers.py: --peers)
 import torch  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 from baseline_loader import build_baseline_loader  # noqa: E402  (benchmarks/baseline_loader.py)
@@ -87,6 +89,10 @@ QUICK = dict(
     repeats=2,
     ceiling_frames=200,
 )
+
+
+PEER_DEFAULTS = dict(batch_size=32, warmup=1, iters=4, repeats=3)  # --peers: the issue's batches of 32
+PEER_QUICK = dict(copies=2, short_side=64, crop=32, frames=4, batch_size=4, iters=2, repeats=2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,9 +135,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
     p.add_argument("--memory-only", default="", help=argparse.SUPPRESS)  # internal: one loader's memory pass
     host_feed.add_arguments(p)
+    peers.add_arguments(p)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.quick:
+    if args.peers:  # the peer comparison's own defaults (peers.py), where not given
+        for k, v in PEER_DEFAULTS.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    if args.quick and args.peers:
+        for k, v in PEER_QUICK.items():
+            setattr(args, k, v)
+    elif args.quick:
         for k, v in QUICK.items():
             if k in ("classes", "videos_per_class", "size", "video_frames"):
                 setattr(args, k, v)
@@ -238,9 +252,12 @@ def decode_counts(loader) -> tuple[int, int] | None:
     return None
 
 
-def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[], None]) -> dict[str, Any]:
-    """Warm-up then timed batches of one loader; clips/s, frames decoded per clip, peak tree memory."""
-    with PeakMemory() as mem:
+def time_loader(
+    loader, warmup: int, iters: int, epoch0: int, sync: Callable[[], None], memory: bool = True
+) -> dict[str, Any]:
+    """Warm-up then timed batches of one loader; clips/s, frames decoded per clip, peak tree memory
+    (``memory=False``: none, and no sampler thread reading /proc beside the timed work)."""
+    with PeakMemory() if memory else _NoMemory() as mem:
         it = _endless(loader, epoch0)
         for _ in range(warmup):
             next(it)
@@ -270,6 +287,16 @@ def time_loader(loader, warmup: int, iters: int, epoch0: int, sync: Callable[[],
         "dtype": str(v1.dtype),
         "channels_last_3d": bool(v1.is_contiguous(memory_format=torch.channels_last_3d)),
     }
+
+
+class _NoMemory:
+    peak_rss_mb = peak_pss_mb = 0.0
+
+    def __enter__(self) -> _NoMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def build_loaders(names: list[str], cfg: Config, manifest: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -531,6 +558,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.memory_only:
         memory_only(args)
         return None
+    if args.peers:
+        if args.device != "cpu":
+            raise SystemExit("--peers compares CPU loaders: use --device cpu")
+        result = peers.run(args)
+        peers.print_table(result)
+        if args.plot:
+            peers.write_svg(result, args.plot)
+        line = write_json(result, args.json)
+        print(line)
+        return result
     if args.host_only:
         result = host_feed.run(args)
         host_feed.print_table(result)

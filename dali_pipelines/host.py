@@ -284,6 +284,10 @@ class VideoSource:
     def sample(self, video: int) -> Sample:
         raise NotImplementedError
 
+    def cut(self, idx: PacketIndex, needed: np.ndarray, data: bytes | None) -> Any:
+        """The decoder's input for frames ``needed`` of a video: ``packets.trim`` (``jpeg_frames``: JPEGs)."""
+        return trim(idx, needed, data)
+
     def _decode_plan(self, video: int, clips: np.ndarray) -> tuple[PacketIndex, Any, np.ndarray]:
         """Trim for the union of ``clips`` (frame indices, any shape); returns the inverse map into it."""
         idx = self.index(video)
@@ -343,7 +347,7 @@ class PretrainSource(VideoSource):
         union = sorted(set(frames))
         place = {f: i for i, f in enumerate(union)}
         inverse = np.array([place[f] for f in frames], np.int32)
-        tc = trim(idx, np.array(union, np.int64), self._first_read.pop(idx.path, None))
+        tc = self.cut(idx, np.array(union, np.int64), self._first_read.pop(idx.path, None))
         values = {"encoded": tc.encoded, "frames": tc.positions, "order1": inverse[:t], "order2": inverse[t:]}
         for view, names in enumerate(self._view_keys):
             values.update(zip(names, self.recipe.draw_view(rng, idx.height, idx.width, view)))

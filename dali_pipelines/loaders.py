@@ -42,7 +42,7 @@ import av
 import numpy as np
 import torch
 
-from dali_pipelines import torch_augment
+from dali_pipelines import jpeg_frames, torch_augment
 from dali_pipelines.host import (
     META_FIELDS,
     SUBSTITUTE,
@@ -292,7 +292,9 @@ def _torch_views(
 ) -> list[torch.Tensor]:
     n = len(outs[0])
     size, ops = recipe.crop_size, recipe.ops
-    videos = [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) uint8 each
+    per_frame = isinstance(outs[0], list)  # the MJPEG path (jpeg_frames): a list of frame tensors per video
+    crop = jpeg_frames.crop_resize_frames if per_frame else torch_augment.crop_resize
+    videos = outs[0] if per_frame else [to_torch(outs[0], device, i) for i in range(n)]  # (F, H, W, 3) each
     result = []
     for order_col, first in views:
         order = _host(outs[order_col])  # (B, T)
@@ -305,7 +307,7 @@ def _torch_views(
         )  # (B, 3, T, S, S)
         for i in range(n):
             # (T, 3, S, S) uint8
-            clip = torch_augment.crop_resize(videos[i], order[i], c["roi_start"][i], c["roi_end"][i], size)
+            clip = crop(videos[i], order[i], c["roi_start"][i], c["roi_end"][i], size)
             # colour params (6,), op order (4,); none without colour
             m, t = (c["color"][i], c["color_order"][i]) if recipe.color else (None, None)
             sigma = float(c["sigma"][i]) if "sigma" in c else 0.0
@@ -380,11 +382,19 @@ def build_pretrain_loader(
     device = torch.device(device)
     rt, recipe = settings.runtime, settings.recipe
     batch = _per_rank(settings.batch_size, world_size, "the pretraining batch size")
-    source = PretrainSource(_entries(manifest), batch, settings, rank=rank, world=world_size, seed=seed)
+    entries = _entries(manifest)
+    # MJPEG on the CPU with torch augmenting: every frame a JPEG, decoded as images (jpeg_frames)
+    jpeg = rt.device == "cpu" and rt.augment == "torch" and jpeg_frames.all_mjpeg(entries)
+    kind = jpeg_frames.JpegPretrainSource if jpeg else PretrainSource
+    source = kind(entries, batch, settings, rank=rank, world=world_size, seed=seed)
     kw = _pipeline_kw(rt, device, seed)
     norm = _normalize(rt, device)
 
     def make(src: VideoSource) -> Any:
+        if jpeg:
+            frames = jpeg_frames.FrameSource(src)
+            pipe = jpeg_frames.frames_pipeline(frames, max_frames=batch * 2 * settings.clip.num_frames, **kw)
+            return jpeg_frames.VideoBatches(pipe, frames)
         return pretrain_pipeline(src, batch_size=batch, augment=rt.augment, **kw)
 
     def convert(outs: tuple, meta: np.ndarray) -> tuple:

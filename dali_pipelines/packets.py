@@ -4,9 +4,10 @@ DALI 2.4's ``fn.decoders.video`` does not seek: it decodes from the first frame 
 so a clip late in a video would cost the whole prefix. Instead, for each sample we cut the stream down to the
 runs of packets from the keyframe before each needed frame to the last packet needed to present it (decode
 order: with B-frames that is short of the end of the group of pictures), and wrap them in a small in-memory
-container (IVF for VP8/VP9, concatenated JPEGs for MJPEG, Matroska written by ``matroska.py`` otherwise). Runs
-start at keyframes, so the cut stream decodes on its own, and overlapping views share one run: every frame is
-decoded at most once.
+container (IVF for VP8/VP9, Matroska written by ``matroska.py`` otherwise; MJPEG too: DALI's CPU decoder
+takes about 4x longer a frame from concatenated JPEGs, the raw MJPEG demuxer's input). Runs start at
+keyframes, so the cut stream decodes on its own, and overlapping views share one run: every frame is decoded
+at most once.
 
 The packet index of each file (payload byte offsets, sizes, keyframe flags, codec parameters and extradata)
 is built once per process by one demux pass and cached, so later samples read only the byte range they need
@@ -245,9 +246,7 @@ def trim(index: PacketIndex, needed: np.ndarray, data: bytes | None = None) -> T
     payloads, nbytes = _read_payloads(index, packets, data)
     if index.codec in _IVF_FOURCC and index.reorder is None:
         encoded = _ivf(index, payloads, index.sizes[packets])
-    elif index.codec == "mjpeg":
-        encoded = b"".join(payloads)  # every frame is a keyframe; the raw MJPEG demuxer splits on markers
-    else:
+    else:  # MJPEG too: DALI's CPU decoder takes 2.3 ms a 340 x 256 frame from raw JPEGs, 0.6 from Matroska
         encoded = matroska.write_packets(
             index.matroska_tracks,
             payloads,

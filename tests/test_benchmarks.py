@@ -74,6 +74,15 @@ print(common.tree_cpu_seconds() > before)
 """
 
 
+def test_tree_cpu_seconds_counts_children_that_exit_inside_the_window():
+    """A DataLoader's workers end with each epoch: their CPU time still counts once they are waited for."""
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    before = common.tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", code])
+    assert child.wait(timeout=60) == 0
+    assert common.tree_cpu_seconds() - before >= 0.25
+
+
 def test_tree_cpu_seconds_resolves_short_work_in_this_process():
     """In a fresh interpreter without children: here, an earlier test's child exiting in between would
     lower the tree's total by its own time."""
@@ -192,11 +201,11 @@ def test_benchmarks_use_the_given_videos_else_their_own_and_say_which(tmp_path, 
     write_video(mine / "a.mp4", torch.zeros(8, 32, 32, 3, dtype=torch.uint8).numpy(), codec="h264", gop=None)
     for work in (tmp_path / "w1", tmp_path / "w2"):
         work.mkdir()
-    assert host_feed._sources(argparse.Namespace(host_videos=str(mine), quick=False), tmp_path / "w1") == [
+    assert host_feed._sources(argparse.Namespace(videos=str(mine), quick=False), tmp_path / "w1") == [
         str(mine / "a.mp4")
     ]
     assert f"1 videos from {mine}" in capsys.readouterr().out
-    own = host_feed._sources(argparse.Namespace(host_videos="", quick=False), tmp_path / "w2")
+    own = host_feed._sources(argparse.Namespace(videos="", quick=False), tmp_path / "w2")
     assert own and all(Path(p).parent == tmp_path / "w2" for p in own)
     assert "no --videos DIR; measuring on small synthetic clips" in capsys.readouterr().out
     assert gop_bench._sources(mine, tmp_path) == [mine / "a.mp4"]

@@ -66,6 +66,12 @@ from fastcvrl.datasets.video import CODECS
 from fastcvrl.datasets.videoprobe import Probe, probe_video
 from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
 
+# CPU training: MJPEG costs the least CPU per clip (every frame a JPEG: only the needed frames are decoded)
+# and the most disk; figures from benchmarks/loader_bench.py --peers decord (README, Performance)
+CPU_ADVICE = (
+    "--transcode mjpeg (the least CPU per clip; about 1.3 GB per hour of video at short side 256) "
+    "or vp9 (about 0.4 GB per hour, about 3x the CPU per clip)"
+)
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 LOCK = ".prepare.lock"  # in --out: flock'ed for the run's life (one prepare per output folder)
 
@@ -625,7 +631,7 @@ def _print_summary(
     if set(codecs) - CPU_CODECS:
         log(
             f"note: DALI decodes {', '.join(sorted(set(codecs) - CPU_CODECS))} on the GPU only; "
-            "for CPU decoding use --transcode vp9 or mjpeg"
+            f"for CPU decoding use {CPU_ADVICE}"
         )
     log(
         f"wrote {summary.manifest} ({summary.usable} videos) in {summary.seconds:.1f} s; "
@@ -671,7 +677,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", help="Kinetics: keep rows with this split value; HMDB-51: train or test")
     ap.add_argument("--split-id", type=int, default=1, help="HMDB-51 split number (1..3)")
     ap.add_argument("--classes", help="classes.txt fixing the label order (e.g. the training split's)")
-    ap.add_argument("--transcode", choices=TRANSCODE_CODECS, help="re-encode into DIR/videos with this codec")
+    ap.add_argument(
+        "--transcode",
+        choices=TRANSCODE_CODECS,
+        help="re-encode into DIR/videos with this codec: h264 for GPU training (NVDEC); for CPU training "
+        + CPU_ADVICE.removeprefix("--transcode "),
+    )
     ap.add_argument(
         "--short-side", type=int, default=256, help="transcode: scale the short side to this (0 = keep)"
     )
