@@ -67,3 +67,25 @@ def test_the_cpu_recipe_for_your_own_videos_runs_as_written(tmp_path):
     assert len(manifest) == 1 + 16  # every generated training video prepared
     assert (tmp_path / "runs/cpu_small/backbone.pt").is_file()
     assert "top-1" in proc.stdout + proc.stderr  # the evaluation reported its result
+
+
+def test_the_exported_backbone_loads_as_the_readme_says(tmp_path, monkeypatch):
+    """The README's Python lines under "Using the exported backbone", on a backbone ``export_backbone``
+    wrote: they run and give one feature vector per clip."""
+    import torch
+
+    from fastcvrl import checkpoint
+    from fastcvrl.config import load_config
+    from fastcvrl.model import build_model
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Using the exported backbone") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    cfg = load_config("synthetic_cpu")
+    (tmp_path / "runs" / "synthetic_cpu").mkdir(parents=True)
+    checkpoint.export_backbone(tmp_path / "runs" / "synthetic_cpu", build_model(cfg.model), cfg, step=3)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    features, saved = scope["features"], scope["saved"]
+    assert features.shape == (2, saved["out_dim"]) and torch.isfinite(features).all()
