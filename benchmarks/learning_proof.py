@@ -93,7 +93,7 @@ def resolve(args: argparse.Namespace, overrides: list[str]) -> Config:
         "test_crop_size" not in given
     ):  # test crops of the training crop's size: with test crops as large as the
         # short side (CVRL's 256 at 256) r3d_tiny's probe fell to 60.5 +- 22.0% and random init to chance
-        # (README)
+        # (docs/learning.md)
         follow["test_crop_size"] = follow.get("crop_size", cfg.eval.crop_size)
     cfg = merge(cfg, {"eval": follow})
     check_eval_config(cfg)

@@ -110,8 +110,8 @@ def resolve_host_workers(host_workers: int) -> int:
     """``-1`` (auto) | ``n >= 0`` -> worker processes for the host source (0: in the pipeline's own thread).
 
     Auto: one worker per 4 cores this rank may use (``cores.cores_per_rank``), at most 4, none below 4 cores:
-    one worker prepares several thousand clips a second (README, data loading), more than a GPU consumes,
-    and the rest of the cores decode and train."""
+    one worker prepares several thousand clips a second (docs/performance.md, host work), more than a GPU
+    consumes, and the rest of the cores decode and train."""
     if host_workers >= 0:
         return host_workers
     if host_workers != -1:

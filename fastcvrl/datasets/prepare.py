@@ -67,7 +67,7 @@ from fastcvrl.datasets.videoprobe import Probe, probe_video
 from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
 
 # CPU training: MJPEG costs the least CPU per clip (every frame a JPEG: only the needed frames are decoded)
-# and the most disk; figures from benchmarks/loader_bench.py --peers decord (README, Performance)
+# and the most disk; figures from benchmarks/loader_bench.py --peers decord (docs/performance.md)
 CPU_ADVICE = (
     "--transcode mjpeg (the least CPU per clip; about 1.3 GB per hour of video at short side 256) "
     "or vp9 (about 0.4 GB per hour, about 3x the CPU per clip)"

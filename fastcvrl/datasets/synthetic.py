@@ -13,7 +13,7 @@ class, so a single frame says nothing about the class and classifying needs moti
   sizes, positions, orientations and speeds drawn per video. Objects wrap around the frame edges (a torus)
   and every phase is uniform. Here the two clips of a video also share the video's whole appearance, the
   easier cue: contrastive pretraining learns to tell videos apart by appearance, which says nothing about the
-  class (see the README's learning check).
+  class (see docs/learning.md).
 
 The second class of each mirror pair (left, up, anticlockwise, contract) is rendered in the dots scene as
 the first played backwards, so the pair differs in the direction of time only.

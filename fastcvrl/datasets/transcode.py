@@ -29,7 +29,8 @@ class Transcode:
     gop: int = 16  # keyframe interval in frames
     quality: int | None = None  # CRF (h264, vp9) or qscale (mjpeg); None = fastcvrl.datasets.video's defaults
     # H.264 B-frames: files about 12% smaller at the same CRF for the same frames decoded per clip, since a
-    # trimmed run ends at the last packet a clip needs (README, "Which H.264 settings"); other codecs: unused
+    # trimmed run ends at the last packet a clip needs (docs/performance.md, "Which H.264 settings"); other
+    # codecs: unused
     bframes: int = 3
     # scale a video up more than MAX_UPSCALE times (off: such videos are rejected as "unsupported size")
     allow_upscale: bool = False

@@ -90,7 +90,7 @@ def add_video_stream(
     adaptive keyframes, closed groups of pictures, no VP9 alt-ref frames), so clip starts are predictable.
 
     ``bframes``: H.264 B-frames (default none: a clip's run then ends at its last frame and the decoder has
-    no reorder delay; the README's performance section gives the measured trade-off)."""
+    no reorder delay; docs/performance.md gives the measured trade-off)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
     encoder, pix_fmt, _ = CODECS[codec]
