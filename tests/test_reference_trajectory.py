@@ -20,8 +20,9 @@ of MaxPool3D sends some windows' gradient to an element that is not the window's
 nearly tied (on the second batch of seed 2, one stem window: the maximum 0.38645098, the gradient sent to
 0.38644317; with and without oneDNN), where torch sends it to the maximum. That one element moves the stem's
 gradients by up to 2.5e-2 (every later layer agrees to 5e-5), and the trajectories then part by 1e-2 to 1e-1
-of the movement over 5 steps (seed 2 traced to it; seed 3 parts likewise). The single-replica tests hold
-the tight bounds on seed 1; the two-replica batches part likewise, so that test holds a looser bound
+of the movement over 5 steps (seeds 2 and 3). The single-replica test checks that its batches (seed 1) meet
+no such window at the reference's weights of every step and holds the tight bounds; the two-replica batches
+meet one at step 2 (counted and printed), so that test holds a looser bound
 (``MULTI_MOVE_TOL``) that still separates summed from averaged gradients by a factor of 15.
 
 Runs only where TensorFlow and ``official.projects.video_ssl`` are installed (``python -m pytest -m
@@ -293,6 +294,25 @@ def compare_states(
     return {kind: (math.sqrt(e / m), rel) for kind, (e, m, rel) in sums.items()}
 
 
+def maxpool_gradient_quirks(ours: CVRLModel, x: np.ndarray) -> int:
+    """How many positive stem activations of batch ``x`` (B, T, H, W, C) get a different max-pool gradient
+    from TF's ``max_pool3d`` than from ours: TF 2.20's CPU kernel sends some windows' gradient to a nearly
+    tied element that is not the maximum (see the module doc). The batches used must have none."""
+    v = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
+    with torch.no_grad():
+        h = ours.train().backbone.stem[:3](v).clone()  # conv, BN, ReLU: the max-pool's input
+    h.requires_grad_(True)
+    y = ours.backbone.stem[3](h)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    y.backward(g)
+    ht = tf.Variable(h.detach().permute(0, 2, 3, 4, 1).numpy())
+    with tf.GradientTape() as tape:
+        yt = tf.nn.max_pool3d(ht, ksize=[1, 1, 3, 3, 1], strides=[1, 1, 2, 2, 1], padding="SAME")
+    theirs = tape.gradient(yt, ht, output_gradients=tf.constant(g.permute(0, 2, 3, 4, 1).numpy())).numpy()
+    differ = np.abs(theirs - h.grad.permute(0, 2, 3, 4, 1).numpy()) > 1e-6
+    return int((differ & (ht.numpy() > 0)).sum())
+
+
 def _clips(rng: np.random.Generator, arch: str, n: int = 2 * PAIRS) -> list[np.ndarray]:
     """``STEPS`` batches of ``n`` clips of uniform pixel noise in [0, 1]."""
     clip = SIZES[arch][0]
@@ -351,9 +371,12 @@ def pretrain_trajectory(
             losses.append(float(loss))
         runs.append((losses, lrs, {k: v.to(torch.float32) for k, v in ours.state_dict().items()}))
 
-    ref_loss, ref_lrs = [], []
+    ref_loss, ref_lrs, quirks = [], [], []
     for s, x in enumerate(_clips(np.random.default_rng(DATA_SEED), arch)):
         ref_lrs.append(float(schedule(s)))
+        if arch == "r3d_tiny":  # the premise of the tight bounds, at the reference's weights of this step
+            current, _ = converted(tf.train.Checkpoint(model=model).write(str(tmp_path / "current")))
+            quirks.append(maxpool_gradient_quirks(current, x))
         for m in metrics:
             m.reset_state()
         logs = task.train_step(({"image": tf.constant(x)}, None), model, opt, metrics)
@@ -370,6 +393,7 @@ def pretrain_trajectory(
         errors64=compare_states(ours32, ours64, init),
         ref64=compare_states(ref_state, ours64, init),
         reference_steps=int(opt.iterations.numpy()),
+        quirks=quirks,
     )
 
 
@@ -390,6 +414,9 @@ def _check_pretrain(res: dict, name: str) -> None:
     for s, (ref_lr, our_lr) in enumerate(res["lrs"]):  # the restated schedule is the reference's
         assert our_lr == pytest.approx(ref_lr, rel=1e-6, abs=1e-12), s
     assert res["lrs"][0][0] == 0.0 and res["lrs"][WARMUP][0] > 0  # the run crosses the end of warm-up
+    assert not any(res["quirks"]), (
+        f"TF's max-pool gradient quirk on these batches {res['quirks']}: other seed"
+    )
     loss_rel = _report(name, res)
     assert loss_rel < LOSS_TOL
     for kind, (move_rel, value_rel) in res["errors"].items():
@@ -532,10 +559,12 @@ def test_linear_probe_trajectory_equals_reference(tmp_path, monkeypatch):
 # per-replica gradients the strategy sums in ``apply_gradients``. Moving statistics are per replica on both
 # sides (the reference's are ON_READ means, DDP keeps each rank's): compared in the single-replica test.
 REPLICAS, REPLICA_PAIRS = 2, PAIRS  # 8 clips a replica, 16 in all
-# Looser than the single-replica bounds, and why: from the third step on, the trajectories part on these
-# batches as on the single-replica seeds 2 and 3 (presumably the MaxPool3D gradient quirk of the module doc;
-# not traced here). Measured: 3.4e-2 (kernels) and 3.7e-2 (BN) of the movement, losses 7.9e-4; with DDP's
-# averaged gradients instead of the reference's sum: 0.53 and 0.69, so the bound still tells the two apart.
+REPLICA_SEEDS = (5, 6)
+# Looser than the single-replica bounds, and why: these batches meet the MaxPool3D gradient quirk of the
+# module doc at the reference's weights of step 2 (one stem window of replica 1; counted and printed by the
+# test; step 0's one does not count, its lr is 0), and from step 3 on the trajectories part by that much.
+# Measured: 3.4e-2 (kernels) and 3.7e-2 (BN) of the movement, losses 7.9e-4; with DDP's averaged gradients
+# instead of the reference's sum: 0.53 and 0.69, so the bound still tells the two apart.
 MULTI_LOSS_TOL = 2e-3
 MULTI_MOVE_TOL = 0.1
 
@@ -640,7 +669,7 @@ def two_replica_trajectory(tmp_path, summed: bool = True) -> dict:
         exclude_from_weight_decay=["batch_normalization", "bias"],
     )
     per_replica = [
-        _clips(np.random.default_rng(5 + r), "r3d_tiny", 2 * REPLICA_PAIRS) for r in range(REPLICAS)
+        _clips(np.random.default_rng(seed), "r3d_tiny", 2 * REPLICA_PAIRS) for seed in REPLICA_SEEDS
     ]
     batches = [[per_replica[r][s] for r in range(REPLICAS)] for s in range(STEPS)]
     conv = convert_tf.convert_checkpoint(start)
@@ -655,7 +684,11 @@ def two_replica_trajectory(tmp_path, summed: bool = True) -> dict:
         },
         tmp_path / "start.pt",
     )
-    ref_losses = _reference_two_replicas(exp, model, exp.task.losses, opt, batches)
+    ref_losses, quirks = [], []
+    for xs in batches:  # step by step, counting the max-pool quirk at each step's weights
+        current, _ = converted(tf.train.Checkpoint(model=model).write(str(tmp_path / "current")))
+        quirks.append([maxpool_gradient_quirks(current, x) for x in xs])
+        ref_losses += _reference_two_replicas(exp, model, exp.task.losses, opt, [xs])
     _, ref_state = converted(tf.train.Checkpoint(model=model).write(str(tmp_path / "end")))
     mp.spawn(_replica_worker, args=(free_port(), str(tmp_path), summed), nprocs=REPLICAS, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(REPLICAS)]
@@ -665,6 +698,7 @@ def two_replica_trajectory(tmp_path, summed: bool = True) -> dict:
         our_losses=[[ranks[r]["losses"][s] for r in range(REPLICAS)] for s in range(STEPS)],
         errors=compare_states(weights(ranks[0]["state"]), weights(ref_state), init),
         ranks_equal=all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in weights(ref_state)),
+        quirks=quirks,
     )
 
 
@@ -673,7 +707,7 @@ def test_two_replica_trajectory_equals_reference(tmp_path):
     rel = [[abs(a - b) / abs(b) for a, b in zip(o, r)] for o, r in zip(res["our_losses"], res["ref_losses"])]
     print(
         f"two replicas, {STEPS} steps: first-step loss max rel {max(rel[0]):.1e}, all steps "
-        f"{max(max(r) for r in rel):.1e}; {_parts(res['errors'])}"
+        f"{max(max(r) for r in rel):.1e}; {_parts(res['errors'])}; max-pool quirks by step {res['quirks']}"
     )
     assert res["ranks_equal"]  # DDP kept the ranks' weights identical
     # the first step's losses (same weights): each replica's loss over both replicas' negatives, its rows
