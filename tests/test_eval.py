@@ -87,12 +87,11 @@ def test_probe_schedule_warms_up_linearly_then_decays_by_cosine():
 
 
 def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
-    """Default eval keys: SGD momentum 0.9 (TF's form: LARS without trust) without weight decay, lr 32 per
-    1024 scaled to the batch (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser
-    at every step."""
-    from fastcvrl.optim import LARS
-
+    """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the
+    batch (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
     seen: list[tuple] = []
+    from fastcvrl.optim import LARS  # without trust ratio: momentum SGD in TF's form
+
     step = LARS.step
 
     def spy(self, *a, **k):

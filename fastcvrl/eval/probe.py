@@ -1,10 +1,10 @@
 """Linear-probe math of the CVRL linear protocol (Qian et al. 2021, Sec. 4.1), free of data loading.
 
-Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum 0.9 in TF's form,
-no Nesterov, no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to
-0 (``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
-(``scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are averaged per video
-(CVRL's 10 x 3, as SlowFast/X3D's dense testing).
+Frozen backbone, L2-normalised pooled features, one linear layer trained with SGD (momentum 0.9, no Nesterov,
+no weight decay) and the reference's schedule: a linear warm-up (5 epochs) then a cosine decay to 0
+(``fastcvrl.schedule.WarmupCosine``, the pretraining schedule); lr 32 per batch of 1024, scaled linearly
+(``fastcvrl.schema.scaled_lr``). At test time the softmax scores of N temporal x 3 spatial views are
+averaged per video (CVRL's 10 x 3, as SlowFast/X3D's dense testing).
 
     head = train_linear(feats, labels, num_classes, epochs=100, lr=scaled_lr(32, 256, 1024), warmup_epochs=5)
     acc = ViewAverager(num_videos, num_classes); acc.add(probs, view_video)     # any order, any batching
