@@ -90,14 +90,16 @@ def test_probe_follows_the_reference_protocol_by_default(monkeypatch):
     """Default eval keys: SGD momentum 0.9 without Nesterov or weight decay, lr 32 per 1024 scaled to the
     batch (8 at 256), 5 epochs of linear warm-up then cosine to 0: read off the optimiser at every step."""
     seen: list[tuple] = []
-    step = torch.optim.SGD.step
+    from fastcvrl.optim import LARS  # without trust ratio: momentum SGD in TF's form
+
+    step = LARS.step
 
     def spy(self, *a, **k):
         g = self.param_groups[0]
-        seen.append((g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]))
+        seen.append((float(self.lr_tensor), g["momentum"], g["trust"], g["weight_decay"]))
         return step(self, *a, **k)
 
-    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    monkeypatch.setattr(LARS, "step", spy)
     g = torch.Generator().manual_seed(7)
     feats, labels = torch.randn(512, 16, generator=g), torch.randint(0, 4, (512,), generator=g)
     test = ClipFeatures([feats[:8]], labels[:8], torch.arange(8))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcvrl.eval.knn import topk_accuracy
+from fastcvrl.optim import LARS
 from fastcvrl.schedule import WarmupCosine
 
 __all__ = [
@@ -90,8 +91,11 @@ def train_linear(
         bound = 1.0 / math.sqrt(dim)
         head.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=gen))
         head.bias.zero_()
-    opt = torch.optim.SGD(
-        head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False
+    # Momentum in TF's form (v = m * v + lr * g; w = w - v), the reference's Keras SGD: torch's SGD
+    # (v = m * v + g; w = w - lr * v) applies each step's lr to the past gradients too, which departs from the
+    # reference wherever the lr changes (all of warm-up and cosine). Decay, if any, on every parameter.
+    opt = LARS(
+        head.parameters(), lr, momentum=momentum, weight_decay=weight_decay, trust=False, exclude_1d=False
     )
     schedule = probe_schedule(lr, math.ceil(n / batch_size), epochs, warmup_epochs)
     step = 0
@@ -100,8 +104,7 @@ def train_linear(
         order = torch.randperm(x_all.shape[0], generator=gen).to(device)
         for start in range(0, x_all.shape[0], batch_size):
             idx = order[start : start + batch_size]
-            for g in opt.param_groups:
-                g["lr"] = schedule.value_at(step)
+            opt.lr_tensor.fill_(schedule.value_at(step))
             loss = F.cross_entropy(head(x_all[idx]), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
