@@ -354,7 +354,15 @@ def _own() -> float:
 
 def stages(cfg: Any, manifest: str, seed: int, max_videos: int, chunk: int) -> dict[str, float]:
     """CPU ms per clip of each stage of our loader for one codec, one thread, stage by stage, over
-    ``max_videos`` videos in batches of ``chunk``."""
+    ``max_videos`` videos in batches of ``chunk`` (torch's thread count is restored afterwards)."""
+    threads = torch.get_num_threads()
+    try:
+        return _stages(cfg, manifest, seed, max_videos, chunk)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stages(cfg: Any, manifest: str, seed: int, max_videos: int, chunk: int) -> dict[str, float]:
     import av
     from av.video.reformatter import VideoReformatter
     from nvidia.dali import fn, pipeline_def, types

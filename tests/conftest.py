@@ -21,6 +21,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it: a test that trains in this process and compares
+    bit for bit with a subprocess (``test_train``'s resume tests) needs the same reduction order."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     """The real-world clips in ../shared/videos; tests using them skip where the folder is absent."""

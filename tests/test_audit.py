@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
+pytest.importorskip("av")  # prepare imports PyAV: absent on a bare GPU image, skip
+
 from dali_pipelines.manifest import VideoEntry
 from fastcvrl.datasets.manifest import write_manifest
 from fastcvrl.datasets.prepare import main

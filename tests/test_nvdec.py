@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+pytest.importorskip("av")  # transcode imports PyAV: absent on a bare GPU image, skip
+
 from dali_pipelines import cores, nvdec
 from fastcvrl.datasets.transcode import SizeRefused, Transcode, check_output_size, output_size
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("av")  # the loaders import PyAV: absent on a bare GPU image, skip
+
 from dali_pipelines.recipe import Recipe
 from dali_pipelines.settings import EvalSettings, PretrainSettings, Runtime
 from fastcvrl.config import Config, load_config
