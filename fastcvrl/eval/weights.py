@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,11 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise EvalError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with (
+            warnings.catch_warnings()
+        ):  # a file that is not a checkpoint gets one line, not torch's warning too
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise EvalError(f"{path}: cannot read the checkpoint ({e.strerror or type(e).__name__})") from None
     except (
@@ -49,6 +54,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         KeyError,
         AttributeError,
         TypeError,
+        IndexError,  # random bytes can stop the unpickler on an empty stack
     ) as e:
         raise EvalError(
             f"{path}: cannot read the checkpoint: not a file written by torch.save with only tensors "
