@@ -39,9 +39,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise EvalError(f"checkpoint not found: {path}")
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # a file that is not a checkpoint gets one line, not torch's warning too
+        # a file that is not a checkpoint gets one line, not torch's pickle-protocol warning too
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
