@@ -22,17 +22,8 @@ class Normalize:
         std: list[float],
         dtype: torch.dtype,
         device: torch.device,
-        views: int = 1,
-        blur: bool = False,
-        solarize: bool = False,
     ):
-        self.mean, self.std, self.views, self.blur, self.solarize = (
-            list(mean),
-            list(std),
-            views,
-            blur,
-            solarize,
-        )
+        self.mean, self.std = list(mean), list(std)
         std_t = torch.tensor(std, dtype=torch.float32)
         self.scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1, 1).to(device)
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1, 1).to(device)
