@@ -21,19 +21,22 @@ import torch.nn.functional as F
 from .spatial import GRAY
 
 
+def crop_box(roi_start: np.ndarray, roi_end: np.ndarray) -> tuple[int, int, int, int, bool]:
+    """The integer crop of a view's ROI (``roi_start``, ``roi_end``: (y, x) floats, the x bounds swapped for a
+    flipped view): rows ``y0:y1`` and columns ``x0:x1`` (each bound truncated), and whether it is flipped."""
+    (y0, x0), (y1, x1) = roi_start.tolist(), roi_end.tolist()
+    return int(y0), int(min(x0, x1)), int(y1), int(max(x0, x1)), x0 > x1
+
+
 def crop_resize(
     video: torch.Tensor, order: np.ndarray, roi_start: np.ndarray, roi_end: np.ndarray, size: int
 ) -> torch.Tensor:
     """One clip: frames ``order`` of ``video`` (F, H, W, 3) uint8, cropped to the integer ROI (x bounds
     swapped = flipped), bilinearly resized (no antialiasing, half-pixel centres, as ``fn.resize``). Returns
     ``(T, 3, S, S)`` uint8 with channels-last strides (the memory of a ``(T, S, S, 3)`` clip)."""
-    (y0, x0), (y1, x1) = roi_start.tolist(), roi_end.tolist()
-    flip = x0 > x1
-    x0, x1 = min(x0, x1), max(x0, x1)
+    y0, x0, y1, x1, flip = crop_box(roi_start, roi_end)
     idx = torch.from_numpy(np.asarray(order, np.int64)).to(video.device)
-    clip = video[:, int(y0) : int(y1), int(x0) : int(x1)].index_select(
-        0, idx
-    )  # (T, h, w, 3): copies the crop only
+    clip = video[:, y0:y1, x0:x1].index_select(0, idx)  # (T, h, w, 3): copies the crop only
     clip = clip.permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides: torch's fast uint8 path
     if clip.shape[-2:] != (size, size):
         if clip.is_cuda:  # CUDA has no uint8 bilinear kernel
@@ -223,4 +226,4 @@ def _blur(y: torch.Tensor, sigma: float, window: int) -> torch.Tensor:
     return F.conv2d(frames, k.transpose(2, 3), padding=(r, 0), groups=3)
 
 
-__all__ = ["color_jitter", "color_normalize", "crop_resize"]
+__all__ = ["color_jitter", "color_normalize", "crop_box", "crop_resize"]

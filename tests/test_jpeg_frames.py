@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +37,125 @@ def test_crop_resize_frames_equals_crop_resize_of_the_stacked_video():
         got = jpeg_frames.crop_resize_frames(frames, order, roi_start, roi_end, size)
         assert got.shape == want.shape == (6, 3, size, size)
         assert torch.equal(got, want)
+
+
+def _slow_windows(n, views):
+    """The slow statement of ``frame_windows``: per frame, loop over the views, grow the box pixel bound by
+    pixel bound."""
+    out = []
+    for k in range(n):
+        box = None
+        for order, roi_start, roi_end in views:
+            if k not in set(np.asarray(order).tolist()):
+                continue
+            (y0, x0), (y1, x1) = roi_start.tolist(), roi_end.tolist()
+            crop = [int(y0), int(min(x0, x1)), int(y1), int(max(x0, x1))]
+            if box is None:
+                box = crop
+            else:
+                box = [min(box[0], crop[0]), min(box[1], crop[1]), max(box[2], crop[2]), max(box[3], crop[3])]
+        out.append([0, 0, 1, 1] if box is None else [box[0], box[1], box[2] - box[0], box[3] - box[1]])
+    return np.array(out, np.int32)
+
+
+def _random_views(rng, n, h, w, t):
+    views = []
+    for _ in range(2):
+        y0, x0 = rng.uniform(0, h - 2), rng.uniform(0, w - 2)
+        y1, x1 = rng.uniform(y0 + 1, h), rng.uniform(x0 + 1, w)
+        roi_start, roi_end = np.array([y0, x0], np.float32), np.array([y1, x1], np.float32)
+        if rng.random() < 0.5:  # flipped: the x bounds swapped
+            roi_start[1], roi_end[1] = roi_end[1], roi_start[1]
+        views.append((rng.integers(0, n, t), roi_start, roi_end))
+    return views
+
+
+def test_frame_windows_are_the_bounding_boxes_of_the_crops_that_use_each_frame():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        views = _random_views(rng, n, 40, 56, int(rng.integers(1, 8)))
+        got = jpeg_frames.frame_windows(n, views)
+        assert got.dtype == np.int32 and got.shape == (n, 4)
+        assert np.array_equal(got, _slow_windows(n, views))
+
+
+def test_windowed_frames_crop_and_resize_as_the_whole_video():
+    """Each frame cut to its window (what the pipeline decodes), offsets in ``Windows``: the same clips as
+    ``crop_resize`` of the whole video, bit for bit."""
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        n = int(rng.integers(2, 10))
+        video = torch.from_numpy(rng.integers(0, 256, (n, 40, 56, 3), dtype=np.uint8))
+        views = _random_views(rng, n, 40, 56, 6)
+        win = jpeg_frames.frame_windows(n, views)
+        cut = [video[k, y : y + h, x : x + w].clone() for k, (y, x, h, w) in enumerate(win.tolist())]
+        frames = jpeg_frames.Windows(cut, win[:, :2].tolist())
+        for order, roi_start, roi_end in views:
+            size = int(rng.choice([8, 16]))
+            want = torch_augment.crop_resize(video, order, roi_start, roi_end, size)
+            assert torch.equal(jpeg_frames.crop_resize_frames(frames, order, roi_start, roi_end, size), want)
+
+
+def test_window_decoding_gives_the_whole_frames_pixels():
+    """``fn.decoders.image_slice`` on MJPEG frames written by the project's encoder (4:2:0, sizes not a
+    multiple of the 16-pixel MCU): every random window equals that part of the whole decoded frame, bit for
+    bit; a window shifted by one pixel does not (the check can see a misplaced window)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from fastcvrl.datasets.video import write_video
+
+    rng = np.random.default_rng(3)
+    smooth = rng.integers(0, 256, (6, 10, 13, 3)).repeat(8, 1).repeat(8, 2)[:, :75, :99]
+    frames = np.clip(smooth + rng.integers(-40, 41, smooth.shape), 0, 255).astype(np.uint8)
+    path = write_video(Path(tempfile.mkdtemp()) / "noise.avi", frames, codec="mjpeg", gop=1)
+    with av.open(path) as c:
+        jpegs = [np.frombuffer(bytes(p), np.uint8) for p in c.demux(video=0) if p.size]
+    batch = [jpegs[i % len(jpegs)] for i in range(48)]
+    anchor, shape = [], []
+    for _ in batch:
+        y, x = int(rng.integers(0, 74)), int(rng.integers(0, 98))
+        anchor.append([y, x])
+        shape.append([int(rng.integers(1, 76 - y)), int(rng.integers(1, 100 - x))])
+    anchor, shape = np.array(anchor, np.int32), np.array(shape, np.int32)
+
+    @pipeline_def(batch_size=len(batch), num_threads=1, device_id=None)
+    def graph():
+        e = fn.external_source(source=lambda: batch, batch=True)
+        a = fn.external_source(source=lambda: anchor, batch=True)
+        s = fn.external_source(source=lambda: shape, batch=True)
+        whole = fn.decoders.image(e, output_type=types.RGB)
+        window = fn.decoders.image_slice(
+            e, a, s, output_type=types.RGB, axis_names="HW", normalized_anchor=False, normalized_shape=False
+        )
+        return whole, window
+
+    pipe = graph()
+    whole, window = pipe.run()
+    moved = 0
+    for i, ((y, x), (h, w)) in enumerate(zip(anchor.tolist(), shape.tolist())):
+        full, got = np.asarray(whole[i]), np.asarray(window[i])
+        assert full.shape == (75, 99, 3)
+        assert np.array_equal(got, full[y : y + h, x : x + w]), (y, x, h, w)
+        if y + h < 75:
+            moved += not np.array_equal(got, full[y + 1 : y + 1 + h, x : x + w])
+    assert moved > 10
+
+
+def test_handed_over_frames_outlive_later_runs(mjpeg_manifest):
+    """The frames ``VideoBatches`` hands over keep DALI's memory alive: later runs do not overwrite a frame
+    torch still holds."""
+    cfg = small_config()
+    source = jpeg_frames.JpegPretrainSource(read_manifest(mjpeg_manifest), 2, pretrain_settings(cfg), seed=0)
+    frames = jpeg_frames.FrameSource(source)
+    pipe = jpeg_frames.VideoBatches(jpeg_frames.frames_pipeline(frames, max_frames=2 * 2 * 4), frames)
+    pipe.pipe.build()
+    videos, *_ = pipe.run()
+    kept = [[f.clone() for f in v] for v in videos]
+    for _ in range(3):
+        pipe.run()
+    assert all(torch.equal(a, b) for v, k in zip(videos, kept) for a, b in zip(v, k))
+    assert all(isinstance(v, jpeg_frames.Windows) and len(v.origins) == len(v) for v in videos)
 
 
 @pytest.fixture(scope="module")
