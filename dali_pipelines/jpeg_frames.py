@@ -1,8 +1,8 @@
-"""MJPEG on the CPU decoded as JPEG images: ``fn.decoders.image`` per frame instead of ``fn.decoders.video``.
+"""MJPEG on the CPU decoded as JPEG images: ``fn.decoders.image_slice`` per frame, not ``fn.decoders.video``.
 
 Every MJPEG frame is a whole JPEG, so a clip's frames need no container and no video decoder. On a 2-core CPU
 (DALI 2.4, 340 x 256 frames, one thread) ``fn.decoders.video`` takes about 0.6 ms a frame from a Matroska
-stream (2.3 ms from concatenated JPEGs), ``fn.decoders.image`` (libjpeg-turbo) about 0.35 ms: the video
+stream (2.3 ms from concatenated JPEGs), the image decoder (libjpeg-turbo) about 0.35 ms: the video
 decoder's own colour conversion is most of the difference. This module is the pretraining loader's MJPEG path
 on the CPU with ``data.augment`` torch:
 
@@ -267,10 +267,12 @@ def crop_resize_frames(
     if origins is None:
         crops = [frames[j][y0:y1, x0:x1] for j in picked]
     else:
-        crops = []
+        crops, size_ = [], (y1 - y0, x1 - x0)
         for j in picked:
-            oy, ox = origins[j]
-            crops.append(frames[j][y0 - oy : y1 - oy, x0 - ox : x1 - ox])
+            f, (oy, ox) = frames[j], origins[j]
+            # a frame of this view only is decoded as exactly its crop: no slicing
+            whole = oy == y0 and ox == x0 and f.shape[:2] == size_
+            crops.append(f if whole else f[y0 - oy : y1 - oy, x0 - ox : x1 - ox])
     clip = torch.stack(crops).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides: the fast uint8 path
     if clip.shape[-2:] != (size, size):
         clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
