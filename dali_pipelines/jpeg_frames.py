@@ -19,7 +19,8 @@ A frame's window is the bounding box of the crops of the views that use it (``fr
 one view is decoded as exactly that view's crop, one in both as the box around both. DALI's CPU decoder
 (libjpeg-turbo) stops after a window's last row and converts only its columns, and the pixels are the whole
 frame's, bit for bit (``tests/test_jpeg_frames.py``). Measured on a 2-core CPU (DALI 2.4, 340 x 256 frames,
-one thread): a whole frame 0.36 ms, its top half 0.24 ms, its left half 0.28 ms, a centred quarter 0.2 ms.
+one thread): a whole frame 0.36 ms, its top half 0.24 ms, its left half 0.28 ms, a centred quarter 0.2 ms
+(``docs/dali.md``, "MJPEG through the image decoder").
 
 The frames differ from the video decoder's by a few uint8 levels at most (another JPEG decoder, another
 colour conversion); ``tests/test_jpeg_frames.py`` holds the bounds.

@@ -135,6 +135,11 @@ def test_peer_benchmark_quick_json(tmp_path):
     for n in ("fastcvrl/vp9", "fastcvrl/mjpeg"):
         st = saved["stages_ms_per_clip"][n]
         assert st["DALI decode (with RGB)"] > 0 and st["crop and resize"] > 0
+    # MJPEG decodes windows; the same frames decoded whole are measured beside them
+    assert (
+        saved["stages_ms_per_clip"]["fastcvrl/mjpeg"]["reference: DALI decode of whole frames (with RGB)"] > 0
+    )
+    assert set(saved["decode_share_of_whole_frames"]) == {"fastcvrl/mjpeg"}
     # MJPEG decodes exactly the frames the clips need: the union of two 4-frame clips
     assert 4 <= saved["frames_per_clip_pair"]["fastcvrl/mjpeg"] <= 8
     if "decord/h264" in names:

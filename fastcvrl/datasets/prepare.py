@@ -70,7 +70,7 @@ from fastcvrl.storage import WRITE_FAULTS, StorageError, storage_error
 # and the most disk; figures from benchmarks/loader_bench.py --peers decord (docs/performance.md)
 CPU_ADVICE = (
     "--transcode mjpeg (the least CPU per clip; about 1.3 GB per hour of video at short side 256) "
-    "or vp9 (about 0.4 GB per hour, about 3x the CPU per clip)"
+    "or vp9 (about 0.4 GB per hour, about 4x the CPU per clip)"
 )
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 LOCK = ".prepare.lock"  # in --out: flock'ed for the run's life (one prepare per output folder)
