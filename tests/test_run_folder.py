@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from processes import kill_and_wait
+from tiny_runs import tiny_run
 
 from fastcvrl import atomic, train
 from fastcvrl import checkpoint as ckpt
@@ -22,26 +23,7 @@ from fastcvrl.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
-TINY = [
-    "--data.source=random",
-    "--data.random_videos=8",
-    "--data.num_frames=4",
-    "--data.crop_size=32",
-    "--model.arch=r3d_tiny",
-    "--model.proj_hidden=32",
-    "--model.proj_layers=2",
-    "--model.proj_dim=16",
-    "--optim.lr=2.0",
-    "--optim.base_batch_size=4",
-    "--optim.warmup_epochs=1",
-    "--train.batch_size=4",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--train.ckpt_every=2",
-    "--train.keep_ckpts=2",
-    "--train.precision=fp32",
-    "--train.cuda_graph=false",
-]  # 2 steps per epoch, 4 in all
+TINY = tiny_run(videos=8, epochs=2, extra={"train.keep_ckpts": 2})  # 2 steps per epoch, 4 in all
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:

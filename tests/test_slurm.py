@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from processes import free_port
+from tiny_runs import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "examples" / "slurm"
@@ -100,29 +101,8 @@ def _scheduler(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-# tests/test_train.py's tiny run: random clips, r3d_tiny, 4 frames of 32x32, global batch 4: 4 steps an epoch
-TINY = [
-    "--config",
-    "synthetic_cpu",
-    "--data.source=random",
-    "--data.random_videos=16",
-    "--data.num_frames=4",
-    "--data.crop_size=32",
-    "--model.arch=r3d_tiny",
-    "--model.proj_hidden=32",
-    "--model.proj_layers=2",
-    "--model.proj_dim=16",
-    "--optim.lr=2.0",
-    "--optim.base_batch_size=4",
-    "--optim.warmup_epochs=1",
-    "--train.batch_size=4",
-    "--train.epochs=2",
-    "--train.log_every=2",
-    "--train.ckpt_every=2",
-    "--train.knn_every=0",
-    "--train.precision=fp32",
-    "--train.cuda_graph=false",
-]
+# the tiny run (tests/tiny_runs.py) from the synthetic_cpu config: 4 steps an epoch, 2 epochs, no kNN monitor
+TINY = ["--config", "synthetic_cpu", *tiny_run(videos=16, epochs=2, extra={"train.knn_every": 0})]
 
 
 def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

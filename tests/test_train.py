@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from processes import kill_and_wait
+from tiny_runs import tiny_run
 
 from fastcvrl import checkpoint as ckpt
 from fastcvrl import train
@@ -23,27 +24,8 @@ from fastcvrl.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "fastcvrl" / "train.py")
 
-# Tiny: r3d_tiny, 4 frames of 32x32, 16 random clips per epoch in batches of 4 (4 steps per epoch).
-TINY = [
-    "--data.source=random",
-    "--data.random_videos=16",
-    "--data.num_frames=4",
-    "--data.crop_size=32",
-    "--model.arch=r3d_tiny",
-    "--model.proj_hidden=32",
-    "--model.proj_layers=2",
-    "--model.proj_dim=16",
-    "--optim.lr=2.0",
-    "--optim.base_batch_size=4",
-    "--optim.warmup_epochs=1",
-    "--train.batch_size=4",
-    "--train.epochs=3",
-    "--train.log_every=2",
-    "--train.ckpt_every=2",
-    "--train.keep_ckpts=2",
-    "--train.precision=fp32",
-    "--train.cuda_graph=false",
-]
+# Tiny: 16 random clips per epoch in batches of 4 (4 steps per epoch), 3 epochs
+TINY = tiny_run(videos=16, epochs=3, extra={"train.keep_ckpts": 2})
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:
