@@ -185,38 +185,44 @@ class DaliLoader:
                 # raises here, in this process, with its own message)
                 for ahead in range(step, min(step + self.host_workers + 2, len(self))):
                     self.source.batch(ahead)
-            video = self._find_undecodable()
-            if video is None:
+            found = self._find_undecodable()
+            if found is None:
                 paths = sorted({s.path for ss in self.source.recent.values() for s in ss})
                 raise RuntimeError(
                     f"the DALI pipeline failed on a batch from {paths}, and each of these "
                     f"decodes alone: {_first_line(e)}"
                 ) from e
+            video, reason = found
             path = self.source.entries[video].path
             if not self.skip_corrupt:
-                raise VideoReadError(path, f"the video decoder cannot decode it ({_first_line(e)})") from e
-            self.source.mark_bad(video, "the video decoder cannot decode it")
+                raise VideoReadError(path, f"{reason} ({_first_line(e)})") from e
+            self.source.mark_bad(video, reason)
             self._restart(step)  # a failed DALI pipeline cannot continue; rebuild and resume at this step
             return self._run(step)
 
-    def _find_undecodable(self) -> int | None:
-        """The video of the recent batches at fault: the first whose trimmed stream PyAV cannot decode (host
-        re-check), else the first that the pipeline's own decoder refuses when given it alone."""
+    def _find_undecodable(self) -> tuple[int, str] | None:
+        """The video of the recent batches at fault, and why: the first whose trimmed stream PyAV cannot
+        decode or holds a frame of another size than its stream's (the crops and, for MJPEG, the decoded
+        windows are the stream's; host re-check), else the first that the pipeline's own decoder refuses
+        when given it alone."""
         samples = [s for ss in reversed(self.source.recent.values()) for s in ss]  # newest batch first
         for s in samples:
+            idx = self.source.index(s.video)
             try:
                 with av.open(io.BytesIO(s.encoded.tobytes())) as c:
-                    for _ in c.decode(video=0):
-                        pass
+                    for frame in c.decode(video=0):
+                        if (frame.height, frame.width) != (idx.height, idx.width):
+                            size = f"{frame.width}x{frame.height}"
+                            return s.video, f"a frame of {size} in a {idx.width}x{idx.height} stream"
             except (av.FFmpegError, ValueError):
-                return s.video
+                return s.video, "the video decoder cannot decode it"
         if self._decode_one is None:
             return None
         for s in samples:  # note: one small pipeline per sample, on the failure path only
             try:
                 self._decode_one(s["encoded"], s["frames"])
             except RuntimeError:
-                return s.video
+                return s.video, "the video decoder cannot decode it"
         return None
 
 

@@ -246,3 +246,58 @@ def test_jpeg_loader_matches_the_video_decoder_loader(mjpeg_manifest, monkeypatc
             assert x.is_contiguous(memory_format=torch.channels_last_3d)
             diff = (x - y).abs()
             assert float(diff.max()) <= 8 / 255 and float(diff.mean()) <= 1.5 / 255
+
+
+def _spoil_mjpeg(folder: Path, how: str) -> tuple[Path, str]:
+    """Eight MJPEG videos, every frame of the fourth spoiled in place (``how``: ``noise`` over its
+    entropy-coded data, or ``size``: a valid 16 x 16 JPEG in a 48 x 32 stream); the manifest and that file."""
+    from dali_pipelines.packets import build_index
+    from fastcvrl.datasets.video import write_video
+
+    manifest = make_index_videos(folder, [20] * 8, codec="mjpeg", gop=1)
+    path = str(folder / "v3.avi")
+    small = write_video(folder / "small.avi", np.full((1, 16, 16, 3), 128, np.uint8), codec="mjpeg", gop=1)
+    with av.open(small) as c:
+        tiny = next(bytes(p) for p in c.demux(video=0) if p.size)
+    idx = build_index(path)
+    data = bytearray(Path(path).read_bytes())
+    rng = np.random.default_rng(0)
+    for o, s in zip(idx.offsets.tolist(), idx.sizes.tolist()):
+        if how == "noise":
+            data[o + 200 : o + s] = rng.integers(0, 256, s - 200, dtype=np.uint8).tobytes()
+        else:
+            assert len(tiny) <= s
+            data[o : o + s] = tiny + bytes(s - len(tiny))  # bytes after a JPEG's end marker are ignored
+    Path(path).write_bytes(bytes(data))
+    return manifest, path
+
+
+@pytest.mark.parametrize("how", ["noise", "size"])
+def test_a_spoiled_mjpeg_video_is_named_and_skipped(tmp_path, caplog, how):
+    """On the JPEG path a video whose frames do not decode, or decode to another size than its stream's
+    (the windows would fall outside them), is named and replaced, and both epochs complete; without
+    skipping, the error names that file only."""
+    import logging
+
+    from dali_pipelines.packets import VideoReadError
+    from fastcvrl.data import build_pretrain_loader
+
+    manifest, bad = _spoil_mjpeg(tmp_path, how)
+    loader = build_pretrain_loader(small_config(), str(manifest), device="cpu", seed=0)
+    assert isinstance(loader.source, jpeg_frames.JpegPretrainSource)
+    seen = 0
+    with caplog.at_level(logging.WARNING, logger="dali_pipelines"):
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            seen += sum(len(batch[2]) for batch in loader)
+    loader.close()
+    assert seen == 16 and loader.source.bad == {3}
+    named = [r.getMessage() for r in caplog.records if bad in r.getMessage()]
+    assert len(named) == 1 and ("16x16" in named[0]) == (how == "size")
+    strict = build_pretrain_loader(small_config(skip_corrupt=False), str(manifest), device="cpu", seed=0)
+    with pytest.raises(VideoReadError) as e:
+        for _ in strict:
+            pass
+    strict.close()
+    assert e.value.path == bad
+    assert not any(x.path in str(e.value) for x in read_manifest(manifest) if x.path != bad)
