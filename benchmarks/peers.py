@@ -371,9 +371,7 @@ def stages(
         torch.set_num_threads(threads)
 
 
-def _stages(
-    cfg: Any, manifest: str, seed: int, max_videos: int, chunk: int, passes_: int
-) -> dict[str, float]:
+def _stages(cfg: Any, manifest: str, seed: int, max_videos: int, chunk: int, passes: int) -> dict[str, float]:
     import av
     from av.video.reformatter import VideoReformatter
     from nvidia.dali import fn, pipeline_def, types
@@ -421,13 +419,16 @@ def _stages(
             views = [(plan.order[v], plan.roi_start[v], plan.roi_end[v]) for v in (0, 1)]
             windows[id(cut)] = jpeg_frames.frame_windows(len(plan.union), views)
 
-        def feed() -> tuple:
+        def jpegs() -> list:
             out = []
             for cut, _, ends, _ in current:
                 starts = np.concatenate([[0], ends[:-1]])
                 out += [cut.encoded[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+            return out
+
+        def feed() -> tuple:
             w = np.concatenate([windows[id(c)] for c, *_ in current])
-            return out, np.ascontiguousarray(w[:, :2]), np.ascontiguousarray(w[:, 2:])
+            return jpegs(), np.ascontiguousarray(w[:, :2]), np.ascontiguousarray(w[:, 2:])
 
         most = max(sum(len(p.union) for _, p, _, _ in c) for c in chunks)
 
@@ -446,9 +447,7 @@ def _stages(
 
         @pipeline_def(batch_size=most, num_threads=1, device_id=None, **_SYNC)
         def dec_whole():
-            return fn.decoders.image(
-                fn.external_source(source=lambda: feed()[0], batch=True), output_type=types.RGB
-            )
+            return fn.decoders.image(fn.external_source(source=jpegs, batch=True), output_type=types.RGB)
     else:
 
         def feed2() -> tuple:
@@ -466,8 +465,8 @@ def _stages(
     if jpeg:
         keys = (*keys, "reference: DALI decode of whole frames (with RGB)")
     crop = jpeg_frames.crop_resize_frames if jpeg else torch_augment.crop_resize
-    passes: list[dict[str, float]] = []
-    for rep in range(passes_ + 1):  # the first pass untimed: first runs, first touches of the memory
+    per_pass: list[dict[str, float]] = []
+    for rep in range(passes + 1):  # the first pass untimed: first runs, first touches of the memory
         timed = dict.fromkeys(keys, 0.0)
         for part in chunks:
             current[:] = part
@@ -476,10 +475,9 @@ def _stages(
                 whole_pipe.run()
                 timed[keys[-1]] += _cpu() - c0
             c0 = _cpu()
-            outs = pipe.run()
+            (out,) = pipe.run()
             c1 = _cpu()
             o1 = _own()
-            (out,) = outs
             if jpeg:
                 frames = [torch.from_numpy(np.asarray(out[i])) for i in range(len(out))]
                 vids, k = [], 0
@@ -509,11 +507,11 @@ def _stages(
             timed[decode_key] += c1 - c0
             timed["hand-off to torch"] += (c2 - o1) + (c4 - c3)
             timed["crop and resize"] += c3 - c2
-            del out, outs, vids
+            del out, vids
         if rep:
-            passes.append(timed)
+            per_pass.append(timed)
     for k in keys:  # the median pass, stage by stage
-        ms[k] = float(np.median([p[k] for p in passes]))
+        ms[k] = float(np.median([p[k] for p in per_pass]))
     # what RGB conversion of the same frames costs with PyAV's converter (an estimate: DALI's is inside)
     rgb = VideoReformatter()
     conv = 0.0

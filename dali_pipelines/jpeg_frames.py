@@ -263,17 +263,13 @@ def crop_resize_frames(
     CPU; ``Windows``: each a window of its frame holding the crop), copying only the crops (the stacked
     video would be a copy of every frame). Returns ``(T, 3, S, S)`` uint8 with channels-last strides."""
     y0, x0, y1, x1, flip = crop_box(roi_start, roi_end)
-    origins = getattr(frames, "origins", None)
-    picked = np.asarray(order).tolist()
-    if origins is None:
-        crops = [frames[j][y0:y1, x0:x1] for j in picked]
-    else:
-        crops, size_ = [], (y1 - y0, x1 - x0)
-        for j in picked:
-            f, (oy, ox) = frames[j], origins[j]
-            # a frame of this view only is decoded as exactly its crop: no slicing
-            whole = oy == y0 and ox == x0 and f.shape[:2] == size_
-            crops.append(f if whole else f[y0 - oy : y1 - oy, x0 - ox : x1 - ox])
+    origins = getattr(frames, "origins", None) or [(0, 0)] * len(frames)  # whole frames: windows at (0, 0)
+    crops, size_ = [], (y1 - y0, x1 - x0)
+    for j in np.asarray(order).tolist():
+        f, (oy, ox) = frames[j], origins[j]
+        # a frame of this view only is decoded as exactly its crop: no slicing
+        whole = oy == y0 and ox == x0 and f.shape[:2] == size_
+        crops.append(f if whole else f[y0 - oy : y1 - oy, x0 - ox : x1 - ox])
     clip = torch.stack(crops).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides: the fast uint8 path
     if clip.shape[-2:] != (size, size):
         clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
